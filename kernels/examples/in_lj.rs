@@ -1,17 +1,19 @@
 //! Runs LAMMPS' in.lj data file on the CPU engine: `cargo run --release --example in_lj -- DATA STEPS THREADS`.
 use std::ops::ControlFlow;
 use upglobe_kernels::lammps::{DataFile, Settings};
-use upglobe_kernels::{Checkpoint, Engine, RunOptions, State};
+use upglobe_kernels::{Checkpoint, RunOptions, State};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let path = std::path::Path::new(&args[1]);
     let steps: u64 = args[2].parse().unwrap();
-    let threads: usize = args[3].parse().unwrap();
+    let device = &args[3];
     let data = DataFile::read(path).unwrap();
     let system = data.to_system(&args[1], &Settings { cutoff: 2.5, shift: false, timestep: 0.005 }).unwrap();
     let state = State::from_physical(system).unwrap();
-    let mut engine = upglobe_kernels::cpu::CpuEngine::new(threads).unwrap();
+    let device = if device == "gpu" { upglobe_kernels::Device::Wgpu { adapter: None } } else { upglobe_kernels::Device::Cpu { threads: device.parse().unwrap() } };
+    let mut engine = upglobe_kernels::engine(&device).unwrap();
+    eprintln!("{}", engine.describe());
     let mut options = RunOptions::new(steps);
     options.thermo_every = 50;
     options.thermo_at_start = true;

@@ -94,3 +94,12 @@ pub fn engine(device: &Device) -> Result<Box<dyn Engine>> {
 pub(crate) fn cancelled(step: u64) -> KernelError {
     KernelError::Cancelled { step }
 }
+
+/// The skin actually used: no larger than the cutoff (separations must stay below 2^30 units) and
+/// small enough that the list radius stays inside half the box.
+pub fn effective_skin(params: &crate::system::Params, skin: f64) -> f64 {
+    let half_box = params.box_length.iter().copied().fold(f64::INFINITY, f64::min) / 2.0;
+    let cutoff = params.cutoff_max();
+    skin.min(cutoff).min((half_box - cutoff) * 0.999).max(1e-3)
+}
+

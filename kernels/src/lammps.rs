@@ -365,7 +365,8 @@ impl DataFile {
             }
         }
         let velocities = self.ids.iter().map(|id| self.velocities.get(id).copied().unwrap_or([0.0; 3])).collect();
-        if let Some(id) = self.velocities.keys().find(|id| !self.ids.contains(id)) {
+        let known: std::collections::HashSet<u64> = self.ids.iter().copied().collect();
+        if let Some(id) = self.velocities.keys().find(|id| !known.contains(id)) {
             return Err(fail(format!("Velocities names atom {id}, which is not in Atoms")));
         }
         Ok(PhysicalSystem {

@@ -303,6 +303,43 @@ impl Model {
     }
 }
 
+/// All pair tables in one array with per-pair-type parameters, the layout the vectorised CPU loop and
+/// the GPU read: pair type `a * types + b` has its force segments at `offset[pt]..`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlatTables {
+    pub cutoff_squared: Vec<u64>,
+    pub clamp_squared: Vec<u64>,
+    pub first_octave: Vec<u32>,
+    pub offset: Vec<u32>,
+    pub force: Vec<Segment>,
+    pub energy: Vec<Segment>,
+    pub virial: Vec<Segment>,
+}
+
+impl Model {
+    pub fn flat_tables(&self) -> FlatTables {
+        let mut flat = FlatTables {
+            cutoff_squared: Vec::new(),
+            clamp_squared: Vec::new(),
+            first_octave: Vec::new(),
+            offset: Vec::new(),
+            force: Vec::new(),
+            energy: Vec::new(),
+            virial: Vec::new(),
+        };
+        for table in &self.tables {
+            flat.cutoff_squared.push(table.cutoff_squared);
+            flat.clamp_squared.push(table.clamp_squared);
+            flat.first_octave.push(table.first_octave);
+            flat.offset.push(flat.force.len() as u32);
+            flat.force.extend(&table.force);
+            flat.energy.extend(&table.energy);
+            flat.virial.extend(&table.virial);
+        }
+        flat
+    }
+}
+
 /// A half kick, `v += floor(F * kick)`, per axis.
 #[inline(always)]
 pub fn half_kick(velocity: &mut [i64; 3], force: &[i64; 3], kick: &[Factor; 3]) {

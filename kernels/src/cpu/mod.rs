@@ -8,12 +8,14 @@ use std::ops::ControlFlow;
 
 use rayon::prelude::*;
 
-use crate::engine::{Engine, Event, RunOptions, RunOutput, cancelled};
-use crate::model::{Model, drift, half_kick, locate};
-use crate::numbers::shift_signed;
+use crate::engine::{Engine, Event, RunOptions, RunOutput, cancelled, effective_skin};
+use crate::model::{FlatTables, Model, drift, half_kick};
 use crate::system::State;
 use crate::thermo::{Sums, Thermo};
 use crate::{KernelError, Result};
+
+mod pairs;
+use pairs::Pairs;
 
 pub struct CpuEngine {
     threads: usize,
@@ -66,29 +68,36 @@ struct ListChunk {
     neighbors: Vec<u32>,
 }
 
+/// Cells of at least half the list radius; a pair within the list radius is at most `reach` cells apart.
 struct Grid {
     cells: [usize; 3],
-    /// The 13 forward neighbour cells of the half stencil.
+    /// The forward half of the stencil of neighbour cells (each unordered cell pair once).
     stencil: Vec<[isize; 3]>,
 }
 
 impl Grid {
     fn new(box_length: [f64; 3], list_radius: f64) -> Option<Grid> {
-        let cells: [usize; 3] = std::array::from_fn(|d| (box_length[d] / list_radius).floor() as usize);
-        if cells.iter().any(|&n| n < 3) {
-            return None;
-        }
-        let mut stencil = Vec::new();
-        for z in -1isize..=1 {
-            for y in -1isize..=1 {
-                for x in -1isize..=1 {
-                    if z > 0 || (z == 0 && y > 0) || (z == 0 && y == 0 && x > 0) {
-                        stencil.push([x, y, z]);
+        // Cells of half the radius look at fewer candidates (62.5 cell volumes instead of 13.5 of
+        // eight times the size); fall back to full-radius cells for small boxes.
+        for reach in [2usize, 1] {
+            let cells: [usize; 3] =
+                std::array::from_fn(|d| (box_length[d] / (list_radius / reach as f64)).floor() as usize);
+            if cells.iter().all(|&n| n > 2 * reach) {
+                let r = reach as isize;
+                let mut stencil = Vec::new();
+                for z in -r..=r {
+                    for y in -r..=r {
+                        for x in -r..=r {
+                            if z > 0 || (z == 0 && y > 0) || (z == 0 && y == 0 && x > 0) {
+                                stencil.push([x, y, z]);
+                            }
+                        }
                     }
                 }
+                return Some(Grid { cells, stencil });
             }
         }
-        Some(Grid { cells, stencil })
+        None
     }
 
     fn coordinates(&self, high: &[u32; 4]) -> [usize; 3] {
@@ -110,6 +119,7 @@ impl Grid {
 
 struct Simulation<'m> {
     model: &'m Model,
+    tables: FlatTables,
     /// Parallel sections run in this pool; the step loop itself stays on the caller's thread, which
     /// owns the (not thread-safe) observer.
     pool: &'m rayon::ThreadPool,
@@ -141,14 +151,6 @@ fn high_words(position: &[u64; 3], atom_type: u32) -> [u32; 4] {
     [(position[0] >> 32) as u32, (position[1] >> 32) as u32, (position[2] >> 32) as u32, atom_type]
 }
 
-/// The skin actually used: no larger than the cutoff (separations must stay below 2^30 units) and
-/// small enough that the list radius stays inside half the box.
-pub(crate) fn effective_skin(params: &crate::system::Params, skin: f64) -> f64 {
-    let half_box = params.box_length.iter().copied().fold(f64::INFINITY, f64::min) / 2.0;
-    let cutoff = params.cutoff_max();
-    skin.min(cutoff).min((half_box - cutoff) * 0.999).max(1e-3)
-}
-
 impl<'m> Simulation<'m> {
     fn new(state: &State, model: &'m Model, skin: f64, threads: usize, pool: &'m rayon::ThreadPool) -> Simulation<'m> {
         let atoms = state.atoms();
@@ -156,6 +158,7 @@ impl<'m> Simulation<'m> {
         let list_radius = state.params.cutoff_max() + skin;
         let mut simulation = Simulation {
             model,
+            tables: model.flat_tables(),
             pool,
             params: state.params.clone(),
             step: state.step,
@@ -302,50 +305,69 @@ impl<'m> Simulation<'m> {
     fn build_chunk(&self, start: usize, end: usize) -> ListChunk {
         let mut chunk = ListChunk { start, end, offsets: Vec::with_capacity(end - start + 1), neighbors: Vec::new() };
         chunk.offsets.push(0);
-        let model = self.model;
-        let consider = |chunk: &mut ListChunk, i: usize, j: usize| {
-            let (a, b) = (&self.high[i], &self.high[j]);
-            if let Some((_, _, r2)) = model.separation([a[0], a[1], a[2]], [b[0], b[1], b[2]]) {
-                if r2 < self.list_squared {
-                    chunk.neighbors.push(j as u32);
-                }
-            }
-        };
+        let mut cells = Vec::new();
         for i in start..end {
             match &self.grid {
                 Some(grid) => {
                     let home = grid.coordinates(&self.high[i]);
                     let own = grid.index(home);
-                    for j in i + 1..self.cell_start[own + 1] as usize {
-                        consider(&mut chunk, i, j);
+                    self.scan(i, i + 1..self.cell_start[own + 1] as usize, &mut chunk.neighbors);
+                    if cells.is_empty() || cells[0] != own {
+                        cells.clear();
+                        cells.push(own);
+                        cells.extend(grid.stencil.iter().map(|offset| grid.shifted(home, *offset)));
                     }
-                    for offset in &grid.stencil {
-                        let cell = grid.shifted(home, *offset);
-                        for j in self.cell_start[cell] as usize..self.cell_start[cell + 1] as usize {
-                            consider(&mut chunk, i, j);
-                        }
-                    }
-                }
-                None => {
-                    for j in i + 1..self.high.len() {
-                        consider(&mut chunk, i, j);
+                    for &cell in &cells[1..] {
+                        self.scan(i, self.cell_start[cell] as usize..self.cell_start[cell + 1] as usize, &mut chunk.neighbors);
                     }
                 }
+                None => self.scan(i, i + 1..self.high.len(), &mut chunk.neighbors),
             }
             chunk.offsets.push(chunk.neighbors.len() as u32);
         }
         chunk
     }
 
+    /// Appends the atoms of `candidates` within the list radius of atom `i`, branch-free.
+    #[inline]
+    fn scan(&self, i: usize, candidates: std::ops::Range<usize>, out: &mut Vec<u32>) {
+        let a = self.high[i];
+        let model = self.model;
+        out.reserve(candidates.len());
+        let mut length = out.len();
+        let spare = out.spare_capacity_mut().as_mut_ptr();
+        let base = length;
+        for j in candidates.clone() {
+            let b = &self.high[j];
+            let mut r2 = 0u64;
+            let mut far = 0u64;
+            for d in 0..3 {
+                let p = model.separation[d].apply(a[d].wrapping_sub(b[d]) as i32);
+                far |= p;
+                r2 = r2.wrapping_add((p as u32 as u64) * (p as u32 as u64));
+            }
+            let keep = (far >> crate::model::SEPARATION_BITS == 0) & (r2 < self.list_squared);
+            // SAFETY: `reserve` made room for every candidate; only kept ones are counted.
+            unsafe { (*spare.add(length - base)).write(j as u32) };
+            length += keep as usize;
+        }
+        // SAFETY: the first `length` elements are initialised.
+        unsafe { out.set_len(length) };
+    }
+
     /// Computes forces (and, if asked, the pair energy and virial sums) from the current positions.
     fn compute_forces(&mut self, energy: bool) -> Sums {
         let model = self.model;
+        let pairs = Pairs::new(model, &self.tables);
         let high = &self.high;
+        let run = |chunk: &ListChunk, buffer: &mut [[i64; 3]], sums: &mut Sums| {
+            if energy { pairs.forces_with_energy(high, chunk, buffer, sums) } else { pairs.forces(high, chunk, buffer) }
+        };
         if self.threads == 1 {
             let mut sums = Sums::new(model.types);
             self.force.fill([0; 3]);
             for chunk in &self.lists {
-                pair_forces(model, high, chunk, &mut self.force, energy, &mut sums);
+                run(chunk, &mut self.force, &mut sums);
             }
             return sums;
         }
@@ -360,7 +382,7 @@ impl<'m> Simulation<'m> {
                 buffer.fill([0; 3]);
                 let mut sums = Sums::new(model.types);
                 for chunk in lists.iter().skip(group).step_by(groups) {
-                    pair_forces(model, high, chunk, buffer, energy, &mut sums);
+                    run(chunk, buffer, &mut sums);
                 }
                 sums
             })
@@ -393,46 +415,6 @@ impl<'m> Simulation<'m> {
             state.velocities[c as usize] = self.velocity[slot];
         }
         state
-    }
-}
-
-/// The pair loop over one chunk of the half list: adds `f` to atom i and subtracts it from atom j.
-fn pair_forces(model: &Model, high: &[[u32; 4]], chunk: &ListChunk, force: &mut [[i64; 3]], energy: bool, sums: &mut Sums) {
-    for i in chunk.start..chunk.end {
-        let a = high[i];
-        let first = chunk.offsets[i - chunk.start] as usize;
-        let last = chunk.offsets[i - chunk.start + 1] as usize;
-        let mut total = [0i64; 3];
-        for &j in &chunk.neighbors[first..last] {
-            let j = j as usize;
-            let b = high[j];
-            let table = model.table(a[3], b[3]);
-            let Some((dx, p, r2)) = model.separation([a[0], a[1], a[2]], [b[0], b[1], b[2]]) else { continue };
-            if r2 >= table.cutoff_squared {
-                continue;
-            }
-            let (segment, t) = locate(r2.max(table.clamp_squared), table.first_octave);
-            let s = &table.force[segment];
-            let y = s.evaluate(t);
-            let fj = &mut force[j];
-            for d in 0..3 {
-                let magnitude = (y * p[d] as i64) >> s.shift;
-                let sign = (dx[d] >> 31) as i64;
-                let f = (magnitude ^ sign) - sign;
-                total[d] += f;
-                fj[d] -= f;
-            }
-            if energy {
-                let e = &table.energy[segment];
-                sums.energy += shift_signed(e.evaluate(t), e.shift) as i128;
-                let w = &table.virial[segment];
-                sums.virial += shift_signed(w.evaluate(t), w.shift) as i128;
-            }
-        }
-        let fi = &mut force[i];
-        for d in 0..3 {
-            fi[d] += total[d];
-        }
     }
 }
 

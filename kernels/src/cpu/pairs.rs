@@ -1,0 +1,192 @@
+//! The pair loop, the hot spot of the CPU engine.
+//!
+//! Each atom's neighbours are processed in blocks: a branch-free pass computes the force of every
+//! neighbour in the block (zero beyond the cutoff) into small arrays, then a scalar pass adds them to
+//! atom i and subtracts them from the neighbours. The first pass is written so that LLVM vectorises it
+//! with gathers; it is compiled three times (AVX-512, AVX2, baseline) and chosen at run time. All
+//! versions compute exactly the same integers as the scalar reference in `model.rs`.
+
+use crate::model::{FRACTION_BITS, FlatTables, Model, SEGMENT_BITS, SEPARATION_BITS, Segment, locate};
+use crate::numbers::shift_signed;
+use crate::thermo::Sums;
+
+use super::ListChunk;
+
+/// Neighbours per block of the vectorised pass.
+const BLOCK: usize = 64;
+
+pub(super) struct Pairs<'a> {
+    pub tables: &'a FlatTables,
+    pub model: &'a Model,
+    pub types: u32,
+    pub multiplier: [u32; 3],
+    pub shift: [u32; 3],
+}
+
+impl<'a> Pairs<'a> {
+    pub fn new(model: &'a Model, tables: &'a FlatTables) -> Pairs<'a> {
+        Pairs {
+            tables,
+            model,
+            types: model.types as u32,
+            multiplier: std::array::from_fn(|d| model.separation[d].multiplier as u32),
+            shift: std::array::from_fn(|d| model.separation[d].shift),
+        }
+    }
+
+    /// Forces of one chunk of the half list, added into `force`.
+    pub fn forces(&self, high: &[[u32; 4]], chunk: &ListChunk, force: &mut [[i64; 3]]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+                && std::arch::is_x86_feature_detected!("avx512cd")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+            {
+                // SAFETY: the CPU has the features the function was compiled for.
+                return unsafe { self.forces_avx512(high, chunk, force) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("lzcnt") {
+                // SAFETY: as above.
+                return unsafe { self.forces_avx2(high, chunk, force) };
+            }
+        }
+        self.forces_body(high, chunk, force)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512dq,avx512cd,avx512vl,avx512bw,bmi2,lzcnt,popcnt")]
+    unsafe fn forces_avx512(&self, high: &[[u32; 4]], chunk: &ListChunk, force: &mut [[i64; 3]]) {
+        self.forces_body(high, chunk, force)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,bmi2,lzcnt,popcnt,fma")]
+    unsafe fn forces_avx2(&self, high: &[[u32; 4]], chunk: &ListChunk, force: &mut [[i64; 3]]) {
+        self.forces_body(high, chunk, force)
+    }
+
+    #[inline(always)]
+    fn forces_body(&self, high: &[[u32; 4]], chunk: &ListChunk, force: &mut [[i64; 3]]) {
+        if self.types == 1 {
+            self.forces_typed::<false>(high, chunk, force)
+        } else {
+            self.forces_typed::<true>(high, chunk, force)
+        }
+    }
+
+    #[inline(always)]
+    fn forces_typed<const MULTI: bool>(&self, high: &[[u32; 4]], chunk: &ListChunk, force: &mut [[i64; 3]]) {
+        let mut block = [[0i64; BLOCK]; 3];
+        for i in chunk.start..chunk.end {
+            let a = high[i];
+            let first = chunk.offsets[i - chunk.start] as usize;
+            let last = chunk.offsets[i - chunk.start + 1] as usize;
+            let mut total = [0i64; 3];
+            for js in chunk.neighbors[first..last].chunks(BLOCK) {
+                self.block::<MULTI>(a, js, high, &mut block);
+                for (k, &j) in js.iter().enumerate() {
+                    let fj = &mut force[j as usize];
+                    for d in 0..3 {
+                        total[d] += block[d][k];
+                        fj[d] -= block[d][k];
+                    }
+                }
+            }
+            let fi = &mut force[i];
+            for d in 0..3 {
+                fi[d] += total[d];
+            }
+        }
+    }
+
+    /// The force on atom `a` from each neighbour in `js`, branch-free so that it vectorises.
+    #[inline(always)]
+    fn block<const MULTI: bool>(&self, a: [u32; 4], js: &[u32], high: &[[u32; 4]], out: &mut [[i64; BLOCK]; 3]) {
+        let tables = self.tables;
+        let segments: &[Segment] = &tables.force;
+        let n = js.len().min(BLOCK);
+        let row = (a[3] * self.types) as usize;
+        for k in 0..n {
+            let j = js[k] as usize;
+            // SAFETY: neighbour indices are built from `high`'s range.
+            let b = unsafe { high.get_unchecked(j) };
+            let pair_type = if MULTI { row + b[3] as usize } else { 0 };
+            let cutoff = tables.cutoff_squared[pair_type];
+            let clamp = tables.clamp_squared[pair_type];
+            let first_octave = tables.first_octave[pair_type];
+            let offset = tables.offset[pair_type];
+            let dx: [i32; 3] = std::array::from_fn(|d| a[d].wrapping_sub(b[d]) as i32);
+            let p: [u64; 3] = std::array::from_fn(|d| {
+                (dx[d].unsigned_abs() as u64 * self.multiplier[d] as u64) >> self.shift[d]
+            });
+            let far = (p[0] | p[1] | p[2]) >> SEPARATION_BITS != 0;
+            let q: [u64; 3] = std::array::from_fn(|d| p[d] as u32 as u64);
+            let r2 = (q[0] * q[0]).wrapping_add(q[1] * q[1]).wrapping_add(q[2] * q[2]);
+            let active = !far & (r2 < cutoff);
+            let u = r2.max(clamp).min(cutoff - 1);
+            let octave = 63 - u.leading_zeros();
+            let below = octave - SEGMENT_BITS;
+            let index = ((octave - first_octave) << SEGMENT_BITS) | ((u >> below) as u32 & ((1 << SEGMENT_BITS) - 1));
+            let remainder = u & ((1u64 << below) - 1);
+            let t = if below >= FRACTION_BITS {
+                remainder.wrapping_shr(below.wrapping_sub(FRACTION_BITS))
+            } else {
+                remainder.wrapping_shl(FRACTION_BITS.wrapping_sub(below))
+            };
+            // SAFETY: `u` is clamped into the table's range, so the segment exists.
+            let s = unsafe { segments.get_unchecked((offset + index) as usize) };
+            let t = t as i32 as i64;
+            let c = s.coefficients;
+            let mut y = c[3] as i64;
+            y = c[2] as i64 + ((y as i32 as i64 * t) >> FRACTION_BITS);
+            y = c[1] as i64 + ((y as i32 as i64 * t) >> FRACTION_BITS);
+            y = c[0] as i64 + ((y as i32 as i64 * t) >> FRACTION_BITS);
+            for d in 0..3 {
+                let magnitude = (y as i32 as i64 * q[d] as i32 as i64) >> s.shift;
+                let sign = (dx[d] >> 31) as i64;
+                out[d][k] = if active { (magnitude ^ sign) - sign } else { 0 };
+            }
+        }
+    }
+
+    /// Forces plus the pair energy and virial sums: the scalar reference, used at thermo steps.
+    pub fn forces_with_energy(&self, high: &[[u32; 4]], chunk: &ListChunk, force: &mut [[i64; 3]], sums: &mut Sums) {
+        let model = self.model;
+        for i in chunk.start..chunk.end {
+            let a = high[i];
+            let first = chunk.offsets[i - chunk.start] as usize;
+            let last = chunk.offsets[i - chunk.start + 1] as usize;
+            let mut total = [0i64; 3];
+            for &j in &chunk.neighbors[first..last] {
+                let j = j as usize;
+                let b = high[j];
+                let table = model.table(a[3], b[3]);
+                let Some((dx, p, r2)) = model.separation([a[0], a[1], a[2]], [b[0], b[1], b[2]]) else { continue };
+                if r2 >= table.cutoff_squared {
+                    continue;
+                }
+                let (segment, t) = locate(r2.max(table.clamp_squared), table.first_octave);
+                let s = &table.force[segment];
+                let y = s.evaluate(t);
+                let fj = &mut force[j];
+                for d in 0..3 {
+                    let magnitude = (y * p[d] as i64) >> s.shift;
+                    let sign = (dx[d] >> 31) as i64;
+                    let f = (magnitude ^ sign) - sign;
+                    total[d] += f;
+                    fj[d] -= f;
+                }
+                let e = &table.energy[segment];
+                sums.energy += shift_signed(e.evaluate(t), e.shift) as i128;
+                let w = &table.virial[segment];
+                sums.virial += shift_signed(w.evaluate(t), w.shift) as i128;
+            }
+            let fi = &mut force[i];
+            for d in 0..3 {
+                fi[d] += total[d];
+            }
+        }
+    }
+}
