@@ -1,0 +1,443 @@
+//! Every message on the wire.
+//!
+//! Streams:
+//! - a worker's first bidirectional stream is its control stream: [`FromWorker::Hello`] first, then
+//!   heartbeats and results one way, [`ToWorker`] messages the other;
+//! - a client's first stream carries [`ClientHello`] and gets [`Welcome`];
+//! - every further stream opens with one [`StreamRequest`]: a blob download, a blob upload, or one
+//!   client request and its response.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{AssignmentId, BlobHash, ChunkId, Digest, JobId, WorkerId, WorkflowId};
+
+/// Upper bounds, so that no message can make a peer allocate without limit.
+pub mod limits {
+    /// Largest frame on any stream.
+    pub const FRAME_BYTES_MAX: usize = 64 << 20;
+    /// Largest blob (checkpoint, input or output file).
+    pub const BLOB_BYTES_MAX: u64 = 16 << 30;
+    pub const REPLICAS_MAX: u32 = 7;
+    pub const JOBS_PER_WORKFLOW_MAX: usize = 10_000;
+    pub const CHUNKS_PER_JOB_MAX: u64 = 10_000_000;
+    pub const REASON_BYTES_MAX: usize = 4096;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub gpus: u32,
+}
+
+impl Resources {
+    pub fn fits_in(&self, free: &Resources) -> bool {
+        self.cpus <= free.cpus && self.memory_bytes <= free.memory_bytes && self.gpus <= free.gpus
+    }
+
+    pub fn minus(&self, other: &Resources) -> Resources {
+        Resources {
+            cpus: self.cpus - other.cpus,
+            memory_bytes: self.memory_bytes - other.memory_bytes,
+            gpus: self.gpus - other.gpus,
+        }
+    }
+
+    pub fn plus(&self, other: &Resources) -> Resources {
+        Resources {
+            cpus: self.cpus + other.cpus,
+            memory_bytes: self.memory_bytes + other.memory_bytes,
+            gpus: self.gpus + other.gpus,
+        }
+    }
+}
+
+/// One thermo line (LAMMPS `lj` units; energies per atom).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ThermoLine {
+    pub step: u64,
+    pub temp: f64,
+    pub pe: f64,
+    pub ke: f64,
+    pub etotal: f64,
+    pub press: f64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Work
+
+/// A file given to a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    /// Relative path inside the task's working directory.
+    pub name: String,
+    pub blob: BlobHash,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Task {
+    /// Advance the MD state in blob `input` by `steps` steps.
+    Md { input: BlobHash, steps: u64, thermo_every: u64, thermo_at_start: bool },
+    /// Run a program (only on workers that allow commands).
+    Command { argv: Vec<String>, inputs: Vec<FileRef>, outputs: Vec<String>, timeout_s: u64 },
+    /// Do nothing but answer: for measuring the scheduler.
+    Empty { value: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub id: AssignmentId,
+    pub chunk: ChunkId,
+    pub task: Task,
+    pub resources: Resources,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Output {
+    Md {
+        /// BLAKE3 state hash of the checkpoint (what replicas compare).
+        state_hash: [u8; 32],
+        checkpoint: BlobHash,
+        checkpoint_bytes: u64,
+        thermo: Vec<ThermoLine>,
+    },
+    Command {
+        exit_code: i32,
+        files: Vec<FileRef>,
+        stdout: FileRef,
+        stderr: FileRef,
+    },
+    Empty {
+        value: u64,
+    },
+}
+
+impl Output {
+    /// The digest replicas must agree on: everything the result asserts, nothing about how or where
+    /// it was computed.
+    pub fn digest(&self) -> Digest {
+        let mut hasher = blake3::Hasher::new();
+        match self {
+            Output::Md { state_hash, thermo, .. } => {
+                hasher.update(b"md");
+                hasher.update(state_hash);
+                for line in thermo {
+                    hasher.update(&line.step.to_le_bytes());
+                    for value in [line.temp, line.pe, line.ke, line.etotal, line.press] {
+                        hasher.update(&value.to_bits().to_le_bytes());
+                    }
+                }
+            }
+            Output::Command { exit_code, files, stdout, stderr } => {
+                hasher.update(b"command");
+                hasher.update(&exit_code.to_le_bytes());
+                for file in files.iter().chain([stdout, stderr]) {
+                    hasher.update(&(file.name.len() as u64).to_le_bytes());
+                    hasher.update(file.name.as_bytes());
+                    hasher.update(&file.blob.0);
+                }
+            }
+            Output::Empty { value } => {
+                hasher.update(b"empty");
+                hasher.update(&value.to_le_bytes());
+            }
+        }
+        Digest(*hasher.finalize().as_bytes())
+    }
+
+    /// Blobs that this output refers to and that the scheduler must hold before accepting it.
+    pub fn blobs(&self) -> Vec<BlobHash> {
+        match self {
+            Output::Md { checkpoint, .. } => vec![*checkpoint],
+            Output::Command { files, stdout, stderr, .. } => {
+                files.iter().chain([stdout, stderr]).map(|f| f.blob).collect()
+            }
+            Output::Empty { .. } => Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    Completed(Output),
+    Failed { reason: String },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Worker control stream
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u32,
+    pub secret: String,
+    /// Software version, for operators.
+    pub software: String,
+    pub name: String,
+    pub resources: Resources,
+    pub allow_commands: bool,
+    /// What runs MD chunks, e.g. "cpu (8 threads)".
+    pub device: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub assignment: AssignmentId,
+    pub steps_done: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FromWorker {
+    Hello(Hello),
+    Heartbeat { running: Vec<Progress> },
+    Finished { assignment: AssignmentId, outcome: Outcome, elapsed_ms: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub peer: WorkerId,
+    pub software: String,
+    pub heartbeat_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToWorker {
+    Welcome(Welcome),
+    Refused { reason: String },
+    Assign(Assignment),
+    Cancel { assignment: AssignmentId, reason: String },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams after the first
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StreamRequest {
+    /// Answered by [`BlobReply`], then the bytes.
+    GetBlob { hash: BlobHash },
+    /// Followed by `size` bytes, answered by [`BlobReply`] once they are verified and stored.
+    PutBlob { hash: BlobHash, size: u64 },
+    /// One client request, answered by one [`ClientResponse`].
+    Client(ClientRequest),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlobReply {
+    Sending { size: u64 },
+    Stored,
+    Missing,
+    Rejected { reason: String },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients (the command line)
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientHello {
+    pub protocol: u32,
+    pub secret: String,
+    pub software: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientWelcome {
+    Welcome { software: String },
+    Refused { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MdJob {
+    /// Checkpoint of the initial state (uploaded before submitting).
+    pub initial: BlobHash,
+    pub atoms: u64,
+    pub total_steps: u64,
+    pub chunk_steps: u64,
+    pub thermo_every: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandJob {
+    /// Arguments; `{task}` is replaced by the task id of each array task.
+    pub argv: Vec<String>,
+    /// Array task ids; empty for a single task.
+    pub tasks: Vec<i64>,
+    pub inputs: Vec<FileRef>,
+    pub outputs: Vec<String>,
+    pub timeout_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum JobKind {
+    Md(MdJob),
+    Command(CommandJob),
+    /// Independent empty chunks (benchmarks).
+    Empty { chunks: u32 },
+}
+
+impl JobKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobKind::Md(_) => "md",
+            JobKind::Command(_) => "command",
+            JobKind::Empty { .. } => "empty",
+        }
+    }
+
+    pub fn chunks(&self) -> u64 {
+        match self {
+            JobKind::Md(md) => md.total_steps / md.chunk_steps.max(1),
+            JobKind::Command(command) => command.tasks.len().max(1) as u64,
+            JobKind::Empty { chunks } => *chunks as u64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub name: String,
+    /// Names of jobs of the same workflow that must complete first.
+    pub after: Vec<String>,
+    pub replicas: u32,
+    pub resources: Resources,
+    pub kind: JobKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Submission {
+    pub name: String,
+    /// The workflow file as written, for provenance.
+    pub source: String,
+    pub jobs: Vec<JobSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    Submit(Submission),
+    /// All jobs, or one by id or `workflow.job` name.
+    Status { job: Option<String> },
+    Cancel { job: String },
+    Results { job: String },
+    Workers,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    /// Waiting for jobs it runs after.
+    Waiting,
+    Running,
+    Completed,
+    Failed { reason: String },
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_finished(&self) -> bool {
+        matches!(self, JobState::Completed | JobState::Failed { .. } | JobState::Cancelled)
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            JobState::Waiting => "waiting",
+            JobState::Running => "running",
+            JobState::Completed => "completed",
+            JobState::Failed { .. } => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub chunk: u32,
+    pub worker: Option<WorkerId>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub id: JobId,
+    pub workflow: WorkflowId,
+    pub workflow_name: String,
+    pub name: String,
+    pub kind: String,
+    pub state: JobState,
+    pub chunks_total: u64,
+    pub chunks_verified: u64,
+    pub chunks_running: u64,
+    /// Steps completed inside running chunks (MD), from heartbeats.
+    pub steps_in_flight: u64,
+    /// Milliseconds since the job started running (scheduler clock).
+    pub running_ms: u64,
+    pub failures: Vec<Failure>,
+    pub disagreements: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifiedChunk {
+    pub index: u32,
+    pub digest: Digest,
+    pub output: Output,
+    pub agreeing: Vec<WorkerId>,
+    pub disagreeing: Vec<WorkerId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResults {
+    pub status: JobStatus,
+    /// BLAKE3 of the workflow file.
+    pub workflow_hash: String,
+    pub spec: JobSpec,
+    pub chunks: Vec<VerifiedChunk>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub id: WorkerId,
+    pub name: String,
+    pub connected: bool,
+    pub device: String,
+    pub resources: Resources,
+    pub running: u64,
+    pub completed: u64,
+    pub disagreements: u64,
+    pub quarantined: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    Submitted { workflow: WorkflowId, jobs: Vec<(String, JobId)> },
+    Status { jobs: Vec<JobStatus> },
+    Cancelled { job: JobId },
+    Results(Box<JobResults>),
+    Workers(Vec<WorkerStatus>),
+    Error { message: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_ignores_where_blobs_live_but_not_what_they_say() {
+        let line = ThermoLine { step: 10, temp: 1.0, pe: -5.0, ke: 1.5, etotal: -3.5, press: 0.1 };
+        let output = |state: u8, temp: f64, checkpoint: u8| Output::Md {
+            state_hash: [state; 32],
+            checkpoint: BlobHash([checkpoint; 32]),
+            checkpoint_bytes: 10,
+            thermo: vec![ThermoLine { temp, ..line }],
+        };
+        assert_eq!(output(1, 1.0, 7).digest(), output(1, 1.0, 8).digest());
+        assert_ne!(output(1, 1.0, 7).digest(), output(2, 1.0, 7).digest());
+        assert_ne!(output(1, 1.0, 7).digest(), output(1, 1.0000001, 7).digest());
+        assert_ne!(Output::Empty { value: 1 }.digest(), Output::Empty { value: 2 }.digest());
+    }
+
+    #[test]
+    fn resources_arithmetic() {
+        let free = Resources { cpus: 4, memory_bytes: 100, gpus: 0 };
+        let need = Resources { cpus: 2, memory_bytes: 10, gpus: 0 };
+        assert!(need.fits_in(&free));
+        assert!(!Resources { gpus: 1, ..need }.fits_in(&free));
+        assert_eq!(free.minus(&need).plus(&need), free);
+    }
+}
