@@ -44,7 +44,10 @@ pub enum ProtocolError {
     #[error("refused by {peer}: {reason}")]
     Refused { peer: String, reason: String },
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = ProtocolError> = std::result::Result<T, E>;

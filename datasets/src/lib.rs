@@ -1,0 +1,32 @@
+//! Stores and moves bytes: the content-addressed blob store every peer keeps, and (with the `h5md`
+//! module) trajectory files in H5MD.
+
+pub mod blobs;
+pub mod transfer;
+
+pub use blobs::{BlobStore, BlobWriter};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("blob {hash} is corrupt: its contents hash to {actual}")]
+    Corrupt { hash: String, actual: String },
+    #[error("blob {expected} did not arrive whole: {received} of {size} bytes")]
+    Incomplete {
+        expected: String,
+        received: u64,
+        size: u64,
+    },
+    #[error("blob {0} is not in the store")]
+    Missing(String),
+    #[error("transfer of blob {hash}: {message}")]
+    Transfer { hash: String, message: String },
+    #[error("h5md {path}: {message}")]
+    H5md { path: String, message: String },
+}
+
+pub type Result<T, E = DatasetError> = std::result::Result<T, E>;

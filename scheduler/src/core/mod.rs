@@ -1,0 +1,1069 @@
+//! The scheduler's decisions, as a pure state machine.
+//!
+//! Events go in through `handle_*(now, …)` methods, with the time passed in (milliseconds on the
+//! shell's monotonic clock); decisions come out as [`Action`]s from [`Core::poll_action`], and the next
+//! moment at which time alone will change something from [`Core::poll_timeout`]. There is no I/O, no
+//! clock and no randomness here, so a seeded simulation can drive it through millions of events and a
+//! failure replays exactly (see `tests/simulation.rs`).
+//!
+//! The shell must carry out every [`Action::Persist`] (in order, durably) before it sends any message
+//! that follows it; a restarted core rebuilt with [`Core::restore`] from those records continues where
+//! it was.
+//!
+//! One chunk's life: a job starts when every job it runs after has completed; its chunks become ready
+//! (an MD job's chunk k only once chunk k-1 is verified, with that verified checkpoint as its input);
+//! a ready chunk is assigned to distinct workers until `replicas` results agree on a digest, and is then
+//! verified exactly once. Disagreement asks for further replicas up to a bound; failures and expired
+//! leases put the chunk back, up to a bounded number of attempts.
+
+mod state;
+
+pub use state::{Snapshot, SnapshotJob, SnapshotResult};
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use upglobe_protocol::messages::{
+    Assignment, Failure, JobKind, JobSpec, JobState, JobStatus, Outcome, Output, Progress,
+    Resources, Task, ToWorker, WorkerStatus,
+};
+use upglobe_protocol::{AssignmentId, BlobHash, ChunkId, Digest, JobId, WorkerId, WorkflowId};
+
+/// Limits and timings of the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// A running assignment whose worker has not sent a heartbeat for this long is lost.
+    pub lease_timeout_ms: u64,
+    /// Failed attempts of one chunk (errors, lost workers, expired leases) before its job fails.
+    pub attempts_max: u32,
+    /// Replicas beyond `replicas` that disagreement may ask for.
+    pub extra_replicas_max: u32,
+    /// A worker whose results disagreed with the verified ones this often gets no more work.
+    pub disagreements_max: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            lease_timeout_ms: 30_000,
+            attempts_max: 5,
+            extra_replicas_max: 3,
+            disagreements_max: 3,
+        }
+    }
+}
+
+/// Failure reasons are kept per job, up to this many.
+const FAILURES_KEPT_MAX: usize = 100;
+
+/// What the core asks the shell to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Send { worker: WorkerId, message: ToWorker },
+    Persist(Record),
+}
+
+/// A durable fact. The store keeps every record; [`Core::restore`] rebuilds the state from them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    WorkflowSubmitted {
+        id: WorkflowId,
+        name: String,
+        source: String,
+        jobs: Vec<(JobId, JobSpec, Vec<JobId>)>,
+    },
+    /// A result that did not (yet) complete a quorum.
+    ResultReported {
+        chunk: ChunkId,
+        worker: WorkerId,
+        digest: Digest,
+        output: Output,
+    },
+    AttemptFailed {
+        chunk: ChunkId,
+        worker: Option<WorkerId>,
+        reason: String,
+    },
+    ChunkVerified {
+        chunk: ChunkId,
+        digest: Digest,
+        output: Output,
+        agreeing: Vec<WorkerId>,
+        disagreeing: Vec<WorkerId>,
+    },
+    JobFinished {
+        job: JobId,
+        state: JobState,
+    },
+    WorkerDisagreed {
+        worker: WorkerId,
+    },
+}
+
+/// A worker as the core sees it.
+#[derive(Debug, Clone)]
+struct Worker {
+    name: String,
+    connected: bool,
+    capacity: Resources,
+    free: Resources,
+    allow_commands: bool,
+    device: String,
+    running: BTreeSet<AssignmentId>,
+    completed: u64,
+    disagreements: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Job {
+    workflow: WorkflowId,
+    name: String,
+    spec: JobSpec,
+    after: Vec<JobId>,
+    state: JobState,
+    chunks_total: u64,
+    verified: BTreeSet<u32>,
+    /// The last verified output of an MD job (the input of the next chunk).
+    last_output: Option<Output>,
+    started_ms: Option<u64>,
+    failures: Vec<Failure>,
+    disagreements: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Chunk {
+    /// MD input checkpoint.
+    input: Option<BlobHash>,
+    results: Vec<(WorkerId, Digest, Output)>,
+    running: BTreeMap<AssignmentId, WorkerId>,
+    attempts_failed: u32,
+    /// How many results this chunk should collect (grows on disagreement).
+    target: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Lease {
+    chunk: ChunkId,
+    worker: WorkerId,
+    resources: Resources,
+    deadline_ms: u64,
+    steps_done: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Workflow {
+    name: String,
+}
+
+pub struct Core {
+    config: Config,
+    workflows: BTreeMap<WorkflowId, Workflow>,
+    jobs: BTreeMap<JobId, Job>,
+    chunks: BTreeMap<ChunkId, Chunk>,
+    /// Chunks that want more assignments, in priority order (older jobs first).
+    ready: BTreeSet<ChunkId>,
+    workers: BTreeMap<WorkerId, Worker>,
+    leases: BTreeMap<AssignmentId, Lease>,
+    /// Leases by deadline, for timeouts.
+    deadlines: BTreeSet<(u64, AssignmentId)>,
+    next_workflow: u64,
+    next_job: u64,
+    /// Assignment ids are `epoch << 32 | counter`, so ids from before a restart never match new ones.
+    next_assignment: u64,
+    actions: VecDeque<Action>,
+}
+
+impl Core {
+    /// A core without history. `epoch` must differ between starts of the same scheduler.
+    pub fn new(config: Config, epoch: u32) -> Core {
+        Core {
+            config,
+            workflows: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            chunks: BTreeMap::new(),
+            ready: BTreeSet::new(),
+            workers: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            next_workflow: 1,
+            next_job: 1,
+            next_assignment: (epoch as u64) << 32,
+            actions: VecDeque::new(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Output
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The earliest lease deadline: call [`Core::handle_timeout`] then.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.deadlines.first().map(|(deadline, _)| *deadline)
+    }
+
+    fn persist(&mut self, record: Record) {
+        self.actions.push_back(Action::Persist(record));
+    }
+
+    fn send(&mut self, worker: WorkerId, message: ToWorker) {
+        self.actions.push_back(Action::Send { worker, message });
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Events
+
+    /// A new workflow. Jobs are checked by the caller (names unique, `after` names known, no cycles);
+    /// here they are only assigned ids. Returns the ids.
+    pub fn handle_submit(
+        &mut self,
+        now: u64,
+        name: String,
+        source: String,
+        specs: Vec<JobSpec>,
+    ) -> (WorkflowId, Vec<(String, JobId)>) {
+        let workflow = WorkflowId(self.next_workflow);
+        self.next_workflow += 1;
+        let ids: BTreeMap<String, JobId> = specs
+            .iter()
+            .enumerate()
+            .map(|(k, spec)| (spec.name.clone(), JobId(self.next_job + k as u64)))
+            .collect();
+        self.next_job += specs.len() as u64;
+        let mut jobs = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let after: Vec<JobId> = spec.after.iter().map(|n| ids[n]).collect();
+            jobs.push((ids[&spec.name], spec, after));
+        }
+        self.persist(Record::WorkflowSubmitted {
+            id: workflow,
+            name: name.clone(),
+            source,
+            jobs: jobs.clone(),
+        });
+        self.workflows.insert(workflow, Workflow { name });
+        for (id, spec, after) in jobs {
+            self.insert_job(workflow, id, spec, after);
+        }
+        self.start_jobs(now);
+        self.schedule(now);
+        (workflow, ids.into_iter().collect())
+    }
+
+    pub fn handle_worker_joined(
+        &mut self,
+        now: u64,
+        worker: WorkerId,
+        name: String,
+        resources: Resources,
+        allow_commands: bool,
+        device: String,
+    ) {
+        // A worker that joins again starts clean: whatever it ran is lost with its old session.
+        if self.workers.get(&worker).is_some_and(|w| w.connected) {
+            self.handle_worker_left(now, worker, "it joined again");
+        }
+        let (completed, disagreements) = self
+            .workers
+            .get(&worker)
+            .map_or((0, 0), |w| (w.completed, w.disagreements));
+        let entry = Worker {
+            name,
+            connected: true,
+            capacity: resources,
+            free: resources,
+            allow_commands,
+            device,
+            running: BTreeSet::new(),
+            completed,
+            disagreements,
+        };
+        self.workers.insert(worker, entry);
+        self.schedule(now);
+    }
+
+    pub fn handle_worker_left(&mut self, now: u64, worker: WorkerId, reason: &str) {
+        let Some(entry) = self.workers.get_mut(&worker) else {
+            return;
+        };
+        entry.connected = false;
+        let running: Vec<AssignmentId> = entry.running.iter().copied().collect();
+        for assignment in running {
+            self.fail_lease(
+                now,
+                assignment,
+                format!("worker {} left: {reason}", worker.short()),
+            );
+        }
+        self.schedule(now);
+    }
+
+    pub fn handle_heartbeat(&mut self, now: u64, worker: WorkerId, running: &[Progress]) {
+        let Some(entry) = self.workers.get(&worker) else {
+            return;
+        };
+        let leases: Vec<AssignmentId> = entry.running.iter().copied().collect();
+        let deadline = now + self.config.lease_timeout_ms;
+        for assignment in leases {
+            let lease = self
+                .leases
+                .get_mut(&assignment)
+                .expect("a worker's assignment has a lease");
+            self.deadlines.remove(&(lease.deadline_ms, assignment));
+            lease.deadline_ms = deadline;
+            self.deadlines.insert((deadline, assignment));
+            if let Some(progress) = running.iter().find(|p| p.assignment == assignment) {
+                lease.steps_done = progress.steps_done;
+            }
+        }
+    }
+
+    /// A worker's answer for an assignment. Answers for unknown or foreign assignments (duplicates,
+    /// answers from before a restart, answers after a lease expired) are ignored.
+    pub fn handle_finished(
+        &mut self,
+        now: u64,
+        worker: WorkerId,
+        assignment: AssignmentId,
+        outcome: Outcome,
+    ) {
+        let Some(lease) = self.leases.get(&assignment) else {
+            return;
+        };
+        if lease.worker != worker {
+            return;
+        }
+        let chunk_id = lease.chunk;
+        self.release(assignment);
+        let Some(job) = self.jobs.get(&chunk_id.job) else {
+            return;
+        };
+        if job.state != JobState::Running {
+            self.schedule(now);
+            return;
+        }
+        match outcome {
+            Outcome::Failed { reason } => {
+                self.attempt_failed(now, chunk_id, Some(worker), truncate(reason))
+            }
+            Outcome::Completed(output) => match self.check_output(chunk_id, &output) {
+                Ok(()) => {
+                    if let Some(w) = self.workers.get_mut(&worker) {
+                        w.completed += 1;
+                    }
+                    self.add_result(now, chunk_id, worker, output);
+                }
+                Err(reason) => self.attempt_failed(now, chunk_id, Some(worker), reason),
+            },
+        }
+        self.schedule(now);
+    }
+
+    /// Expires leases whose deadline has passed.
+    pub fn handle_timeout(&mut self, now: u64) {
+        while let Some(&(deadline, assignment)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            let worker = self.leases[&assignment].worker;
+            let seconds = self.config.lease_timeout_ms as f64 / 1000.0;
+            self.send(
+                worker,
+                ToWorker::Cancel {
+                    assignment,
+                    reason: "lease expired".into(),
+                },
+            );
+            self.fail_lease(
+                now,
+                assignment,
+                format!(
+                    "lease expired: no heartbeat from worker {} for {seconds}s",
+                    worker.short()
+                ),
+            );
+        }
+        self.schedule(now);
+    }
+
+    /// Cancels a job (and fails the jobs that run after it). Returns false if it had already finished.
+    pub fn handle_cancel(&mut self, now: u64, job: JobId) -> bool {
+        let finished = self.jobs.get(&job).is_none_or(|j| j.state.is_finished());
+        if finished {
+            return false;
+        }
+        self.finish_job(job, JobState::Cancelled);
+        self.schedule(now);
+        true
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Jobs
+
+    fn insert_job(&mut self, workflow: WorkflowId, id: JobId, spec: JobSpec, after: Vec<JobId>) {
+        let chunks_total = spec.kind.chunks();
+        let job = Job {
+            workflow,
+            name: spec.name.clone(),
+            spec,
+            after,
+            state: JobState::Waiting,
+            chunks_total,
+            verified: BTreeSet::new(),
+            last_output: None,
+            started_ms: None,
+            failures: Vec::new(),
+            disagreements: 0,
+        };
+        self.jobs.insert(id, job);
+    }
+
+    /// Starts every waiting job whose dependencies have completed, and fails those whose dependencies
+    /// cannot complete.
+    fn start_jobs(&mut self, now: u64) {
+        loop {
+            let mut changed = false;
+            let waiting: Vec<JobId> = self
+                .jobs
+                .iter()
+                .filter(|(_, j)| j.state == JobState::Waiting)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in waiting {
+                let after = self.jobs[&id].after.clone();
+                let blocked = after.iter().find(|a| {
+                    matches!(
+                        self.jobs[a].state,
+                        JobState::Failed { .. } | JobState::Cancelled
+                    )
+                });
+                if let Some(blocker) = blocked {
+                    let reason = format!(
+                        "job '{}' it runs after did not complete",
+                        self.jobs[blocker].name
+                    );
+                    self.finish_job(id, JobState::Failed { reason });
+                    changed = true;
+                } else if after
+                    .iter()
+                    .all(|a| self.jobs[a].state == JobState::Completed)
+                {
+                    self.start_job(now, id);
+                    changed = true;
+                }
+            }
+            if !changed {
+                return;
+            }
+        }
+    }
+
+    fn start_job(&mut self, now: u64, id: JobId) {
+        let job = self.jobs.get_mut(&id).expect("starting a known job");
+        job.state = JobState::Running;
+        job.started_ms = Some(now);
+        if job.verified.len() as u64 == job.chunks_total {
+            self.finish_job(id, JobState::Completed);
+            return;
+        }
+        let indexes: Vec<u32> = match &job.spec.kind {
+            JobKind::Md(_) => vec![job.verified.len() as u32],
+            _ => (0..job.chunks_total as u32)
+                .filter(|k| !job.verified.contains(k))
+                .collect(),
+        };
+        for index in indexes {
+            self.open_chunk(ChunkId { job: id, index });
+        }
+    }
+
+    fn open_chunk(&mut self, chunk_id: ChunkId) {
+        let job = &self.jobs[&chunk_id.job];
+        let input = match (&job.spec.kind, &job.last_output) {
+            (JobKind::Md(md), None) => Some(md.initial),
+            (JobKind::Md(_), Some(Output::Md { checkpoint, .. })) => Some(*checkpoint),
+            _ => None,
+        };
+        let target = job.spec.replicas;
+        let chunk = self.chunks.entry(chunk_id).or_default();
+        chunk.input = input;
+        chunk.target = chunk.target.max(target);
+        self.refresh_ready(chunk_id);
+    }
+
+    fn finish_job(&mut self, id: JobId, state: JobState) {
+        let job = self.jobs.get_mut(&id).expect("finishing a known job");
+        assert!(!job.state.is_finished(), "job {id} finished twice");
+        job.state = state.clone();
+        self.persist(Record::JobFinished { job: id, state });
+        let open: Vec<ChunkId> = self
+            .chunks
+            .range(
+                ChunkId { job: id, index: 0 }..=ChunkId {
+                    job: id,
+                    index: u32::MAX,
+                },
+            )
+            .map(|(c, _)| *c)
+            .collect();
+        for chunk_id in open {
+            let chunk = self.chunks.remove(&chunk_id).expect("listed chunk");
+            self.ready.remove(&chunk_id);
+            for (assignment, worker) in chunk.running {
+                self.release(assignment);
+                self.send(
+                    worker,
+                    ToWorker::Cancel {
+                        assignment,
+                        reason: format!("job {id} finished"),
+                    },
+                );
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Results
+
+    fn check_output(&self, chunk_id: ChunkId, output: &Output) -> Result<(), String> {
+        let kind = &self.jobs[&chunk_id.job].spec.kind;
+        let matches = matches!(
+            (kind, output),
+            (JobKind::Md(_), Output::Md { .. })
+                | (JobKind::Command(_), Output::Command { .. })
+                | (JobKind::Empty { .. }, Output::Empty { .. })
+        );
+        if !matches {
+            return Err(format!(
+                "the worker returned a result of the wrong kind for a {} job",
+                kind.name()
+            ));
+        }
+        if let (JobKind::Md(md), Output::Md { thermo, .. }) = (kind, output) {
+            let end = (chunk_id.index as u64 + 1) * md.chunk_steps;
+            if thermo.last().is_some_and(|t| t.step > end) {
+                return Err(format!(
+                    "thermo reaches step {} beyond the chunk's end {end}",
+                    thermo.last().unwrap().step
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn add_result(&mut self, now: u64, chunk_id: ChunkId, worker: WorkerId, output: Output) {
+        let quorum = self.jobs[&chunk_id.job].spec.replicas;
+        let bound = quorum + self.config.extra_replicas_max;
+        let digest = output.digest();
+        let chunk = self
+            .chunks
+            .get_mut(&chunk_id)
+            .expect("results arrive for open chunks");
+        assert!(
+            chunk.results.iter().all(|(w, _, _)| *w != worker),
+            "a worker produced two results for {chunk_id}"
+        );
+        chunk.results.push((worker, digest, output.clone()));
+        let votes = chunk
+            .results
+            .iter()
+            .filter(|(_, d, _)| *d == digest)
+            .count() as u32;
+        if votes >= quorum {
+            self.verify(now, chunk_id, digest);
+            return;
+        }
+        self.persist(Record::ResultReported {
+            chunk: chunk_id,
+            worker,
+            digest,
+            output,
+        });
+        let chunk = self.chunks.get_mut(&chunk_id).expect("still open");
+        let best = best_votes(&chunk.results);
+        let distinct = chunk
+            .results
+            .iter()
+            .map(|(_, d, _)| *d)
+            .collect::<BTreeSet<_>>()
+            .len();
+        if distinct > 1 {
+            // Disagreement: ask for enough further results to let the leading digest reach a quorum.
+            chunk.target = (chunk.results.len() as u32 + quorum - best)
+                .min(bound)
+                .max(chunk.target);
+        }
+        if chunk.results.len() as u32 >= bound {
+            let reason = format!(
+                "no quorum: {} results with {distinct} different digests, none reached {quorum}",
+                chunk.results.len()
+            );
+            self.fail_job_for_chunk(now, chunk_id, reason);
+            return;
+        }
+        self.refresh_ready(chunk_id);
+    }
+
+    fn verify(&mut self, now: u64, chunk_id: ChunkId, digest: Digest) {
+        let chunk = self
+            .chunks
+            .remove(&chunk_id)
+            .expect("verifying an open chunk");
+        self.ready.remove(&chunk_id);
+        let job = self
+            .jobs
+            .get_mut(&chunk_id.job)
+            .expect("chunk of a known job");
+        assert!(
+            job.verified.insert(chunk_id.index),
+            "chunk {chunk_id} verified twice"
+        );
+        let output = chunk
+            .results
+            .iter()
+            .find(|(_, d, _)| *d == digest)
+            .expect("a quorum digest")
+            .2
+            .clone();
+        let agreeing: Vec<WorkerId> = chunk
+            .results
+            .iter()
+            .filter(|(_, d, _)| *d == digest)
+            .map(|(w, _, _)| *w)
+            .collect();
+        let disagreeing: Vec<WorkerId> = chunk
+            .results
+            .iter()
+            .filter(|(_, d, _)| *d != digest)
+            .map(|(w, _, _)| *w)
+            .collect();
+        job.disagreements += disagreeing.len() as u64;
+        if matches!(job.spec.kind, JobKind::Md(_)) {
+            job.last_output = Some(output.clone());
+        }
+        let complete = job.verified.len() as u64 == job.chunks_total;
+        let next_md = matches!(job.spec.kind, JobKind::Md(_)) && !complete;
+        self.persist(Record::ChunkVerified {
+            chunk: chunk_id,
+            digest,
+            output,
+            agreeing,
+            disagreeing: disagreeing.clone(),
+        });
+        for worker in disagreeing {
+            self.record_disagreement(worker);
+        }
+        // Replicas still running are no longer needed.
+        for (assignment, worker) in chunk.running {
+            self.release(assignment);
+            self.send(
+                worker,
+                ToWorker::Cancel {
+                    assignment,
+                    reason: format!("chunk {chunk_id} already verified"),
+                },
+            );
+        }
+        if complete {
+            self.finish_job(chunk_id.job, JobState::Completed);
+            self.start_jobs(now);
+        } else if next_md {
+            self.open_chunk(ChunkId {
+                job: chunk_id.job,
+                index: chunk_id.index + 1,
+            });
+        }
+    }
+
+    fn record_disagreement(&mut self, worker: WorkerId) {
+        self.persist(Record::WorkerDisagreed { worker });
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.disagreements += 1;
+        }
+    }
+
+    fn attempt_failed(
+        &mut self,
+        now: u64,
+        chunk_id: ChunkId,
+        worker: Option<WorkerId>,
+        reason: String,
+    ) {
+        self.persist(Record::AttemptFailed {
+            chunk: chunk_id,
+            worker,
+            reason: reason.clone(),
+        });
+        let job = self.jobs.get_mut(&chunk_id.job).expect("known job");
+        if job.failures.len() < FAILURES_KEPT_MAX {
+            job.failures.push(Failure {
+                chunk: chunk_id.index,
+                worker,
+                reason: reason.clone(),
+            });
+        }
+        let Some(chunk) = self.chunks.get_mut(&chunk_id) else {
+            return;
+        };
+        chunk.attempts_failed += 1;
+        if chunk.attempts_failed >= self.config.attempts_max {
+            let attempts = chunk.attempts_failed;
+            self.fail_job_for_chunk(
+                now,
+                chunk_id,
+                format!(
+                    "chunk {} failed {attempts} times; last: {reason}",
+                    chunk_id.index
+                ),
+            );
+        } else {
+            self.refresh_ready(chunk_id);
+        }
+    }
+
+    fn fail_job_for_chunk(&mut self, now: u64, chunk_id: ChunkId, reason: String) {
+        self.finish_job(chunk_id.job, JobState::Failed { reason });
+        // Jobs after this one can no longer run.
+        self.start_jobs(now);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Leases and dispatch
+
+    fn release(&mut self, assignment: AssignmentId) {
+        let lease = self
+            .leases
+            .remove(&assignment)
+            .expect("releasing a known lease");
+        self.deadlines.remove(&(lease.deadline_ms, assignment));
+        if let Some(worker) = self.workers.get_mut(&lease.worker) {
+            worker.running.remove(&assignment);
+            worker.free = worker.free.plus(&lease.resources);
+        }
+        if let Some(chunk) = self.chunks.get_mut(&lease.chunk) {
+            chunk.running.remove(&assignment);
+        }
+    }
+
+    fn fail_lease(&mut self, now: u64, assignment: AssignmentId, reason: String) {
+        let lease = self.leases.get(&assignment).expect("failing a known lease");
+        let (chunk, worker) = (lease.chunk, lease.worker);
+        self.release(assignment);
+        if self
+            .jobs
+            .get(&chunk.job)
+            .is_some_and(|j| j.state == JobState::Running)
+        {
+            self.attempt_failed(now, chunk, Some(worker), reason);
+        }
+    }
+
+    /// Keeps `ready` in step with whether the chunk wants more assignments.
+    fn refresh_ready(&mut self, chunk_id: ChunkId) {
+        let chunk = &self.chunks[&chunk_id];
+        if wanted(chunk) > 0 {
+            self.ready.insert(chunk_id);
+        } else {
+            self.ready.remove(&chunk_id);
+        }
+    }
+
+    /// Assigns ready chunks to workers with room, oldest jobs first, each replica to a different worker.
+    fn schedule(&mut self, now: u64) {
+        // Walk the ready set with a cursor rather than a copy: when workers are full this returns at
+        // once, however many chunks wait.
+        let mut cursor = self.ready.first().copied();
+        while let Some(chunk_id) = cursor {
+            if !self
+                .workers
+                .values()
+                .any(|w| w.connected && w.free.cpus > 0)
+            {
+                return;
+            }
+            while wanted(&self.chunks[&chunk_id]) > 0 {
+                let Some(worker) = self.pick_worker(chunk_id) else {
+                    break;
+                };
+                self.assign(now, chunk_id, worker);
+            }
+            self.refresh_ready(chunk_id);
+            cursor = self
+                .ready
+                .range((
+                    std::ops::Bound::Excluded(chunk_id),
+                    std::ops::Bound::Unbounded,
+                ))
+                .next()
+                .copied();
+        }
+    }
+
+    fn pick_worker(&self, chunk_id: ChunkId) -> Option<WorkerId> {
+        let job = &self.jobs[&chunk_id.job];
+        let chunk = &self.chunks[&chunk_id];
+        let needs = &job.spec.resources;
+        let command = matches!(job.spec.kind, JobKind::Command(_));
+        self.workers
+            .iter()
+            .filter(|(id, w)| {
+                w.connected
+                    && w.disagreements < self.config.disagreements_max
+                    && needs.fits_in(&w.free)
+                    && (!command || w.allow_commands)
+                    && !chunk.results.iter().any(|(r, _, _)| r == *id)
+                    && !chunk.running.values().any(|r| r == *id)
+            })
+            // The emptiest worker first; ties by id, so the choice is deterministic.
+            .max_by_key(|(id, w)| (w.free.cpus, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id)
+    }
+
+    fn assign(&mut self, now: u64, chunk_id: ChunkId, worker: WorkerId) {
+        let id = AssignmentId(self.next_assignment);
+        self.next_assignment += 1;
+        let task = self.task(chunk_id);
+        let resources = self.jobs[&chunk_id.job].spec.resources;
+        let deadline_ms = now + self.config.lease_timeout_ms;
+        let w = self
+            .workers
+            .get_mut(&worker)
+            .expect("assigning to a known worker");
+        w.free = w.free.minus(&resources);
+        w.running.insert(id);
+        self.chunks
+            .get_mut(&chunk_id)
+            .expect("assigning an open chunk")
+            .running
+            .insert(id, worker);
+        self.leases.insert(
+            id,
+            Lease {
+                chunk: chunk_id,
+                worker,
+                resources,
+                deadline_ms,
+                steps_done: 0,
+            },
+        );
+        self.deadlines.insert((deadline_ms, id));
+        self.send(
+            worker,
+            ToWorker::Assign(Assignment {
+                id,
+                chunk: chunk_id,
+                task,
+                resources,
+            }),
+        );
+    }
+
+    fn task(&self, chunk_id: ChunkId) -> Task {
+        let job = &self.jobs[&chunk_id.job];
+        let chunk = &self.chunks[&chunk_id];
+        match &job.spec.kind {
+            JobKind::Md(md) => Task::Md {
+                input: chunk.input.expect("md chunks have an input"),
+                steps: md.chunk_steps,
+                thermo_every: md.thermo_every,
+                thermo_at_start: chunk_id.index == 0,
+            },
+            JobKind::Command(command) => {
+                let task_id = command.tasks.get(chunk_id.index as usize);
+                let argv = command
+                    .argv
+                    .iter()
+                    .map(|a| match task_id {
+                        Some(t) => a.replace("{task}", &t.to_string()),
+                        None => a.clone(),
+                    })
+                    .collect();
+                Task::Command {
+                    argv,
+                    inputs: command.inputs.clone(),
+                    outputs: command.outputs.clone(),
+                    timeout_s: command.timeout_s,
+                }
+            }
+            JobKind::Empty { .. } => Task::Empty {
+                value: chunk_id.index as u64,
+            },
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Queries
+
+    /// Resolves a job given by id or by `workflow.job` name (the newest such job).
+    pub fn find_job(&self, text: &str) -> Option<JobId> {
+        if let Ok(id) = text.parse::<u64>() {
+            return self.jobs.contains_key(&JobId(id)).then_some(JobId(id));
+        }
+        let (workflow, job) = text.split_once('.')?;
+        self.jobs
+            .iter()
+            .rev()
+            .find(|(_, j)| j.name == job && self.workflows[&j.workflow].name == workflow)
+            .map(|(id, _)| *id)
+    }
+
+    pub fn job_status(&self, now: u64, id: JobId) -> Option<JobStatus> {
+        let job = self.jobs.get(&id)?;
+        let open = self.chunks.range(
+            ChunkId { job: id, index: 0 }..=ChunkId {
+                job: id,
+                index: u32::MAX,
+            },
+        );
+        let mut running = 0;
+        let mut steps_in_flight = 0;
+        for (_, chunk) in open {
+            running += (!chunk.running.is_empty()) as u64;
+            steps_in_flight += chunk
+                .running
+                .keys()
+                .map(|a| self.leases[a].steps_done)
+                .max()
+                .unwrap_or(0);
+        }
+        Some(JobStatus {
+            id,
+            workflow: job.workflow,
+            workflow_name: self.workflows[&job.workflow].name.clone(),
+            name: job.name.clone(),
+            kind: job.spec.kind.name().to_string(),
+            state: job.state.clone(),
+            chunks_total: job.chunks_total,
+            chunks_verified: job.verified.len() as u64,
+            chunks_running: running,
+            steps_in_flight,
+            running_ms: job.started_ms.map_or(0, |s| now.saturating_sub(s)),
+            failures: job.failures.clone(),
+            disagreements: job.disagreements,
+        })
+    }
+
+    pub fn job_statuses(&self, now: u64) -> Vec<JobStatus> {
+        self.jobs
+            .keys()
+            .filter_map(|id| self.job_status(now, *id))
+            .collect()
+    }
+
+    pub fn job_spec(&self, id: JobId) -> Option<&JobSpec> {
+        self.jobs.get(&id).map(|j| &j.spec)
+    }
+
+    pub fn workers(&self) -> Vec<WorkerStatus> {
+        self.workers
+            .iter()
+            .map(|(id, w)| WorkerStatus {
+                id: *id,
+                name: w.name.clone(),
+                connected: w.connected,
+                device: w.device.clone(),
+                resources: w.capacity,
+                running: w.running.len() as u64,
+                completed: w.completed,
+                disagreements: w.disagreements,
+                quarantined: w.disagreements >= self.config.disagreements_max,
+            })
+            .collect()
+    }
+
+    /// Checks that the indexes agree with each other; for tests (the simulation calls it after every
+    /// event).
+    pub fn check_invariants(&self) {
+        for (id, lease) in &self.leases {
+            assert!(
+                self.deadlines.contains(&(lease.deadline_ms, *id)),
+                "lease {id} without deadline"
+            );
+            assert!(
+                self.workers[&lease.worker].running.contains(id),
+                "lease {id} unknown to its worker"
+            );
+            let chunk = self
+                .chunks
+                .get(&lease.chunk)
+                .unwrap_or_else(|| panic!("lease {id} of a closed chunk"));
+            assert_eq!(chunk.running.get(id), Some(&lease.worker));
+        }
+        assert_eq!(self.deadlines.len(), self.leases.len());
+        for (id, worker) in &self.workers {
+            let used = worker.running.iter().fold(Resources::default(), |sum, a| {
+                sum.plus(&self.leases[a].resources)
+            });
+            assert_eq!(
+                worker.free.plus(&used),
+                worker.capacity,
+                "worker {} resources",
+                id.short()
+            );
+            assert!(worker.connected || worker.running.is_empty());
+        }
+        for (chunk_id, chunk) in &self.chunks {
+            let job = &self.jobs[&chunk_id.job];
+            assert_eq!(
+                job.state,
+                JobState::Running,
+                "open chunk {chunk_id} of a job that is not running"
+            );
+            assert!(
+                !job.verified.contains(&chunk_id.index),
+                "open chunk {chunk_id} already verified"
+            );
+            assert_eq!(
+                self.ready.contains(chunk_id),
+                wanted(chunk) > 0,
+                "ready set out of step for {chunk_id}"
+            );
+            let mut workers: Vec<WorkerId> = chunk
+                .results
+                .iter()
+                .map(|r| r.0)
+                .chain(chunk.running.values().copied())
+                .collect();
+            let count = workers.len();
+            workers.sort();
+            workers.dedup();
+            assert_eq!(
+                workers.len(),
+                count,
+                "chunk {chunk_id} has two replicas on one worker"
+            );
+        }
+    }
+}
+
+fn wanted(chunk: &Chunk) -> u32 {
+    chunk
+        .target
+        .saturating_sub(chunk.results.len() as u32 + chunk.running.len() as u32)
+}
+
+fn best_votes(results: &[(WorkerId, Digest, Output)]) -> u32 {
+    let mut counts: BTreeMap<Digest, u32> = BTreeMap::new();
+    for (_, digest, _) in results {
+        *counts.entry(*digest).or_default() += 1;
+    }
+    counts.values().copied().max().unwrap_or(0)
+}
+
+fn truncate(mut reason: String) -> String {
+    let limit = upglobe_protocol::messages::limits::REASON_BYTES_MAX;
+    if reason.len() > limit {
+        let mut end = limit;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push('…');
+    }
+    reason
+}

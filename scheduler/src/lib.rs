@@ -1,0 +1,31 @@
+//! The scheduler: a pure decision [`core`], its SQLite [`store`], and the QUIC [`server`] shell that
+//! feeds the core events and carries out its actions.
+
+pub mod core;
+pub mod server;
+pub mod store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("state store: {0}")]
+    Store(String),
+    #[error(transparent)]
+    Protocol(#[from] upglobe_protocol::ProtocolError),
+    #[error(transparent)]
+    Dataset(#[from] upglobe_datasets::DatasetError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<rusqlite::Error> for SchedulerError {
+    fn from(e: rusqlite::Error) -> SchedulerError {
+        SchedulerError::Store(e.to_string())
+    }
+}
+
+pub type Result<T, E = SchedulerError> = std::result::Result<T, E>;

@@ -1,0 +1,512 @@
+//! Seeded deterministic simulation of the scheduler core with its real SQLite store.
+//!
+//! Random workers join, crash, stall, answer late, twice, or wrongly; the scheduler itself restarts
+//! from its store. After every event the core's own invariants are checked, and across the whole run:
+//! - no chunk is accepted without a quorum of distinct agreeing workers;
+//! - no chunk is verified twice (the store's primary key would also refuse it);
+//! - an MD chunk only ever starts from the verified checkpoint of the chunk before;
+//! - once the faults stop, every job completes (enough honest workers remain).
+//!
+//! A failing seed replays exactly: `SIMULATION_SEED=1234 cargo nextest run -p upglobe-scheduler simulation`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use upglobe_protocol::messages::{
+    JobKind, JobSpec, JobState, MdJob, Outcome, Output, Progress, Resources, Task, ThermoLine,
+    ToWorker,
+};
+use upglobe_protocol::{AssignmentId, BlobHash, ChunkId, JobId, WorkerId};
+use upglobe_scheduler::core::{Action, Config, Core, Record};
+use upglobe_scheduler::store::Store;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// What an honest worker computes: a pure function of the task.
+fn honest_output(task: &Task) -> Output {
+    match task {
+        Task::Md { input, steps, .. } => {
+            let state = *blake3::hash(&[&input.0[..], &steps.to_le_bytes()].concat()).as_bytes();
+            Output::Md {
+                state_hash: state,
+                checkpoint: BlobHash(*blake3::hash(&state).as_bytes()),
+                checkpoint_bytes: 100,
+                thermo: vec![ThermoLine {
+                    step: 0,
+                    temp: 1.0,
+                    pe: -1.0,
+                    ke: 1.0,
+                    etotal: 0.0,
+                    press: 0.0,
+                }],
+            }
+        }
+        Task::Empty { value } => Output::Empty { value: *value },
+        Task::Command { .. } => unreachable!("no command jobs in the simulation"),
+    }
+}
+
+fn wrong_output(task: &Task, rng: &mut Rng) -> Output {
+    match honest_output(task) {
+        Output::Md {
+            checkpoint,
+            checkpoint_bytes,
+            thermo,
+            ..
+        } => Output::Md {
+            state_hash: [rng.next() as u8 | 1; 32],
+            checkpoint,
+            checkpoint_bytes,
+            thermo,
+        },
+        Output::Empty { value } => Output::Empty {
+            value: value + 1 + rng.below(5),
+        },
+        other => other,
+    }
+}
+
+struct SimWorker {
+    id: WorkerId,
+    honest: bool,
+    connected: bool,
+    /// Assignments in hand: (assignment, task, time it will answer).
+    tasks: Vec<(AssignmentId, Task, u64)>,
+}
+
+struct Simulation {
+    rng: Rng,
+    now: u64,
+    config: Config,
+    core: Core,
+    store: Store,
+    workers: Vec<SimWorker>,
+    /// Answers in flight: (deliver at, worker, assignment, outcome), possibly from before a restart.
+    network: Vec<(u64, WorkerId, AssignmentId, Outcome)>,
+    jobs: BTreeMap<JobId, JobSpec>,
+    verified: BTreeMap<ChunkId, Output>,
+    restarts: u32,
+    faults: bool,
+}
+
+impl Simulation {
+    fn new(seed: u64) -> Simulation {
+        let config = Config {
+            lease_timeout_ms: 5_000,
+            attempts_max: 1_000,
+            extra_replicas_max: 3,
+            disagreements_max: 3,
+        };
+        let mut store = Store::in_memory().unwrap();
+        let epoch = store.next_epoch().unwrap();
+        let workers = (0..6)
+            .map(|k| SimWorker {
+                id: WorkerId([k as u8 + 1; 32]),
+                honest: k != 5,
+                connected: false,
+                tasks: Vec::new(),
+            })
+            .collect();
+        Simulation {
+            rng: Rng(seed),
+            now: 0,
+            core: Core::new(config.clone(), epoch),
+            config,
+            store,
+            workers,
+            network: Vec::new(),
+            jobs: BTreeMap::new(),
+            verified: BTreeMap::new(),
+            restarts: 0,
+            faults: true,
+        }
+    }
+
+    fn submit(&mut self) {
+        let md = |name: &str, chunks: u64, replicas: u32, after: Vec<String>| JobSpec {
+            name: name.into(),
+            after,
+            replicas,
+            resources: Resources {
+                cpus: 1,
+                memory_bytes: 0,
+                gpus: 0,
+            },
+            kind: JobKind::Md(MdJob {
+                initial: BlobHash([9; 32]),
+                atoms: 10,
+                total_steps: chunks * 10,
+                chunk_steps: 10,
+                thermo_every: 10,
+            }),
+        };
+        let empty = JobSpec {
+            name: "sweep".into(),
+            after: vec![],
+            replicas: 2,
+            resources: Resources {
+                cpus: 1,
+                memory_bytes: 0,
+                gpus: 0,
+            },
+            kind: JobKind::Empty { chunks: 12 },
+        };
+        let specs = vec![
+            md("melt", 8, 2, vec![]),
+            md("anneal", 5, 3, vec!["melt".into()]),
+            empty,
+            md("solo", 4, 1, vec![]),
+        ];
+        let (_, ids) =
+            self.core
+                .handle_submit(self.now, "sim".into(), "# source".into(), specs.clone());
+        for (name, id) in ids {
+            self.jobs
+                .insert(id, specs.iter().find(|s| s.name == name).unwrap().clone());
+        }
+        self.drain();
+    }
+
+    /// Carries out the core's actions, checking the global invariants on the way.
+    fn drain(&mut self) {
+        let mut records = Vec::new();
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Persist(record) => {
+                    self.check_record(&record);
+                    records.push(record);
+                }
+                Action::Send { worker, message } => {
+                    // Persist before sending, as the shell does.
+                    self.store.apply(&std::mem::take(&mut records)).unwrap();
+                    self.deliver(worker, message);
+                }
+            }
+        }
+        self.store.apply(&records).unwrap();
+        self.core.check_invariants();
+    }
+
+    fn check_record(&mut self, record: &Record) {
+        if let Record::ChunkVerified {
+            chunk,
+            digest,
+            output,
+            agreeing,
+            ..
+        } = record
+        {
+            let replicas = self.jobs[&chunk.job].replicas as usize;
+            let distinct: BTreeSet<&WorkerId> = agreeing.iter().collect();
+            assert!(
+                agreeing.len() >= replicas && distinct.len() == agreeing.len(),
+                "{chunk} accepted without a quorum"
+            );
+            assert_eq!(output.digest(), *digest);
+            assert!(
+                self.verified.insert(*chunk, output.clone()).is_none(),
+                "{chunk} verified twice"
+            );
+        }
+    }
+
+    fn deliver(&mut self, worker: WorkerId, message: ToWorker) {
+        let answer_at = self.now + 100 + self.rng.below(3_000);
+        let w = self
+            .workers
+            .iter_mut()
+            .find(|w| w.id == worker)
+            .expect("known worker");
+        if !w.connected {
+            // The scheduler has not noticed the crash yet; the message is lost.
+            return;
+        }
+        match message {
+            ToWorker::Assign(assignment) => {
+                if let Task::Md { input, .. } = &assignment.task {
+                    let expected = match assignment.chunk.index {
+                        0 => BlobHash([9; 32]),
+                        k => match &self.verified[&ChunkId {
+                            job: assignment.chunk.job,
+                            index: k - 1,
+                        }] {
+                            Output::Md { checkpoint, .. } => *checkpoint,
+                            _ => unreachable!(),
+                        },
+                    };
+                    assert_eq!(
+                        *input, expected,
+                        "{} did not start from the verified checkpoint",
+                        assignment.chunk
+                    );
+                }
+                w.tasks.push((assignment.id, assignment.task, answer_at));
+            }
+            ToWorker::Cancel { assignment, .. } => w.tasks.retain(|(a, _, _)| *a != assignment),
+            ToWorker::Welcome(_) | ToWorker::Refused { .. } => {}
+        }
+    }
+
+    fn join(&mut self, k: usize) {
+        let id = self.workers[k].id;
+        self.workers[k].connected = true;
+        self.workers[k].tasks.clear();
+        let resources = Resources {
+            cpus: 1 + (k as u32 % 3),
+            memory_bytes: 1 << 30,
+            gpus: 0,
+        };
+        self.core.handle_worker_joined(
+            self.now,
+            id,
+            format!("w{k}"),
+            resources,
+            false,
+            "sim".into(),
+        );
+    }
+
+    fn step(&mut self) {
+        self.now += 1 + self.rng.below(400);
+        let k = self.rng.below(self.workers.len() as u64) as usize;
+        let roll = self.rng.below(100);
+        match roll {
+            0..=2 if self.faults => {
+                // A crash: the worker vanishes (its connection drops now or only by lease expiry).
+                let id = self.workers[k].id;
+                self.workers[k].connected = false;
+                self.workers[k].tasks.clear();
+                if self.rng.chance(50) {
+                    self.core
+                        .handle_worker_left(self.now, id, "connection lost");
+                }
+            }
+            3 if self.faults => self.restart(),
+            _ => {}
+        }
+        for k in 0..self.workers.len() {
+            if !self.workers[k].connected && self.rng.chance(if self.faults { 5 } else { 100 }) {
+                self.join(k);
+            }
+        }
+        self.work();
+        self.deliver_network();
+        if self.core.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.core.handle_timeout(self.now);
+        }
+        self.drain();
+    }
+
+    /// Workers heartbeat (unless stalled) and answer tasks that are due.
+    fn work(&mut self) {
+        for k in 0..self.workers.len() {
+            if !self.workers[k].connected {
+                continue;
+            }
+            let stalled = self.faults && self.rng.chance(3);
+            if !stalled {
+                let running: Vec<Progress> = self.workers[k]
+                    .tasks
+                    .iter()
+                    .map(|(a, _, _)| Progress {
+                        assignment: *a,
+                        steps_done: 1,
+                    })
+                    .collect();
+                self.core
+                    .handle_heartbeat(self.now, self.workers[k].id, &running);
+            }
+            let (due, later): (Vec<_>, Vec<_>) = self.workers[k]
+                .tasks
+                .drain(..)
+                .partition(|(_, _, at)| *at <= self.now);
+            self.workers[k].tasks = later;
+            for (assignment, task, _) in due {
+                let outcome = if self.faults && self.rng.chance(5) {
+                    Outcome::Failed {
+                        reason: "simulated failure".into(),
+                    }
+                } else if !self.workers[k].honest && self.rng.chance(60) {
+                    Outcome::Completed(wrong_output(&task, &mut self.rng))
+                } else {
+                    Outcome::Completed(honest_output(&task))
+                };
+                let delay = if self.faults && self.rng.chance(10) {
+                    8_000
+                } else {
+                    0
+                };
+                let copies = if self.faults && self.rng.chance(5) {
+                    2
+                } else {
+                    1
+                };
+                for _ in 0..copies {
+                    self.network.push((
+                        self.now + delay,
+                        self.workers[k].id,
+                        assignment,
+                        outcome.clone(),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn deliver_network(&mut self) {
+        let (due, later): (Vec<_>, Vec<_>) = self
+            .network
+            .drain(..)
+            .partition(|(at, _, _, _)| *at <= self.now);
+        self.network = later;
+        for (_, worker, assignment, outcome) in due {
+            self.core
+                .handle_finished(self.now, worker, assignment, outcome);
+            self.drain();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.restarts += 1;
+        let epoch = self.store.next_epoch().unwrap();
+        let snapshot = self.store.load(epoch).unwrap();
+        self.core = Core::restore(self.config.clone(), snapshot, self.now);
+        for w in &mut self.workers {
+            // Connections die with the scheduler; answers already in the network may still arrive.
+            w.connected = false;
+            w.tasks.clear();
+        }
+        self.drain();
+    }
+
+    fn all_finished(&self) -> bool {
+        self.core
+            .job_statuses(self.now)
+            .iter()
+            .all(|s| s.state.is_finished())
+    }
+}
+
+fn run(seed: u64) {
+    let mut sim = Simulation::new(seed);
+    sim.submit();
+    for _ in 0..3_000 {
+        sim.step();
+    }
+    // Calm: no more faults; the honest majority must finish everything.
+    sim.faults = false;
+    for _ in 0..20_000 {
+        if sim.all_finished() {
+            break;
+        }
+        sim.step();
+    }
+    for status in sim.core.job_statuses(sim.now) {
+        assert_eq!(
+            status.state,
+            JobState::Completed,
+            "seed {seed}: job {} ({}) did not complete: {:?}",
+            status.name,
+            status.id,
+            status.failures.last()
+        );
+        assert_eq!(status.chunks_verified, status.chunks_total);
+    }
+    let total: u64 = sim.jobs.values().map(|s| s.kind.chunks()).sum();
+    assert_eq!(sim.verified.len() as u64, total, "seed {seed}");
+    // Everything verified was persisted exactly once and survives a restart.
+    let snapshot = sim.store.load(99).unwrap();
+    assert_eq!(snapshot.verified.len() as u64, total);
+    let restored = Core::restore(sim.config.clone(), snapshot, sim.now);
+    assert!(
+        restored
+            .job_statuses(0)
+            .iter()
+            .all(|s| s.state == JobState::Completed)
+    );
+}
+
+#[test]
+fn seeded_simulations_keep_the_invariants() {
+    let seeds: Vec<u64> = match std::env::var("SIMULATION_SEED") {
+        Ok(seed) => vec![seed.parse().expect("SIMULATION_SEED is a number")],
+        Err(_) => (1..=40).collect(),
+    };
+    for seed in seeds {
+        run(seed);
+    }
+}
+
+#[test]
+fn dishonest_worker_is_outvoted_and_quarantined() {
+    let mut sim = Simulation::new(7);
+    sim.faults = false;
+    sim.submit();
+    for _ in 0..20_000 {
+        if sim.all_finished() {
+            break;
+        }
+        sim.step();
+    }
+    assert!(sim.all_finished());
+    let liar = sim
+        .core
+        .workers()
+        .into_iter()
+        .find(|w| w.id == WorkerId([6; 32]))
+        .unwrap();
+    assert!(
+        liar.disagreements >= 1,
+        "the dishonest worker was never caught"
+    );
+    // With two or more replicas, only honest results are ever verified (a single replica is trusted).
+    for (chunk, output) in &sim.verified {
+        let spec = &sim.jobs[&chunk.job];
+        if spec.replicas < 2 {
+            continue;
+        }
+        let task = match &spec.kind {
+            JobKind::Md(md) => {
+                let input = match chunk.index {
+                    0 => md.initial,
+                    k => match &sim.verified[&ChunkId {
+                        job: chunk.job,
+                        index: k - 1,
+                    }] {
+                        Output::Md { checkpoint, .. } => *checkpoint,
+                        _ => unreachable!(),
+                    },
+                };
+                Task::Md {
+                    input,
+                    steps: md.chunk_steps,
+                    thermo_every: md.thermo_every,
+                    thermo_at_start: chunk.index == 0,
+                }
+            }
+            _ => Task::Empty {
+                value: chunk.index as u64,
+            },
+        };
+        assert_eq!(
+            output,
+            &honest_output(&task),
+            "a wrong result was verified for {chunk}"
+        );
+    }
+}
