@@ -63,7 +63,11 @@ const SECTIONS_UNSUPPORTED: &[&str] = &[
 
 impl<'a> Parser<'a> {
     fn error(&self, line: usize, message: impl Into<String>) -> KernelError {
-        KernelError::DataFile { path: self.path.to_string(), line, message: message.into() }
+        KernelError::DataFile {
+            path: self.path.to_string(),
+            line,
+            message: message.into(),
+        }
     }
 
     /// The next non-blank line with comments removed, and its 1-based number.
@@ -87,10 +91,18 @@ impl<'a> Parser<'a> {
     }
 
     fn comment_of(&self, number: usize) -> Option<&'a str> {
-        self.lines[number - 1].1.split_once('#').map(|(_, c)| c.trim())
+        self.lines[number - 1]
+            .1
+            .split_once('#')
+            .map(|(_, c)| c.trim())
     }
 
-    fn numbers<const N: usize>(&self, number: usize, fields: &[&str], what: &str) -> Result<[f64; N]> {
+    fn numbers<const N: usize>(
+        &self,
+        number: usize,
+        fields: &[&str],
+        what: &str,
+    ) -> Result<[f64; N]> {
         let mut out = [0.0; N];
         for (k, slot) in out.iter_mut().enumerate() {
             let text = fields[k];
@@ -98,7 +110,9 @@ impl<'a> Parser<'a> {
                 .parse::<f64>()
                 .ok()
                 .filter(|v| v.is_finite())
-                .ok_or_else(|| self.error(number, format!("{what}: '{text}' is not a finite number")))?;
+                .ok_or_else(|| {
+                    self.error(number, format!("{what}: '{text}' is not a finite number"))
+                })?;
         }
         Ok(out)
     }
@@ -110,15 +124,24 @@ fn parse_index(text: &str) -> Option<u64> {
 
 impl DataFile {
     pub fn read(path: &Path) -> Result<DataFile> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| KernelError::Io { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| KernelError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
         DataFile::parse(&path.display().to_string(), &text)
     }
 
     pub fn parse(path: &str, text: &str) -> Result<DataFile> {
         let lines: Vec<(usize, &str)> = text.lines().enumerate().map(|(i, l)| (i + 1, l)).collect();
-        let mut parser = Parser { path, lines, next: 1 };
-        let mut data = DataFile { title: text.lines().next().unwrap_or("").trim().to_string(), ..Default::default() };
+        let mut parser = Parser {
+            path,
+            lines,
+            next: 1,
+        };
+        let mut data = DataFile {
+            title: text.lines().next().unwrap_or("").trim().to_string(),
+            ..Default::default()
+        };
         if let Some(t) = data.title.split("timestep = ").nth(1) {
             data.timestep_number = t.trim().parse().unwrap_or(0);
         }
@@ -155,9 +178,15 @@ impl DataFile {
         let mut bounds = [None; 3];
         while let Some((number, text)) = parser.peek_line() {
             let fields: Vec<&str> = text.split_whitespace().collect();
-            let keyword = fields.iter().skip_while(|f| f.parse::<f64>().is_ok()).copied().collect::<Vec<_>>().join(" ");
+            let keyword = fields
+                .iter()
+                .skip_while(|f| f.parse::<f64>().is_ok())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" ");
             let count = || {
-                parse_index(fields[0]).ok_or_else(|| parser.error(number, format!("'{}' is not a count", fields[0])))
+                parse_index(fields[0])
+                    .ok_or_else(|| parser.error(number, format!("'{}' is not a count", fields[0])))
             };
             match keyword.as_str() {
                 "atoms" => atoms = Some(count()? as usize),
@@ -167,12 +196,28 @@ impl DataFile {
                     bounds[d] = Some(parser.numbers::<2>(number, &fields, "box bounds")?);
                 }
                 "xy xz yz" => return Err(parser.error(number, "triclinic boxes are not supported")),
-                "bonds" | "angles" | "dihedrals" | "impropers" | "bond types" | "angle types" | "dihedral types"
-                | "improper types" | "extra bond per atom" | "extra angle per atom" | "extra dihedral per atom"
-                | "extra improper per atom" | "extra special per atom" | "ellipsoids" | "lines" | "triangles"
+                "bonds"
+                | "angles"
+                | "dihedrals"
+                | "impropers"
+                | "bond types"
+                | "angle types"
+                | "dihedral types"
+                | "improper types"
+                | "extra bond per atom"
+                | "extra angle per atom"
+                | "extra dihedral per atom"
+                | "extra improper per atom"
+                | "extra special per atom"
+                | "ellipsoids"
+                | "lines"
+                | "triangles"
                 | "bodies" => {
                     if count()? != 0 {
-                        return Err(parser.error(number, format!("'{keyword}' is not supported: only atomic systems are")));
+                        return Err(parser.error(
+                            number,
+                            format!("'{keyword}' is not supported: only atomic systems are"),
+                        ));
                     }
                 }
                 _ if fields.first().is_some_and(|f| f.parse::<f64>().is_ok()) => {
@@ -188,7 +233,13 @@ impl DataFile {
         }
         for (d, bound) in bounds.iter().enumerate() {
             let [low, high] = bound.ok_or_else(|| {
-                parser.error(1, format!("the header has no '{0}lo {0}hi' box bounds", ['x', 'y', 'z'][d]))
+                parser.error(
+                    1,
+                    format!(
+                        "the header has no '{0}lo {0}hi' box bounds",
+                        ['x', 'y', 'z'][d]
+                    ),
+                )
             })?;
             if !(high > low) {
                 return Err(parser.error(1, format!("box bounds {low} {high} are empty")));
@@ -204,7 +255,10 @@ impl DataFile {
     fn type_index(&self, parser: &Parser, number: usize, text: &str) -> Result<usize> {
         match parse_index(text) {
             Some(t) if t >= 1 && t as usize <= self.types => Ok(t as usize - 1),
-            _ => Err(parser.error(number, format!("atom type '{text}' is not between 1 and {}", self.types))),
+            _ => Err(parser.error(
+                number,
+                format!("atom type '{text}' is not between 1 and {}", self.types),
+            )),
         }
     }
 
@@ -224,10 +278,17 @@ impl DataFile {
             };
             let fields: Vec<&str> = text.split_whitespace().collect();
             if !columns.contains(&fields.len()) {
-                let expected = columns.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" or ");
+                let expected = columns
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" or ");
                 return Err(parser.error(
                     number,
-                    format!("{section} line has {} columns; expected {expected}", fields.len()),
+                    format!(
+                        "{section} line has {} columns; expected {expected}",
+                        fields.len()
+                    ),
                 ));
             }
             out.push((number, fields));
@@ -240,7 +301,10 @@ impl DataFile {
             let t = self.type_index(parser, number, fields[0])?;
             let [mass] = parser.numbers::<1>(number, &fields[1..], "mass")?;
             if mass <= 0.0 {
-                return Err(parser.error(number, format!("mass {mass} of type {} must be positive", t + 1)));
+                return Err(parser.error(
+                    number,
+                    format!("mass {mass} of type {} must be positive", t + 1),
+                ));
             }
             self.masses[t] = Some(mass);
         }
@@ -281,7 +345,8 @@ impl DataFile {
                 Some(_) => Some(parser.numbers::<1>(number, &fields[4..], "cutoff")?[0]),
                 None => None,
             };
-            self.pair_coeffs.insert((a.min(b), a.max(b)), (epsilon, sigma, cutoff));
+            self.pair_coeffs
+                .insert((a.min(b), a.max(b)), (epsilon, sigma, cutoff));
         }
         Ok(())
     }
@@ -289,7 +354,10 @@ impl DataFile {
     fn read_atoms(&mut self, parser: &mut Parser, header: usize, atoms: usize) -> Result<()> {
         match parser.comment_of(header) {
             Some(style) if !style.is_empty() && style != "atomic" => {
-                return Err(parser.error(header, format!("atom style '{style}' is not supported; use atomic")));
+                return Err(parser.error(
+                    header,
+                    format!("atom style '{style}' is not supported; use atomic"),
+                ));
             }
             _ => {}
         }
@@ -297,9 +365,12 @@ impl DataFile {
         self.ids.reserve(atoms);
         let mut seen = std::collections::HashSet::with_capacity(atoms);
         for (number, fields) in lines {
-            let id = parse_index(fields[0])
-                .filter(|&id| id > 0)
-                .ok_or_else(|| parser.error(number, format!("atom id '{}' is not a positive integer", fields[0])))?;
+            let id = parse_index(fields[0]).filter(|&id| id > 0).ok_or_else(|| {
+                parser.error(
+                    number,
+                    format!("atom id '{}' is not a positive integer", fields[0]),
+                )
+            })?;
             if !seen.insert(id) {
                 return Err(parser.error(number, format!("atom id {id} appears twice")));
             }
@@ -307,9 +378,12 @@ impl DataFile {
             let mut position = parser.numbers::<3>(number, &fields[2..5], "coordinate")?;
             if fields.len() == 8 {
                 for d in 0..3 {
-                    let image: i64 = fields[5 + d]
-                        .parse()
-                        .map_err(|_| parser.error(number, format!("image flag '{}' is not an integer", fields[5 + d])))?;
+                    let image: i64 = fields[5 + d].parse().map_err(|_| {
+                        parser.error(
+                            number,
+                            format!("image flag '{}' is not an integer", fields[5 + d]),
+                        )
+                    })?;
                     position[d] += image as f64 * (self.box_high[d] - self.box_low[d]);
                 }
             }
@@ -322,8 +396,12 @@ impl DataFile {
 
     fn read_velocities(&mut self, parser: &mut Parser, atoms: usize) -> Result<()> {
         for (number, fields) in Self::section_lines(parser, atoms, &[4], "Velocities")? {
-            let id = parse_index(fields[0])
-                .ok_or_else(|| parser.error(number, format!("atom id '{}' is not a positive integer", fields[0])))?;
+            let id = parse_index(fields[0]).ok_or_else(|| {
+                parser.error(
+                    number,
+                    format!("atom id '{}' is not a positive integer", fields[0]),
+                )
+            })?;
             let velocity = parser.numbers::<3>(number, &fields[1..], "velocity")?;
             if self.velocities.insert(id, velocity).is_some() {
                 return Err(parser.error(number, format!("velocity of atom {id} is given twice")));
@@ -346,28 +424,48 @@ impl DataFile {
                 ((ea * eb).sqrt(), (sa * sb).sqrt(), cutoff)
             }
         };
-        Some(PairCoeff { epsilon, sigma, cutoff: cutoff.unwrap_or(settings.cutoff) })
+        Some(PairCoeff {
+            epsilon,
+            sigma,
+            cutoff: cutoff.unwrap_or(settings.cutoff),
+        })
     }
 
     /// Completes the file into a system with the script-level settings.
     pub fn to_system(&self, path: &str, settings: &Settings) -> Result<PhysicalSystem> {
-        let fail = |message: String| KernelError::DataFile { path: path.to_string(), line: 1, message };
+        let fail = |message: String| KernelError::DataFile {
+            path: path.to_string(),
+            line: 1,
+            message,
+        };
         let mut masses = Vec::with_capacity(self.types);
         for (t, mass) in self.masses.iter().enumerate() {
-            masses.push(mass.ok_or_else(|| fail(format!("no mass for atom type {} (Masses section)", t + 1)))?);
+            masses.push(mass.ok_or_else(|| {
+                fail(format!("no mass for atom type {} (Masses section)", t + 1))
+            })?);
         }
         let mut pair_coeffs = Vec::with_capacity(self.types * self.types);
         for a in 0..self.types {
             for b in 0..self.types {
                 pair_coeffs.push(self.coeff(a, b, settings).ok_or_else(|| {
-                    fail(format!("no lj/cut coefficients for types {} {} (Pair Coeffs or PairIJ Coeffs)", a + 1, b + 1))
+                    fail(format!(
+                        "no lj/cut coefficients for types {} {} (Pair Coeffs or PairIJ Coeffs)",
+                        a + 1,
+                        b + 1
+                    ))
                 })?);
             }
         }
-        let velocities = self.ids.iter().map(|id| self.velocities.get(id).copied().unwrap_or([0.0; 3])).collect();
+        let velocities = self
+            .ids
+            .iter()
+            .map(|id| self.velocities.get(id).copied().unwrap_or([0.0; 3]))
+            .collect();
         let known: std::collections::HashSet<u64> = self.ids.iter().copied().collect();
         if let Some(id) = self.velocities.keys().find(|id| !known.contains(id)) {
-            return Err(fail(format!("Velocities names atom {id}, which is not in Atoms")));
+            return Err(fail(format!(
+                "Velocities names atom {id}, which is not in Atoms"
+            )));
         }
         Ok(PhysicalSystem {
             params: Params {
@@ -393,11 +491,20 @@ pub fn write(path: &Path, state: &crate::system::State) -> Result<()> {
     use std::fmt::Write as _;
     let p = &state.params;
     let mut out = String::new();
-    let _ = writeln!(out, "LAMMPS data file written by upglobe, timestep = {}\n", state.step);
+    let _ = writeln!(
+        out,
+        "LAMMPS data file written by upglobe, timestep = {}\n",
+        state.step
+    );
     let _ = writeln!(out, "{} atoms\n{} atom types\n", state.atoms(), p.types());
     for d in 0..3 {
         let axis = ['x', 'y', 'z'][d];
-        let _ = writeln!(out, "{:.17e} {:.17e} {axis}lo {axis}hi", p.box_origin[d], p.box_origin[d] + p.box_length[d]);
+        let _ = writeln!(
+            out,
+            "{:.17e} {:.17e} {axis}lo {axis}hi",
+            p.box_origin[d],
+            p.box_origin[d] + p.box_length[d]
+        );
     }
     let _ = writeln!(out, "\nMasses\n");
     for (t, m) in p.masses.iter().enumerate() {
@@ -407,20 +514,43 @@ pub fn write(path: &Path, state: &crate::system::State) -> Result<()> {
     for a in 0..p.types() {
         for b in a..p.types() {
             let c = p.pair(a, b);
-            let _ = writeln!(out, "{} {} {:.17e} {:.17e} {:.17e}", a + 1, b + 1, c.epsilon, c.sigma, c.cutoff);
+            let _ = writeln!(
+                out,
+                "{} {} {:.17e} {:.17e} {:.17e}",
+                a + 1,
+                b + 1,
+                c.epsilon,
+                c.sigma,
+                c.cutoff
+            );
         }
     }
     let _ = writeln!(out, "\nAtoms # atomic\n");
     for i in 0..state.atoms() {
         let x = state.position(i);
-        let _ = writeln!(out, "{} {} {:.17e} {:.17e} {:.17e} 0 0 0", state.ids[i], state.types[i] + 1, x[0], x[1], x[2]);
+        let _ = writeln!(
+            out,
+            "{} {} {:.17e} {:.17e} {:.17e} 0 0 0",
+            state.ids[i],
+            state.types[i] + 1,
+            x[0],
+            x[1],
+            x[2]
+        );
     }
     let _ = writeln!(out, "\nVelocities\n");
     for i in 0..state.atoms() {
         let v = state.velocity(i);
-        let _ = writeln!(out, "{} {:.17e} {:.17e} {:.17e}", state.ids[i], v[0], v[1], v[2]);
+        let _ = writeln!(
+            out,
+            "{} {:.17e} {:.17e} {:.17e}",
+            state.ids[i], v[0], v[1], v[2]
+        );
     }
-    std::fs::write(path, out).map_err(|source| KernelError::Io { path: path.display().to_string(), source })
+    std::fs::write(path, out).map_err(|source| KernelError::Io {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -460,7 +590,11 @@ Velocities
 ";
 
     fn settings() -> Settings {
-        Settings { cutoff: 2.5, shift: false, timestep: 0.005 }
+        Settings {
+            cutoff: 2.5,
+            shift: false,
+            timestep: 0.005,
+        }
     }
 
     #[test]
@@ -469,7 +603,14 @@ Velocities
         assert_eq!(data.ids.len(), 4);
         assert_eq!(data.positions[3], [0.0, 0.0, 1.1 - 10.0]);
         let system = data.to_system("small.data", &settings()).unwrap();
-        assert_eq!(system.params.pair_coeffs[0], PairCoeff { epsilon: 1.0, sigma: 1.0, cutoff: 2.5 });
+        assert_eq!(
+            system.params.pair_coeffs[0],
+            PairCoeff {
+                epsilon: 1.0,
+                sigma: 1.0,
+                cutoff: 2.5
+            }
+        );
         assert_eq!(system.velocities[2], [0.0, 0.0, 0.3]);
     }
 
@@ -482,18 +623,51 @@ Velocities
 
     #[test]
     fn reports_file_and_line() {
-        assert_eq!(error_of(&SMALL.replace("2 1 1.1 0 0", "2 1 1.x 0 0")), "bad.data:21: coordinate: '1.x' is not a finite number");
-        assert_eq!(error_of(&SMALL.replace("3 1 0 1.1", "3 7 0 1.1")), "bad.data:22: atom type '7' is not between 1 and 1");
-        assert_eq!(error_of(&SMALL.replace("3 1 0 1.1 0 0 0 0", "2 1 0 1.1 0 0 0 0")), "bad.data:22: atom id 2 appears twice");
-        assert_eq!(error_of(&SMALL.replace("Atoms # atomic", "Atoms # full")), "bad.data:18: atom style 'full' is not supported; use atomic");
-        assert_eq!(error_of(&SMALL.replace("1 atom types", "1 atom types\n2 bonds")), "bad.data:5: 'bonds' is not supported: only atomic systems are");
-        assert_eq!(error_of(&SMALL.replace("Velocities", "Bonds")), "bad.data:25: section 'Bonds' is not supported: only atomic systems with lj/cut are");
-        assert_eq!(error_of(&SMALL.replace("4 -0.1 -0.2 -0.3\n", "")), "bad.data:29: section 'Velocities' ends after 3 lines; 4 were expected");
-        assert_eq!(error_of(&SMALL.replace("1 1 1\n", "1 1\n")), "bad.data:16: Pair Coeffs line has 2 columns; expected 3 or 4");
-        assert_eq!(error_of(&SMALL.replace("Pair Coeffs # lj/cut/opt", "Pair Coeffs # morse")), "bad.data:14: Pair Coeffs are for pair style 'morse'; only lj/cut is supported");
+        assert_eq!(
+            error_of(&SMALL.replace("2 1 1.1 0 0", "2 1 1.x 0 0")),
+            "bad.data:21: coordinate: '1.x' is not a finite number"
+        );
+        assert_eq!(
+            error_of(&SMALL.replace("3 1 0 1.1", "3 7 0 1.1")),
+            "bad.data:22: atom type '7' is not between 1 and 1"
+        );
+        assert_eq!(
+            error_of(&SMALL.replace("3 1 0 1.1 0 0 0 0", "2 1 0 1.1 0 0 0 0")),
+            "bad.data:22: atom id 2 appears twice"
+        );
+        assert_eq!(
+            error_of(&SMALL.replace("Atoms # atomic", "Atoms # full")),
+            "bad.data:18: atom style 'full' is not supported; use atomic"
+        );
+        assert_eq!(
+            error_of(&SMALL.replace("1 atom types", "1 atom types\n2 bonds")),
+            "bad.data:5: 'bonds' is not supported: only atomic systems are"
+        );
+        assert_eq!(
+            error_of(&SMALL.replace("Velocities", "Bonds")),
+            "bad.data:25: section 'Bonds' is not supported: only atomic systems with lj/cut are"
+        );
+        assert_eq!(
+            error_of(&SMALL.replace("4 -0.1 -0.2 -0.3\n", "")),
+            "bad.data:29: section 'Velocities' ends after 3 lines; 4 were expected"
+        );
+        assert_eq!(
+            error_of(&SMALL.replace("1 1 1\n", "1 1\n")),
+            "bad.data:16: Pair Coeffs line has 2 columns; expected 3 or 4"
+        );
+        assert_eq!(
+            error_of(&SMALL.replace("Pair Coeffs # lj/cut/opt", "Pair Coeffs # morse")),
+            "bad.data:14: Pair Coeffs are for pair style 'morse'; only lj/cut is supported"
+        );
         let no_coeffs = SMALL.replace("Pair Coeffs # lj/cut/opt\n\n1 1 1\n", "");
-        assert_eq!(error_of(&no_coeffs), "bad.data:1: no lj/cut coefficients for types 1 1 (Pair Coeffs or PairIJ Coeffs)");
-        assert_eq!(error_of(&SMALL.replace("0 10 xlo xhi", "0 10 0 xy xz yz")), "bad.data:6: unknown header line '0 10 0 xy xz yz'");
+        assert_eq!(
+            error_of(&no_coeffs),
+            "bad.data:1: no lj/cut coefficients for types 1 1 (Pair Coeffs or PairIJ Coeffs)"
+        );
+        assert_eq!(
+            error_of(&SMALL.replace("0 10 xlo xhi", "0 10 0 xy xz yz")),
+            "bad.data:6: unknown header line '0 10 0 xy xz yz'"
+        );
     }
 
     #[test]
@@ -502,11 +676,17 @@ Velocities
             .replace("1 atom types", "2 atom types")
             .replace("Masses\n\n1 1\n", "Masses\n\n1 1\n2 4\n")
             .replace("1 1 1\n", "1 1 1\n2 4 2 3.0\n");
-        let system = DataFile::parse("mix.data", &text).unwrap().to_system("mix.data", &settings()).unwrap();
+        let system = DataFile::parse("mix.data", &text)
+            .unwrap()
+            .to_system("mix.data", &settings())
+            .unwrap();
         let mixed = system.params.pair_coeffs[1];
         assert_eq!(mixed.epsilon, 2.0);
         assert_eq!(mixed.sigma, 2f64.sqrt());
-        assert_eq!(mixed.cutoff, 2.5, "one type without its own cutoff: the global one applies");
+        assert_eq!(
+            mixed.cutoff, 2.5,
+            "one type without its own cutoff: the global one applies"
+        );
         assert_eq!(system.params.pair_coeffs[3].cutoff, 3.0);
     }
 }

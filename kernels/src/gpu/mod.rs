@@ -39,7 +39,11 @@ pub struct AdapterDescription {
 
 impl std::fmt::Display for AdapterDescription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}, {}, {})", self.name, self.backend, self.device_type, self.driver)
+        write!(
+            f,
+            "{} ({}, {}, {})",
+            self.name, self.backend, self.device_type, self.driver
+        )
     }
 }
 
@@ -53,20 +57,31 @@ fn describe(index: usize, info: &wgpu::AdapterInfo) -> AdapterDescription {
         name: info.name.clone(),
         backend: format!("{:?}", info.backend).to_lowercase(),
         device_type: format!("{:?}", info.device_type).to_lowercase(),
-        driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+        driver: format!("{} {}", info.driver, info.driver_info)
+            .trim()
+            .to_string(),
     }
 }
 
 /// Adapters that can run compute shaders, in the order `--device wgpu:N` counts them.
 pub fn adapters() -> Vec<AdapterDescription> {
-    compute_adapters(&instance()).iter().enumerate().map(|(i, a)| describe(i, &a.get_info())).collect()
+    compute_adapters(&instance())
+        .iter()
+        .enumerate()
+        .map(|(i, a)| describe(i, &a.get_info()))
+        .collect()
 }
 
 fn compute_adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
-    let mut adapters: Vec<wgpu::Adapter> = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
-        .into_iter()
-        .filter(|a| a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS))
-        .collect();
+    let mut adapters: Vec<wgpu::Adapter> =
+        pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+            .into_iter()
+            .filter(|a| {
+                a.get_downlevel_capabilities()
+                    .flags
+                    .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+            })
+            .collect();
     // Real GPUs first, software rasterisers last.
     adapters.sort_by_key(|a| match a.get_info().device_type {
         wgpu::DeviceType::DiscreteGpu => 0,
@@ -114,7 +129,10 @@ impl GpuEngine {
         }
         let chosen = index.unwrap_or(0);
         if chosen >= adapters.len() {
-            return Err(KernelError::Gpu(format!("adapter {chosen} does not exist; there are {}", adapters.len())));
+            return Err(KernelError::Gpu(format!(
+                "adapter {chosen} does not exist; there are {}",
+                adapters.len()
+            )));
         }
         let adapter = adapters.swap_remove(chosen);
         let description = describe(chosen, &adapter.get_info());
@@ -134,13 +152,26 @@ impl GpuEngine {
         }))
         .map_err(|e| KernelError::Gpu(format!("cannot open {description}: {e}")))?;
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let layout = bind_group_layout(&device, (0..BINDINGS).filter(|&b| b != INDIRECT_BINDING), Some(0));
+        let layout = bind_group_layout(
+            &device,
+            (0..BINDINGS).filter(|&b| b != INDIRECT_BINDING),
+            Some(0),
+        );
         let indirect_layout = bind_group_layout(&device, [0].into_iter(), None);
         let pipelines = create_pipelines(&device, &layout, &indirect_layout);
         if let Some(error) = pollster::block_on(scope.pop()) {
-            return Err(KernelError::Gpu(format!("the MD shaders do not compile on {description}: {error}")));
+            return Err(KernelError::Gpu(format!(
+                "the MD shaders do not compile on {description}: {error}"
+            )));
         }
-        Ok(GpuEngine { device, queue, adapter: description, layout, indirect_layout, pipelines })
+        Ok(GpuEngine {
+            device,
+            queue,
+            adapter: description,
+            layout,
+            indirect_layout,
+            pipelines,
+        })
     }
 
     pub fn adapter(&self) -> &AdapterDescription {
@@ -148,7 +179,11 @@ impl GpuEngine {
     }
 }
 
-fn bind_group_layout(device: &wgpu::Device, bindings: impl Iterator<Item = u32>, uniform: Option<u32>) -> wgpu::BindGroupLayout {
+fn bind_group_layout(
+    device: &wgpu::Device,
+    bindings: impl Iterator<Item = u32>,
+    uniform: Option<u32>,
+) -> wgpu::BindGroupLayout {
     let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
         .map(|binding| wgpu::BindGroupLayoutEntry {
             binding,
@@ -157,7 +192,9 @@ fn bind_group_layout(device: &wgpu::Device, bindings: impl Iterator<Item = u32>,
                 ty: if Some(binding) == uniform {
                     wgpu::BufferBindingType::Uniform
                 } else {
-                    wgpu::BufferBindingType::Storage { read_only: READ_ONLY_BINDINGS.contains(&binding) }
+                    wgpu::BufferBindingType::Storage {
+                        read_only: READ_ONLY_BINDINGS.contains(&binding),
+                    }
                 },
                 has_dynamic_offset: false,
                 min_binding_size: None,
@@ -165,10 +202,17 @@ fn bind_group_layout(device: &wgpu::Device, bindings: impl Iterator<Item = u32>,
             count: None,
         })
         .collect();
-    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some("md"), entries: &entries })
+    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some("md"),
+        entries: &entries,
+    })
 }
 
-fn create_pipelines(device: &wgpu::Device, layout: &wgpu::BindGroupLayout, indirect: &wgpu::BindGroupLayout) -> Pipelines {
+fn create_pipelines(
+    device: &wgpu::Device,
+    layout: &wgpu::BindGroupLayout,
+    indirect: &wgpu::BindGroupLayout,
+) -> Pipelines {
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("md.wgsl"),
         source: wgpu::ShaderSource::Wgsl(SHADER.into()),
@@ -186,10 +230,17 @@ fn create_pipelines(device: &wgpu::Device, layout: &wgpu::BindGroupLayout, indir
     let make = |entry: &str, constants: &[(&str, f64)]| {
         device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(entry),
-            layout: Some(if entry == "prepare" { &prepare_layout } else { &pipeline_layout }),
+            layout: Some(if entry == "prepare" {
+                &prepare_layout
+            } else {
+                &pipeline_layout
+            }),
             module: &module,
             entry_point: Some(entry),
-            compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                ..Default::default()
+            },
             cache: None,
         })
     };
@@ -274,7 +325,8 @@ impl<'e> Run<'e> {
         let p = &state.params;
         let skin = effective_skin(p, skin);
         let list_radius = p.cutoff_max() + skin;
-        let mut cells: [usize; 3] = std::array::from_fn(|d| ((p.box_length[d] / list_radius).floor() as usize).max(1));
+        let mut cells: [usize; 3] =
+            std::array::from_fn(|d| ((p.box_length[d] / list_radius).floor() as usize).max(1));
         while cells.iter().product::<usize>() > CELLS_MAX {
             cells.iter_mut().for_each(|c| *c = (*c / 2).max(1));
         }
@@ -300,14 +352,24 @@ impl<'e> Run<'e> {
             types: model.types as u32,
             max_neighbors: max_neighbors as u32,
             atom_groups,
-            cells: [cells[0] as u32, cells[1] as u32, cells[2] as u32, total_cells as u32],
+            cells: [
+                cells[0] as u32,
+                cells[1] as u32,
+                cells[2] as u32,
+                total_cells as u32,
+            ],
             multiplier: [
                 model.separation[0].multiplier as u32,
                 model.separation[1].multiplier as u32,
                 model.separation[2].multiplier as u32,
                 0,
             ],
-            shift: [model.separation[0].shift, model.separation[1].shift, model.separation[2].shift, 0],
+            shift: [
+                model.separation[0].shift,
+                model.separation[1].shift,
+                model.separation[2].shift,
+                0,
+            ],
             list_squared: split64(model.squared(list_radius)),
             drift_limit_squared: split64(model.squared(skin / 2.0 - 1e-6)),
             langevin: langevin.is_some() as u32,
@@ -368,21 +430,49 @@ impl<'e> Run<'e> {
     ) -> Result<()> {
         let device = &self.engine.device;
         let atoms = self.atoms;
-        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        let storage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
         let init = |label: &str, contents: &[u8], usage: wgpu::BufferUsages| {
-            device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents, usage })
+            device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage,
+            })
         };
-        let zeroed = |label: &str, bytes: usize| device.create_buffer(&plain(label, bytes.max(16) as u64, storage));
+        let zeroed = |label: &str, bytes: usize| {
+            device.create_buffer(&plain(label, bytes.max(16) as u64, storage))
+        };
         let high: Vec<[u32; 4]> = state
             .positions
             .iter()
             .zip(&state.types)
-            .map(|(x, &t)| [(x[0] >> 32) as u32, (x[1] >> 32) as u32, (x[2] >> 32) as u32, t])
+            .map(|(x, &t)| {
+                [
+                    (x[0] >> 32) as u32,
+                    (x[1] >> 32) as u32,
+                    (x[2] >> 32) as u32,
+                    t,
+                ]
+            })
             .collect();
-        let control = [1u32, 0, state.step as u32, (state.step >> 32) as u32, 0, 0, 0, 0];
+        let control = [
+            1u32,
+            0,
+            state.step as u32,
+            (state.step >> 32) as u32,
+            0,
+            0,
+            0,
+            0,
+        ];
         let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         self.buffers = vec![
-            init("params", bytemuck::bytes_of(&self.params), wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST),
+            init(
+                "params",
+                bytemuck::bytes_of(&self.params),
+                wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            ),
             init("position", bytemuck::cast_slice(&state.positions), storage),
             init("velocity", bytemuck::cast_slice(&state.velocities), storage),
             zeroed("force", atoms * 24),
@@ -395,7 +485,11 @@ impl<'e> Run<'e> {
             zeroed("cell_atoms", atoms * 4),
             zeroed("atom_cell", atoms * 8),
             init("control", bytemuck::cast_slice(&control), storage),
-            init("indirect", &[0u8; 36], storage | wgpu::BufferUsages::INDIRECT),
+            init(
+                "indirect",
+                &[0u8; 36],
+                storage | wgpu::BufferUsages::INDIRECT,
+            ),
             init("pair_params", bytemuck::cast_slice(pair_params), storage),
             init("segments", bytemuck::cast_slice(segments), storage),
             init("type_factors", bytemuck::cast_slice(type_factors), storage),
@@ -409,7 +503,10 @@ impl<'e> Run<'e> {
             device.create_buffer(&plain("snapshot control", 32, copy)),
         ];
         if let Some(error) = pollster::block_on(scope.pop()) {
-            return Err(KernelError::Gpu(format!("cannot allocate {} atoms on {}: {error}", atoms, self.engine.adapter)));
+            return Err(KernelError::Gpu(format!(
+                "cannot allocate {} atoms on {}: {error}",
+                atoms, self.engine.adapter
+            )));
         }
         self.bind();
         Ok(())
@@ -421,18 +518,30 @@ impl<'e> Run<'e> {
             .iter()
             .enumerate()
             .filter(|(binding, _)| *binding as u32 != INDIRECT_BINDING)
-            .map(|(binding, buffer)| wgpu::BindGroupEntry { binding: binding as u32, resource: buffer.as_entire_binding() })
+            .map(|(binding, buffer)| wgpu::BindGroupEntry {
+                binding: binding as u32,
+                resource: buffer.as_entire_binding(),
+            })
             .collect();
-        self.bind_group = Some(self.engine.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("md"),
-            layout: &self.engine.layout,
-            entries: &entries,
-        }));
-        self.indirect_group = Some(self.engine.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("md indirect"),
-            layout: &self.engine.indirect_layout,
-            entries: &[wgpu::BindGroupEntry { binding: 0, resource: self.buffers[INDIRECT].as_entire_binding() }],
-        }));
+        self.bind_group = Some(
+            self.engine
+                .device
+                .create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("md"),
+                    layout: &self.engine.layout,
+                    entries: &entries,
+                }),
+        );
+        self.indirect_group = Some(self.engine.device.create_bind_group(
+            &wgpu::BindGroupDescriptor {
+                label: Some("md indirect"),
+                layout: &self.engine.indirect_layout,
+                entries: &[wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: self.buffers[INDIRECT].as_entire_binding(),
+                }],
+            },
+        ));
     }
 
     /// Records the list build (indirect: it does nothing unless `prepare` saw a rebuild request).
@@ -461,7 +570,10 @@ impl<'e> Run<'e> {
 
     /// Forces at the starting positions (and energies if asked).
     fn start(&self, energy: bool) {
-        let mut encoder = self.engine.device.create_command_encoder(&Default::default());
+        let mut encoder = self
+            .engine
+            .device
+            .create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             pass.set_bind_group(0, self.bind_group.as_ref(), &[]);
@@ -475,7 +587,10 @@ impl<'e> Run<'e> {
     /// Records steps `first..=last` (global numbers); energies at `last` if asked.
     fn encode_steps(&self, first: u64, last: u64, energy_at_last: bool) {
         let p = &self.engine.pipelines;
-        let mut encoder = self.engine.device.create_command_encoder(&Default::default());
+        let mut encoder = self
+            .engine
+            .device
+            .create_command_encoder(&Default::default());
         for (k, source) in [POSITION, VELOCITY, FORCE, CONTROL].iter().enumerate() {
             encoder.copy_buffer_to_buffer(&self.buffers[*source], 0, &self.snapshot[k], 0, None);
         }
@@ -500,14 +615,20 @@ impl<'e> Run<'e> {
         let device = &self.engine.device;
         let source = &self.buffers[index];
         let size = source.size();
-        let staging = device.create_buffer(&plain("readback", size, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST));
+        let staging = device.create_buffer(&plain(
+            "readback",
+            size,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        ));
         let mut encoder = device.create_command_encoder(&Default::default());
         encoder.copy_buffer_to_buffer(source, 0, &staging, 0, size);
         self.engine.queue.submit([encoder.finish()]);
         let (sender, receiver) = std::sync::mpsc::channel();
-        staging.slice(..).map_async(wgpu::MapMode::Read, move |result| {
-            let _ = sender.send(result);
-        });
+        staging
+            .slice(..)
+            .map_async(wgpu::MapMode::Read, move |result| {
+                let _ = sender.send(result);
+            });
         device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| KernelError::Gpu(format!("waiting for {}: {e}", self.engine.adapter)))?;
@@ -539,21 +660,40 @@ impl<'e> Run<'e> {
         if from_snapshot {
             let mut encoder = device.create_command_encoder(&Default::default());
             for (k, target) in [POSITION, VELOCITY, FORCE, CONTROL].iter().enumerate() {
-                encoder.copy_buffer_to_buffer(&self.snapshot[k], 0, &self.buffers[*target], 0, None);
+                encoder.copy_buffer_to_buffer(
+                    &self.snapshot[k],
+                    0,
+                    &self.buffers[*target],
+                    0,
+                    None,
+                );
             }
             self.engine.queue.submit([encoder.finish()]);
         }
         let control: Vec<u32> = bytemuck::pod_collect_to_vec(&self.read(CONTROL)?);
-        self.engine.queue.write_buffer(&self.buffers[CONTROL], 0, bytemuck::cast_slice(&[1u32, 0, control[2], control[3], control[4]]));
+        self.engine.queue.write_buffer(
+            &self.buffers[CONTROL],
+            0,
+            bytemuck::cast_slice(&[1u32, 0, control[2], control[3], control[4]]),
+        );
         let max_neighbors = ((needed as usize * 5 / 4).div_ceil(8) * 8).min(self.atoms) as u32;
-        tracing::debug!(from = self.params.max_neighbors, to = max_neighbors, "growing the GPU neighbour list");
+        tracing::debug!(
+            from = self.params.max_neighbors,
+            to = max_neighbors,
+            "growing the GPU neighbour list"
+        );
         self.params.max_neighbors = max_neighbors;
-        self.engine.queue.write_buffer(&self.buffers[PARAMS], 0, bytemuck::bytes_of(&self.params));
+        self.engine
+            .queue
+            .write_buffer(&self.buffers[PARAMS], 0, bytemuck::bytes_of(&self.params));
         let bytes = self.atoms as u64 * max_neighbors as u64 * 4;
         let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        self.buffers[NEIGHBORS] = device.create_buffer(&plain("neighbors", bytes, wgpu::BufferUsages::STORAGE));
+        self.buffers[NEIGHBORS] =
+            device.create_buffer(&plain("neighbors", bytes, wgpu::BufferUsages::STORAGE));
         if let Some(error) = pollster::block_on(scope.pop()) {
-            return Err(KernelError::Gpu(format!("cannot grow the neighbour list to {max_neighbors} per atom: {error}")));
+            return Err(KernelError::Gpu(format!(
+                "cannot grow the neighbour list to {max_neighbors} per atom: {error}"
+            )));
         }
         self.bind();
         Ok(())
@@ -567,7 +707,9 @@ impl<'e> Run<'e> {
         }
         if with_energy {
             let energies: Vec<[i64; 2]> = bytemuck::pod_collect_to_vec(&self.read(ENERGY)?);
-            let (energy, virial) = energies.iter().fold((0i128, 0i128), |(e, w), x| (e + x[0] as i128, w + x[1] as i128));
+            let (energy, virial) = energies.iter().fold((0i128, 0i128), |(e, w), x| {
+                (e + x[0] as i128, w + x[1] as i128)
+            });
             // Full lists see every pair twice; the CPU's half list once. Both totals are exact.
             debug_assert!(energy % 2 == 0 && virial % 2 == 0);
             sums.energy = energy / 2;
@@ -586,7 +728,12 @@ impl<'e> Run<'e> {
 }
 
 fn plain(label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::BufferDescriptor<'_> {
-    wgpu::BufferDescriptor { label: Some(label), size: size.div_ceil(4) * 4, usage, mapped_at_creation: false }
+    wgpu::BufferDescriptor {
+        label: Some(label),
+        size: size.div_ceil(4) * 4,
+        usage,
+        mapped_at_creation: false,
+    }
 }
 
 impl Engine for GpuEngine {
@@ -636,7 +783,10 @@ impl Engine for GpuEngine {
             if energy {
                 let t = run.sums(true)?.thermo(&state.params, state.atoms(), step);
                 if !(t.etotal.is_finite() && t.press.is_finite()) {
-                    return Err(KernelError::Unstable { step, message: "energy is not finite".into() });
+                    return Err(KernelError::Unstable {
+                        step,
+                        message: "energy is not finite".into(),
+                    });
                 }
                 thermo.push(t);
                 if observer(Event::Thermo(&t)).is_break() {
@@ -648,7 +798,11 @@ impl Engine for GpuEngine {
             }
         }
         let control: Vec<u32> = bytemuck::pod_collect_to_vec(&run.read(CONTROL)?);
-        Ok(RunOutput { state: run.state(state, end)?, thermo, neighbor_builds: control[4] as u64 })
+        Ok(RunOutput {
+            state: run.state(state, end)?,
+            thermo,
+            neighbor_builds: control[4] as u64,
+        })
     }
 }
 

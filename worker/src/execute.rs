@@ -1,0 +1,222 @@
+//! Running one task: an MD chunk on the kernels, a command in a scratch directory, or nothing.
+
+use std::ops::ControlFlow;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use upglobe_datasets::{BlobStore, transfer};
+use upglobe_kernels::{Checkpoint, Device, Event, RunOptions, engine};
+use upglobe_protocol::messages::{Assignment, FileRef, Output, Task, ThermoLine};
+use upglobe_protocol::BlobHash;
+
+use crate::WorkerConfig;
+
+/// Runs an assignment; `Err` carries the reason of a failure, in words for the job's status.
+pub async fn run(
+    config: &WorkerConfig,
+    blobs: &BlobStore,
+    connection: &quinn::Connection,
+    assignment: Assignment,
+    cancel: Arc<AtomicBool>,
+    steps_done: Arc<AtomicU64>,
+) -> Result<Output, String> {
+    match assignment.task {
+        Task::Empty { value } => Ok(Output::Empty { value }),
+        Task::Md { input, steps, thermo_every, thermo_at_start } => {
+            transfer::download(connection, blobs, input).await.map_err(|e| format!("fetching the input state: {e}"))?;
+            let device = match &config.device {
+                Device::Cpu { threads: 0 } => Device::Cpu { threads: assignment.resources.cpus.max(1) as usize },
+                other => other.clone(),
+            };
+            let blobs = blobs.clone();
+            let md = MdChunk { input, steps, thermo_every, thermo_at_start };
+            tokio::task::spawn_blocking(move || run_md(&blobs, &md, &device, &cancel, &steps_done))
+                .await
+                .map_err(|e| format!("the MD task panicked: {e}"))?
+        }
+        Task::Command { argv, inputs, outputs, timeout_s } => {
+            if !config.allow_commands {
+                return Err("this worker does not run commands (start it with --allow-commands)".into());
+            }
+            let scratch = config.data_dir.join("work").join(assignment.id.0.to_string());
+            let command = CommandTask { argv, inputs, outputs, timeout: Duration::from_secs(timeout_s) };
+            let result = run_command(blobs, connection, &scratch, &command, &cancel).await;
+            let _ = std::fs::remove_dir_all(&scratch);
+            result
+        }
+    }
+}
+
+struct MdChunk {
+    input: BlobHash,
+    steps: u64,
+    thermo_every: u64,
+    thermo_at_start: bool,
+}
+
+fn run_md(blobs: &BlobStore, md: &MdChunk, device: &Device, cancel: &AtomicBool, steps_done: &AtomicU64) -> Result<Output, String> {
+    let bytes = blobs.get(&md.input).map_err(|e| e.to_string())?;
+    let state = Checkpoint::decode(&bytes).map_err(|e| format!("the input state: {e}"))?;
+    let mut engine = engine(device).map_err(|e| e.to_string())?;
+    let options = RunOptions {
+        thermo_every: md.thermo_every,
+        thermo_at_start: md.thermo_at_start,
+        ..RunOptions::new(md.steps)
+    };
+    let start = state.step;
+    let started = Instant::now();
+    let output = engine
+        .run(&state, &options, &mut |event| {
+            if let Event::Step(step) = event {
+                steps_done.store(step - start, Ordering::Relaxed);
+            }
+            if cancel.load(Ordering::Relaxed) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        })
+        .map_err(|e| e.to_string())?;
+    let encoded = Checkpoint::encode(&output.state);
+    let state_hash = Checkpoint::stored_hash(&encoded).expect("an encoding ends with its hash").0;
+    let checkpoint = blobs.put(&encoded).map_err(|e| e.to_string())?;
+    tracing::info!(
+        atoms = state.atoms(),
+        steps = md.steps,
+        engine = %engine.describe(),
+        atom_steps_per_s = state.atoms() as f64 * md.steps as f64 / started.elapsed().as_secs_f64(),
+        "md chunk done"
+    );
+    let thermo = output
+        .thermo
+        .iter()
+        .map(|t| ThermoLine { step: t.step, temp: t.temp, pe: t.pe, ke: t.ke, etotal: t.etotal, press: t.press })
+        .collect();
+    Ok(Output::Md { state_hash, checkpoint, checkpoint_bytes: encoded.len() as u64, thermo })
+}
+
+struct CommandTask {
+    argv: Vec<String>,
+    inputs: Vec<FileRef>,
+    outputs: Vec<String>,
+    timeout: Duration,
+}
+
+/// A relative path that stays inside the scratch directory.
+fn contained(name: &str) -> Result<PathBuf, String> {
+    let path = Path::new(name);
+    if name.is_empty() || !path.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(format!("'{name}' must be a relative path inside the task's directory"));
+    }
+    Ok(path.to_path_buf())
+}
+
+async fn run_command(
+    blobs: &BlobStore,
+    connection: &quinn::Connection,
+    scratch: &Path,
+    task: &CommandTask,
+    cancel: &AtomicBool,
+) -> Result<Output, String> {
+    let _ = std::fs::remove_dir_all(scratch);
+    let files = scratch.join("files");
+    std::fs::create_dir_all(&files).map_err(|e| format!("cannot create {}: {e}", files.display()))?;
+    for input in &task.inputs {
+        let target = files.join(contained(&input.name)?);
+        transfer::download(connection, blobs, input.blob).await.map_err(|e| format!("fetching '{}': {e}", input.name))?;
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        std::fs::copy(blobs.path(&input.blob), &target).map_err(|e| format!("cannot place '{}': {e}", input.name))?;
+    }
+    let stdout_path = scratch.join("stdout");
+    let stderr_path = scratch.join("stderr");
+    let open = |p: &Path| std::fs::File::create(p).map_err(|e| format!("cannot create {}: {e}", p.display()));
+    let program = task.argv.first().ok_or("empty argv")?;
+    let mut child = tokio::process::Command::new(program)
+        .args(&task.argv[1..])
+        .current_dir(&files)
+        .stdin(std::process::Stdio::null())
+        .stdout(open(&stdout_path)?)
+        .stderr(open(&stderr_path)?)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start '{program}': {e}"))?;
+    let started = Instant::now();
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status.map_err(|e| format!("waiting for '{program}': {e}"))?,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                if cancel.load(Ordering::Relaxed) {
+                    let _ = child.kill().await;
+                    return Err("cancelled".into());
+                }
+                if started.elapsed() > task.timeout {
+                    let _ = child.kill().await;
+                    return Err(format!("'{program}' timed out after {}s", task.timeout.as_secs()));
+                }
+            }
+        }
+    };
+    if !status.success() {
+        let tail = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+        let tail: String = tail.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ");
+        return Err(format!("'{program}' exited with {status}; stderr: {tail}"));
+    }
+    let mut outputs = collect_outputs(blobs, &files, &task.outputs)?;
+    outputs.sort_by(|a, b| a.name.cmp(&b.name));
+    let store = |name: &str, path: &Path| -> Result<FileRef, String> {
+        let (blob, size) = blobs.put_file(path).map_err(|e| e.to_string())?;
+        Ok(FileRef { name: name.into(), blob, size })
+    };
+    Ok(Output::Command {
+        exit_code: status.code().unwrap_or(0),
+        files: outputs,
+        stdout: store("stdout", &stdout_path)?,
+        stderr: store("stderr", &stderr_path)?,
+    })
+}
+
+/// Files matching the output patterns, stored as blobs.
+fn collect_outputs(blobs: &BlobStore, files: &Path, patterns: &[String]) -> Result<Vec<FileRef>, String> {
+    let mut found = std::collections::BTreeMap::new();
+    for pattern in patterns {
+        contained(pattern.trim_start_matches("./")).map_err(|e| format!("output pattern {e}"))?;
+        let full = files.join(pattern);
+        let matches = glob::glob(&full.to_string_lossy()).map_err(|e| format!("output pattern '{pattern}': {e}"))?;
+        for path in matches.flatten().filter(|p| p.is_file()) {
+            let name = path.strip_prefix(files).expect("matches are inside").to_string_lossy().replace('\\', "/");
+            if !found.contains_key(&name) {
+                let (blob, size) = blobs.put_file(&path).map_err(|e| e.to_string())?;
+                found.insert(name.clone(), FileRef { name, blob, size });
+            }
+        }
+    }
+    Ok(found.into_values().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_must_stay_inside() {
+        assert!(contained("a/b.txt").is_ok());
+        assert!(contained("../etc/passwd").is_err());
+        assert!(contained("/etc/passwd").is_err());
+        assert!(contained("").is_err());
+    }
+
+    #[test]
+    fn collects_matching_files_by_relative_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
+        let files = dir.path().join("files");
+        std::fs::create_dir_all(files.join("out")).unwrap();
+        std::fs::write(files.join("out/a.csv"), "1").unwrap();
+        std::fs::write(files.join("b.csv"), "2").unwrap();
+        std::fs::write(files.join("c.txt"), "3").unwrap();
+        let found = collect_outputs(&blobs, &files, &["*.csv".into(), "out/*.csv".into()]).unwrap();
+        let names: Vec<&str> = found.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["b.csv", "out/a.csv"]);
+        assert!(collect_outputs(&blobs, &files, &["../*".into()]).is_err());
+    }
+}

@@ -1,0 +1,258 @@
+//! The worker: joins a scheduler, advertises what it offers, runs the chunks it is given and returns
+//! results with their blobs, heartbeats while it works, and reconnects with backoff whenever the
+//! connection is lost (network trouble, a scheduler restart).
+//!
+//! What runs a task lives in [`execute`]; this module is the session around it.
+
+pub mod execute;
+pub mod resources;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use upglobe_datasets::{BlobStore, transfer};
+use upglobe_kernels::Device;
+use upglobe_protocol::messages::{Assignment, FromWorker, Greeting, Hello, Outcome, Progress, Resources, ToWorker};
+use upglobe_protocol::tls::PeerIdentity;
+use upglobe_protocol::{AssignmentId, PROTOCOL_VERSION, Token, frame, net};
+
+pub const SOFTWARE: &str = concat!("upglobe ", env!("CARGO_PKG_VERSION"));
+
+const BACKOFF_START: Duration = Duration::from_millis(250);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("refused by the scheduler at {address}: {reason}")]
+    Refused { address: String, reason: String },
+    #[error(transparent)]
+    Protocol(#[from] upglobe_protocol::ProtocolError),
+    #[error(transparent)]
+    Dataset(#[from] upglobe_datasets::DatasetError),
+    #[error("{0}")]
+    Session(String),
+}
+
+pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub data_dir: PathBuf,
+    pub token: Token,
+    pub name: String,
+    pub resources: Resources,
+    pub allow_commands: bool,
+    pub device: Device,
+    pub idle_timeout: Duration,
+    /// Longest wait between reconnection attempts.
+    pub backoff_max: Duration,
+}
+
+impl WorkerConfig {
+    pub fn new(data_dir: PathBuf, token: Token) -> WorkerConfig {
+        WorkerConfig {
+            data_dir,
+            token,
+            name: resources::host_name(),
+            resources: resources::detect(),
+            allow_commands: false,
+            device: Device::Cpu { threads: 0 },
+            idle_timeout: net::IDLE_TIMEOUT_DEFAULT,
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Runs the worker until `shutdown` resolves or the scheduler refuses it.
+pub async fn run(config: WorkerConfig, identity: Option<PeerIdentity>, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let identity = match identity {
+        Some(identity) => identity,
+        None => PeerIdentity::load_or_create(&config.data_dir, &config.name)?,
+    };
+    let blobs = BlobStore::open(config.data_dir.join("blobs"))?;
+    let config = Arc::new(config);
+    tokio::pin!(shutdown);
+    let mut backoff = BACKOFF_START;
+    loop {
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            outcome = session(&config, &identity, &blobs) => outcome,
+            _ = &mut shutdown => return Ok(()),
+        };
+        let reason = match outcome {
+            Ok(reason) => reason,
+            Err(refused @ WorkerError::Refused { .. }) => return Err(refused),
+            Err(e) => e.to_string(),
+        };
+        // A session that lasted a while was healthy: start the backoff over.
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = BACKOFF_START;
+        }
+        tracing::warn!(%reason, retry_in = ?backoff, "disconnected from the scheduler");
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = &mut shutdown => return Ok(()),
+        }
+        backoff = (backoff * 2).min(config.backoff_max);
+    }
+}
+
+/// A task in progress.
+struct Running {
+    cancel: Arc<AtomicBool>,
+    steps_done: Arc<AtomicU64>,
+}
+
+type RunningMap = Arc<Mutex<HashMap<AssignmentId, Running>>>;
+
+/// One connection to the scheduler; returns why it ended.
+async fn session(config: &Arc<WorkerConfig>, identity: &PeerIdentity, blobs: &BlobStore) -> Result<String> {
+    let connection = net::connect(&config.token, identity, config.idle_timeout).await?;
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| WorkerError::Session(e.to_string()))?;
+    let hello = Hello {
+        protocol: PROTOCOL_VERSION,
+        secret: config.token.secret.clone(),
+        software: SOFTWARE.into(),
+        name: config.name.clone(),
+        resources: config.resources,
+        allow_commands: config.allow_commands,
+        device: describe_device(&config.device),
+    };
+    frame::write(&mut send, &Greeting::Worker(hello)).await?;
+    let welcome = match frame::read::<ToWorker, _>(&mut recv).await {
+        Ok(Some(ToWorker::Welcome(welcome))) => welcome,
+        Ok(Some(ToWorker::Refused { reason })) => return Err(refused(config, reason)),
+        Ok(_) => return Err(WorkerError::Session("the scheduler closed the connection before welcoming".into())),
+        Err(e) => {
+            return match connection.close_reason() {
+                Some(quinn::ConnectionError::ApplicationClosed(close)) => {
+                    Err(refused(config, String::from_utf8_lossy(&close.reason).into_owned()))
+                }
+                _ => Err(e.into()),
+            };
+        }
+    };
+    tracing::info!(scheduler = %config.token.address, id = %welcome.peer.short(), "joined");
+    let running: RunningMap = Arc::default();
+    let (outbox, messages) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_frames(send, messages));
+    let heartbeat = tokio::spawn(heartbeats(outbox.clone(), running.clone(), Duration::from_millis(welcome.heartbeat_interval_ms.max(100))));
+    let reason = loop {
+        match frame::read::<ToWorker, _>(&mut recv).await {
+            Ok(Some(ToWorker::Assign(assignment))) => start_task(config, blobs, &connection, &running, &outbox, assignment),
+            Ok(Some(ToWorker::Cancel { assignment, reason })) => {
+                if let Some(task) = running.lock().expect("running map").get(&assignment) {
+                    tracing::info!(%assignment, %reason, "cancelled");
+                    task.cancel.store(true, Ordering::Relaxed);
+                }
+            }
+            Ok(Some(other)) => tracing::warn!(?other, "unexpected message"),
+            Ok(None) => break "the scheduler closed the control stream".to_string(),
+            Err(e) => break connection.close_reason().map_or(e.to_string(), |r| net::describe_connection_error(&r)),
+        }
+    };
+    // Whatever runs now belongs to a session the scheduler has given up on.
+    for task in running.lock().expect("running map").values() {
+        task.cancel.store(true, Ordering::Relaxed);
+    }
+    heartbeat.abort();
+    writer.abort();
+    Ok(reason)
+}
+
+fn refused(config: &WorkerConfig, reason: String) -> WorkerError {
+    WorkerError::Refused { address: config.token.address.clone(), reason }
+}
+
+pub fn describe_device(device: &Device) -> String {
+    match device {
+        Device::Cpu { threads: 0 } => "cpu".into(),
+        Device::Cpu { threads } => format!("cpu ({threads} threads)"),
+        Device::Wgpu { .. } => match upglobe_kernels::gpu::adapters().first() {
+            Some(adapter) => format!("wgpu: {adapter}"),
+            None => "wgpu (no adapter found)".into(),
+        },
+    }
+}
+
+async fn write_frames(mut send: quinn::SendStream, mut messages: mpsc::UnboundedReceiver<FromWorker>) {
+    let mut bytes = Vec::new();
+    let mut batch = Vec::new();
+    while messages.recv_many(&mut batch, 256).await > 0 {
+        bytes.clear();
+        for message in batch.drain(..) {
+            if let Err(e) = frame::encode_into(&message, &mut bytes) {
+                tracing::error!(error = %e, "a message to the scheduler could not be encoded");
+            }
+        }
+        if send.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn heartbeats(outbox: mpsc::UnboundedSender<FromWorker>, running: RunningMap, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        ticker.tick().await;
+        let progress: Vec<Progress> = running
+            .lock()
+            .expect("running map")
+            .iter()
+            .map(|(assignment, task)| Progress { assignment: *assignment, steps_done: task.steps_done.load(Ordering::Relaxed) })
+            .collect();
+        if outbox.send(FromWorker::Heartbeat { running: progress }).is_err() {
+            return;
+        }
+    }
+}
+
+fn start_task(
+    config: &Arc<WorkerConfig>,
+    blobs: &BlobStore,
+    connection: &quinn::Connection,
+    running: &RunningMap,
+    outbox: &mpsc::UnboundedSender<FromWorker>,
+    assignment: Assignment,
+) {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let steps_done = Arc::new(AtomicU64::new(0));
+    running.lock().expect("running map").insert(assignment.id, Running { cancel: cancel.clone(), steps_done: steps_done.clone() });
+    let (config, blobs, connection, running, outbox) = (config.clone(), blobs.clone(), connection.clone(), running.clone(), outbox.clone());
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let id = assignment.id;
+        tracing::debug!(assignment = %id, chunk = %assignment.chunk, "started");
+        let outcome = execute::run(&config, &blobs, &connection, assignment, cancel.clone(), steps_done).await;
+        running.lock().expect("running map").remove(&id);
+        if cancel.load(Ordering::Relaxed) {
+            return;
+        }
+        let outcome = match outcome {
+            Ok(output) => match upload_outputs(&connection, &blobs, &output).await {
+                Ok(()) => Outcome::Completed(output),
+                Err(e) => Outcome::Failed { reason: format!("uploading the result: {e}") },
+            },
+            Err(reason) => Outcome::Failed { reason },
+        };
+        if let Outcome::Failed { reason } = &outcome {
+            tracing::warn!(assignment = %id, %reason, "task failed");
+        }
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let _ = outbox.send(FromWorker::Finished { assignment: id, outcome, elapsed_ms });
+    });
+}
+
+async fn upload_outputs(
+    connection: &quinn::Connection,
+    blobs: &BlobStore,
+    output: &upglobe_protocol::messages::Output,
+) -> std::result::Result<(), upglobe_datasets::DatasetError> {
+    for hash in output.blobs() {
+        transfer::upload(connection, blobs, hash).await?;
+    }
+    Ok(())
+}
