@@ -2,6 +2,8 @@
 //! module) trajectory files in H5MD.
 
 pub mod blobs;
+#[cfg(feature = "h5md")]
+pub mod h5md;
 pub mod transfer;
 
 pub use blobs::{BlobStore, BlobWriter};

@@ -46,7 +46,12 @@ pub struct ServerConfig {
     pub core: Config,
     pub idle_timeout: Duration,
     pub heartbeat_interval: Duration,
+    /// Record how long each chunk takes from its first assignment to its verification (benchmarks).
+    pub measure_latency: bool,
 }
+
+/// Dispatch-to-verification latencies, in seconds, when [`ServerConfig::measure_latency`] is set.
+pub type Latencies = Arc<std::sync::Mutex<Vec<f64>>>;
 
 impl ServerConfig {
     pub fn new(data_dir: PathBuf, listen: SocketAddr) -> ServerConfig {
@@ -57,6 +62,7 @@ impl ServerConfig {
             core: Config::default(),
             idle_timeout: net::IDLE_TIMEOUT_DEFAULT,
             heartbeat_interval: Duration::from_secs(2),
+            measure_latency: false,
         }
     }
 }
@@ -68,6 +74,7 @@ pub struct Scheduler {
     pub address: SocketAddr,
     /// Whether this start created the CA (a new scheduler).
     pub created: bool,
+    pub latencies: Latencies,
     shutdown: watch::Sender<bool>,
     owner: tokio::task::JoinHandle<Result<()>>,
 }
@@ -157,12 +164,18 @@ impl Scheduler {
             sessions: AtomicU64::new(1),
         });
         tokio::spawn(accept_loop(endpoint, shared, watcher.clone()));
+        let latencies = Latencies::default();
+        let probe = config.measure_latency.then(|| LatencyProbe {
+            assigned: HashMap::new(),
+            latencies: latencies.clone(),
+        });
         let owner = Owner {
             core,
             store,
             blobs,
             clock,
             sessions: HashMap::new(),
+            probe,
         };
         let owner = tokio::spawn(owner.run(receiver, watcher));
         tracing::info!(%address, epoch, "scheduler listening");
@@ -171,6 +184,7 @@ impl Scheduler {
             client_token,
             address,
             created,
+            latencies,
             shutdown,
             owner,
         })
@@ -256,6 +270,31 @@ struct Owner {
     blobs: BlobStore,
     clock: Instant,
     sessions: HashMap<WorkerId, Session>,
+    probe: Option<LatencyProbe>,
+}
+
+struct LatencyProbe {
+    assigned: HashMap<upglobe_protocol::ChunkId, Instant>,
+    latencies: Latencies,
+}
+
+impl LatencyProbe {
+    fn observe(&mut self, records: &[Record], sends: &[(WorkerId, ToWorker)]) {
+        let now = Instant::now();
+        for (_, message) in sends {
+            if let ToWorker::Assign(assignment) = message {
+                self.assigned.entry(assignment.chunk).or_insert(now);
+            }
+        }
+        let mut latencies = self.latencies.lock().expect("latency list");
+        for record in records {
+            if let Record::ChunkVerified { chunk, .. } = record {
+                if let Some(assigned) = self.assigned.remove(chunk) {
+                    latencies.push((now - assigned).as_secs_f64());
+                }
+            }
+        }
+    }
 }
 
 impl Owner {
@@ -453,6 +492,9 @@ impl Owner {
         }
         log_records(&records);
         self.store.apply(&records)?;
+        if let Some(probe) = &mut self.probe {
+            probe.observe(&records, &sends);
+        }
         for (worker, message) in sends {
             if let Some(session) = self.sessions.get(&worker) {
                 let _ = session.outbox.send(message);

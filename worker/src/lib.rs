@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use upglobe_datasets::{BlobStore, transfer};
 use upglobe_kernels::Device;
-use upglobe_protocol::messages::{Assignment, FromWorker, Greeting, Hello, Outcome, Progress, Resources, ToWorker};
+use upglobe_protocol::messages::{
+    Assignment, FromWorker, Greeting, Hello, Outcome, Progress, Resources, ToWorker,
+};
 use upglobe_protocol::tls::PeerIdentity;
 use upglobe_protocol::{AssignmentId, PROTOCOL_VERSION, Token, frame, net};
 
@@ -67,7 +69,11 @@ impl WorkerConfig {
 }
 
 /// Runs the worker until `shutdown` resolves or the scheduler refuses it.
-pub async fn run(config: WorkerConfig, identity: Option<PeerIdentity>, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+pub async fn run(
+    config: WorkerConfig,
+    identity: Option<PeerIdentity>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
     let identity = match identity {
         Some(identity) => identity,
         None => PeerIdentity::load_or_create(&config.data_dir, &config.name)?,
@@ -109,9 +115,16 @@ struct Running {
 type RunningMap = Arc<Mutex<HashMap<AssignmentId, Running>>>;
 
 /// One connection to the scheduler; returns why it ended.
-async fn session(config: &Arc<WorkerConfig>, identity: &PeerIdentity, blobs: &BlobStore) -> Result<String> {
+async fn session(
+    config: &Arc<WorkerConfig>,
+    identity: &PeerIdentity,
+    blobs: &BlobStore,
+) -> Result<String> {
     let connection = net::connect(&config.token, identity, config.idle_timeout).await?;
-    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| WorkerError::Session(e.to_string()))?;
+    let (mut send, mut recv) = connection
+        .open_bi()
+        .await
+        .map_err(|e| WorkerError::Session(e.to_string()))?;
     let hello = Hello {
         protocol: PROTOCOL_VERSION,
         secret: config.token.secret.clone(),
@@ -125,12 +138,17 @@ async fn session(config: &Arc<WorkerConfig>, identity: &PeerIdentity, blobs: &Bl
     let welcome = match frame::read::<ToWorker, _>(&mut recv).await {
         Ok(Some(ToWorker::Welcome(welcome))) => welcome,
         Ok(Some(ToWorker::Refused { reason })) => return Err(refused(config, reason)),
-        Ok(_) => return Err(WorkerError::Session("the scheduler closed the connection before welcoming".into())),
+        Ok(_) => {
+            return Err(WorkerError::Session(
+                "the scheduler closed the connection before welcoming".into(),
+            ));
+        }
         Err(e) => {
             return match connection.close_reason() {
-                Some(quinn::ConnectionError::ApplicationClosed(close)) => {
-                    Err(refused(config, String::from_utf8_lossy(&close.reason).into_owned()))
-                }
+                Some(quinn::ConnectionError::ApplicationClosed(close)) => Err(refused(
+                    config,
+                    String::from_utf8_lossy(&close.reason).into_owned(),
+                )),
                 _ => Err(e.into()),
             };
         }
@@ -139,10 +157,16 @@ async fn session(config: &Arc<WorkerConfig>, identity: &PeerIdentity, blobs: &Bl
     let running: RunningMap = Arc::default();
     let (outbox, messages) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write_frames(send, messages));
-    let heartbeat = tokio::spawn(heartbeats(outbox.clone(), running.clone(), Duration::from_millis(welcome.heartbeat_interval_ms.max(100))));
+    let heartbeat = tokio::spawn(heartbeats(
+        outbox.clone(),
+        running.clone(),
+        Duration::from_millis(welcome.heartbeat_interval_ms.max(100)),
+    ));
     let reason = loop {
         match frame::read::<ToWorker, _>(&mut recv).await {
-            Ok(Some(ToWorker::Assign(assignment))) => start_task(config, blobs, &connection, &running, &outbox, assignment),
+            Ok(Some(ToWorker::Assign(assignment))) => {
+                start_task(config, blobs, &connection, &running, &outbox, assignment)
+            }
             Ok(Some(ToWorker::Cancel { assignment, reason })) => {
                 if let Some(task) = running.lock().expect("running map").get(&assignment) {
                     tracing::info!(%assignment, %reason, "cancelled");
@@ -151,7 +175,11 @@ async fn session(config: &Arc<WorkerConfig>, identity: &PeerIdentity, blobs: &Bl
             }
             Ok(Some(other)) => tracing::warn!(?other, "unexpected message"),
             Ok(None) => break "the scheduler closed the control stream".to_string(),
-            Err(e) => break connection.close_reason().map_or(e.to_string(), |r| net::describe_connection_error(&r)),
+            Err(e) => {
+                break connection
+                    .close_reason()
+                    .map_or(e.to_string(), |r| net::describe_connection_error(&r));
+            }
         }
     };
     // Whatever runs now belongs to a session the scheduler has given up on.
@@ -164,7 +192,10 @@ async fn session(config: &Arc<WorkerConfig>, identity: &PeerIdentity, blobs: &Bl
 }
 
 fn refused(config: &WorkerConfig, reason: String) -> WorkerError {
-    WorkerError::Refused { address: config.token.address.clone(), reason }
+    WorkerError::Refused {
+        address: config.token.address.clone(),
+        reason,
+    }
 }
 
 pub fn describe_device(device: &Device) -> String {
@@ -178,7 +209,10 @@ pub fn describe_device(device: &Device) -> String {
     }
 }
 
-async fn write_frames(mut send: quinn::SendStream, mut messages: mpsc::UnboundedReceiver<FromWorker>) {
+async fn write_frames(
+    mut send: quinn::SendStream,
+    mut messages: mpsc::UnboundedReceiver<FromWorker>,
+) {
     let mut bytes = Vec::new();
     let mut batch = Vec::new();
     while messages.recv_many(&mut batch, 256).await > 0 {
@@ -194,7 +228,11 @@ async fn write_frames(mut send: quinn::SendStream, mut messages: mpsc::Unbounded
     }
 }
 
-async fn heartbeats(outbox: mpsc::UnboundedSender<FromWorker>, running: RunningMap, interval: Duration) {
+async fn heartbeats(
+    outbox: mpsc::UnboundedSender<FromWorker>,
+    running: RunningMap,
+    interval: Duration,
+) {
     let mut ticker = tokio::time::interval(interval);
     loop {
         ticker.tick().await;
@@ -202,9 +240,15 @@ async fn heartbeats(outbox: mpsc::UnboundedSender<FromWorker>, running: RunningM
             .lock()
             .expect("running map")
             .iter()
-            .map(|(assignment, task)| Progress { assignment: *assignment, steps_done: task.steps_done.load(Ordering::Relaxed) })
+            .map(|(assignment, task)| Progress {
+                assignment: *assignment,
+                steps_done: task.steps_done.load(Ordering::Relaxed),
+            })
             .collect();
-        if outbox.send(FromWorker::Heartbeat { running: progress }).is_err() {
+        if outbox
+            .send(FromWorker::Heartbeat { running: progress })
+            .is_err()
+        {
             return;
         }
     }
@@ -220,13 +264,33 @@ fn start_task(
 ) {
     let cancel = Arc::new(AtomicBool::new(false));
     let steps_done = Arc::new(AtomicU64::new(0));
-    running.lock().expect("running map").insert(assignment.id, Running { cancel: cancel.clone(), steps_done: steps_done.clone() });
-    let (config, blobs, connection, running, outbox) = (config.clone(), blobs.clone(), connection.clone(), running.clone(), outbox.clone());
+    running.lock().expect("running map").insert(
+        assignment.id,
+        Running {
+            cancel: cancel.clone(),
+            steps_done: steps_done.clone(),
+        },
+    );
+    let (config, blobs, connection, running, outbox) = (
+        config.clone(),
+        blobs.clone(),
+        connection.clone(),
+        running.clone(),
+        outbox.clone(),
+    );
     tokio::spawn(async move {
         let started = Instant::now();
         let id = assignment.id;
         tracing::debug!(assignment = %id, chunk = %assignment.chunk, "started");
-        let outcome = execute::run(&config, &blobs, &connection, assignment, cancel.clone(), steps_done).await;
+        let outcome = execute::run(
+            &config,
+            &blobs,
+            &connection,
+            assignment,
+            cancel.clone(),
+            steps_done,
+        )
+        .await;
         running.lock().expect("running map").remove(&id);
         if cancel.load(Ordering::Relaxed) {
             return;
@@ -234,7 +298,9 @@ fn start_task(
         let outcome = match outcome {
             Ok(output) => match upload_outputs(&connection, &blobs, &output).await {
                 Ok(()) => Outcome::Completed(output),
-                Err(e) => Outcome::Failed { reason: format!("uploading the result: {e}") },
+                Err(e) => Outcome::Failed {
+                    reason: format!("uploading the result: {e}"),
+                },
             },
             Err(reason) => Outcome::Failed { reason },
         };
@@ -242,7 +308,11 @@ fn start_task(
             tracing::warn!(assignment = %id, %reason, "task failed");
         }
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        let _ = outbox.send(FromWorker::Finished { assignment: id, outcome, elapsed_ms });
+        let _ = outbox.send(FromWorker::Finished {
+            assignment: id,
+            outcome,
+            elapsed_ms,
+        });
     });
 }
 

@@ -1,0 +1,252 @@
+//! `upglobe md run`: a local single-machine run, the way a scientist uses `lmp -in`.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use upglobe_datasets::h5md::{Frame, Observable, Trajectory};
+use upglobe_kernels::lammps::{DataFile, Settings};
+use upglobe_kernels::lattice::FccLattice;
+use upglobe_kernels::{Checkpoint, Device, Event, PairCoeff, RunOptions, State, Thermo, engine};
+
+use super::Context;
+use super::worker::parse_device;
+use crate::output::{self, Format};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Run MD locally from a LAMMPS data file, a generated lattice or a checkpoint.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// A LAMMPS data file (write_data, atom_style atomic).
+    #[arg(long, conflicts_with_all = ["lattice", "checkpoint"])]
+    lammps_data: Option<PathBuf>,
+    /// Generate a lattice instead (only fcc).
+    #[arg(long, value_parser = ["fcc"], conflicts_with = "checkpoint")]
+    lattice: Option<String>,
+    /// Lattice unit cells per edge.
+    #[arg(long, default_value_t = 20)]
+    cells: usize,
+    /// Lattice reduced density.
+    #[arg(long, default_value_t = 0.8442)]
+    density: f64,
+    /// Lattice initial temperature.
+    #[arg(long, default_value_t = 1.44)]
+    temperature: f64,
+    /// Lattice velocity seed.
+    #[arg(long, default_value_t = 87287)]
+    seed: u64,
+    /// Continue from an UpGlobe checkpoint (all parameters come from it).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Global lj/cut cutoff.
+    #[arg(long, default_value_t = 2.5)]
+    cutoff: f64,
+    /// Shift pair energies to zero at the cutoff.
+    #[arg(long)]
+    shift: bool,
+    /// Timestep (lj units).
+    #[arg(long, default_value_t = 0.005)]
+    dt: f64,
+    #[arg(long)]
+    steps: u64,
+    /// Thermo interval; 0 prints the first and last step only.
+    #[arg(long, default_value_t = 0)]
+    thermo: u64,
+    /// cpu, wgpu or wgpu:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// CPU threads (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Neighbour-list skin (speed only; results do not depend on it).
+    #[arg(long, default_value_t = upglobe_kernels::engine::DEFAULT_SKIN)]
+    skin: f64,
+    /// Write the final state as an UpGlobe checkpoint.
+    #[arg(long)]
+    write_checkpoint: Option<PathBuf>,
+    /// Write the final state as a LAMMPS data file.
+    #[arg(long)]
+    write_data: Option<PathBuf>,
+    /// Write the first and last frames and the thermo as H5MD.
+    #[arg(long)]
+    h5md: Option<PathBuf>,
+}
+
+fn initial_state(args: &RunArgs) -> Result<State> {
+    if let Some(path) = &args.checkpoint {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        return Checkpoint::decode(&bytes).with_context(|| path.display().to_string());
+    }
+    let system = match (&args.lammps_data, &args.lattice) {
+        (Some(path), _) => {
+            let settings = Settings {
+                cutoff: args.cutoff,
+                shift: args.shift,
+                timestep: args.dt,
+            };
+            DataFile::read(path)?.to_system(&path.display().to_string(), &settings)?
+        }
+        (None, Some(_)) => FccLattice {
+            cells: [args.cells; 3],
+            density: args.density,
+            temperature: args.temperature,
+            seed: args.seed,
+            mass: 1.0,
+            pair: PairCoeff {
+                epsilon: 1.0,
+                sigma: 1.0,
+                cutoff: args.cutoff,
+            },
+            shift: args.shift,
+            timestep: args.dt,
+            langevin: None,
+        }
+        .build(),
+        (None, None) => bail!("give --lammps-data FILE, --lattice fcc or --checkpoint FILE"),
+    };
+    Ok(State::from_physical(system)?)
+}
+
+fn print_thermo_text(thermo: &Thermo, header: &mut bool) {
+    if !*header {
+        println!(
+            "{:>10} {:>14} {:>14} {:>14} {:>14} {:>14}",
+            "Step", "Temp", "E_pair", "KinEng", "TotEng", "Press"
+        );
+        *header = true;
+    }
+    println!(
+        "{:>10} {:>14.8} {:>14.8} {:>14.8} {:>14.8} {:>14.8}",
+        thermo.step, thermo.temp, thermo.pe, thermo.ke, thermo.etotal, thermo.press
+    );
+}
+
+fn thermo_json(t: &Thermo) -> serde_json::Value {
+    json!({"step": t.step, "temp": t.temp, "pe": t.pe, "ke": t.ke, "etotal": t.etotal, "press": t.press})
+}
+
+pub fn run(context: &Context, command: Command) -> Result<i32> {
+    let Command::Run(args) = command;
+    let state = initial_state(&args)?;
+    let device = match parse_device(&args.device)? {
+        Device::Cpu { .. } => Device::Cpu {
+            threads: args.threads,
+        },
+        gpu => gpu,
+    };
+    let mut engine = engine(&device)?;
+    let options = RunOptions {
+        steps: args.steps,
+        thermo_every: args.thermo,
+        thermo_at_start: true,
+        thermo_at_end: true,
+        skin: args.skin,
+    };
+    let bar = (context.format == Format::Text && output::interactive()).then(|| {
+        let bar = ProgressBar::new(args.steps);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:40.cyan/blue} {pos}/{len} steps  {per_sec}  ETA {eta}",
+            )
+            .expect("template"),
+        );
+        bar
+    });
+    if context.format == Format::Text {
+        eprintln!("{} atoms on {}", state.atoms(), engine.describe());
+    }
+    let start = state.step;
+    let mut header = false;
+    let started = Instant::now();
+    let result = engine.run(&state, &options, &mut |event| {
+        match event {
+            Event::Thermo(t) => match context.format {
+                Format::Json => output::json(&thermo_json(t)),
+                Format::Text => match &bar {
+                    Some(bar) => bar.suspend(|| print_thermo_text(t, &mut header)),
+                    None => print_thermo_text(t, &mut header),
+                },
+            },
+            Event::Step(step) => {
+                if let Some(bar) = &bar {
+                    bar.set_position(step - start);
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let hash = Checkpoint::hash(&result.state);
+    let rate = state.atoms() as f64 * args.steps as f64 / seconds;
+    match context.format {
+        Format::Json => {
+            output::json(&json!({"state_hash": hash.to_string(), "atom_steps_per_s": rate}))
+        }
+        Format::Text => {
+            println!(
+                "Loop time {seconds:.3} s for {} steps with {} atoms: {rate:.4e} atom-steps/s, {} neighbour list builds",
+                args.steps,
+                state.atoms(),
+                result.neighbor_builds
+            );
+            println!("state hash {hash}");
+        }
+    }
+    write_outputs(&args, &state, &result.state, &result.thermo)?;
+    Ok(0)
+}
+
+fn write_outputs(args: &RunArgs, initial: &State, last: &State, thermo: &[Thermo]) -> Result<()> {
+    if let Some(path) = &args.write_checkpoint {
+        std::fs::write(path, Checkpoint::encode(last))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.write_data {
+        upglobe_kernels::lammps::write(path, last)?;
+    }
+    if let Some(path) = &args.h5md {
+        let frame = |s: &State| Frame {
+            step: s.step as i64,
+            time: s.time(),
+            positions: (0..s.atoms()).map(|i| s.position(i)).collect(),
+            velocities: (0..s.atoms()).map(|i| s.velocity(i)).collect(),
+        };
+        let trajectory = Trajectory {
+            box_origin: initial.params.box_origin,
+            box_edges: initial.params.box_length,
+            species: initial.types.iter().map(|t| *t as i32 + 1).collect(),
+            ids: initial.ids.iter().map(|id| *id as i64).collect(),
+            frames: vec![frame(initial), frame(last)],
+            observables: thermo
+                .iter()
+                .map(|t| Observable {
+                    step: t.step as i64,
+                    time: t.step as f64 * initial.params.timestep,
+                    temperature: t.temp,
+                    potential_energy: t.pe,
+                    kinetic_energy: t.ke,
+                    total_energy: t.etotal,
+                    pressure: t.press,
+                })
+                .collect(),
+            software: upglobe_worker::SOFTWARE.into(),
+            author: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+            workflow_hash: String::new(),
+            job: "md run".into(),
+            chunks: Vec::new(),
+        };
+        upglobe_datasets::h5md::write(path, &trajectory)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! `upglobe results`: verified results to local files.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::json;
+use upglobe_datasets::h5md::{ChunkProvenance, Frame, Observable, Trajectory, write};
+use upglobe_kernels::{Checkpoint, State};
+use upglobe_protocol::messages::{
+    ClientRequest, ClientResponse, JobKind, JobResults, JobState, Output,
+};
+
+use super::Context;
+use super::status::connect;
+use crate::client::Client;
+use crate::output::{self, Format};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A job id or WORKFLOW.JOB.
+    job: String,
+    /// Directory to write into (created if needed).
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    #[arg(long, env = "UPGLOBE_CONNECT")]
+    connect: Option<String>,
+}
+
+pub async fn run(context: &Context, args: Args) -> Result<i32> {
+    let client = connect(context, args.connect.as_deref()).await?;
+    let results = fetch(&client, &args.job).await?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let status = &results.status;
+    let stem = format!("{}.{}", status.workflow_name, status.name);
+    let written = match &results.spec.kind {
+        JobKind::Md(_) => {
+            let path = args.out.join(format!("{stem}.h5"));
+            write_md(&client, &results, &path).await?;
+            path
+        }
+        JobKind::Command(_) => {
+            let dir = args.out.join(&stem);
+            write_command(&client, &results, &dir).await?;
+            dir
+        }
+        JobKind::Empty { .. } => args.out.clone(),
+    };
+    if status.state != JobState::Completed {
+        eprintln!(
+            "note: job {} is {}; {} of {} chunks are verified and written",
+            status.id,
+            status.state.label(),
+            status.chunks_verified,
+            status.chunks_total
+        );
+    }
+    match context.format {
+        Format::Json => output::json(&json!({
+            "job": status.id.0, "state": status.state.label(), "written": written,
+            "chunks_verified": status.chunks_verified, "chunks_total": status.chunks_total,
+            "final_state_hash": final_state_hash(&results),
+        })),
+        Format::Text => {
+            println!("wrote {}", written.display());
+            if let Some(hash) = final_state_hash(&results) {
+                println!("final state hash {hash}");
+            }
+        }
+    }
+    client.close();
+    Ok(0)
+}
+
+pub async fn fetch(client: &Client, job: &str) -> Result<JobResults> {
+    match client
+        .request(ClientRequest::Results {
+            job: job.to_string(),
+        })
+        .await?
+    {
+        ClientResponse::Results(results) => Ok(*results),
+        other => bail!("unexpected answer {other:?}"),
+    }
+}
+
+pub fn final_state_hash(results: &JobResults) -> Option<String> {
+    results.chunks.last().and_then(|c| match &c.output {
+        Output::Md { state_hash, .. } => Some(hex::encode(state_hash)),
+        _ => None,
+    })
+}
+
+fn frame(state: &State) -> Frame {
+    Frame {
+        step: state.step as i64,
+        time: state.time(),
+        positions: (0..state.atoms()).map(|i| state.position(i)).collect(),
+        velocities: (0..state.atoms()).map(|i| state.velocity(i)).collect(),
+    }
+}
+
+async fn state(client: &Client, hash: upglobe_protocol::BlobHash) -> Result<State> {
+    let bytes = client.download(hash).await?;
+    Ok(Checkpoint::decode(&bytes)?)
+}
+
+/// One H5MD file: the initial state and the state after each verified chunk, thermo, provenance.
+pub async fn write_md(client: &Client, results: &JobResults, path: &Path) -> Result<()> {
+    let JobKind::Md(md) = &results.spec.kind else {
+        unreachable!("an md job")
+    };
+    let initial = state(client, md.initial).await?;
+    let timestep = initial.params.timestep;
+    let mut frames = vec![frame(&initial)];
+    let mut observables = Vec::new();
+    let mut chunks = Vec::new();
+    for chunk in &results.chunks {
+        let Output::Md {
+            state_hash,
+            checkpoint,
+            thermo,
+            ..
+        } = &chunk.output
+        else {
+            bail!("chunk {} is not an MD result", chunk.index)
+        };
+        let after = state(client, *checkpoint).await?;
+        if Checkpoint::hash(&after).0 != *state_hash {
+            bail!(
+                "chunk {}: the checkpoint does not have the verified state hash",
+                chunk.index
+            );
+        }
+        frames.push(frame(&after));
+        observables.extend(thermo.iter().map(|t| Observable {
+            step: t.step as i64,
+            time: t.step as f64 * timestep,
+            temperature: t.temp,
+            potential_energy: t.pe,
+            kinetic_energy: t.ke,
+            total_energy: t.etotal,
+            pressure: t.press,
+        }));
+        chunks.push(ChunkProvenance {
+            index: chunk.index,
+            state_hash: hex::encode(state_hash),
+            workers: chunk.agreeing.iter().map(|w| w.to_hex()).collect(),
+        });
+    }
+    let trajectory = Trajectory {
+        box_origin: initial.params.box_origin,
+        box_edges: initial.params.box_length,
+        species: initial.types.iter().map(|t| *t as i32 + 1).collect(),
+        ids: initial.ids.iter().map(|id| *id as i64).collect(),
+        frames,
+        observables,
+        software: upglobe_worker::SOFTWARE.into(),
+        author: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+        workflow_hash: results.workflow_hash.clone(),
+        job: format!("{}.{}", results.status.workflow_name, results.status.name),
+        chunks,
+    };
+    write(path, &trajectory)?;
+    Ok(())
+}
+
+async fn write_command(client: &Client, results: &JobResults, dir: &Path) -> Result<()> {
+    let JobKind::Command(command) = &results.spec.kind else {
+        unreachable!("a command job")
+    };
+    for chunk in &results.chunks {
+        let Output::Command {
+            files,
+            stdout,
+            stderr,
+            ..
+        } = &chunk.output
+        else {
+            bail!("chunk {} is not a command result", chunk.index)
+        };
+        let task = command
+            .tasks
+            .get(chunk.index as usize)
+            .map_or(chunk.index.to_string(), |t| t.to_string());
+        let task_dir = dir.join(task);
+        for file in files.iter().chain([stdout, stderr]) {
+            let target = task_dir.join(&file.name);
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            let bytes = client.download(file.blob).await?;
+            std::fs::write(&target, bytes)
+                .with_context(|| format!("cannot write {}", target.display()))?;
+        }
+    }
+    Ok(())
+}

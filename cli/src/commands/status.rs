@@ -1,0 +1,310 @@
+//! `upglobe status`, `upglobe cancel`, `upglobe workers`, and the progress display of `submit --watch`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use upglobe_protocol::JobId;
+use upglobe_protocol::messages::{
+    ClientRequest, ClientResponse, JobState, JobStatus, WorkerStatus,
+};
+
+use super::Context;
+use crate::client::{Client, client_token};
+use crate::output::{self, Format, table};
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// A job id or WORKFLOW.JOB; all jobs if absent.
+    job: Option<String>,
+    /// Keep watching until the jobs finish.
+    #[arg(long)]
+    watch: bool,
+    /// The client token (or a file holding it). Default: HOME/scheduler/client.token.
+    #[arg(long, env = "UPGLOBE_CONNECT")]
+    connect: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct CancelArgs {
+    /// A job id or WORKFLOW.JOB.
+    job: String,
+    #[arg(long, env = "UPGLOBE_CONNECT")]
+    connect: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct WorkersArgs {
+    #[arg(long, env = "UPGLOBE_CONNECT")]
+    connect: Option<String>,
+}
+
+pub async fn connect(context: &Context, given: Option<&str>) -> Result<Client> {
+    let token = client_token(given, &context.home)?;
+    Client::connect(&token, &context.home).await
+}
+
+pub async fn fetch(client: &Client, job: Option<String>) -> Result<Vec<JobStatus>> {
+    match client.request(ClientRequest::Status { job }).await? {
+        ClientResponse::Status { jobs } => Ok(jobs),
+        other => bail!("unexpected answer {other:?}"),
+    }
+}
+
+pub fn status_json(status: &JobStatus) -> Value {
+    let reason = match &status.state {
+        JobState::Failed { reason } => Some(reason.clone()),
+        _ => None,
+    };
+    json!({
+        "id": status.id.0,
+        "workflow": status.workflow_name,
+        "job": status.name,
+        "kind": status.kind,
+        "state": status.state.label(),
+        "reason": reason,
+        "chunks_total": status.chunks_total,
+        "chunks_verified": status.chunks_verified,
+        "chunks_running": status.chunks_running,
+        "running_s": status.running_ms as f64 / 1000.0,
+        "disagreements": status.disagreements,
+        "failures": status.failures.iter().map(|f| json!({
+            "chunk": f.chunk,
+            "worker": f.worker.map(|w| w.to_hex()),
+            "reason": f.reason,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn state_text(status: &JobStatus) -> String {
+    match &status.state {
+        JobState::Failed { reason } => format!("failed: {reason}"),
+        other => other.label().to_string(),
+    }
+}
+
+fn print_statuses(jobs: &[JobStatus], detailed: bool) {
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.to_string(),
+                s.workflow_name.clone(),
+                s.name.clone(),
+                s.kind.clone(),
+                s.state.label().to_string(),
+                format!("{}/{}", s.chunks_verified, s.chunks_total),
+                s.chunks_running.to_string(),
+                output::duration(s.running_ms as f64 / 1000.0),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(
+            &[
+                "ID", "WORKFLOW", "JOB", "KIND", "STATE", "VERIFIED", "RUNNING", "ELAPSED"
+            ],
+            &rows
+        )
+    );
+    for status in jobs {
+        if let JobState::Failed { reason } = &status.state {
+            println!("job {} failed: {reason}", status.id);
+        }
+        if detailed {
+            if status.disagreements > 0 {
+                println!(
+                    "{} results disagreed with the verified ones",
+                    status.disagreements
+                );
+            }
+            for failure in &status.failures {
+                let worker = failure.worker.map_or("-".into(), |w| w.short());
+                println!(
+                    "  chunk {} on worker {worker}: {}",
+                    failure.chunk, failure.reason
+                );
+            }
+        }
+    }
+}
+
+pub async fn status(context: &Context, args: StatusArgs) -> Result<i32> {
+    let client = connect(context, args.connect.as_deref()).await?;
+    let jobs = fetch(&client, args.job.clone()).await?;
+    if args.watch {
+        let ids: Vec<JobId> = jobs.iter().map(|s| s.id).collect();
+        return watch(&client, &ids, context.format).await;
+    }
+    match context.format {
+        Format::Json => output::json(&Value::Array(jobs.iter().map(status_json).collect())),
+        Format::Text if jobs.is_empty() => println!("no jobs"),
+        Format::Text => print_statuses(&jobs, args.job.is_some()),
+    }
+    client.close();
+    Ok(0)
+}
+
+pub async fn cancel(context: &Context, args: CancelArgs) -> Result<i32> {
+    let client = connect(context, args.connect.as_deref()).await?;
+    match client
+        .request(ClientRequest::Cancel { job: args.job })
+        .await?
+    {
+        ClientResponse::Cancelled { job } => match context.format {
+            Format::Json => output::json(&json!({ "cancelled": job.0 })),
+            Format::Text => println!("cancelled job {job}"),
+        },
+        other => bail!("unexpected answer {other:?}"),
+    }
+    client.close();
+    Ok(0)
+}
+
+fn worker_json(w: &WorkerStatus) -> Value {
+    json!({
+        "id": w.id.to_hex(), "name": w.name, "connected": w.connected, "device": w.device,
+        "cpus": w.resources.cpus, "memory_bytes": w.resources.memory_bytes, "running": w.running,
+        "completed": w.completed, "disagreements": w.disagreements, "quarantined": w.quarantined,
+    })
+}
+
+pub async fn workers(context: &Context, args: WorkersArgs) -> Result<i32> {
+    let client = connect(context, args.connect.as_deref()).await?;
+    let ClientResponse::Workers(workers) = client.request(ClientRequest::Workers).await? else {
+        bail!("unexpected answer");
+    };
+    match context.format {
+        Format::Json => output::json(&Value::Array(workers.iter().map(worker_json).collect())),
+        Format::Text => {
+            let rows: Vec<Vec<String>> = workers
+                .iter()
+                .map(|w| {
+                    let state = if w.quarantined {
+                        "quarantined"
+                    } else if w.connected {
+                        "connected"
+                    } else {
+                        "gone"
+                    };
+                    vec![
+                        w.id.short(),
+                        w.name.clone(),
+                        state.into(),
+                        w.device.clone(),
+                        w.resources.cpus.to_string(),
+                        w.running.to_string(),
+                        w.completed.to_string(),
+                        w.disagreements.to_string(),
+                    ]
+                })
+                .collect();
+            println!(
+                "{}",
+                table(
+                    &[
+                        "ID",
+                        "NAME",
+                        "STATE",
+                        "DEVICE",
+                        "CPUS",
+                        "RUNNING",
+                        "DONE",
+                        "DISAGREED"
+                    ],
+                    &rows
+                )
+            );
+        }
+    }
+    client.close();
+    Ok(0)
+}
+
+/// Polls until every job has finished, with a progress bar per job when a person is watching.
+/// Returns 0 if all completed, 3 otherwise.
+pub async fn watch(client: &Client, ids: &[JobId], format: Format) -> Result<i32> {
+    let bars = MultiProgress::new();
+    let style =
+        ProgressStyle::with_template("{prefix:>20} [{bar:30.cyan/blue}] {pos}/{len} chunks {msg}")
+            .expect("a valid template")
+            .progress_chars("=> ");
+    let interactive = output::interactive() && format == Format::Text;
+    let mut shown: BTreeMap<JobId, ProgressBar> = BTreeMap::new();
+    let mut last: BTreeMap<JobId, (u64, String)> = BTreeMap::new();
+    let started = Instant::now();
+    loop {
+        let all = fetch(client, None).await?;
+        let jobs: Vec<&JobStatus> = all.iter().filter(|s| ids.contains(&s.id)).collect();
+        for status in &jobs {
+            let seen = (status.chunks_verified, state_text(status));
+            if last.get(&status.id) == Some(&seen) {
+                continue;
+            }
+            last.insert(status.id, seen);
+            report(
+                status,
+                format,
+                interactive,
+                &bars,
+                &style,
+                &mut shown,
+                started.elapsed(),
+            );
+        }
+        if jobs.iter().all(|s| s.state.is_finished()) {
+            for bar in shown.values() {
+                bar.finish();
+            }
+            let failed = jobs
+                .iter()
+                .filter(|s| s.state != JobState::Completed)
+                .count();
+            return Ok(if failed == 0 { 0 } else { 3 });
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn report(
+    status: &JobStatus,
+    format: Format,
+    interactive: bool,
+    bars: &MultiProgress,
+    style: &ProgressStyle,
+    shown: &mut BTreeMap<JobId, ProgressBar>,
+    elapsed: Duration,
+) {
+    let rate = status.chunks_verified as f64 / (status.running_ms.max(1) as f64 / 1000.0);
+    let remaining = status.chunks_total.saturating_sub(status.chunks_verified);
+    let eta = if rate > 0.0 && status.state == JobState::Running {
+        format!(", ETA {}", output::duration(remaining as f64 / rate))
+    } else {
+        String::new()
+    };
+    let message = format!("{} ({rate:.2} chunks/s{eta})", state_text(status));
+    match format {
+        Format::Json => output::json(&status_json(status)),
+        Format::Text if interactive => {
+            let bar = shown.entry(status.id).or_insert_with(|| {
+                let bar = bars.add(ProgressBar::new(status.chunks_total));
+                bar.set_style(style.clone());
+                bar.set_prefix(format!("{}.{}", status.workflow_name, status.name));
+                bar
+            });
+            bar.set_position(status.chunks_verified);
+            bar.set_message(message);
+        }
+        Format::Text => println!(
+            "[{}] {}.{}: {}/{} chunks verified, {message}",
+            output::duration(elapsed.as_secs_f64()),
+            status.workflow_name,
+            status.name,
+            status.chunks_verified,
+            status.chunks_total
+        ),
+    }
+}

@@ -1,0 +1,127 @@
+//! `upglobe submit`
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::json;
+use upglobe_kernels::{Checkpoint, State};
+use upglobe_protocol::messages::{
+    ClientRequest, ClientResponse, CommandJob, FileRef, JobKind, JobSpec, MdJob, Submission,
+};
+use upglobe_protocol::{JobId, WorkflowId};
+use upglobe_workflows::Workflow;
+
+use super::Context;
+use super::status::{connect, watch};
+use super::workflow::print_diagnostics;
+use crate::client::Client;
+use crate::output::{self, Format};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The workflow file (TOML).
+    file: PathBuf,
+    /// Show progress until the jobs finish (exit code 3 if any fails).
+    #[arg(long)]
+    watch: bool,
+    /// The client token (or a file holding it). Default: HOME/scheduler/client.token.
+    #[arg(long, env = "UPGLOBE_CONNECT")]
+    connect: Option<String>,
+}
+
+pub async fn run(context: &Context, args: Args) -> Result<i32> {
+    let workflow = match upglobe_workflows::load(&args.file) {
+        Ok(workflow) => workflow,
+        Err(diagnostics) => {
+            print_diagnostics(&diagnostics);
+            return Ok(2);
+        }
+    };
+    let client = connect(context, args.connect.as_deref()).await?;
+    let (workflow_id, jobs) = submit(&client, &workflow).await?;
+    match context.format {
+        Format::Json => output::json(&json!({
+            "workflow": workflow_id.0,
+            "jobs": jobs.iter().map(|(name, id)| json!({"job": name, "id": id.0})).collect::<Vec<_>>(),
+        })),
+        Format::Text => {
+            println!("submitted workflow '{}' ({workflow_id})", workflow.name);
+            for (name, id) in &jobs {
+                println!("  job {id}: {}.{name}", workflow.name);
+            }
+        }
+    }
+    let code = if args.watch {
+        watch(
+            &client,
+            &jobs.iter().map(|(_, id)| *id).collect::<Vec<_>>(),
+            context.format,
+        )
+        .await?
+    } else {
+        0
+    };
+    client.close();
+    Ok(code)
+}
+
+/// Uploads what the jobs need (initial MD states, input files) and submits the workflow.
+pub async fn submit(
+    client: &Client,
+    workflow: &Workflow,
+) -> Result<(WorkflowId, Vec<(String, JobId)>)> {
+    let mut jobs = Vec::with_capacity(workflow.jobs.len());
+    for job in &workflow.jobs {
+        let kind = match &job.kind {
+            upglobe_workflows::JobKind::Md(md) => {
+                let state = State::from_physical(md.system.clone())
+                    .with_context(|| format!("job '{}'", job.name))?;
+                let initial = client.upload_bytes(&Checkpoint::encode(&state)).await?;
+                JobKind::Md(MdJob {
+                    initial,
+                    atoms: state.atoms() as u64,
+                    total_steps: md.total_steps,
+                    chunk_steps: md.chunk_steps,
+                    thermo_every: md.thermo_every,
+                })
+            }
+            upglobe_workflows::JobKind::Command(command) => {
+                let mut inputs = Vec::new();
+                for input in &command.inputs {
+                    let (blob, size) = client
+                        .upload_file(&input.path)
+                        .await
+                        .with_context(|| format!("uploading {}", input.path.display()))?;
+                    inputs.push(FileRef {
+                        name: input.name.clone(),
+                        blob,
+                        size,
+                    });
+                }
+                JobKind::Command(CommandJob {
+                    argv: command.argv.clone(),
+                    tasks: command.tasks.clone(),
+                    inputs,
+                    outputs: command.outputs.clone(),
+                    timeout_s: command.timeout_s,
+                })
+            }
+        };
+        jobs.push(JobSpec {
+            name: job.name.clone(),
+            after: job.after.clone(),
+            replicas: job.replicas,
+            resources: job.resources,
+            kind,
+        });
+    }
+    let submission = Submission {
+        name: workflow.name.clone(),
+        source: workflow.source.clone(),
+        jobs,
+    };
+    match client.request(ClientRequest::Submit(submission)).await? {
+        ClientResponse::Submitted { workflow, jobs } => Ok((workflow, jobs)),
+        other => bail!("unexpected answer {other:?}"),
+    }
+}

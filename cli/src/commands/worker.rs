@@ -1,0 +1,83 @@
+//! `upglobe worker`
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use upglobe_kernels::Device;
+use upglobe_protocol::Role;
+use upglobe_worker::{WorkerConfig, describe_device};
+
+use super::{Context, stop_signal};
+use crate::client::parse_token;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The worker token printed by the scheduler (or a file holding it).
+    #[arg(long, env = "UPGLOBE_JOIN")]
+    join: String,
+    /// State directory (identity key, blob cache). Default: HOME/worker.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Name shown to the scheduler's operator. Default: the host name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Cores to offer. Default: all.
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// Memory to offer, in bytes. Default: all.
+    #[arg(long)]
+    memory: Option<u64>,
+    /// Run `command` jobs. They are not isolated: only enable this for workflows you trust.
+    #[arg(long)]
+    allow_commands: bool,
+    /// What runs MD chunks: cpu, wgpu, or wgpu:N for the N-th adapter.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Seconds of silence after which the connection is considered dead.
+    #[arg(long, default_value_t = 15)]
+    idle_timeout: u64,
+}
+
+pub fn parse_device(text: &str) -> Result<Device> {
+    Ok(match text {
+        "cpu" => Device::Cpu { threads: 0 },
+        "wgpu" | "gpu" => Device::Wgpu { adapter: None },
+        other => match other.strip_prefix("wgpu:") {
+            Some(n) => Device::Wgpu {
+                adapter: Some(
+                    n.parse()
+                        .with_context(|| format!("'{n}' is not an adapter number"))?,
+                ),
+            },
+            None => bail!("unknown device '{other}': use cpu, wgpu or wgpu:N"),
+        },
+    })
+}
+
+pub async fn run(context: &Context, args: Args) -> Result<i32> {
+    let token = parse_token(&args.join).context("--join")?;
+    if token.role != Role::Worker {
+        bail!(
+            "--join needs the worker token printed by `upglobe scheduler`, not a {} token",
+            token.role.as_str()
+        );
+    }
+    let data_dir = args.data_dir.unwrap_or_else(|| context.home.join("worker"));
+    let mut config = WorkerConfig::new(data_dir, token);
+    if let Some(name) = args.name {
+        config.name = name;
+    }
+    if let Some(cpus) = args.cpus {
+        config.resources.cpus = cpus.max(1);
+    }
+    if let Some(memory) = args.memory {
+        config.resources.memory_bytes = memory;
+    }
+    config.allow_commands = args.allow_commands;
+    config.device = parse_device(&args.device)?;
+    config.idle_timeout = Duration::from_secs(args.idle_timeout.max(1));
+    tracing::info!(name = %config.name, cpus = config.resources.cpus, device = %describe_device(&config.device), "worker starting");
+    upglobe_worker::run(config, None, stop_signal()).await?;
+    Ok(0)
+}

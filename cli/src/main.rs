@@ -1,0 +1,128 @@
+//! `upglobe`: the one binary. This is the only crate that knows about arguments and terminals; the
+//! work is done by the library crates underneath.
+
+mod client;
+mod commands;
+mod output;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::output::Format;
+
+#[derive(Parser)]
+#[command(
+    name = "upglobe",
+    version,
+    about = "A fog supercomputer for science: bit-deterministic MD chunks, verified by hash quorum",
+    after_help = "Start with `upglobe demo`, or see README.md."
+)]
+struct Cli {
+    /// Where upglobe keeps its state (scheduler, worker and client data).
+    #[arg(long, global = true, env = "UPGLOBE_HOME")]
+    home: Option<PathBuf>,
+    /// Output format for machines (`json`) or people (`text`).
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    output: Format,
+    /// More logging (-v info, -vv debug); also RUST_LOG.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a scheduler (creates its CA and join tokens on first start).
+    Scheduler(commands::scheduler::Args),
+    /// Run a worker that joins a scheduler.
+    Worker(commands::worker::Args),
+    /// Submit a workflow file.
+    Submit(commands::submit::Args),
+    /// Show jobs (all, or one with its failures).
+    Status(commands::status::StatusArgs),
+    /// Cancel a job.
+    Cancel(commands::status::CancelArgs),
+    /// Show the workers the scheduler knows.
+    Workers(commands::status::WorkersArgs),
+    /// Fetch the verified results of a job (H5MD for MD jobs, files for commands).
+    Results(commands::results::Args),
+    /// Check workflow files.
+    #[command(subcommand)]
+    Workflow(commands::workflow::Command),
+    /// Molecular dynamics on this machine.
+    #[command(subcommand)]
+    Md(commands::md::Command),
+    /// Benchmarks that print JSON.
+    #[command(subcommand)]
+    Bench(commands::bench::Command),
+    /// Start a scheduler and three workers, run the example workflow, verify, and clean up.
+    Demo(commands::demo::Args),
+}
+
+fn init_logging(verbose: u8, default: &str) {
+    let level = match verbose {
+        0 => default,
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "{level},wgpu_core=warn,wgpu_hal=error,naga=warn"
+        ))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn default_home() -> PathBuf {
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home)
+            .join(".local")
+            .join("share")
+            .join("upglobe"),
+        None => PathBuf::from(".upglobe"),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let daemon = matches!(cli.command, Command::Scheduler(_) | Command::Worker(_));
+    init_logging(cli.verbose, if daemon { "info" } else { "warn" });
+    let home = cli.home.clone().unwrap_or_else(default_home);
+    let context = commands::Context {
+        home,
+        format: cli.output,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Scheduler(args) => commands::scheduler::run(&context, args).await,
+            Command::Worker(args) => commands::worker::run(&context, args).await,
+            Command::Submit(args) => commands::submit::run(&context, args).await,
+            Command::Status(args) => commands::status::status(&context, args).await,
+            Command::Cancel(args) => commands::status::cancel(&context, args).await,
+            Command::Workers(args) => commands::status::workers(&context, args).await,
+            Command::Results(args) => commands::results::run(&context, args).await,
+            Command::Workflow(command) => commands::workflow::run(&context, command),
+            Command::Md(command) => commands::md::run(&context, command),
+            Command::Bench(command) => commands::bench::run(&context, command).await,
+            Command::Demo(args) => commands::demo::run(&context, args).await,
+        }
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! `kind = "command"` jobs: a program run once, or once per array task, on workers that allow commands.
+
+use std::path::{Component, Path};
+
+use crate::diagnostic::Reporter;
+use crate::document::{Spanned, Value};
+use crate::fields::{Field, Located, Section, integer_value, string_value, wrong_type};
+use crate::{CommandJob, InputFile};
+
+pub(crate) const KEYS: &[&str] = &["argv", "tasks", "inputs", "outputs", "timeout"];
+
+/// Array tasks per job; each becomes a chunk the scheduler tracks.
+pub const TASKS_MAX: usize = 100_000;
+pub const TIMEOUT_S_DEFAULT: u64 = 3600;
+/// A week: longer runs should be split into tasks or checkpointed md chunks.
+pub const TIMEOUT_S_MAX: u64 = 7 * 24 * 3600;
+pub const ARGUMENTS_MAX: usize = 4096;
+pub const INPUTS_MAX: usize = 1000;
+pub const OUTPUTS_MAX: usize = 1000;
+
+const RANGE_HINT: &str = "write a range as \"first-last\" with whole numbers, e.g. \"1-10\" (both included), or list ids as [1, 2, 3]";
+
+pub(crate) fn read(reporter: &mut Reporter, job: &Section, base_dir: &Path) -> Option<CommandJob> {
+    let argv = argv(reporter, job);
+    let argv = job.require(reporter, "argv", argv);
+    let tasks = tasks(reporter, job).or(Vec::new());
+    let inputs = inputs(reporter, job, base_dir).or(Vec::new());
+    let outputs = outputs(reporter, job).or(Vec::new());
+    let timeout_s = timeout(reporter, job).or(TIMEOUT_S_DEFAULT);
+    Some(CommandJob {
+        argv: argv?.value,
+        tasks: tasks?,
+        inputs: inputs?,
+        outputs: outputs?,
+        timeout_s: timeout_s?,
+    })
+}
+
+/// A bounded array whose elements are all strings, reported one by one.
+fn strings<'t>(
+    reporter: &mut Reporter,
+    job: &Section<'t>,
+    key: &str,
+    maximum: usize,
+) -> Field<Vec<Located<&'t str>>> {
+    job.array(reporter, key).and_then(|array| {
+        if array.value.len() > maximum {
+            reporter.error(
+                array.at,
+                format!(
+                    "'{key}' has {} entries; at most {maximum} are allowed",
+                    array.value.len()
+                ),
+            );
+            return None;
+        }
+        let elements: Vec<Field<&str>> = array
+            .value
+            .iter()
+            .map(|element| string_value(reporter, key, element))
+            .collect();
+        elements
+            .into_iter()
+            .map(|element| match element {
+                Field::Found(found) => Some(found),
+                Field::Absent | Field::Invalid => None,
+            })
+            .collect()
+    })
+}
+
+fn argv(reporter: &mut Reporter, job: &Section) -> Field<Vec<String>> {
+    let array_at = job.entry("argv").map(|entry| entry.value.at);
+    strings(reporter, job, "argv", ARGUMENTS_MAX).and_then(|argv| {
+        let Some(program) = argv.value.first() else {
+            reporter.error_with_hint(
+                array_at.unwrap_or(argv.at),
+                "'argv' is empty",
+                "give the program and its arguments, e.g. argv = [\"sh\", \"run.sh\", \"{task}\"]",
+            );
+            return None;
+        };
+        if program.value.is_empty() {
+            reporter.error(
+                program.at,
+                "the program name (the first element of 'argv') is empty",
+            );
+            return None;
+        }
+        Some(
+            argv.value
+                .iter()
+                .map(|argument| argument.value.to_string())
+                .collect(),
+        )
+    })
+}
+
+fn tasks(reporter: &mut Reporter, job: &Section) -> Field<Vec<i64>> {
+    let Some(entry) = job.entry("tasks") else {
+        return Field::Absent;
+    };
+    let at = entry.value.at;
+    let tasks = match &entry.value.value {
+        Value::Array(elements) => task_list(reporter, elements, at),
+        Value::String(range) => task_range(range)
+            .map_err(|(message, hint)| reporter.error_with_hint(at, message, hint))
+            .ok(),
+        _ => {
+            return wrong_type(
+                reporter,
+                "an array of integers or a range string",
+                "tasks",
+                &entry.value,
+            );
+        }
+    };
+    tasks.map_or(Field::Invalid, |value| Field::Found(Located { value, at }))
+}
+
+fn task_list(reporter: &mut Reporter, elements: &[Spanned], at: usize) -> Option<Vec<i64>> {
+    if elements.is_empty() {
+        reporter.error_with_hint(
+            at,
+            "'tasks' is empty",
+            "remove 'tasks' to run the command once",
+        );
+        return None;
+    }
+    if elements.len() > TASKS_MAX {
+        reporter.error(
+            at,
+            format!(
+                "'tasks' has {} ids; at most {TASKS_MAX} are allowed",
+                elements.len()
+            ),
+        );
+        return None;
+    }
+    let mut seen = std::collections::HashSet::with_capacity(elements.len());
+    let mut tasks = Some(Vec::with_capacity(elements.len()));
+    for element in elements {
+        let id = match integer_value(reporter, "tasks", element) {
+            Field::Found(id) if seen.insert(id.value) => Some(id.value),
+            Field::Found(id) => {
+                reporter.error(id.at, format!("task id {} appears twice", id.value));
+                None
+            }
+            Field::Absent | Field::Invalid => None,
+        };
+        match (id, tasks.as_mut()) {
+            (Some(id), Some(tasks)) => tasks.push(id),
+            _ => tasks = None,
+        }
+    }
+    tasks
+}
+
+/// Parses `"first-last"` (inclusive) into the ids; errors come with a hint.
+pub fn task_range(range: &str) -> Result<Vec<i64>, (String, String)> {
+    let cannot = || {
+        (
+            format!("cannot read tasks range '{range}'"),
+            RANGE_HINT.to_string(),
+        )
+    };
+    let (first, last) = range.trim().split_once('-').ok_or_else(cannot)?;
+    let number = |text: &str| {
+        let text = text.trim();
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        text.parse::<i64>().ok()
+    };
+    let (first, last) = (
+        number(first).ok_or_else(cannot)?,
+        number(last).ok_or_else(cannot)?,
+    );
+    if first > last {
+        return Err((
+            format!("tasks range '{range}' is empty: {first} is more than {last}"),
+            format!("write the smaller id first: \"{last}-{first}\""),
+        ));
+    }
+    let count = (last - first) as u64 + 1;
+    if count > TASKS_MAX as u64 {
+        return Err((
+            format!("tasks range '{range}' has {count} ids; at most {TASKS_MAX} are allowed"),
+            "split the work into fewer, larger tasks, or into several jobs".to_string(),
+        ));
+    }
+    Ok((first..=last).collect())
+}
+
+/// A path the worker will create or collect inside the task's working directory, so it must stay there.
+fn check_relative(reporter: &mut Reporter, key: &str, path: &Located<&str>) -> bool {
+    let message = if path.value.is_empty() {
+        format!("an entry of '{key}' is empty")
+    } else if Path::new(path.value).is_absolute() {
+        format!("'{}' in '{key}' is an absolute path", path.value)
+    } else if Path::new(path.value)
+        .components()
+        .any(|component| component == Component::ParentDir)
+    {
+        format!("'{}' in '{key}' goes up with '..'", path.value)
+    } else {
+        return true;
+    };
+    let hint = match key {
+        "inputs" => {
+            "inputs are copied into the task's working directory under the name written; copy or link the file next to the workflow file and name it relative to there"
+        }
+        _ => {
+            "outputs are collected from inside the task's working directory; write a pattern relative to it"
+        }
+    };
+    reporter.error_with_hint(path.at, message, hint);
+    false
+}
+
+fn inputs(reporter: &mut Reporter, job: &Section, base_dir: &Path) -> Field<Vec<InputFile>> {
+    strings(reporter, job, "inputs", INPUTS_MAX).and_then(|names| {
+        let mut seen = std::collections::HashSet::new();
+        let mut inputs = Some(Vec::with_capacity(names.value.len()));
+        for name in &names.value {
+            let input = if !seen.insert(name.value) {
+                reporter.error(name.at, format!("input '{}' appears twice", name.value));
+                None
+            } else {
+                input(reporter, name, base_dir)
+            };
+            match (input, inputs.as_mut()) {
+                (Some(input), Some(inputs)) => inputs.push(input),
+                _ => inputs = None,
+            }
+        }
+        inputs
+    })
+}
+
+fn input(reporter: &mut Reporter, name: &Located<&str>, base_dir: &Path) -> Option<InputFile> {
+    if !check_relative(reporter, "inputs", name) {
+        return None;
+    }
+    let path = base_dir.join(name.value);
+    let problem = match std::fs::metadata(&path) {
+        Ok(metadata) if metadata.is_file() => {
+            return Some(InputFile {
+                name: name.value.to_string(),
+                path,
+            });
+        }
+        Ok(_) => format!("input '{}' is not a regular file", name.value),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            format!("input file '{}' does not exist", name.value)
+        }
+        Err(error) => format!("cannot read input '{}': {error}", name.value),
+    };
+    let hint = format!(
+        "looked for {}; inputs are files, named relative to the workflow file's folder",
+        path.display()
+    );
+    reporter.error_with_hint(name.at, problem, hint);
+    None
+}
+
+fn outputs(reporter: &mut Reporter, job: &Section) -> Field<Vec<String>> {
+    strings(reporter, job, "outputs", OUTPUTS_MAX).and_then(|patterns| {
+        let checked: Vec<bool> = patterns
+            .value
+            .iter()
+            .map(|pattern| check_relative(reporter, "outputs", pattern))
+            .collect();
+        let all_ok = checked.into_iter().all(|ok| ok);
+        all_ok.then(|| {
+            patterns
+                .value
+                .iter()
+                .map(|pattern| pattern.value.to_string())
+                .collect()
+        })
+    })
+}
+
+fn timeout(reporter: &mut Reporter, job: &Section) -> Field<u64> {
+    job.positive_integer(reporter, "timeout").and_then(|timeout| {
+        if timeout.value <= TIMEOUT_S_MAX {
+            return Some(timeout.value);
+        }
+        reporter.error_with_hint(
+            timeout.at,
+            format!("'timeout' {} seconds is more than a week ({TIMEOUT_S_MAX})", timeout.value),
+            "split long commands into array tasks, or run the simulation as an md job with checkpointed chunks",
+        );
+        None
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ranges_include_both_ends() {
+        assert_eq!(task_range("1-3"), Ok(vec![1, 2, 3]));
+        assert_eq!(task_range(" 0 - 0 "), Ok(vec![0]));
+        assert_eq!(task_range("1-100000").map(|tasks| tasks.len()), Ok(100_000));
+    }
+
+    #[test]
+    fn task_ranges_say_what_is_wrong() {
+        let message = |range: &str| task_range(range).unwrap_err().0;
+        assert_eq!(message("1..3"), "cannot read tasks range '1..3'");
+        assert_eq!(message("-1-3"), "cannot read tasks range '-1-3'");
+        assert_eq!(message("a-3"), "cannot read tasks range 'a-3'");
+        assert_eq!(
+            message("3-1"),
+            "tasks range '3-1' is empty: 3 is more than 1"
+        );
+        assert_eq!(
+            message("0-100000"),
+            "tasks range '0-100000' has 100001 ids; at most 100000 are allowed"
+        );
+        assert_eq!(
+            message("1-99999999999999999999"),
+            "cannot read tasks range '1-99999999999999999999'"
+        );
+    }
+}

@@ -1,0 +1,178 @@
+//! One `[jobs.NAME]` table: the keys every job has, then the kind-specific part.
+
+use std::path::Path;
+
+use upglobe_protocol::messages::limits::REPLICAS_MAX;
+
+use crate::diagnostic::Reporter;
+use crate::document::{Entry, Table};
+use crate::fields::{Field, Located, Section, closest, report_unknown, string_value};
+use crate::{Job, JobKind, command, md, resources};
+
+const COMMON_KEYS: &[&str] = &["kind", "replicas", "after", "resources"];
+const MD_KEYS: &[&str] = &["system", "potential", "run", "thermostat"];
+const KINDS: &[&str] = &["md", "command"];
+
+/// Replicas of an md job by default: two workers that must produce the same state hash.
+pub const MD_REPLICAS_DEFAULT: u32 = 2;
+pub const COMMAND_REPLICAS_DEFAULT: u32 = 1;
+/// Job and workflow names: short enough for status tables and logs.
+pub const NAME_BYTES_MAX: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Md,
+    Command,
+}
+
+/// What the dependency check needs of a job, kept even when the rest of the job is wrong.
+pub(crate) struct Dependencies<'t> {
+    pub(crate) name: &'t str,
+    pub(crate) after: Vec<Located<&'t str>>,
+}
+
+/// Reads a job; returns its dependencies always, and the job if it has no errors.
+pub(crate) fn read<'t>(
+    reporter: &mut Reporter,
+    name: &'t str,
+    table: &'t Table,
+    base_dir: &Path,
+) -> (Dependencies<'t>, Option<Job>) {
+    let section = Section {
+        table,
+        job: name,
+        name: "",
+    };
+    let kind = kind(reporter, &section);
+    check_keys(reporter, &section, kind);
+    let after = after(reporter, &section);
+    let replicas = replicas(reporter, &section, kind);
+    let resources = resources::read(reporter, &section);
+    let job_kind = match kind {
+        Some(Kind::Md) => md::read(reporter, &section, base_dir).map(JobKind::Md),
+        Some(Kind::Command) => command::read(reporter, &section, base_dir).map(JobKind::Command),
+        None => None,
+    };
+    let job = match (&after, replicas, resources, job_kind) {
+        (Some(after), Some(replicas), Some(resources), Some(kind)) => Some(Job {
+            name: name.to_string(),
+            after: after.iter().map(|name| name.value.to_string()).collect(),
+            replicas,
+            resources,
+            kind,
+            location: reporter.location(table.at),
+        }),
+        _ => None,
+    };
+    let dependencies = Dependencies {
+        name,
+        after: after.unwrap_or_default(),
+    };
+    (dependencies, job)
+}
+
+fn kind(reporter: &mut Reporter, job: &Section) -> Option<Kind> {
+    let kind = job.string(reporter, "kind");
+    let kind = job.require(reporter, "kind", kind)?;
+    match kind.value {
+        "md" => Some(Kind::Md),
+        "command" => Some(Kind::Command),
+        other => {
+            let hint = match closest(other, KINDS.iter().copied()) {
+                Some(suggestion) => format!("did you mean '{suggestion}'?"),
+                None => "kind is \"md\" (a molecular dynamics run) or \"command\" (a program)"
+                    .to_string(),
+            };
+            reporter.error_with_hint(kind.at, format!("unknown kind '{other}'"), hint);
+            None
+        }
+    }
+}
+
+/// Checks keys against the job's kind; a key of the other kind gets a message that says so.
+fn check_keys(reporter: &mut Reporter, job: &Section, kind: Option<Kind>) {
+    let (own, own_name, other, other_name) = match kind {
+        Some(Kind::Md) => (MD_KEYS, "md", command::KEYS, "command"),
+        Some(Kind::Command) => (command::KEYS, "command", MD_KEYS, "md"),
+        None => {
+            let all: Vec<&str> = [COMMON_KEYS, MD_KEYS, command::KEYS].concat();
+            return job.check_keys(reporter, &all);
+        }
+    };
+    let (of_other_kind, rest): (Vec<&Entry>, Vec<&Entry>) = job
+        .table
+        .entries
+        .iter()
+        .partition(|entry| other.contains(&entry.key.as_str()));
+    for entry in of_other_kind {
+        reporter.error_with_hint(
+            entry.key_at,
+            format!("'{}' applies only to {other_name} jobs", entry.key),
+            format!(
+                "job '{}' has kind = \"{own_name}\"; remove '{}' or change the kind",
+                job.job, entry.key
+            ),
+        );
+    }
+    let own_keys: Vec<&str> = [COMMON_KEYS, own].concat();
+    report_unknown(reporter, rest.into_iter(), &own_keys, &job.header());
+}
+
+fn replicas(reporter: &mut Reporter, job: &Section, kind: Option<Kind>) -> Option<u32> {
+    let default = match kind {
+        Some(Kind::Command) => COMMAND_REPLICAS_DEFAULT,
+        _ => MD_REPLICAS_DEFAULT,
+    };
+    let replicas = job.integer(reporter, "replicas").and_then(|replicas| {
+        let value = u32::try_from(replicas.value).ok().filter(|value| (1..=REPLICAS_MAX).contains(value));
+        if value.is_none() {
+            reporter.error_with_hint(
+                replicas.at,
+                format!("replicas must be between 1 and {REPLICAS_MAX}, found {}", replicas.value),
+                "each replica runs the job on another worker and their results must agree; md jobs default to 2",
+            );
+        }
+        value
+    });
+    replicas.or(default)
+}
+
+fn after<'t>(reporter: &mut Reporter, job: &Section<'t>) -> Option<Vec<Located<&'t str>>> {
+    let names = job.array(reporter, "after").and_then(|array| {
+        let names: Vec<Field<&str>> = array
+            .value
+            .iter()
+            .map(|element| string_value(reporter, "after", element))
+            .collect();
+        names
+            .into_iter()
+            .map(|name| match name {
+                Field::Found(found) => Some(found),
+                Field::Absent | Field::Invalid => None,
+            })
+            .collect::<Option<Vec<_>>>()
+    });
+    names.or(Vec::new())
+}
+
+/// Names address jobs as `workflow.job` in the scheduler and on the command line, so they are plain.
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty".into());
+    }
+    if name.len() > NAME_BYTES_MAX {
+        return Err(format!(
+            "is {} bytes long; at most {NAME_BYTES_MAX} are allowed",
+            name.len()
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
+        return Err(format!(
+            "contains '{bad}'; only letters, digits, '-' and '_' are allowed"
+        ));
+    }
+    Ok(())
+}

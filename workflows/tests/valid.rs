@@ -1,0 +1,221 @@
+//! Valid workflows parse into the values written, with the documented defaults.
+
+mod common;
+
+use std::path::Path;
+
+use common::{MELT, REPORT, parse_in};
+use upglobe_kernels::lattice::FccLattice;
+use upglobe_kernels::system::{Langevin, PairCoeff};
+use upglobe_protocol::messages::Resources;
+use upglobe_workflows::{CommandJob, InputFile, JobKind, Location, MdJob, load};
+
+fn md(kind: &JobKind) -> &MdJob {
+    match kind {
+        JobKind::Md(md) => md,
+        JobKind::Command(_) => panic!("not an md job"),
+    }
+}
+
+fn command(kind: &JobKind) -> &CommandJob {
+    match kind {
+        JobKind::Command(command) => command,
+        JobKind::Md(_) => panic!("not a command job"),
+    }
+}
+
+#[test]
+fn md_and_command_jobs_parse_into_their_values() {
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(folder.path().join("report.sh"), "echo $1\n").unwrap();
+    let source = format!(
+        "{MELT}{REPORT}inputs = [\"report.sh\"]\noutputs = [\"*.csv\"]\ntimeout = 600\nreplicas = 3\n\
+         resources = {{ cpus = 4, gpus = 1, memory = \"1.5GiB\" }}\n"
+    );
+    let workflow = parse_in(folder.path(), &source).unwrap();
+    assert_eq!(workflow.name, "t");
+    assert_eq!(workflow.source, source);
+    let names: Vec<&str> = workflow.jobs.iter().map(|job| job.name.as_str()).collect();
+    assert_eq!(names, ["melt", "report"]);
+
+    let melt = &workflow.jobs[0];
+    assert_eq!(
+        (melt.replicas, melt.after.len()),
+        (2, 0),
+        "md jobs default to two replicas"
+    );
+    assert_eq!(
+        melt.resources,
+        Resources {
+            cpus: 1,
+            memory_bytes: 0,
+            gpus: 0
+        }
+    );
+    assert_eq!(melt.location, Location { line: 3, column: 1 });
+    let run = md(&melt.kind);
+    assert_eq!(
+        (run.total_steps, run.chunk_steps, run.thermo_every),
+        (100, 50, 50),
+        "thermo defaults to a chunk"
+    );
+    let expected = FccLattice {
+        cells: [4; 3],
+        density: 0.8442,
+        temperature: 1.44,
+        seed: 1,
+        mass: 1.0,
+        pair: PairCoeff {
+            epsilon: 1.0,
+            sigma: 1.0,
+            cutoff: 2.5,
+        },
+        shift: false,
+        timestep: 0.005,
+        langevin: None,
+    }
+    .build();
+    assert_eq!(run.system.params, expected.params);
+    assert_eq!(run.system.positions, expected.positions);
+    assert_eq!(run.system.velocities, expected.velocities);
+    assert_eq!(run.system.ids.len(), 256);
+
+    let report = &workflow.jobs[1];
+    assert_eq!(
+        (report.replicas, report.after.clone()),
+        (3, vec!["melt".to_string()])
+    );
+    assert_eq!(
+        report.resources,
+        Resources {
+            cpus: 4,
+            memory_bytes: 3 << 29,
+            gpus: 1
+        }
+    );
+    assert_eq!(
+        report.location,
+        Location {
+            line: 19,
+            column: 1
+        }
+    );
+    assert_eq!(
+        *command(&report.kind),
+        CommandJob {
+            argv: vec!["sh".into(), "report.sh".into(), "{task}".into()],
+            tasks: vec![1, 2],
+            inputs: vec![InputFile {
+                name: "report.sh".into(),
+                path: folder.path().join("report.sh")
+            }],
+            outputs: vec!["*.csv".into()],
+            timeout_s: 600,
+        }
+    );
+}
+
+#[test]
+fn optional_md_settings_reach_the_system() {
+    let source = MELT
+        .replace("seed = 1", "seed = 1\nmass = 2.0\ncells = [4, 5, 6]")
+        .replace("cells = 4\n", "")
+        .replace(
+            "cutoff = 2.5",
+            "cutoff = 2.0\nepsilon = 0.5\nsigma = 0.9\nshift = true",
+        )
+        .replace("steps = 100", "steps = 100\ntimestep = 0.002\nthermo = 10")
+        + "[jobs.melt.thermostat]\ntemperature = 1.0\ndamping = 0.5\nseed = 9\n";
+    let workflow = parse_in(Path::new("."), &source).unwrap();
+    let run = md(&workflow.jobs[0].kind);
+    let params = &run.system.params;
+    assert_eq!(run.system.ids.len(), 4 * 4 * 5 * 6);
+    assert_eq!(params.masses, [2.0]);
+    assert_eq!(
+        params.pair_coeffs,
+        [PairCoeff {
+            epsilon: 0.5,
+            sigma: 0.9,
+            cutoff: 2.0
+        }]
+    );
+    assert!(params.shift);
+    assert_eq!(params.timestep, 0.002);
+    assert_eq!(
+        params.langevin,
+        Some(Langevin {
+            temperature: 1.0,
+            damping: 0.5,
+            seed: 9
+        })
+    );
+    assert_eq!(run.thermo_every, 10);
+}
+
+#[test]
+fn command_jobs_have_their_defaults_and_ranges() {
+    let source = "name = \"c\"\n[jobs.sweep]\nkind = \"command\"\nargv = [\"echo\", \"{task}\"]\ntasks = \"3-7\"\n\
+                  [jobs.once]\nkind = \"command\"\nargv = [\"true\"]\nafter = [\"sweep\"]\n";
+    let workflow = parse_in(Path::new("."), source).unwrap();
+    let sweep = &workflow.jobs[0];
+    assert_eq!(sweep.replicas, 1);
+    assert_eq!(command(&sweep.kind).tasks, [3, 4, 5, 6, 7]);
+    let once = command(&workflow.jobs[1].kind);
+    assert_eq!(
+        (once.tasks.len(), once.timeout_s, once.inputs.len()),
+        (0, 3600, 0)
+    );
+}
+
+#[test]
+fn the_name_defaults_to_the_file_stem() {
+    let folder = tempfile::tempdir().unwrap();
+    let path = folder.path().join("my-melt.toml");
+    std::fs::write(&path, MELT.replace("name = \"t\"\n", "")).unwrap();
+    let workflow = load(&path).unwrap();
+    assert_eq!(workflow.name, "my-melt");
+    assert_eq!(workflow.path, path);
+
+    let dotted = folder.path().join("my.melt.toml");
+    std::fs::write(&dotted, MELT.replace("name = \"t\"\n", "")).unwrap();
+    let errors = load(&dotted).unwrap_err();
+    assert_eq!(
+        errors[0].to_string(),
+        format!(
+            "{}:1:1: workflow name 'my.melt' (from the file name) contains '.'; only letters, digits, '-' and '_' are allowed\n  hint: set one at the top of the file, e.g. name = \"lj-melt\"",
+            dotted.display()
+        )
+    );
+}
+
+#[test]
+fn an_unreadable_file_is_one_diagnostic_at_the_start() {
+    let folder = tempfile::tempdir().unwrap();
+    let path = folder.path().join("missing.toml");
+    let errors = load(&path).unwrap_err();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        (errors[0].path.as_str(), errors[0].line, errors[0].column),
+        (path.to_str().unwrap(), 1, 1)
+    );
+    assert!(
+        errors[0]
+            .message
+            .starts_with("cannot read the workflow file: "),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn load_resolves_inputs_next_to_the_workflow_file() {
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(folder.path().join("report.sh"), "echo $1\n").unwrap();
+    let path = folder.path().join("w.toml");
+    std::fs::write(&path, format!("{MELT}{REPORT}inputs = [\"report.sh\"]\n")).unwrap();
+    let workflow = load(&path).unwrap();
+    assert_eq!(
+        command(&workflow.jobs[1].kind).inputs[0].path,
+        folder.path().join("report.sh")
+    );
+}
