@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use upglobe_datasets::{BlobStore, transfer};
-use upglobe_protocol::messages::{
-    ClientHello, ClientRequest, ClientResponse, ClientWelcome, Greeting, StreamRequest,
-};
+use upglobe_protocol::messages::{ClientHello, ClientRequest, ClientResponse, ClientWelcome, Greeting, StreamRequest};
 use upglobe_protocol::tls::PeerIdentity;
 use upglobe_protocol::{BlobHash, PROTOCOL_VERSION, Role, Token, frame, net};
 
@@ -24,12 +22,9 @@ pub fn parse_token(text: &str) -> Result<Token> {
         return Ok(text.parse()?);
     }
     let path = Path::new(text.strip_prefix('@').unwrap_or(text));
-    let contents = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read token file {}", path.display()))?;
-    contents
-        .trim()
-        .parse()
-        .with_context(|| format!("token file {}", path.display()))
+    let contents =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read token file {}", path.display()))?;
+    contents.trim().parse().with_context(|| format!("token file {}", path.display()))
 }
 
 /// The client token: given, or the one a local scheduler wrote into its data directory.
@@ -49,10 +44,7 @@ pub fn client_token(given: Option<&str>, home: &Path) -> Result<Token> {
         }
     };
     if token.role != Role::Client {
-        bail!(
-            "this is a {} token; commands that submit or inspect work need the client token",
-            token.role.as_str()
-        );
+        bail!("this is a {} token; commands that submit or inspect work need the client token", token.role.as_str());
     }
     Ok(token)
 }
@@ -70,12 +62,9 @@ impl Client {
         };
         frame::write(&mut send, &Greeting::Client(hello)).await?;
         let _ = send.finish();
-        let welcome = tokio::time::timeout(
-            Duration::from_secs(15),
-            frame::read::<ClientWelcome, _>(&mut recv),
-        )
-        .await
-        .map_err(|_| anyhow!("the scheduler at {} did not answer", token.address))?;
+        let welcome = tokio::time::timeout(Duration::from_secs(15), frame::read::<ClientWelcome, _>(&mut recv))
+            .await
+            .map_err(|_| anyhow!("the scheduler at {} did not answer", token.address))?;
         match welcome {
             Ok(Some(ClientWelcome::Welcome { .. })) => {}
             Ok(Some(ClientWelcome::Refused { reason })) => {
@@ -83,28 +72,17 @@ impl Client {
             }
             _ => match connection.close_reason() {
                 Some(quinn::ConnectionError::ApplicationClosed(close)) => {
-                    bail!(
-                        "refused by the scheduler at {}: {}",
-                        token.address,
-                        String::from_utf8_lossy(&close.reason)
-                    )
+                    bail!("refused by the scheduler at {}: {}", token.address, String::from_utf8_lossy(&close.reason))
                 }
                 _ => bail!("the scheduler at {} closed the connection", token.address),
             },
         }
-        Ok(Client {
-            connection,
-            blobs,
-            address: token.address.clone(),
-        })
+        Ok(Client { connection, blobs, address: token.address.clone() })
     }
 
     pub async fn request(&self, request: ClientRequest) -> Result<ClientResponse> {
-        let (mut send, mut recv) = self
-            .connection
-            .open_bi()
-            .await
-            .with_context(|| format!("scheduler at {}", self.address))?;
+        let (mut send, mut recv) =
+            self.connection.open_bi().await.with_context(|| format!("scheduler at {}", self.address))?;
         frame::write(&mut send, &StreamRequest::Client(request)).await?;
         let _ = send.finish();
         match frame::expect::<ClientResponse, _>(&mut recv)

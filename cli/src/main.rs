@@ -68,23 +68,14 @@ fn init_logging(verbose: u8, default: &str) {
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "{level},wgpu_core=warn,wgpu_hal=error,naga=warn"
-        ))
+        tracing_subscriber::EnvFilter::new(format!("{level},wgpu_core=warn,wgpu_hal=error,naga=warn"))
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }
 
 fn default_home() -> PathBuf {
     match std::env::var_os("HOME") {
-        Some(home) => PathBuf::from(home)
-            .join(".local")
-            .join("share")
-            .join("upglobe"),
+        Some(home) => PathBuf::from(home).join(".local").join("share").join("upglobe"),
         None => PathBuf::from(".upglobe"),
     }
 }
@@ -94,14 +85,8 @@ fn main() {
     let daemon = matches!(cli.command, Command::Scheduler(_) | Command::Worker(_));
     init_logging(cli.verbose, if daemon { "info" } else { "warn" });
     let home = cli.home.clone().unwrap_or_else(default_home);
-    let context = commands::Context {
-        home,
-        format: cli.output,
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let context = commands::Context { home, format: cli.output };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
             Command::Scheduler(args) => commands::scheduler::run(&context, args).await,

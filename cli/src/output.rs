@@ -63,9 +63,6 @@ mod tests {
         assert_eq!(duration(42.4), "42s");
         assert_eq!(duration(187.0), "3m07s");
         assert_eq!(duration(3720.0), "1h02m");
-        assert_eq!(
-            table(&["A", "BB"], &[vec!["xyz".into(), "1".into()]]),
-            "A    BB\nxyz  1"
-        );
+        assert_eq!(table(&["A", "BB"], &[vec!["xyz".into(), "1".into()]]), "A    BB\nxyz  1");
     }
 }

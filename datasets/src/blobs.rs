@@ -24,8 +24,7 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> DatasetError {
 impl BlobStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<BlobStore> {
         let root = root.into();
-        std::fs::create_dir_all(root.join("tmp"))
-            .map_err(io(format!("cannot create {}", root.display())))?;
+        std::fs::create_dir_all(root.join("tmp")).map_err(io(format!("cannot create {}", root.display())))?;
         Ok(BlobStore { root })
     }
 
@@ -68,9 +67,7 @@ impl BlobStore {
         let path = self.path(hash);
         let mut bytes = Vec::new();
         match File::open(&path) {
-            Ok(mut file) => file
-                .read_to_end(&mut bytes)
-                .map_err(io(format!("cannot read {}", path.display())))?,
+            Ok(mut file) => file.read_to_end(&mut bytes).map_err(io(format!("cannot read {}", path.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(DatasetError::Missing(hash.to_hex()));
             }
@@ -78,10 +75,7 @@ impl BlobStore {
         };
         let actual = BlobHash::of(&bytes);
         if actual != *hash {
-            return Err(DatasetError::Corrupt {
-                hash: hash.to_hex(),
-                actual: actual.to_hex(),
-            });
+            return Err(DatasetError::Corrupt { hash: hash.to_hex(), actual: actual.to_hex() });
         }
         Ok(bytes)
     }
@@ -91,26 +85,16 @@ impl BlobStore {
         let path = self.path(hash);
         let file = File::open(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => DatasetError::Missing(hash.to_hex()),
-            _ => DatasetError::Io {
-                context: format!("cannot open {}", path.display()),
-                source: e,
-            },
+            _ => DatasetError::Io { context: format!("cannot open {}", path.display()), source: e },
         })?;
-        let size = file
-            .metadata()
-            .map_err(io(format!("cannot stat {}", path.display())))?
-            .len();
+        let size = file.metadata().map_err(io(format!("cannot stat {}", path.display())))?.len();
         Ok((file, size))
     }
 
     /// A writer for a blob that is promised to hash to `expected` and be `size` bytes long.
     pub fn writer(&self, expected: BlobHash, size: u64) -> Result<BlobWriter> {
-        let temporary =
-            self.root
-                .join("tmp")
-                .join(format!("{}.{}", expected.to_hex(), unique_suffix()));
-        let file = File::create(&temporary)
-            .map_err(io(format!("cannot create {}", temporary.display())))?;
+        let temporary = self.root.join("tmp").join(format!("{}.{}", expected.to_hex(), unique_suffix()));
+        let file = File::create(&temporary).map_err(io(format!("cannot create {}", temporary.display())))?;
         Ok(BlobWriter {
             file: Some(file),
             temporary,
@@ -126,11 +110,7 @@ impl BlobStore {
 fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A blob being received. Dropped without [`BlobWriter::finish`], it leaves nothing in the store.
@@ -159,8 +139,7 @@ impl BlobWriter {
         }
         self.hasher.update(bytes);
         let file = self.file.as_mut().expect("writer used after finish");
-        file.write_all(bytes)
-            .map_err(io(format!("cannot write {}", self.temporary.display())))?;
+        file.write_all(bytes).map_err(io(format!("cannot write {}", self.temporary.display())))?;
         self.received += bytes.len() as u64;
         Ok(())
     }
@@ -176,22 +155,15 @@ impl BlobWriter {
         }
         let actual = BlobHash(*self.hasher.finalize().as_bytes());
         if actual != self.expected {
-            return Err(DatasetError::Corrupt {
-                hash: self.expected.to_hex(),
-                actual: actual.to_hex(),
-            });
+            return Err(DatasetError::Corrupt { hash: self.expected.to_hex(), actual: actual.to_hex() });
         }
         let file = self.file.take().expect("finish once");
-        file.sync_all()
-            .map_err(io(format!("cannot sync {}", self.temporary.display())))?;
+        file.sync_all().map_err(io(format!("cannot sync {}", self.temporary.display())))?;
         drop(file);
         let parent = self.target.parent().expect("blob paths have a parent");
-        std::fs::create_dir_all(parent)
-            .map_err(io(format!("cannot create {}", parent.display())))?;
-        std::fs::rename(&self.temporary, &self.target).map_err(io(format!(
-            "cannot move a blob into {}",
-            self.target.display()
-        )))?;
+        std::fs::create_dir_all(parent).map_err(io(format!("cannot create {}", parent.display())))?;
+        std::fs::rename(&self.temporary, &self.target)
+            .map_err(io(format!("cannot move a blob into {}", self.target.display())))?;
         Ok(actual)
     }
 }
@@ -216,14 +188,8 @@ mod tests {
         assert_eq!(store.get(&hash).unwrap(), b"hello");
         assert_eq!(store.size(&hash), Some(5));
         std::fs::write(store.path(&hash), b"hellO").unwrap();
-        assert!(matches!(
-            store.get(&hash),
-            Err(DatasetError::Corrupt { .. })
-        ));
-        assert!(matches!(
-            store.get(&BlobHash([0; 32])),
-            Err(DatasetError::Missing(_))
-        ));
+        assert!(matches!(store.get(&hash), Err(DatasetError::Corrupt { .. })));
+        assert!(matches!(store.get(&BlobHash([0; 32])), Err(DatasetError::Missing(_))));
     }
 
     #[test]
@@ -236,17 +202,11 @@ mod tests {
         assert!(matches!(writer.finish(), Err(DatasetError::Corrupt { .. })));
         let mut writer = store.writer(promised, 3).unwrap();
         writer.write(b"ab").unwrap();
-        assert!(matches!(
-            writer.finish(),
-            Err(DatasetError::Incomplete { .. })
-        ));
+        assert!(matches!(writer.finish(), Err(DatasetError::Incomplete { .. })));
         let mut writer = store.writer(promised, 3).unwrap();
         assert!(writer.write(b"abcd").is_err());
         drop(writer);
         assert!(!store.contains(&promised));
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
-            0
-        );
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 }

@@ -60,22 +60,15 @@ pub struct Trajectory {
 }
 
 fn h5(path: &Path) -> impl Fn(hdf5::Error) -> DatasetError + '_ {
-    move |e| DatasetError::H5md {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    }
+    move |e| DatasetError::H5md { path: path.display().to_string(), message: e.to_string() }
 }
 
 fn text(value: &str) -> VarLenUnicode {
-    VarLenUnicode::from_str(value)
-        .unwrap_or_else(|_| VarLenUnicode::from_str("?").expect("plain text"))
+    VarLenUnicode::from_str(value).unwrap_or_else(|_| VarLenUnicode::from_str("?").expect("plain text"))
 }
 
 fn text_attr(location: &hdf5::Group, name: &str, value: &str) -> hdf5::Result<()> {
-    location
-        .new_attr::<VarLenUnicode>()
-        .create(name)?
-        .write_scalar(&text(value))
+    location.new_attr::<VarLenUnicode>().create(name)?.write_scalar(&text(value))
 }
 
 fn time_series(
@@ -89,21 +82,9 @@ fn time_series(
     let element = group.create_group(name)?;
     let mut shape = vec![steps.len()];
     shape.extend_from_slice(inner);
-    element
-        .new_dataset::<f64>()
-        .shape(shape)
-        .create("value")?
-        .write_raw(values)?;
-    element
-        .new_dataset::<i64>()
-        .shape(steps.len())
-        .create("step")?
-        .write_raw(steps)?;
-    element
-        .new_dataset::<f64>()
-        .shape(times.len())
-        .create("time")?
-        .write_raw(times)?;
+    element.new_dataset::<f64>().shape(shape).create("value")?.write_raw(values)?;
+    element.new_dataset::<i64>().shape(steps.len()).create("step")?.write_raw(steps)?;
+    element.new_dataset::<f64>().shape(times.len()).create("time")?.write_raw(times)?;
     Ok(())
 }
 
@@ -114,10 +95,7 @@ pub fn write(path: &Path, trajectory: &Trajectory) -> Result<()> {
 fn write_h5(path: &Path, t: &Trajectory) -> hdf5::Result<()> {
     let file = hdf5::File::create(path)?;
     let h5md = file.create_group("h5md")?;
-    h5md.new_attr::<i32>()
-        .shape(2)
-        .create("version")?
-        .write_raw(&[1, 1])?;
+    h5md.new_attr::<i32>().shape(2).create("version")?.write_raw(&[1, 1])?;
     text_attr(&h5md.create_group("author")?, "name", &t.author)?;
     let creator = h5md.create_group("creator")?;
     text_attr(&creator, "name", "upglobe")?;
@@ -125,50 +103,21 @@ fn write_h5(path: &Path, t: &Trajectory) -> hdf5::Result<()> {
 
     let all = file.create_group("particles")?.create_group("all")?;
     let simulation_box = all.create_group("box")?;
-    simulation_box
-        .new_attr::<i32>()
-        .create("dimension")?
-        .write_scalar(&3)?;
+    simulation_box.new_attr::<i32>().create("dimension")?.write_scalar(&3)?;
     let periodic = [text("periodic"), text("periodic"), text("periodic")];
-    simulation_box
-        .new_attr::<VarLenUnicode>()
-        .shape(3)
-        .create("boundary")?
-        .write_raw(&periodic)?;
-    simulation_box
-        .new_dataset::<f64>()
-        .shape(3)
-        .create("edges")?
-        .write_raw(&t.box_edges)?;
-    simulation_box
-        .new_dataset::<f64>()
-        .shape(3)
-        .create("origin")?
-        .write_raw(&t.box_origin)?;
+    simulation_box.new_attr::<VarLenUnicode>().shape(3).create("boundary")?.write_raw(&periodic)?;
+    simulation_box.new_dataset::<f64>().shape(3).create("edges")?.write_raw(&t.box_edges)?;
+    simulation_box.new_dataset::<f64>().shape(3).create("origin")?.write_raw(&t.box_origin)?;
 
     let atoms = t.species.len();
     let steps: Vec<i64> = t.frames.iter().map(|f| f.step).collect();
     let times: Vec<f64> = t.frames.iter().map(|f| f.time).collect();
-    let positions: Vec<f64> = t
-        .frames
-        .iter()
-        .flat_map(|f| f.positions.iter().flatten().copied())
-        .collect();
-    let velocities: Vec<f64> = t
-        .frames
-        .iter()
-        .flat_map(|f| f.velocities.iter().flatten().copied())
-        .collect();
+    let positions: Vec<f64> = t.frames.iter().flat_map(|f| f.positions.iter().flatten().copied()).collect();
+    let velocities: Vec<f64> = t.frames.iter().flat_map(|f| f.velocities.iter().flatten().copied()).collect();
     time_series(&all, "position", &steps, &times, &positions, &[atoms, 3])?;
     time_series(&all, "velocity", &steps, &times, &velocities, &[atoms, 3])?;
-    all.new_dataset::<i32>()
-        .shape(atoms)
-        .create("species")?
-        .write_raw(&t.species)?;
-    all.new_dataset::<i64>()
-        .shape(atoms)
-        .create("id")?
-        .write_raw(&t.ids)?;
+    all.new_dataset::<i32>().shape(atoms).create("species")?.write_raw(&t.species)?;
+    all.new_dataset::<i64>().shape(atoms).create("id")?.write_raw(&t.ids)?;
 
     let observables = file.create_group("observables")?;
     let steps: Vec<i64> = t.observables.iter().map(|o| o.step).collect();
@@ -192,26 +141,10 @@ fn write_h5(path: &Path, t: &Trajectory) -> hdf5::Result<()> {
     let chunks = t.chunks.len();
     let indexes: Vec<i64> = t.chunks.iter().map(|c| c.index as i64).collect();
     let hashes: Vec<VarLenUnicode> = t.chunks.iter().map(|c| text(&c.state_hash)).collect();
-    let workers: Vec<VarLenUnicode> = t
-        .chunks
-        .iter()
-        .map(|c| text(&c.workers.join(",")))
-        .collect();
-    provenance
-        .new_dataset::<i64>()
-        .shape(chunks)
-        .create("chunk")?
-        .write_raw(&indexes)?;
-    provenance
-        .new_dataset::<VarLenUnicode>()
-        .shape(chunks)
-        .create("state_hash")?
-        .write_raw(&hashes)?;
-    provenance
-        .new_dataset::<VarLenUnicode>()
-        .shape(chunks)
-        .create("agreeing_workers")?
-        .write_raw(&workers)?;
+    let workers: Vec<VarLenUnicode> = t.chunks.iter().map(|c| text(&c.workers.join(","))).collect();
+    provenance.new_dataset::<i64>().shape(chunks).create("chunk")?.write_raw(&indexes)?;
+    provenance.new_dataset::<VarLenUnicode>().shape(chunks).create("state_hash")?.write_raw(&hashes)?;
+    provenance.new_dataset::<VarLenUnicode>().shape(chunks).create("agreeing_workers")?.write_raw(&workers)?;
     file.flush()?;
     Ok(())
 }
@@ -250,29 +183,15 @@ mod tests {
             author: "someone".into(),
             workflow_hash: "abc".into(),
             job: "w.melt".into(),
-            chunks: vec![ChunkProvenance {
-                index: 0,
-                state_hash: "ff".into(),
-                workers: vec!["a".into(), "b".into()],
-            }],
+            chunks: vec![ChunkProvenance { index: 0, state_hash: "ff".into(), workers: vec!["a".into(), "b".into()] }],
         };
         write(&path, &trajectory).unwrap();
         let file = hdf5::File::open(&path).unwrap();
         let value = file.dataset("particles/all/position/value").unwrap();
         assert_eq!(value.shape(), vec![2, 2, 3]);
-        let temperature: Vec<f64> = file
-            .dataset("observables/temperature/value")
-            .unwrap()
-            .read_raw()
-            .unwrap();
+        let temperature: Vec<f64> = file.dataset("observables/temperature/value").unwrap().read_raw().unwrap();
         assert_eq!(temperature, vec![1.0; 3]);
-        let version: Vec<i32> = file
-            .group("h5md")
-            .unwrap()
-            .attr("version")
-            .unwrap()
-            .read_raw()
-            .unwrap();
+        let version: Vec<i32> = file.group("h5md").unwrap().attr("version").unwrap().read_raw().unwrap();
         assert_eq!(version, vec![1, 1]);
     }
 }

@@ -11,18 +11,11 @@ pub use blobs::{BlobStore, BlobWriter};
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
     #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
+    Io { context: String, source: std::io::Error },
     #[error("blob {hash} is corrupt: its contents hash to {actual}")]
     Corrupt { hash: String, actual: String },
     #[error("blob {expected} did not arrive whole: {received} of {size} bytes")]
-    Incomplete {
-        expected: String,
-        received: u64,
-        size: u64,
-    },
+    Incomplete { expected: String, received: u64, size: u64 },
     #[error("blob {0} is not in the store")]
     Missing(String),
     #[error("transfer of blob {hash}: {message}")]

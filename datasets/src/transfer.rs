@@ -11,76 +11,39 @@ use crate::{BlobStore, DatasetError, Result};
 const BUFFER_BYTES: usize = 1 << 20;
 
 fn failed(hash: &BlobHash, message: impl Into<String>) -> DatasetError {
-    DatasetError::Transfer {
-        hash: hash.short(),
-        message: message.into(),
-    }
+    DatasetError::Transfer { hash: hash.short(), message: message.into() }
 }
 
 /// Sends a blob from the local store to the peer, which verifies and stores it.
-pub async fn upload(
-    connection: &quinn::Connection,
-    store: &BlobStore,
-    hash: BlobHash,
-) -> Result<()> {
+pub async fn upload(connection: &quinn::Connection, store: &BlobStore, hash: BlobHash) -> Result<()> {
     let (file, size) = store.open_blob(&hash)?;
-    let (mut send, mut recv) = connection
-        .open_bi()
-        .await
-        .map_err(|e| failed(&hash, e.to_string()))?;
-    frame::write(&mut send, &StreamRequest::PutBlob { hash, size })
-        .await
-        .map_err(|e| failed(&hash, e.to_string()))?;
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| failed(&hash, e.to_string()))?;
+    frame::write(&mut send, &StreamRequest::PutBlob { hash, size }).await.map_err(|e| failed(&hash, e.to_string()))?;
     let mut file = tokio::fs::File::from_std(file);
-    let copied = tokio::io::copy(&mut file, &mut send)
-        .await
-        .map_err(|e| failed(&hash, e.to_string()))?;
+    let copied = tokio::io::copy(&mut file, &mut send).await.map_err(|e| failed(&hash, e.to_string()))?;
     if copied != size {
-        return Err(failed(
-            &hash,
-            format!("the local copy changed size during the upload ({copied} of {size} bytes)"),
-        ));
+        return Err(failed(&hash, format!("the local copy changed size during the upload ({copied} of {size} bytes)")));
     }
     send.finish().map_err(|e| failed(&hash, e.to_string()))?;
-    match frame::expect::<BlobReply, _>(&mut recv)
-        .await
-        .map_err(|e| failed(&hash, e.to_string()))?
-    {
+    match frame::expect::<BlobReply, _>(&mut recv).await.map_err(|e| failed(&hash, e.to_string()))? {
         BlobReply::Stored => Ok(()),
-        BlobReply::Rejected { reason } => {
-            Err(failed(&hash, format!("the peer refused it: {reason}")))
-        }
+        BlobReply::Rejected { reason } => Err(failed(&hash, format!("the peer refused it: {reason}"))),
         other => Err(failed(&hash, format!("unexpected reply {other:?}"))),
     }
 }
 
 /// Fetches a blob from the peer into the local store (a no-op if it is already there).
-pub async fn download(
-    connection: &quinn::Connection,
-    store: &BlobStore,
-    hash: BlobHash,
-) -> Result<()> {
+pub async fn download(connection: &quinn::Connection, store: &BlobStore, hash: BlobHash) -> Result<()> {
     if store.contains(&hash) {
         return Ok(());
     }
-    let (mut send, mut recv) = connection
-        .open_bi()
-        .await
-        .map_err(|e| failed(&hash, e.to_string()))?;
-    frame::write(&mut send, &StreamRequest::GetBlob { hash })
-        .await
-        .map_err(|e| failed(&hash, e.to_string()))?;
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| failed(&hash, e.to_string()))?;
+    frame::write(&mut send, &StreamRequest::GetBlob { hash }).await.map_err(|e| failed(&hash, e.to_string()))?;
     send.finish().map_err(|e| failed(&hash, e.to_string()))?;
-    let size = match frame::expect::<BlobReply, _>(&mut recv)
-        .await
-        .map_err(|e| failed(&hash, e.to_string()))?
-    {
+    let size = match frame::expect::<BlobReply, _>(&mut recv).await.map_err(|e| failed(&hash, e.to_string()))? {
         BlobReply::Sending { size } if size <= BLOB_BYTES_MAX => size,
         BlobReply::Sending { size } => {
-            return Err(failed(
-                &hash,
-                format!("{size} bytes exceeds the blob limit"),
-            ));
+            return Err(failed(&hash, format!("{size} bytes exceeds the blob limit")));
         }
         BlobReply::Missing => return Err(failed(&hash, "the peer does not have it")),
         other => return Err(failed(&hash, format!("unexpected reply {other:?}"))),
@@ -88,20 +51,12 @@ pub async fn download(
     receive(&mut recv, store, hash, size).await
 }
 
-async fn receive(
-    recv: &mut quinn::RecvStream,
-    store: &BlobStore,
-    hash: BlobHash,
-    size: u64,
-) -> Result<()> {
+async fn receive(recv: &mut quinn::RecvStream, store: &BlobStore, hash: BlobHash, size: u64) -> Result<()> {
     let mut writer = store.writer(hash, size)?;
     let mut buffer = vec![0u8; BUFFER_BYTES];
     while writer.received() < size {
         let wanted = (size - writer.received()).min(BUFFER_BYTES as u64) as usize;
-        let read = recv
-            .read(&mut buffer[..wanted])
-            .await
-            .map_err(|e| failed(&hash, e.to_string()))?;
+        let read = recv.read(&mut buffer[..wanted]).await.map_err(|e| failed(&hash, e.to_string()))?;
         match read {
             Some(n) => writer.write(&buffer[..n])?,
             None => break,
@@ -112,11 +67,7 @@ async fn receive(
 }
 
 /// Answers a [`StreamRequest::GetBlob`].
-pub async fn serve_get(
-    send: &mut quinn::SendStream,
-    store: &BlobStore,
-    hash: BlobHash,
-) -> Result<()> {
+pub async fn serve_get(send: &mut quinn::SendStream, store: &BlobStore, hash: BlobHash) -> Result<()> {
     let io = |e: upglobe_protocol::ProtocolError| failed(&hash, e.to_string());
     let (file, size) = match store.open_blob(&hash) {
         Ok(found) => found,
@@ -125,22 +76,15 @@ pub async fn serve_get(
         }
         Err(e) => return Err(e),
     };
-    frame::write(send, &BlobReply::Sending { size })
-        .await
-        .map_err(io)?;
+    frame::write(send, &BlobReply::Sending { size }).await.map_err(io)?;
     let mut file = tokio::fs::File::from_std(file);
     let mut buffer = vec![0u8; BUFFER_BYTES];
     loop {
-        let n = file
-            .read(&mut buffer)
-            .await
-            .map_err(|e| failed(&hash, e.to_string()))?;
+        let n = file.read(&mut buffer).await.map_err(|e| failed(&hash, e.to_string()))?;
         if n == 0 {
             break;
         }
-        send.write_all(&buffer[..n])
-            .await
-            .map_err(|e| failed(&hash, e.to_string()))?;
+        send.write_all(&buffer[..n]).await.map_err(|e| failed(&hash, e.to_string()))?;
     }
     send.finish().map_err(|e| failed(&hash, e.to_string()))?;
     Ok(())
@@ -155,9 +99,7 @@ pub async fn serve_put(
     size: u64,
 ) -> Result<()> {
     let reply = if size > BLOB_BYTES_MAX {
-        BlobReply::Rejected {
-            reason: format!("{size} bytes exceeds the limit of {BLOB_BYTES_MAX}"),
-        }
+        BlobReply::Rejected { reason: format!("{size} bytes exceeds the limit of {BLOB_BYTES_MAX}") }
     } else if store.contains(&hash) {
         // Drain what is sent; the copy we hold is already verified.
         let mut sink = tokio::io::sink();
@@ -166,14 +108,10 @@ pub async fn serve_put(
     } else {
         match receive(recv, store, hash, size).await {
             Ok(()) => BlobReply::Stored,
-            Err(e) => BlobReply::Rejected {
-                reason: e.to_string(),
-            },
+            Err(e) => BlobReply::Rejected { reason: e.to_string() },
         }
     };
-    frame::write(send, &reply)
-        .await
-        .map_err(|e| failed(&hash, e.to_string()))?;
+    frame::write(send, &reply).await.map_err(|e| failed(&hash, e.to_string()))?;
     let _ = send.finish();
     Ok(())
 }

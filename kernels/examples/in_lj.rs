@@ -9,23 +9,12 @@ fn main() {
     let steps: u64 = args[2].parse().unwrap();
     let device = &args[3];
     let data = DataFile::read(path).unwrap();
-    let system = data
-        .to_system(
-            &args[1],
-            &Settings {
-                cutoff: 2.5,
-                shift: false,
-                timestep: 0.005,
-            },
-        )
-        .unwrap();
+    let system = data.to_system(&args[1], &Settings { cutoff: 2.5, shift: false, timestep: 0.005 }).unwrap();
     let state = State::from_physical(system).unwrap();
     let device = if device == "gpu" {
         upglobe_kernels::Device::Wgpu { adapter: None }
     } else {
-        upglobe_kernels::Device::Cpu {
-            threads: device.parse().unwrap(),
-        }
+        upglobe_kernels::Device::Cpu { threads: device.parse().unwrap() }
     };
     let mut engine = upglobe_kernels::engine(&device).unwrap();
     eprintln!("{}", engine.describe());
@@ -36,15 +25,10 @@ fn main() {
         options.skin = skin.parse().unwrap();
     }
     let start = std::time::Instant::now();
-    let out = engine
-        .run(&state, &options, &mut |_| ControlFlow::Continue(()))
-        .unwrap();
+    let out = engine.run(&state, &options, &mut |_| ControlFlow::Continue(())).unwrap();
     let seconds = start.elapsed().as_secs_f64();
     for t in &out.thermo {
-        println!(
-            "{:>6} {:.8} {:.8} {:.8} {:.8} {:.8}",
-            t.step, t.temp, t.pe, t.ke, t.etotal, t.press
-        );
+        println!("{:>6} {:.8} {:.8} {:.8} {:.8} {:.8}", t.step, t.temp, t.pe, t.ke, t.etotal, t.press);
     }
     println!(
         "hash {} builds {} time {:.3}s atom-steps/s {:.3e}",

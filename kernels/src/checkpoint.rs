@@ -20,10 +20,7 @@ pub const MAGIC: [u8; 4] = *b"UGMD";
 pub const FORMAT_VERSION: u32 = 1;
 const HASH_BYTES: usize = 32;
 
-const _: () = assert!(
-    cfg!(target_endian = "little"),
-    "checkpoints are encoded from little-endian memory"
-);
+const _: () = assert!(cfg!(target_endian = "little"), "checkpoints are encoded from little-endian memory");
 
 /// BLAKE3 hash of an encoded state.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -49,16 +46,12 @@ impl std::str::FromStr for StateHash {
     fn from_str(text: &str) -> std::result::Result<Self, String> {
         let bytes = text.as_bytes();
         if bytes.len() != 64 {
-            return Err(format!(
-                "a state hash has 64 hex digits, not {}",
-                bytes.len()
-            ));
+            return Err(format!("a state hash has 64 hex digits, not {}", bytes.len()));
         }
         let mut out = [0u8; 32];
         for (i, chunk) in bytes.chunks(2).enumerate() {
             let digits = std::str::from_utf8(chunk).map_err(|_| "not hex".to_string())?;
-            out[i] =
-                u8::from_str_radix(digits, 16).map_err(|_| format!("'{digits}' is not hex"))?;
+            out[i] = u8::from_str_radix(digits, 16).map_err(|_| format!("'{digits}' is not hex"))?;
         }
         Ok(StateHash(out))
     }
@@ -101,11 +94,7 @@ impl Checkpoint {
             + 8 * types
             + 24 * types * types
             + 2
-            + if state.params.langevin.is_some() {
-                24
-            } else {
-                0
-            }
+            + if state.params.langevin.is_some() { 24 } else { 0 }
             + state.atoms() * (8 + 4 + 24 + 24)
             + HASH_BYTES
     }
@@ -118,14 +107,9 @@ impl Checkpoint {
         };
         let (body, stored) = bytes.split_at(body_len);
         if blake3::hash(body).as_bytes() != stored {
-            return Err(invalid(
-                "hash does not match the contents (corrupted or truncated)",
-            ));
+            return Err(invalid("hash does not match the contents (corrupted or truncated)"));
         }
-        let mut reader = Reader {
-            bytes: body,
-            offset: 0,
-        };
+        let mut reader = Reader { bytes: body, offset: 0 };
         if reader.take(4)? != MAGIC {
             return Err(invalid("not an UpGlobe MD checkpoint (bad magic)"));
         }
@@ -155,71 +139,35 @@ fn read_state(reader: &mut Reader) -> Result<State> {
     let atoms = reader.u64()? as usize;
     let types = reader.u32()? as usize;
     if types == 0 || types > TYPES_MAX || atoms > crate::system::ATOMS_MAX {
-        return Err(KernelError::InvalidCheckpoint(format!(
-            "{atoms} atoms of {types} types is out of range"
-        )));
+        return Err(KernelError::InvalidCheckpoint(format!("{atoms} atoms of {types} types is out of range")));
     }
     let timestep = reader.f64()?;
     let box_origin = [reader.f64()?, reader.f64()?, reader.f64()?];
     let box_length = [reader.f64()?, reader.f64()?, reader.f64()?];
-    let masses = (0..types)
-        .map(|_| reader.f64())
-        .collect::<Result<Vec<_>>>()?;
+    let masses = (0..types).map(|_| reader.f64()).collect::<Result<Vec<_>>>()?;
     let pair_coeffs = (0..types * types)
-        .map(|_| {
-            Ok(PairCoeff {
-                epsilon: reader.f64()?,
-                sigma: reader.f64()?,
-                cutoff: reader.f64()?,
-            })
-        })
+        .map(|_| Ok(PairCoeff { epsilon: reader.f64()?, sigma: reader.f64()?, cutoff: reader.f64()? }))
         .collect::<Result<Vec<_>>>()?;
     let shift = reader.u8()? != 0;
     let langevin = match reader.u8()? {
         0 => None,
-        1 => Some(Langevin {
-            temperature: reader.f64()?,
-            damping: reader.f64()?,
-            seed: reader.u64()?,
-        }),
+        1 => Some(Langevin { temperature: reader.f64()?, damping: reader.f64()?, seed: reader.u64()? }),
         other => {
-            return Err(KernelError::InvalidCheckpoint(format!(
-                "unknown thermostat kind {other}"
-            )));
+            return Err(KernelError::InvalidCheckpoint(format!("unknown thermostat kind {other}")));
         }
     };
-    let params = Params {
-        box_origin,
-        box_length,
-        masses,
-        pair_coeffs,
-        shift,
-        timestep,
-        langevin,
-    };
+    let params = Params { box_origin, box_length, masses, pair_coeffs, shift, timestep, langevin };
     let ids: Vec<u64> = reader.array(atoms)?;
     let types_of_atoms: Vec<u32> = reader.array(atoms)?;
     if let Some(bad) = types_of_atoms.iter().find(|&&t| t as usize >= types) {
-        return Err(KernelError::InvalidCheckpoint(format!(
-            "atom type {} of {types}",
-            bad + 1
-        )));
+        return Err(KernelError::InvalidCheckpoint(format!("atom type {} of {types}", bad + 1)));
     }
     if ids.windows(2).any(|w| w[0] >= w[1]) {
-        return Err(KernelError::InvalidCheckpoint(
-            "atom ids are not strictly ascending".into(),
-        ));
+        return Err(KernelError::InvalidCheckpoint("atom ids are not strictly ascending".into()));
     }
     let positions: Vec<[u64; 3]> = reader.array(atoms)?;
     let velocities: Vec<[i64; 3]> = reader.array(atoms)?;
-    Ok(State {
-        params,
-        step,
-        ids,
-        types: types_of_atoms,
-        positions,
-        velocities,
-    })
+    Ok(State { params, step, ids, types: types_of_atoms, positions, velocities })
 }
 
 fn write_body(state: &State, out: &mut impl Write) -> std::io::Result<()> {
@@ -234,11 +182,7 @@ fn write_body(state: &State, out: &mut impl Write) -> std::io::Result<()> {
     floats.extend(p.box_origin);
     floats.extend(p.box_length);
     floats.extend(&p.masses);
-    floats.extend(
-        p.pair_coeffs
-            .iter()
-            .flat_map(|c| [c.epsilon, c.sigma, c.cutoff]),
-    );
+    floats.extend(p.pair_coeffs.iter().flat_map(|c| [c.epsilon, c.sigma, c.cutoff]));
     out.write_all(bytemuck::cast_slice(&floats))?;
     out.write_all(&[p.shift as u8])?;
     match p.langevin {
@@ -276,16 +220,9 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self
-            .offset
-            .checked_add(n)
-            .filter(|&end| end <= self.bytes.len())
-            .ok_or_else(|| {
-                KernelError::InvalidCheckpoint(format!(
-                    "truncated at byte {} (wanted {n} more)",
-                    self.offset
-                ))
-            })?;
+        let end = self.offset.checked_add(n).filter(|&end| end <= self.bytes.len()).ok_or_else(|| {
+            KernelError::InvalidCheckpoint(format!("truncated at byte {} (wanted {n} more)", self.offset))
+        })?;
         let slice = &self.bytes[self.offset..end];
         self.offset = end;
         Ok(slice)
@@ -319,10 +256,7 @@ mod tests {
         let bytes = Checkpoint::encode(&state);
         assert_eq!(bytes.len(), Checkpoint::encoded_len(&state));
         assert_eq!(Checkpoint::decode(&bytes).unwrap(), state);
-        assert_eq!(
-            Checkpoint::stored_hash(&bytes),
-            Some(Checkpoint::hash(&state))
-        );
+        assert_eq!(Checkpoint::stored_hash(&bytes), Some(Checkpoint::hash(&state)));
         let text = Checkpoint::hash(&state).to_string();
         assert_eq!(text.parse::<StateHash>().unwrap(), Checkpoint::hash(&state));
     }
@@ -332,12 +266,7 @@ mod tests {
         let state = State::from_physical(two_atoms(1.2)).unwrap();
         let mut bytes = Checkpoint::encode(&state);
         bytes[100] ^= 1;
-        assert!(
-            Checkpoint::decode(&bytes)
-                .unwrap_err()
-                .to_string()
-                .contains("hash does not match")
-        );
+        assert!(Checkpoint::decode(&bytes).unwrap_err().to_string().contains("hash does not match"));
         let error = Checkpoint::decode(&bytes[..10]).unwrap_err().to_string();
         assert!(error.contains("shorter than its hash"), "{error}");
         let error = Checkpoint::decode(&bytes[..200]).unwrap_err().to_string();
@@ -348,12 +277,7 @@ mod tests {
         let body = bytes.len() - 32;
         let hash = blake3::hash(&bytes[..body]);
         bytes[body..].copy_from_slice(hash.as_bytes());
-        assert!(
-            Checkpoint::decode(&bytes)
-                .unwrap_err()
-                .to_string()
-                .contains("model version 99")
-        );
+        assert!(Checkpoint::decode(&bytes).unwrap_err().to_string().contains("model version 99"));
     }
 
     #[test]

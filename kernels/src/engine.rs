@@ -42,13 +42,7 @@ pub struct RunOptions {
 
 impl RunOptions {
     pub fn new(steps: u64) -> RunOptions {
-        RunOptions {
-            steps,
-            thermo_every: 0,
-            thermo_at_start: false,
-            thermo_at_end: false,
-            skin: DEFAULT_SKIN,
-        }
+        RunOptions { steps, thermo_every: 0, thermo_at_start: false, thermo_at_end: false, skin: DEFAULT_SKIN }
     }
 
     pub fn wants_thermo(&self, start: u64, step: u64) -> bool {
@@ -104,12 +98,7 @@ pub(crate) fn cancelled(step: u64) -> KernelError {
 /// The skin actually used: no larger than the cutoff (separations must stay below 2^30 units) and
 /// small enough that the list radius stays inside half the box.
 pub fn effective_skin(params: &crate::system::Params, skin: f64) -> f64 {
-    let half_box = params
-        .box_length
-        .iter()
-        .copied()
-        .fold(f64::INFINITY, f64::min)
-        / 2.0;
+    let half_box = params.box_length.iter().copied().fold(f64::INFINITY, f64::min) / 2.0;
     let cutoff = params.cutoff_max();
     skin.min(cutoff).min((half_box - cutoff) * 0.999).max(1e-3)
 }

@@ -63,11 +63,7 @@ const SECTIONS_UNSUPPORTED: &[&str] = &[
 
 impl<'a> Parser<'a> {
     fn error(&self, line: usize, message: impl Into<String>) -> KernelError {
-        KernelError::DataFile {
-            path: self.path.to_string(),
-            line,
-            message: message.into(),
-        }
+        KernelError::DataFile { path: self.path.to_string(), line, message: message.into() }
     }
 
     /// The next non-blank line with comments removed, and its 1-based number.
@@ -91,18 +87,10 @@ impl<'a> Parser<'a> {
     }
 
     fn comment_of(&self, number: usize) -> Option<&'a str> {
-        self.lines[number - 1]
-            .1
-            .split_once('#')
-            .map(|(_, c)| c.trim())
+        self.lines[number - 1].1.split_once('#').map(|(_, c)| c.trim())
     }
 
-    fn numbers<const N: usize>(
-        &self,
-        number: usize,
-        fields: &[&str],
-        what: &str,
-    ) -> Result<[f64; N]> {
+    fn numbers<const N: usize>(&self, number: usize, fields: &[&str], what: &str) -> Result<[f64; N]> {
         let mut out = [0.0; N];
         for (k, slot) in out.iter_mut().enumerate() {
             let text = fields[k];
@@ -110,9 +98,7 @@ impl<'a> Parser<'a> {
                 .parse::<f64>()
                 .ok()
                 .filter(|v| v.is_finite())
-                .ok_or_else(|| {
-                    self.error(number, format!("{what}: '{text}' is not a finite number"))
-                })?;
+                .ok_or_else(|| self.error(number, format!("{what}: '{text}' is not a finite number")))?;
         }
         Ok(out)
     }
@@ -124,24 +110,15 @@ fn parse_index(text: &str) -> Option<u64> {
 
 impl DataFile {
     pub fn read(path: &Path) -> Result<DataFile> {
-        let text = std::fs::read_to_string(path).map_err(|source| KernelError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| KernelError::Io { path: path.display().to_string(), source })?;
         DataFile::parse(&path.display().to_string(), &text)
     }
 
     pub fn parse(path: &str, text: &str) -> Result<DataFile> {
         let lines: Vec<(usize, &str)> = text.lines().enumerate().map(|(i, l)| (i + 1, l)).collect();
-        let mut parser = Parser {
-            path,
-            lines,
-            next: 1,
-        };
-        let mut data = DataFile {
-            title: text.lines().next().unwrap_or("").trim().to_string(),
-            ..Default::default()
-        };
+        let mut parser = Parser { path, lines, next: 1 };
+        let mut data = DataFile { title: text.lines().next().unwrap_or("").trim().to_string(), ..Default::default() };
         if let Some(t) = data.title.split("timestep = ").nth(1) {
             data.timestep_number = t.trim().parse().unwrap_or(0);
         }
@@ -178,15 +155,9 @@ impl DataFile {
         let mut bounds = [None; 3];
         while let Some((number, text)) = parser.peek_line() {
             let fields: Vec<&str> = text.split_whitespace().collect();
-            let keyword = fields
-                .iter()
-                .skip_while(|f| f.parse::<f64>().is_ok())
-                .copied()
-                .collect::<Vec<_>>()
-                .join(" ");
+            let keyword = fields.iter().skip_while(|f| f.parse::<f64>().is_ok()).copied().collect::<Vec<_>>().join(" ");
             let count = || {
-                parse_index(fields[0])
-                    .ok_or_else(|| parser.error(number, format!("'{}' is not a count", fields[0])))
+                parse_index(fields[0]).ok_or_else(|| parser.error(number, format!("'{}' is not a count", fields[0])))
             };
             match keyword.as_str() {
                 "atoms" => atoms = Some(count()? as usize),
@@ -214,10 +185,9 @@ impl DataFile {
                 | "triangles"
                 | "bodies" => {
                     if count()? != 0 {
-                        return Err(parser.error(
-                            number,
-                            format!("'{keyword}' is not supported: only atomic systems are"),
-                        ));
+                        return Err(
+                            parser.error(number, format!("'{keyword}' is not supported: only atomic systems are"))
+                        );
                     }
                 }
                 _ if fields.first().is_some_and(|f| f.parse::<f64>().is_ok()) => {
@@ -233,13 +203,7 @@ impl DataFile {
         }
         for (d, bound) in bounds.iter().enumerate() {
             let [low, high] = bound.ok_or_else(|| {
-                parser.error(
-                    1,
-                    format!(
-                        "the header has no '{0}lo {0}hi' box bounds",
-                        ['x', 'y', 'z'][d]
-                    ),
-                )
+                parser.error(1, format!("the header has no '{0}lo {0}hi' box bounds", ['x', 'y', 'z'][d]))
             })?;
             if !(high > low) {
                 return Err(parser.error(1, format!("box bounds {low} {high} are empty")));
@@ -255,10 +219,7 @@ impl DataFile {
     fn type_index(&self, parser: &Parser, number: usize, text: &str) -> Result<usize> {
         match parse_index(text) {
             Some(t) if t >= 1 && t as usize <= self.types => Ok(t as usize - 1),
-            _ => Err(parser.error(
-                number,
-                format!("atom type '{text}' is not between 1 and {}", self.types),
-            )),
+            _ => Err(parser.error(number, format!("atom type '{text}' is not between 1 and {}", self.types))),
         }
     }
 
@@ -278,18 +239,10 @@ impl DataFile {
             };
             let fields: Vec<&str> = text.split_whitespace().collect();
             if !columns.contains(&fields.len()) {
-                let expected = columns
-                    .iter()
-                    .map(|c| c.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" or ");
-                return Err(parser.error(
-                    number,
-                    format!(
-                        "{section} line has {} columns; expected {expected}",
-                        fields.len()
-                    ),
-                ));
+                let expected = columns.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" or ");
+                return Err(
+                    parser.error(number, format!("{section} line has {} columns; expected {expected}", fields.len()))
+                );
             }
             out.push((number, fields));
         }
@@ -301,10 +254,7 @@ impl DataFile {
             let t = self.type_index(parser, number, fields[0])?;
             let [mass] = parser.numbers::<1>(number, &fields[1..], "mass")?;
             if mass <= 0.0 {
-                return Err(parser.error(
-                    number,
-                    format!("mass {mass} of type {} must be positive", t + 1),
-                ));
+                return Err(parser.error(number, format!("mass {mass} of type {} must be positive", t + 1)));
             }
             self.masses[t] = Some(mass);
         }
@@ -313,10 +263,9 @@ impl DataFile {
 
     fn check_style(parser: &Parser, number: usize, section: &str) -> Result<()> {
         match parser.comment_of(number) {
-            Some(style) if !style.is_empty() && !style.starts_with("lj/cut") => Err(parser.error(
-                number,
-                format!("{section} are for pair style '{style}'; only lj/cut is supported"),
-            )),
+            Some(style) if !style.is_empty() && !style.starts_with("lj/cut") => {
+                Err(parser.error(number, format!("{section} are for pair style '{style}'; only lj/cut is supported")))
+            }
             _ => Ok(()),
         }
     }
@@ -345,8 +294,7 @@ impl DataFile {
                 Some(_) => Some(parser.numbers::<1>(number, &fields[4..], "cutoff")?[0]),
                 None => None,
             };
-            self.pair_coeffs
-                .insert((a.min(b), a.max(b)), (epsilon, sigma, cutoff));
+            self.pair_coeffs.insert((a.min(b), a.max(b)), (epsilon, sigma, cutoff));
         }
         Ok(())
     }
@@ -354,10 +302,7 @@ impl DataFile {
     fn read_atoms(&mut self, parser: &mut Parser, header: usize, atoms: usize) -> Result<()> {
         match parser.comment_of(header) {
             Some(style) if !style.is_empty() && style != "atomic" => {
-                return Err(parser.error(
-                    header,
-                    format!("atom style '{style}' is not supported; use atomic"),
-                ));
+                return Err(parser.error(header, format!("atom style '{style}' is not supported; use atomic")));
             }
             _ => {}
         }
@@ -365,12 +310,9 @@ impl DataFile {
         self.ids.reserve(atoms);
         let mut seen = std::collections::HashSet::with_capacity(atoms);
         for (number, fields) in lines {
-            let id = parse_index(fields[0]).filter(|&id| id > 0).ok_or_else(|| {
-                parser.error(
-                    number,
-                    format!("atom id '{}' is not a positive integer", fields[0]),
-                )
-            })?;
+            let id = parse_index(fields[0])
+                .filter(|&id| id > 0)
+                .ok_or_else(|| parser.error(number, format!("atom id '{}' is not a positive integer", fields[0])))?;
             if !seen.insert(id) {
                 return Err(parser.error(number, format!("atom id {id} appears twice")));
             }
@@ -379,10 +321,7 @@ impl DataFile {
             if fields.len() == 8 {
                 for d in 0..3 {
                     let image: i64 = fields[5 + d].parse().map_err(|_| {
-                        parser.error(
-                            number,
-                            format!("image flag '{}' is not an integer", fields[5 + d]),
-                        )
+                        parser.error(number, format!("image flag '{}' is not an integer", fields[5 + d]))
                     })?;
                     position[d] += image as f64 * (self.box_high[d] - self.box_low[d]);
                 }
@@ -396,12 +335,8 @@ impl DataFile {
 
     fn read_velocities(&mut self, parser: &mut Parser, atoms: usize) -> Result<()> {
         for (number, fields) in Self::section_lines(parser, atoms, &[4], "Velocities")? {
-            let id = parse_index(fields[0]).ok_or_else(|| {
-                parser.error(
-                    number,
-                    format!("atom id '{}' is not a positive integer", fields[0]),
-                )
-            })?;
+            let id = parse_index(fields[0])
+                .ok_or_else(|| parser.error(number, format!("atom id '{}' is not a positive integer", fields[0])))?;
             let velocity = parser.numbers::<3>(number, &fields[1..], "velocity")?;
             if self.velocities.insert(id, velocity).is_some() {
                 return Err(parser.error(number, format!("velocity of atom {id} is given twice")));
@@ -424,48 +359,28 @@ impl DataFile {
                 ((ea * eb).sqrt(), (sa * sb).sqrt(), cutoff)
             }
         };
-        Some(PairCoeff {
-            epsilon,
-            sigma,
-            cutoff: cutoff.unwrap_or(settings.cutoff),
-        })
+        Some(PairCoeff { epsilon, sigma, cutoff: cutoff.unwrap_or(settings.cutoff) })
     }
 
     /// Completes the file into a system with the script-level settings.
     pub fn to_system(&self, path: &str, settings: &Settings) -> Result<PhysicalSystem> {
-        let fail = |message: String| KernelError::DataFile {
-            path: path.to_string(),
-            line: 1,
-            message,
-        };
+        let fail = |message: String| KernelError::DataFile { path: path.to_string(), line: 1, message };
         let mut masses = Vec::with_capacity(self.types);
         for (t, mass) in self.masses.iter().enumerate() {
-            masses.push(mass.ok_or_else(|| {
-                fail(format!("no mass for atom type {} (Masses section)", t + 1))
-            })?);
+            masses.push(mass.ok_or_else(|| fail(format!("no mass for atom type {} (Masses section)", t + 1)))?);
         }
         let mut pair_coeffs = Vec::with_capacity(self.types * self.types);
         for a in 0..self.types {
             for b in 0..self.types {
                 pair_coeffs.push(self.coeff(a, b, settings).ok_or_else(|| {
-                    fail(format!(
-                        "no lj/cut coefficients for types {} {} (Pair Coeffs or PairIJ Coeffs)",
-                        a + 1,
-                        b + 1
-                    ))
+                    fail(format!("no lj/cut coefficients for types {} {} (Pair Coeffs or PairIJ Coeffs)", a + 1, b + 1))
                 })?);
             }
         }
-        let velocities = self
-            .ids
-            .iter()
-            .map(|id| self.velocities.get(id).copied().unwrap_or([0.0; 3]))
-            .collect();
+        let velocities = self.ids.iter().map(|id| self.velocities.get(id).copied().unwrap_or([0.0; 3])).collect();
         let known: std::collections::HashSet<u64> = self.ids.iter().copied().collect();
         if let Some(id) = self.velocities.keys().find(|id| !known.contains(id)) {
-            return Err(fail(format!(
-                "Velocities names atom {id}, which is not in Atoms"
-            )));
+            return Err(fail(format!("Velocities names atom {id}, which is not in Atoms")));
         }
         Ok(PhysicalSystem {
             params: Params {
@@ -491,20 +406,11 @@ pub fn write(path: &Path, state: &crate::system::State) -> Result<()> {
     use std::fmt::Write as _;
     let p = &state.params;
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "LAMMPS data file written by upglobe, timestep = {}\n",
-        state.step
-    );
+    let _ = writeln!(out, "LAMMPS data file written by upglobe, timestep = {}\n", state.step);
     let _ = writeln!(out, "{} atoms\n{} atom types\n", state.atoms(), p.types());
     for d in 0..3 {
         let axis = ['x', 'y', 'z'][d];
-        let _ = writeln!(
-            out,
-            "{:.17e} {:.17e} {axis}lo {axis}hi",
-            p.box_origin[d],
-            p.box_origin[d] + p.box_length[d]
-        );
+        let _ = writeln!(out, "{:.17e} {:.17e} {axis}lo {axis}hi", p.box_origin[d], p.box_origin[d] + p.box_length[d]);
     }
     let _ = writeln!(out, "\nMasses\n");
     for (t, m) in p.masses.iter().enumerate() {
@@ -514,43 +420,21 @@ pub fn write(path: &Path, state: &crate::system::State) -> Result<()> {
     for a in 0..p.types() {
         for b in a..p.types() {
             let c = p.pair(a, b);
-            let _ = writeln!(
-                out,
-                "{} {} {:.17e} {:.17e} {:.17e}",
-                a + 1,
-                b + 1,
-                c.epsilon,
-                c.sigma,
-                c.cutoff
-            );
+            let _ = writeln!(out, "{} {} {:.17e} {:.17e} {:.17e}", a + 1, b + 1, c.epsilon, c.sigma, c.cutoff);
         }
     }
     let _ = writeln!(out, "\nAtoms # atomic\n");
     for i in 0..state.atoms() {
         let x = state.position(i);
-        let _ = writeln!(
-            out,
-            "{} {} {:.17e} {:.17e} {:.17e} 0 0 0",
-            state.ids[i],
-            state.types[i] + 1,
-            x[0],
-            x[1],
-            x[2]
-        );
+        let _ =
+            writeln!(out, "{} {} {:.17e} {:.17e} {:.17e} 0 0 0", state.ids[i], state.types[i] + 1, x[0], x[1], x[2]);
     }
     let _ = writeln!(out, "\nVelocities\n");
     for i in 0..state.atoms() {
         let v = state.velocity(i);
-        let _ = writeln!(
-            out,
-            "{} {:.17e} {:.17e} {:.17e}",
-            state.ids[i], v[0], v[1], v[2]
-        );
+        let _ = writeln!(out, "{} {:.17e} {:.17e} {:.17e}", state.ids[i], v[0], v[1], v[2]);
     }
-    std::fs::write(path, out).map_err(|source| KernelError::Io {
-        path: path.display().to_string(),
-        source,
-    })
+    std::fs::write(path, out).map_err(|source| KernelError::Io { path: path.display().to_string(), source })
 }
 
 #[cfg(test)]
@@ -590,11 +474,7 @@ Velocities
 ";
 
     fn settings() -> Settings {
-        Settings {
-            cutoff: 2.5,
-            shift: false,
-            timestep: 0.005,
-        }
+        Settings { cutoff: 2.5, shift: false, timestep: 0.005 }
     }
 
     #[test]
@@ -603,14 +483,7 @@ Velocities
         assert_eq!(data.ids.len(), 4);
         assert_eq!(data.positions[3], [0.0, 0.0, 1.1 - 10.0]);
         let system = data.to_system("small.data", &settings()).unwrap();
-        assert_eq!(
-            system.params.pair_coeffs[0],
-            PairCoeff {
-                epsilon: 1.0,
-                sigma: 1.0,
-                cutoff: 2.5
-            }
-        );
+        assert_eq!(system.params.pair_coeffs[0], PairCoeff { epsilon: 1.0, sigma: 1.0, cutoff: 2.5 });
         assert_eq!(system.velocities[2], [0.0, 0.0, 0.3]);
     }
 
@@ -676,17 +549,11 @@ Velocities
             .replace("1 atom types", "2 atom types")
             .replace("Masses\n\n1 1\n", "Masses\n\n1 1\n2 4\n")
             .replace("1 1 1\n", "1 1 1\n2 4 2 3.0\n");
-        let system = DataFile::parse("mix.data", &text)
-            .unwrap()
-            .to_system("mix.data", &settings())
-            .unwrap();
+        let system = DataFile::parse("mix.data", &text).unwrap().to_system("mix.data", &settings()).unwrap();
         let mixed = system.params.pair_coeffs[1];
         assert_eq!(mixed.epsilon, 2.0);
         assert_eq!(mixed.sigma, 2f64.sqrt());
-        assert_eq!(
-            mixed.cutoff, 2.5,
-            "one type without its own cutoff: the global one applies"
-        );
+        assert_eq!(mixed.cutoff, 2.5, "one type without its own cutoff: the global one applies");
         assert_eq!(system.params.pair_coeffs[3].cutoff, 3.0);
     }
 }

@@ -24,12 +24,7 @@ pub struct FccLattice {
     pub langevin: Option<Langevin>,
 }
 
-const BASIS: [[f64; 3]; 4] = [
-    [0.0, 0.0, 0.0],
-    [0.5, 0.5, 0.0],
-    [0.5, 0.0, 0.5],
-    [0.0, 0.5, 0.5],
-];
+const BASIS: [[f64; 3]; 4] = [[0.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.5, 0.0, 0.5], [0.0, 0.5, 0.5]];
 
 impl FccLattice {
     /// The classic LAMMPS `in.lj` melt: 32 000 atoms at density 0.8442, T 1.44, cutoff 2.5.
@@ -40,11 +35,7 @@ impl FccLattice {
             temperature: 1.44,
             seed: 87287,
             mass: 1.0,
-            pair: PairCoeff {
-                epsilon: 1.0,
-                sigma: 1.0,
-                cutoff: 2.5,
-            },
+            pair: PairCoeff { epsilon: 1.0, sigma: 1.0, cutoff: 2.5 },
             shift: false,
             timestep: 0.005,
             langevin: None,
@@ -66,11 +57,7 @@ impl FccLattice {
             for j in 0..self.cells[1] {
                 for i in 0..self.cells[0] {
                     for b in BASIS {
-                        positions.push([
-                            (i as f64 + b[0]) * a,
-                            (j as f64 + b[1]) * a,
-                            (k as f64 + b[2]) * a,
-                        ]);
+                        positions.push([(i as f64 + b[0]) * a, (j as f64 + b[1]) * a, (k as f64 + b[2]) * a]);
                     }
                 }
             }
@@ -98,26 +85,15 @@ impl FccLattice {
 /// Uniform random velocities with zero momentum and exactly the requested temperature.
 pub fn seeded_velocities(atoms: usize, temperature: f64, mass: f64, seed: u64) -> Vec<[f64; 3]> {
     let mut rng = SplitMix64::new(seed);
-    let mut velocities: Vec<[f64; 3]> = (0..atoms)
-        .map(|_| std::array::from_fn(|_| rng.next_f64() - 0.5))
-        .collect();
+    let mut velocities: Vec<[f64; 3]> = (0..atoms).map(|_| std::array::from_fn(|_| rng.next_f64() - 0.5)).collect();
     for d in 0..3 {
         let mean = velocities.iter().map(|v| v[d]).sum::<f64>() / atoms as f64;
         velocities.iter_mut().for_each(|v| v[d] -= mean);
     }
-    let kinetic: f64 = velocities
-        .iter()
-        .map(|v| 0.5 * mass * (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]))
-        .sum();
+    let kinetic: f64 = velocities.iter().map(|v| 0.5 * mass * (v[0] * v[0] + v[1] * v[1] + v[2] * v[2])).sum();
     let current = 2.0 * kinetic / (3.0 * atoms as f64 - 3.0);
-    let factor = if current > 0.0 {
-        (temperature / current).sqrt()
-    } else {
-        0.0
-    };
-    velocities
-        .iter_mut()
-        .for_each(|v| v.iter_mut().for_each(|c| *c *= factor));
+    let factor = if current > 0.0 { (temperature / current).sqrt() } else { 0.0 };
+    velocities.iter_mut().for_each(|v| v.iter_mut().for_each(|c| *c *= factor));
     velocities
 }
 
@@ -138,10 +114,7 @@ mod tests {
         let v = seeded_velocities(4000, 1.44, 1.0, 5);
         let momentum: [f64; 3] = std::array::from_fn(|d| v.iter().map(|x| x[d]).sum());
         assert!(momentum.iter().all(|p| p.abs() < 1e-10));
-        let kinetic: f64 = v
-            .iter()
-            .map(|x| 0.5 * (x[0] * x[0] + x[1] * x[1] + x[2] * x[2]))
-            .sum();
+        let kinetic: f64 = v.iter().map(|x| 0.5 * (x[0] * x[0] + x[1] * x[1] + x[2] * x[2])).sum();
         assert!((2.0 * kinetic / (3.0 * 4000.0 - 3.0) - 1.44).abs() < 1e-12);
         assert_eq!(v, seeded_velocities(4000, 1.44, 1.0, 5));
         assert_ne!(v, seeded_velocities(4000, 1.44, 1.0, 6));

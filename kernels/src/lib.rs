@@ -41,16 +41,9 @@ pub use thermo::Thermo;
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     #[error("{path}:{line}: {message}")]
-    DataFile {
-        path: String,
-        line: usize,
-        message: String,
-    },
+    DataFile { path: String, line: usize, message: String },
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("invalid system: {0}")]
     InvalidSystem(String),
     #[error("invalid checkpoint: {0}")]

@@ -78,8 +78,8 @@ pub struct PairTable {
 pub fn locate(r2: u64, first_octave: u32) -> (usize, i64) {
     let octave = 63 - r2.leading_zeros();
     let below = octave - SEGMENT_BITS;
-    let segment = (((octave - first_octave) << SEGMENT_BITS)
-        | ((r2 >> below) as u32 & ((1 << SEGMENT_BITS) - 1))) as usize;
+    let segment =
+        (((octave - first_octave) << SEGMENT_BITS) | ((r2 >> below) as u32 & ((1 << SEGMENT_BITS) - 1))) as usize;
     let remainder = r2 & ((1u64 << below) - 1);
     let t = if below >= FRACTION_BITS {
         remainder >> (below - FRACTION_BITS)
@@ -146,19 +146,13 @@ impl LennardJones {
     fn force(&self, u: f64) -> (f64, f64) {
         let (s3, s6) = self.powers(u);
         let e24 = 24.0 * self.epsilon;
-        (
-            e24 * (2.0 * s6 - s3) / u,
-            e24 * (-14.0 * s6 + 4.0 * s3) / (u * u),
-        )
+        (e24 * (2.0 * s6 - s3) / u, e24 * (-14.0 * s6 + 4.0 * s3) / (u * u))
     }
 
     fn energy(&self, u: f64) -> (f64, f64) {
         let (s3, s6) = self.powers(u);
         let e4 = 4.0 * self.epsilon;
-        (
-            e4 * (s6 - s3) - self.energy_shift,
-            e4 * (-6.0 * s6 + 3.0 * s3) / u,
-        )
+        (e4 * (s6 - s3) - self.energy_shift, e4 * (-6.0 * s6 + 3.0 * s3) / u)
     }
 
     /// `r F(r)`, whose sum over pairs is the virial.
@@ -181,38 +175,20 @@ struct Fitted {
 fn fit(function: &dyn Fn(f64) -> (f64, f64), start: f64, width: f64) -> Fitted {
     let (f0, d0) = function(start);
     let (f1, d1) = function(start + width);
-    let coefficients = [
-        f0,
-        width * d0,
-        3.0 * (f1 - f0) - width * (2.0 * d0 + d1),
-        2.0 * (f0 - f1) + width * (d0 + d1),
-    ];
+    let coefficients = [f0, width * d0, 3.0 * (f1 - f0) - width * (2.0 * d0 + d1), 2.0 * (f0 - f1) + width * (d0 + d1)];
     let magnitude: f64 = coefficients.iter().map(|c| c.abs()).sum();
     let scale_bits = (magnitude > 0.0).then(|| COEFFICIENT_BITS - 1 - exponent(magnitude));
-    Fitted {
-        coefficients,
-        scale_bits,
-    }
+    Fitted { coefficients, scale_bits }
 }
 
 fn quantise(fitted: &Fitted, shift: i32) -> Segment {
     let scale = fitted.scale_bits.unwrap_or(0);
-    let coefficients =
-        std::array::from_fn(|k| (fitted.coefficients[k] * exp2i(scale)).round() as i32);
-    Segment {
-        coefficients,
-        shift,
-        padding: [0; 3],
-    }
+    let coefficients = std::array::from_fn(|k| (fitted.coefficients[k] * exp2i(scale)).round() as i32);
+    Segment { coefficients, shift, padding: [0; 3] }
 }
 
 /// Segments of one pair function over the octaves `first..=last` of integer r² (units `2^-2F`).
-fn fit_function(
-    function: &dyn Fn(f64) -> (f64, f64),
-    first: u32,
-    last: u32,
-    length_bits: u32,
-) -> Vec<Fitted> {
+fn fit_function(function: &dyn Fn(f64) -> (f64, f64), first: u32, last: u32, length_bits: u32) -> Vec<Fitted> {
     let mut segments = Vec::new();
     for octave in first..=last {
         let width_bits = octave as i32 - SEGMENT_BITS as i32 - 2 * length_bits as i32;
@@ -251,11 +227,7 @@ fn fit_pair(params: &Params, a: usize, b: usize, length_bits: u32) -> FittedPair
     } else {
         0.0
     };
-    let lj = LennardJones {
-        epsilon: coeff.epsilon,
-        sigma_squared,
-        energy_shift,
-    };
+    let lj = LennardJones { epsilon: coeff.epsilon, sigma_squared, energy_shift };
     let force_at_clamp = lj.force(clamp * clamp).0 * clamp;
     FittedPair {
         cutoff_squared,
@@ -278,25 +250,18 @@ impl Model {
         let types = params.types();
         // Separations up to twice the cutoff stay below 2^30 units.
         let length_bits = (SEPARATION_BITS as i32 - 1 - ceil_log2(params.cutoff_max())) as u32;
-        let separation =
-            std::array::from_fn(|d| separation_scale(params.box_length[d], length_bits));
-        let fitted: Vec<FittedPair> = (0..types * types)
-            .map(|ab| fit_pair(params, ab / types, ab % types, length_bits))
-            .collect();
+        let separation = std::array::from_fn(|d| separation_scale(params.box_length[d], length_bits));
+        let fitted: Vec<FittedPair> =
+            (0..types * types).map(|ab| fit_pair(params, ab / types, ab % types, length_bits)).collect();
         let force_bits = choose_force_bits(&fitted, length_bits);
-        let tables = fitted
-            .iter()
-            .map(|pair| quantise_pair(pair, length_bits, force_bits))
-            .collect();
+        let tables = fitted.iter().map(|pair| quantise_pair(pair, length_bits, force_bits)).collect();
         let kick = params
             .masses
             .iter()
             .map(|&mass| {
                 std::array::from_fn(|d| {
                     let dt = params.timestep;
-                    Factor::new(
-                        dt * dt * exp2i(64 - force_bits) / (2.0 * mass * params.box_length[d]),
-                    )
+                    Factor::new(dt * dt * exp2i(64 - force_bits) / (2.0 * mass * params.box_length[d]))
                 })
             })
             .collect();
@@ -315,21 +280,9 @@ impl Model {
                     })
                 })
                 .collect();
-            LangevinModel {
-                seed: l.seed,
-                friction: Factor::new(c1),
-                noise,
-            }
+            LangevinModel { seed: l.seed, friction: Factor::new(c1), noise }
         });
-        Model {
-            types,
-            length_bits,
-            force_bits,
-            separation,
-            kick,
-            tables,
-            langevin,
-        }
+        Model { types, length_bits, force_bits, separation, kick, tables, langevin }
     }
 
     #[inline(always)]
@@ -430,14 +383,8 @@ fn separation_scale(length: f64, length_bits: u32) -> Scale {
         shift -= 1;
         multiplier = (length * exp2i(30 - e)).round();
     }
-    assert!(
-        (0..64).contains(&shift),
-        "box length {length} out of the supported range"
-    );
-    Scale {
-        multiplier: multiplier as u64,
-        shift: shift as u32,
-    }
+    assert!((0..64).contains(&shift), "box length {length} out of the supported range");
+    Scale { multiplier: multiplier as u64, shift: shift as u32 }
 }
 
 /// The largest FF for which every force segment shifts right (no precision is invented) and the sum
@@ -457,21 +404,10 @@ fn quantise_pair(pair: &FittedPair, length_bits: u32, force_bits: i32) -> PairTa
     let force = pair
         .force
         .iter()
-        .map(|s| {
-            quantise(
-                s,
-                clamp_shift(
-                    s.scale_bits.unwrap_or(0) + length_bits as i32 - force_bits,
-                    0,
-                ),
-            )
-        })
+        .map(|s| quantise(s, clamp_shift(s.scale_bits.unwrap_or(0) + length_bits as i32 - force_bits, 0)))
         .collect();
     let scaled = |segments: &[Fitted]| {
-        segments
-            .iter()
-            .map(|s| quantise(s, clamp_shift(s.scale_bits.unwrap_or(0) - ENERGY_BITS, -30)))
-            .collect()
+        segments.iter().map(|s| quantise(s, clamp_shift(s.scale_bits.unwrap_or(0) - ENERGY_BITS, -30))).collect()
     };
     PairTable {
         cutoff_squared: pair.cutoff_squared,
@@ -493,11 +429,7 @@ mod tests {
             box_origin: [0.0; 3],
             box_length: [33.591_923_827_650_15; 3],
             masses: vec![1.0],
-            pair_coeffs: vec![PairCoeff {
-                epsilon: 1.0,
-                sigma: 1.0,
-                cutoff,
-            }],
+            pair_coeffs: vec![PairCoeff { epsilon: 1.0, sigma: 1.0, cutoff }],
             shift,
             timestep: 0.005,
             langevin: None,
@@ -505,12 +437,7 @@ mod tests {
     }
 
     /// Evaluates one table at a physical distance the way the engines do.
-    fn table_value(
-        model: &Model,
-        r: f64,
-        pick: fn(&PairTable) -> &Vec<Segment>,
-        unit_bits: i32,
-    ) -> f64 {
+    fn table_value(model: &Model, r: f64, pick: fn(&PairTable) -> &Vec<Segment>, unit_bits: i32) -> f64 {
         let table = model.table(0, 0);
         let r2 = model.squared(r).max(table.clamp_squared);
         let (segment, t) = locate(r2, table.first_octave);
@@ -530,12 +457,7 @@ mod tests {
             let force_over_r = 24.0 * (2.0 * s12 - s6) / (r * r);
             let energy = 4.0 * (s12 - s6);
             let virial = 24.0 * (2.0 * s12 - s6);
-            let got_force = table_value(
-                &model,
-                r,
-                |t| &t.force,
-                model.force_bits - model.length_bits as i32,
-            );
+            let got_force = table_value(&model, r, |t| &t.force, model.force_bits - model.length_bits as i32);
             let got_energy = table_value(&model, r, |t| &t.energy, ENERGY_BITS);
             let got_virial = table_value(&model, r, |t| &t.virial, ENERGY_BITS);
             // Relative to the repulsive magnitude, which is what the table resolves.
@@ -544,10 +466,7 @@ mod tests {
             worst[1] = worst[1].max((got_energy - energy).abs() / (4.0 * (s12 + s6)));
             worst[2] = worst[2].max((got_virial - virial).abs() / norm);
         }
-        assert!(
-            worst.iter().all(|&w| w < 1e-7),
-            "worst relative errors {worst:?}"
-        );
+        assert!(worst.iter().all(|&w| w < 1e-7), "worst relative errors {worst:?}");
     }
 
     #[test]
@@ -559,10 +478,7 @@ mod tests {
 
     #[test]
     fn model_is_reproducible() {
-        assert_eq!(
-            Model::new(&lj_params(2.5, false)),
-            Model::new(&lj_params(2.5, false))
-        );
+        assert_eq!(Model::new(&lj_params(2.5, false)), Model::new(&lj_params(2.5, false)));
     }
 
     #[test]
@@ -571,9 +487,7 @@ mod tests {
         let one_sigma = (1.0 / 33.591_923_827_650_15 * exp2i(32)) as i32;
         let p = model.separation[0].apply(one_sigma) as f64 / exp2i(model.length_bits as i32);
         assert!((p - 1.0).abs() < 1e-8, "{p}");
-        let (_, _, r2) = model
-            .separation([one_sigma as u32, 0, 0], [0, 0, 0])
-            .unwrap();
+        let (_, _, r2) = model.separation([one_sigma as u32, 0, 0], [0, 0, 0]).unwrap();
         assert!((r2 as f64 / exp2i(54) - 1.0).abs() < 3e-8);
     }
 }

@@ -15,10 +15,7 @@ pub fn exp2i(k: i32) -> f64 {
 
 /// The binary exponent `e` of a positive finite normal `x`, so that `2^e <= x < 2^(e+1)`.
 pub fn exponent(x: f64) -> i32 {
-    assert!(
-        x.is_finite() && x > 0.0 && x.is_normal(),
-        "exponent({x}) of a non-positive or subnormal number"
-    );
+    assert!(x.is_finite() && x > 0.0 && x.is_normal(), "exponent({x}) of a non-positive or subnormal number");
     ((x.to_bits() >> 52) & 0x7ff) as i32 - 1023
 }
 
@@ -82,21 +79,14 @@ impl Factor {
             shift -= 1;
             mantissa = (x * exp2i(shift)).round();
         }
-        Factor {
-            mantissa: mantissa as u32,
-            shift,
-        }
+        Factor { mantissa: mantissa as u32, shift }
     }
 
     /// `floor(v * self)` for a signed 64-bit `v`.
     #[inline]
     pub fn apply(self, v: i64) -> i64 {
         let product = v as i128 * self.mantissa as i128;
-        if self.shift >= 0 {
-            (product >> self.shift) as i64
-        } else {
-            (product << -self.shift) as i64
-        }
+        if self.shift >= 0 { (product >> self.shift) as i64 } else { (product << -self.shift) as i64 }
     }
 }
 
@@ -143,11 +133,7 @@ mod tests {
             assert!(((back - x) / x).abs() < 1e-9);
         }
         assert_eq!(Factor::new(2.0).apply(3), 6);
-        assert_eq!(
-            Factor::new(0.5).apply(-3),
-            -2,
-            "floor rounds toward minus infinity"
-        );
+        assert_eq!(Factor::new(0.5).apply(-3), -2, "floor rounds toward minus infinity");
     }
 
     #[test]

@@ -51,10 +51,7 @@ impl Params {
     }
 
     pub fn cutoff_max(&self) -> f64 {
-        self.pair_coeffs
-            .iter()
-            .map(|p| p.cutoff)
-            .fold(0.0, f64::max)
+        self.pair_coeffs.iter().map(|p| p.cutoff).fold(0.0, f64::max)
     }
 
     pub fn volume(&self) -> f64 {
@@ -66,22 +63,14 @@ impl Params {
         let invalid = |m: String| Err(KernelError::InvalidSystem(m));
         let types = self.types();
         if types == 0 || types > TYPES_MAX {
-            return invalid(format!(
-                "{types} atom types; between 1 and {TYPES_MAX} are supported"
-            ));
+            return invalid(format!("{types} atom types; between 1 and {TYPES_MAX} are supported"));
         }
         if self.pair_coeffs.len() != types * types {
-            return invalid(format!(
-                "{} pair coefficients for {types} types",
-                self.pair_coeffs.len()
-            ));
+            return invalid(format!("{} pair coefficients for {types} types", self.pair_coeffs.len()));
         }
         for (d, &length) in self.box_length.iter().enumerate() {
             if !(length.is_finite() && length > 0.0 && length < 1e9) {
-                return invalid(format!(
-                    "box length {length} along {} is not a positive finite number",
-                    axis(d)
-                ));
+                return invalid(format!("box length {length} along {} is not a positive finite number", axis(d)));
             }
             if !self.box_origin[d].is_finite() {
                 return invalid(format!("box origin along {} is not finite", axis(d)));
@@ -89,21 +78,14 @@ impl Params {
         }
         for (t, &mass) in self.masses.iter().enumerate() {
             if !(mass.is_finite() && mass > 0.0) {
-                return invalid(format!(
-                    "mass of type {} is {mass}; it must be positive",
-                    t + 1
-                ));
+                return invalid(format!("mass of type {} is {mass}; it must be positive", t + 1));
             }
         }
         for a in 0..types {
             for b in 0..types {
                 let p = self.pair(a, b);
                 if p != self.pair(b, a) {
-                    return invalid(format!(
-                        "pair coefficients of types {} and {} are not symmetric",
-                        a + 1,
-                        b + 1
-                    ));
+                    return invalid(format!("pair coefficients of types {} and {} are not symmetric", a + 1, b + 1));
                 }
                 let ok = p.epsilon.is_finite()
                     && p.epsilon >= 0.0
@@ -123,12 +105,7 @@ impl Params {
                 }
             }
         }
-        let half_box = self
-            .box_length
-            .iter()
-            .copied()
-            .fold(f64::INFINITY, f64::min)
-            / 2.0;
+        let half_box = self.box_length.iter().copied().fold(f64::INFINITY, f64::min) / 2.0;
         if self.cutoff_max() >= half_box {
             return invalid(format!(
                 "cutoff {} is not smaller than half the shortest box edge ({half_box}); the minimum image would be ambiguous",
@@ -139,11 +116,7 @@ impl Params {
             return invalid(format!("timestep {} must be positive", self.timestep));
         }
         if let Some(l) = self.langevin {
-            if !(l.temperature.is_finite()
-                && l.temperature >= 0.0
-                && l.damping.is_finite()
-                && l.damping > 0.0)
-            {
+            if !(l.temperature.is_finite() && l.temperature >= 0.0 && l.damping.is_finite() && l.damping > 0.0) {
                 return invalid(format!(
                     "langevin temperature {} and damping {} must be non-negative and positive",
                     l.temperature, l.damping
@@ -196,29 +169,17 @@ impl State {
 
     /// Makes a physical system exact: validates it, sorts atoms by id, converts to fixed point.
     pub fn from_physical(system: PhysicalSystem) -> Result<State> {
-        let PhysicalSystem {
-            params,
-            step,
-            ids,
-            types,
-            positions,
-            velocities,
-        } = system;
+        let PhysicalSystem { params, step, ids, types, positions, velocities } = system;
         params.validate()?;
         let atoms = ids.len();
         if atoms < 2 || atoms > ATOMS_MAX {
-            return Err(KernelError::InvalidSystem(format!(
-                "{atoms} atoms; between 2 and {ATOMS_MAX} are supported"
-            )));
+            return Err(KernelError::InvalidSystem(format!("{atoms} atoms; between 2 and {ATOMS_MAX} are supported")));
         }
         assert!(types.len() == atoms && positions.len() == atoms && velocities.len() == atoms);
         let mut order: Vec<usize> = (0..atoms).collect();
         order.sort_unstable_by_key(|&i| ids[i]);
         if let Some(pair) = order.windows(2).find(|w| ids[w[0]] == ids[w[1]]) {
-            return Err(KernelError::InvalidSystem(format!(
-                "atom id {} appears twice",
-                ids[pair[0]]
-            )));
+            return Err(KernelError::InvalidSystem(format!("atom id {} appears twice", ids[pair[0]])));
         }
         let mut state = State {
             step,
@@ -240,15 +201,9 @@ impl State {
             let mut position = [0u64; 3];
             let mut velocity = [0i64; 3];
             for d in 0..3 {
-                position[d] = state
-                    .position_to_fraction(d, positions[i][d])
-                    .ok_or_else(|| {
-                        KernelError::InvalidSystem(format!(
-                            "atom {} has a non-finite {} coordinate",
-                            ids[i],
-                            axis(d)
-                        ))
-                    })?;
+                position[d] = state.position_to_fraction(d, positions[i][d]).ok_or_else(|| {
+                    KernelError::InvalidSystem(format!("atom {} has a non-finite {} coordinate", ids[i], axis(d)))
+                })?;
                 velocity[d] = state.velocity_to_fixed(d, velocities[i][d]).ok_or_else(|| {
                     KernelError::InvalidSystem(format!(
                         "atom {} has {} velocity {} that moves it more than half the box in one step",
@@ -273,30 +228,23 @@ impl State {
         let scaled = (x - self.params.box_origin[d]) / self.params.box_length[d];
         let fraction = scaled - scaled.floor();
         // A fraction that rounds up to 1.0 is the periodic image of 0.
-        Some(if fraction >= 1.0 {
-            0
-        } else {
-            (fraction * exp2i(64)) as u64
-        })
+        Some(if fraction >= 1.0 { 0 } else { (fraction * exp2i(64)) as u64 })
     }
 
     fn velocity_to_fixed(&self, d: usize, v: f64) -> Option<i64> {
         let per_step = v * self.params.timestep / self.params.box_length[d];
-        (per_step.is_finite() && per_step.abs() < 0.5)
-            .then(|| (per_step * exp2i(64)).round() as i64)
+        (per_step.is_finite() && per_step.abs() < 0.5).then(|| (per_step * exp2i(64)).round() as i64)
     }
 
     pub fn position(&self, atom: usize) -> [f64; 3] {
         std::array::from_fn(|d| {
-            self.params.box_origin[d]
-                + self.positions[atom][d] as f64 / exp2i(64) * self.params.box_length[d]
+            self.params.box_origin[d] + self.positions[atom][d] as f64 / exp2i(64) * self.params.box_length[d]
         })
     }
 
     pub fn velocity(&self, atom: usize) -> [f64; 3] {
         std::array::from_fn(|d| {
-            self.velocities[atom][d] as f64 / exp2i(64) * self.params.box_length[d]
-                / self.params.timestep
+            self.velocities[atom][d] as f64 / exp2i(64) * self.params.box_length[d] / self.params.timestep
         })
     }
 
@@ -316,11 +264,7 @@ pub(crate) mod tests {
                 box_origin: [0.0; 3],
                 box_length: [10.0; 3],
                 masses: vec![1.0],
-                pair_coeffs: vec![PairCoeff {
-                    epsilon: 1.0,
-                    sigma: 1.0,
-                    cutoff: 2.5,
-                }],
+                pair_coeffs: vec![PairCoeff { epsilon: 1.0, sigma: 1.0, cutoff: 2.5 }],
                 shift: false,
                 timestep: 0.005,
                 langevin: None,

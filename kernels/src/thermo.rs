@@ -37,11 +37,7 @@ pub struct Sums {
 
 impl Sums {
     pub fn new(types: usize) -> Sums {
-        Sums {
-            energy: 0,
-            virial: 0,
-            kinetic: vec![[0; 3]; types],
-        }
+        Sums { energy: 0, virial: 0, kinetic: vec![[0; 3]; types] }
     }
 
     #[inline]
@@ -68,8 +64,7 @@ impl Sums {
         let mut kinetic = 0.0;
         for (t, sums) in self.kinetic.iter().enumerate() {
             for d in 0..3 {
-                let unit =
-                    params.box_length[d] / params.timestep / exp2i(64 - KINETIC_DROP_BITS as i32);
+                let unit = params.box_length[d] / params.timestep / exp2i(64 - KINETIC_DROP_BITS as i32);
                 kinetic += 0.5 * params.masses[t] * unit * unit * sums[d] as f64;
             }
         }

@@ -12,16 +12,12 @@ pub fn encode_into<T: Serialize>(message: &T, out: &mut Vec<u8>) -> Result<()> {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
     let mut bytes = std::mem::take(out);
-    bytes =
-        postcard::to_extend(message, bytes).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    bytes = postcard::to_extend(message, bytes).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
     *out = bytes;
     let size = out.len() - start - 4;
     if size > FRAME_BYTES_MAX {
         out.truncate(start);
-        return Err(ProtocolError::FrameTooLarge {
-            size,
-            limit: FRAME_BYTES_MAX,
-        });
+        return Err(ProtocolError::FrameTooLarge { size, limit: FRAME_BYTES_MAX });
     }
     out[start..start + 4].copy_from_slice(&(size as u32).to_le_bytes());
     Ok(())
@@ -30,10 +26,7 @@ pub fn encode_into<T: Serialize>(message: &T, out: &mut Vec<u8>) -> Result<()> {
 pub async fn write<T: Serialize, W: AsyncWrite + Unpin>(writer: &mut W, message: &T) -> Result<()> {
     let mut bytes = Vec::new();
     encode_into(message, &mut bytes)?;
-    writer
-        .write_all(&bytes)
-        .await
-        .map_err(|_| ProtocolError::Closed)
+    writer.write_all(&bytes).await.map_err(|_| ProtocolError::Closed)
 }
 
 /// Reads one frame; `Ok(None)` at a clean end of stream.
@@ -46,19 +39,11 @@ pub async fn read<T: DeserializeOwned, R: AsyncRead + Unpin>(reader: &mut R) -> 
     }
     let size = u32::from_le_bytes(length) as usize;
     if size > FRAME_BYTES_MAX {
-        return Err(ProtocolError::FrameTooLarge {
-            size,
-            limit: FRAME_BYTES_MAX,
-        });
+        return Err(ProtocolError::FrameTooLarge { size, limit: FRAME_BYTES_MAX });
     }
     let mut bytes = vec![0u8; size];
-    reader
-        .read_exact(&mut bytes)
-        .await
-        .map_err(|_| ProtocolError::Closed)?;
-    postcard::from_bytes(&bytes)
-        .map(Some)
-        .map_err(|e| ProtocolError::Malformed(e.to_string()))
+    reader.read_exact(&mut bytes).await.map_err(|_| ProtocolError::Closed)?;
+    postcard::from_bytes(&bytes).map(Some).map_err(|e| ProtocolError::Malformed(e.to_string()))
 }
 
 /// Reads one frame that must be there.
@@ -74,25 +59,14 @@ mod tests {
 
     #[tokio::test]
     async fn frames_round_trip_back_to_back() {
-        let first = FromWorker::Heartbeat {
-            running: vec![Progress {
-                assignment: AssignmentId(3),
-                steps_done: 9,
-            }],
-        };
+        let first = FromWorker::Heartbeat { running: vec![Progress { assignment: AssignmentId(3), steps_done: 9 }] };
         let second = FromWorker::Heartbeat { running: vec![] };
         let mut bytes = Vec::new();
         encode_into(&first, &mut bytes).unwrap();
         encode_into(&second, &mut bytes).unwrap();
         let mut reader = &bytes[..];
-        assert_eq!(
-            read::<FromWorker, _>(&mut reader).await.unwrap(),
-            Some(first)
-        );
-        assert_eq!(
-            read::<FromWorker, _>(&mut reader).await.unwrap(),
-            Some(second)
-        );
+        assert_eq!(read::<FromWorker, _>(&mut reader).await.unwrap(), Some(first));
+        assert_eq!(read::<FromWorker, _>(&mut reader).await.unwrap(), Some(second));
         assert_eq!(read::<FromWorker, _>(&mut reader).await.unwrap(), None);
     }
 
@@ -100,14 +74,8 @@ mod tests {
     async fn rejects_oversized_and_malformed_frames() {
         let mut huge = (u32::MAX).to_le_bytes().to_vec();
         huge.extend([0; 8]);
-        assert!(matches!(
-            read::<FromWorker, _>(&mut &huge[..]).await,
-            Err(ProtocolError::FrameTooLarge { .. })
-        ));
+        assert!(matches!(read::<FromWorker, _>(&mut &huge[..]).await, Err(ProtocolError::FrameTooLarge { .. })));
         let garbage = [3u8, 0, 0, 0, 0xff, 0xff, 0xff];
-        assert!(matches!(
-            read::<FromWorker, _>(&mut &garbage[..]).await,
-            Err(ProtocolError::Malformed(_))
-        ));
+        assert!(matches!(read::<FromWorker, _>(&mut &garbage[..]).await, Err(ProtocolError::Malformed(_))));
     }
 }

@@ -6,9 +6,7 @@ use serde::{Deserialize, Serialize};
 
 macro_rules! numeric_id {
     ($name:ident, $prefix:literal) => {
-        #[derive(
-            Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-        )]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         pub struct $name(pub u64);
 
         impl fmt::Display for $name {
@@ -77,15 +75,6 @@ macro_rules! hash_id {
     };
 }
 
-hash_id!(
-    BlobHash,
-    "BLAKE3 hash of a blob's bytes: the address of content in every blob store."
-);
-hash_id!(
-    Digest,
-    "BLAKE3 digest of a chunk's outcome; replicas agree when their digests are equal."
-);
-hash_id!(
-    WorkerId,
-    "BLAKE3 hash of a worker's public key: who computed a result."
-);
+hash_id!(BlobHash, "BLAKE3 hash of a blob's bytes: the address of content in every blob store.");
+hash_id!(Digest, "BLAKE3 digest of a chunk's outcome; replicas agree when their digests are equal.");
+hash_id!(WorkerId, "BLAKE3 hash of a worker's public key: who computed a result.");

@@ -35,6 +35,9 @@ pub enum ProtocolError {
     Tls(String),
     #[error("connection to {peer}: {message}")]
     Connection { peer: String, message: String },
+    /// The peer is not the scheduler the token names: retrying cannot help.
+    #[error("connection to {peer}: {message}")]
+    WrongScheduler { peer: String, message: String },
     #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]
     FrameTooLarge { size: usize, limit: usize },
     #[error("malformed message: {0}")]
@@ -44,10 +47,7 @@ pub enum ProtocolError {
     #[error("refused by {peer}: {reason}")]
     Refused { peer: String, reason: String },
     #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
+    Io { context: String, source: std::io::Error },
 }
 
 pub type Result<T, E = ProtocolError> = std::result::Result<T, E>;

@@ -78,19 +78,9 @@ pub struct FileRef {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Task {
     /// Advance the MD state in blob `input` by `steps` steps.
-    Md {
-        input: BlobHash,
-        steps: u64,
-        thermo_every: u64,
-        thermo_at_start: bool,
-    },
+    Md { input: BlobHash, steps: u64, thermo_every: u64, thermo_at_start: bool },
     /// Run a program (only on workers that allow commands).
-    Command {
-        argv: Vec<String>,
-        inputs: Vec<FileRef>,
-        outputs: Vec<String>,
-        timeout_s: u64,
-    },
+    Command { argv: Vec<String>, inputs: Vec<FileRef>, outputs: Vec<String>, timeout_s: u64 },
     /// Do nothing but answer: for measuring the scheduler.
     Empty { value: u64 },
 }
@@ -129,9 +119,7 @@ impl Output {
     pub fn digest(&self) -> Digest {
         let mut hasher = blake3::Hasher::new();
         match self {
-            Output::Md {
-                state_hash, thermo, ..
-            } => {
+            Output::Md { state_hash, thermo, .. } => {
                 hasher.update(b"md");
                 hasher.update(state_hash);
                 for line in thermo {
@@ -141,12 +129,7 @@ impl Output {
                     }
                 }
             }
-            Output::Command {
-                exit_code,
-                files,
-                stdout,
-                stderr,
-            } => {
+            Output::Command { exit_code, files, stdout, stderr } => {
                 hasher.update(b"command");
                 hasher.update(&exit_code.to_le_bytes());
                 for file in files.iter().chain([stdout, stderr]) {
@@ -167,16 +150,9 @@ impl Output {
     pub fn blobs(&self) -> Vec<BlobHash> {
         match self {
             Output::Md { checkpoint, .. } => vec![*checkpoint],
-            Output::Command {
-                files,
-                stdout,
-                stderr,
-                ..
-            } => files
-                .iter()
-                .chain([stdout, stderr])
-                .map(|f| f.blob)
-                .collect(),
+            Output::Command { files, stdout, stderr, .. } => {
+                files.iter().chain([stdout, stderr]).map(|f| f.blob).collect()
+            }
             Output::Empty { .. } => Vec::new(),
         }
     }
@@ -222,14 +198,8 @@ pub struct Progress {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FromWorker {
-    Heartbeat {
-        running: Vec<Progress>,
-    },
-    Finished {
-        assignment: AssignmentId,
-        outcome: Outcome,
-        elapsed_ms: u64,
-    },
+    Heartbeat { running: Vec<Progress> },
+    Finished { assignment: AssignmentId, outcome: Outcome, elapsed_ms: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -242,14 +212,9 @@ pub struct Welcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToWorker {
     Welcome(Welcome),
-    Refused {
-        reason: String,
-    },
+    Refused { reason: String },
     Assign(Assignment),
-    Cancel {
-        assignment: AssignmentId,
-        reason: String,
-    },
+    Cancel { assignment: AssignmentId, reason: String },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -386,10 +351,7 @@ pub enum JobState {
 
 impl JobState {
     pub fn is_finished(&self) -> bool {
-        matches!(
-            self,
-            JobState::Completed | JobState::Failed { .. } | JobState::Cancelled
-        )
+        matches!(self, JobState::Completed | JobState::Failed { .. } | JobState::Cancelled)
     }
 
     pub fn label(&self) -> &'static str {
@@ -462,21 +424,12 @@ pub struct WorkerStatus {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ClientResponse {
-    Submitted {
-        workflow: WorkflowId,
-        jobs: Vec<(String, JobId)>,
-    },
-    Status {
-        jobs: Vec<JobStatus>,
-    },
-    Cancelled {
-        job: JobId,
-    },
+    Submitted { workflow: WorkflowId, jobs: Vec<(String, JobId)> },
+    Status { jobs: Vec<JobStatus> },
+    Cancelled { job: JobId },
     Results(Box<JobResults>),
     Workers(Vec<WorkerStatus>),
-    Error {
-        message: String,
-    },
+    Error { message: String },
 }
 
 #[cfg(test)]
@@ -485,14 +438,7 @@ mod tests {
 
     #[test]
     fn digest_ignores_where_blobs_live_but_not_what_they_say() {
-        let line = ThermoLine {
-            step: 10,
-            temp: 1.0,
-            pe: -5.0,
-            ke: 1.5,
-            etotal: -3.5,
-            press: 0.1,
-        };
+        let line = ThermoLine { step: 10, temp: 1.0, pe: -5.0, ke: 1.5, etotal: -3.5, press: 0.1 };
         let output = |state: u8, temp: f64, checkpoint: u8| Output::Md {
             state_hash: [state; 32],
             checkpoint: BlobHash([checkpoint; 32]),
@@ -502,24 +448,13 @@ mod tests {
         assert_eq!(output(1, 1.0, 7).digest(), output(1, 1.0, 8).digest());
         assert_ne!(output(1, 1.0, 7).digest(), output(2, 1.0, 7).digest());
         assert_ne!(output(1, 1.0, 7).digest(), output(1, 1.0000001, 7).digest());
-        assert_ne!(
-            Output::Empty { value: 1 }.digest(),
-            Output::Empty { value: 2 }.digest()
-        );
+        assert_ne!(Output::Empty { value: 1 }.digest(), Output::Empty { value: 2 }.digest());
     }
 
     #[test]
     fn resources_arithmetic() {
-        let free = Resources {
-            cpus: 4,
-            memory_bytes: 100,
-            gpus: 0,
-        };
-        let need = Resources {
-            cpus: 2,
-            memory_bytes: 10,
-            gpus: 0,
-        };
+        let free = Resources { cpus: 4, memory_bytes: 100, gpus: 0 };
+        let need = Resources { cpus: 2, memory_bytes: 10, gpus: 0 };
         assert!(need.fits_in(&free));
         assert!(!Resources { gpus: 1, ..need }.fits_in(&free));
         assert_eq!(free.minus(&need).plus(&need), free);

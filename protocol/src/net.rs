@@ -15,11 +15,7 @@ pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(15);
 fn transport(idle_timeout: Duration) -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     transport
-        .max_idle_timeout(Some(
-            idle_timeout
-                .try_into()
-                .expect("idle timeout fits in a QUIC varint"),
-        ))
+        .max_idle_timeout(Some(idle_timeout.try_into().expect("idle timeout fits in a QUIC varint")))
         .keep_alive_interval(Some(idle_timeout / 3))
         .max_concurrent_bidi_streams(1024u32.into())
         .max_concurrent_uni_streams(0u32.into())
@@ -39,56 +35,42 @@ pub fn server_endpoint(
         .map_err(|e| ProtocolError::Tls(format!("quic server config: {e}")))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport(idle_timeout));
-    quinn::Endpoint::server(config, listen).map_err(|source| ProtocolError::Io {
-        context: format!("cannot listen on {listen}"),
-        source,
-    })
+    quinn::Endpoint::server(config, listen)
+        .map_err(|source| ProtocolError::Io { context: format!("cannot listen on {listen}"), source })
 }
 
 /// Connects to the scheduler named by `token`, verifying its certificate against the pinned CA.
-pub async fn connect(
-    token: &Token,
-    identity: &PeerIdentity,
-    idle_timeout: Duration,
-) -> Result<quinn::Connection> {
+pub async fn connect(token: &Token, identity: &PeerIdentity, idle_timeout: Duration) -> Result<quinn::Connection> {
     let peer = token.address.clone();
-    let failed = |message: String| ProtocolError::Connection {
-        peer: peer.clone(),
-        message,
-    };
+    let failed = |message: String| ProtocolError::Connection { peer: peer.clone(), message };
     let address: SocketAddr = tokio::net::lookup_host(&token.address)
         .await
         .map_err(|e| failed(format!("cannot resolve: {e}")))?
         .next()
         .ok_or_else(|| failed("the name resolves to no address".into()))?;
-    let bind: SocketAddr = if address.is_ipv6() {
-        "[::]:0".parse().unwrap()
-    } else {
-        "0.0.0.0:0".parse().unwrap()
-    };
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(|source| ProtocolError::Io {
-        context: "cannot open a UDP socket".into(),
-        source,
-    })?;
+    let bind: SocketAddr = if address.is_ipv6() { "[::]:0".parse().unwrap() } else { "0.0.0.0:0".parse().unwrap() };
+    let mut endpoint = quinn::Endpoint::client(bind)
+        .map_err(|source| ProtocolError::Io { context: "cannot open a UDP socket".into(), source })?;
     let crypto = QuicClientConfig::try_from(identity.client_config(token.ca_fingerprint)?)
         .map_err(|e| ProtocolError::Tls(format!("quic client config: {e}")))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport(idle_timeout));
     endpoint.set_default_client_config(config);
-    let connecting = endpoint
-        .connect(address, SERVER_NAME)
-        .map_err(|e| failed(e.to_string()))?;
-    connecting
-        .await
-        .map_err(|e| failed(describe_connection_error(&e)))
+    let connecting = endpoint.connect(address, SERVER_NAME).map_err(|e| failed(e.to_string()))?;
+    connecting.await.map_err(|e| {
+        let message = describe_connection_error(&e);
+        if message.contains(crate::tls::WRONG_SCHEDULER) {
+            ProtocolError::WrongScheduler { peer: peer.clone(), message }
+        } else {
+            failed(message)
+        }
+    })
 }
 
 /// Connection errors in words an operator can act on.
 pub fn describe_connection_error(error: &quinn::ConnectionError) -> String {
     match error {
-        quinn::ConnectionError::TimedOut => {
-            "no answer (is the scheduler running and reachable over UDP?)".into()
-        }
+        quinn::ConnectionError::TimedOut => "no answer (is the scheduler running and reachable over UDP?)".into(),
         quinn::ConnectionError::TransportError(e) => format!("{e}"),
         quinn::ConnectionError::ConnectionClosed(c) => format!("closed by the peer: {c}"),
         quinn::ConnectionError::ApplicationClosed(c) => {

@@ -12,9 +12,7 @@ use std::sync::Arc;
 
 use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{
-    CryptoProvider, WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature,
-};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
@@ -31,10 +29,7 @@ fn tls_error(context: &str, e: impl std::fmt::Display) -> ProtocolError {
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<()> {
-    let io = |source| ProtocolError::Io {
-        context: format!("cannot write {}", path.display()),
-        source,
-    };
+    let io = |source| ProtocolError::Io { context: format!("cannot write {}", path.display()), source };
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -44,21 +39,21 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
 }
 
 fn write_public(path: &Path, contents: &str) -> Result<()> {
-    std::fs::write(path, contents).map_err(|source| ProtocolError::Io {
-        context: format!("cannot write {}", path.display()),
-        source,
-    })
+    std::fs::write(path, contents)
+        .map_err(|source| ProtocolError::Io { context: format!("cannot write {}", path.display()), source })
 }
 
 fn read_certificate(path: &Path) -> Result<CertificateDer<'static>> {
-    CertificateDer::from_pem_file(path)
-        .map_err(|e| tls_error(&format!("cannot read {}", path.display()), e))
+    CertificateDer::from_pem_file(path).map_err(|e| tls_error(&format!("cannot read {}", path.display()), e))
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
-    PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| tls_error(&format!("cannot read {}", path.display()), e))
+    PrivateKeyDer::from_pem_file(path).map_err(|e| tls_error(&format!("cannot read {}", path.display()), e))
 }
+
+/// How a pinned-CA mismatch reads; `net::connect` recognises it to make it a fatal error.
+pub const WRONG_SCHEDULER: &str =
+    "the scheduler's certificate authority does not match the join token (wrong token, or a different scheduler)";
 
 /// BLAKE3 fingerprint of a DER certificate.
 pub fn fingerprint(certificate: &CertificateDer<'_>) -> [u8; 32] {
@@ -95,36 +90,22 @@ impl SchedulerIdentity {
             };
             return Ok((identity, false));
         }
-        std::fs::create_dir_all(&tls).map_err(|source| ProtocolError::Io {
-            context: format!("cannot create {}", tls.display()),
-            source,
-        })?;
-        let ca_key =
-            rcgen::KeyPair::generate().map_err(|e| tls_error("generating the CA key", e))?;
-        let mut ca_params =
-            rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| tls_error("CA", e))?;
+        std::fs::create_dir_all(&tls)
+            .map_err(|source| ProtocolError::Io { context: format!("cannot create {}", tls.display()), source })?;
+        let ca_key = rcgen::KeyPair::generate().map_err(|e| tls_error("generating the CA key", e))?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| tls_error("CA", e))?;
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "UpGlobe scheduler CA");
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "UpGlobe scheduler CA");
         ca_params.not_after = rcgen::date_time_ymd(2100, 1, 1);
-        ca_params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)
-            .map_err(|e| tls_error("signing the CA", e))?;
-        let server_key =
-            rcgen::KeyPair::generate().map_err(|e| tls_error("generating the server key", e))?;
-        let mut server_params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()])
-            .map_err(|e| tls_error("server", e))?;
-        server_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, SERVER_NAME);
+        ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).map_err(|e| tls_error("signing the CA", e))?;
+        let server_key = rcgen::KeyPair::generate().map_err(|e| tls_error("generating the server key", e))?;
+        let mut server_params =
+            rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()]).map_err(|e| tls_error("server", e))?;
+        server_params.distinguished_name.push(rcgen::DnType::CommonName, SERVER_NAME);
         server_params.not_after = rcgen::date_time_ymd(2100, 1, 1);
-        let server = server_params
-            .signed_by(&server_key, &ca)
-            .map_err(|e| tls_error("signing the server certificate", e))?;
+        let server =
+            server_params.signed_by(&server_key, &ca).map_err(|e| tls_error("signing the server certificate", e))?;
         write_public(&path("ca.crt"), &ca.pem())?;
         write_private(&path("ca.key"), &ca.key().serialize_pem())?;
         write_public(&path("server.crt"), &server.pem())?;
@@ -143,17 +124,12 @@ impl SchedulerIdentity {
 
     pub fn server_config(&self) -> Result<rustls::ServerConfig> {
         let provider = provider();
-        let verifier = Arc::new(AnyClientKey {
-            algorithms: provider.signature_verification_algorithms,
-        });
+        let verifier = Arc::new(AnyClientKey { algorithms: provider.signature_verification_algorithms });
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| tls_error("server config", e))?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(
-                vec![self.server.clone(), self.ca.clone()],
-                self.key.clone_key(),
-            )
+            .with_single_cert(vec![self.server.clone(), self.ca.clone()], self.key.clone_key())
             .map_err(|e| tls_error("server certificate", e))?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(config)
@@ -173,17 +149,11 @@ impl PeerIdentity {
     }
 
     fn create(name: &str) -> Result<(PeerIdentity, String, String)> {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
-            .map_err(|e| tls_error("generating a key", e))?;
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
-            .map_err(|e| tls_error("identity", e))?;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|e| tls_error("generating a key", e))?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| tls_error("identity", e))?;
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
         params.not_after = rcgen::date_time_ymd(2100, 1, 1);
-        let certificate = params
-            .self_signed(&key)
-            .map_err(|e| tls_error("signing the identity", e))?;
+        let certificate = params.self_signed(&key).map_err(|e| tls_error("signing the identity", e))?;
         let identity = PeerIdentity {
             certificate: certificate.der().clone(),
             key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
@@ -196,15 +166,10 @@ impl PeerIdentity {
         let certificate_path = dir.join("identity.crt");
         let key_path = dir.join("identity.key");
         if certificate_path.exists() {
-            return Ok(PeerIdentity {
-                certificate: read_certificate(&certificate_path)?,
-                key: read_key(&key_path)?,
-            });
+            return Ok(PeerIdentity { certificate: read_certificate(&certificate_path)?, key: read_key(&key_path)? });
         }
-        std::fs::create_dir_all(dir).map_err(|source| ProtocolError::Io {
-            context: format!("cannot create {}", dir.display()),
-            source,
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|source| ProtocolError::Io { context: format!("cannot create {}", dir.display()), source })?;
         let (identity, certificate_pem, key_pem) = Self::create(name)?;
         write_private(&key_path, &key_pem)?;
         write_public(&certificate_path, &certificate_pem)?;
@@ -218,10 +183,7 @@ impl PeerIdentity {
     /// A client configuration that trusts only the CA with `ca_fingerprint`.
     pub fn client_config(&self, ca_fingerprint: [u8; 32]) -> Result<rustls::ClientConfig> {
         let provider = provider();
-        let verifier = Arc::new(PinnedCa {
-            fingerprint: ca_fingerprint,
-            provider: provider.clone(),
-        });
+        let verifier = Arc::new(PinnedCa { fingerprint: ca_fingerprint, provider: provider.clone() });
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| tls_error("client config", e))?
@@ -236,24 +198,18 @@ impl PeerIdentity {
 
 /// The id of the key in a certificate.
 pub fn certificate_id(certificate: &CertificateDer<'_>) -> Result<WorkerId> {
-    let parsed =
-        ParsedCertificate::try_from(certificate).map_err(|e| tls_error("peer certificate", e))?;
-    Ok(WorkerId(
-        *blake3::hash(parsed.subject_public_key_info().as_ref()).as_bytes(),
-    ))
+    let parsed = ParsedCertificate::try_from(certificate).map_err(|e| tls_error("peer certificate", e))?;
+    Ok(WorkerId(*blake3::hash(parsed.subject_public_key_info().as_ref()).as_bytes()))
 }
 
 /// The id of the peer of an established connection.
 pub fn peer_id(connection: &quinn::Connection) -> Result<WorkerId> {
-    let identity = connection
-        .peer_identity()
-        .ok_or_else(|| ProtocolError::Tls("the peer sent no certificate".into()))?;
+    let identity =
+        connection.peer_identity().ok_or_else(|| ProtocolError::Tls("the peer sent no certificate".into()))?;
     let certificates = identity
         .downcast::<Vec<CertificateDer<'static>>>()
         .map_err(|_| ProtocolError::Tls("unexpected peer identity type".into()))?;
-    let first = certificates
-        .first()
-        .ok_or_else(|| ProtocolError::Tls("the peer sent no certificate".into()))?;
+    let first = certificates.first().ok_or_else(|| ProtocolError::Tls("the peer sent no certificate".into()))?;
     certificate_id(first)
 }
 
@@ -317,20 +273,16 @@ impl ServerCertVerifier for PinnedCa {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        let ca = intermediates.iter().find(|c| fingerprint(c) == self.fingerprint).ok_or_else(|| {
-            rustls::Error::General(
-                "the scheduler's certificate authority does not match the join token (wrong token, or a different scheduler)"
-                    .into(),
-            )
-        })?;
+        let ca = intermediates
+            .iter()
+            .find(|c| fingerprint(c) == self.fingerprint)
+            .ok_or_else(|| rustls::Error::General(WRONG_SCHEDULER.into()))?;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            self.provider.clone(),
-        )
-        .build()
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
@@ -340,12 +292,7 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -354,18 +301,11 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 

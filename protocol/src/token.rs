@@ -67,25 +67,17 @@ impl FromStr for Token {
     fn from_str(text: &str) -> Result<Token, ProtocolError> {
         let bad = |m: &str| ProtocolError::Token(m.to_string());
         let text = text.trim();
-        let rest = text
-            .strip_prefix(SCHEME)
-            .ok_or_else(|| bad("it must start with upglobe://"))?;
-        let (address, rest) = rest
-            .split_once('/')
-            .ok_or_else(|| bad("missing '/ROLE' after the address"))?;
+        let rest = text.strip_prefix(SCHEME).ok_or_else(|| bad("it must start with upglobe://"))?;
+        let (address, rest) = rest.split_once('/').ok_or_else(|| bad("missing '/ROLE' after the address"))?;
         if address.is_empty() || !address.contains(':') {
             return Err(bad("the address must be HOST:PORT"));
         }
-        let (role, query) = rest
-            .split_once('?')
-            .ok_or_else(|| bad("missing '?ca=...&secret=...'"))?;
+        let (role, query) = rest.split_once('?').ok_or_else(|| bad("missing '?ca=...&secret=...'"))?;
         let role = match role {
             "worker" => Role::Worker,
             "client" => Role::Client,
             other => {
-                return Err(ProtocolError::Token(format!(
-                    "unknown role '{other}' (worker or client)"
-                )));
+                return Err(ProtocolError::Token(format!("unknown role '{other}' (worker or client)")));
             }
         };
         let mut ca = None;
@@ -104,12 +96,7 @@ impl FromStr for Token {
         if secret.len() != 64 || !secret.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad("secret= must be 64 hex digits"));
         }
-        Ok(Token {
-            address: address.to_string(),
-            role,
-            ca_fingerprint,
-            secret: secret.to_ascii_lowercase(),
-        })
+        Ok(Token { address: address.to_string(), role, ca_fingerprint, secret: secret.to_ascii_lowercase() })
     }
 }
 
@@ -140,18 +127,12 @@ mod tests {
     #[test]
     fn explains_bad_tokens() {
         let error = |t: &str| t.parse::<Token>().unwrap_err().to_string();
-        assert_eq!(
-            error("http://x:1/worker?ca=00&secret=00"),
-            "invalid token: it must start with upglobe://"
-        );
+        assert_eq!(error("http://x:1/worker?ca=00&secret=00"), "invalid token: it must start with upglobe://");
         assert_eq!(
             error("upglobe://x:1/boss?ca=00&secret=00"),
             "invalid token: unknown role 'boss' (worker or client)"
         );
-        assert_eq!(
-            error("upglobe://x:1/worker?ca=00&secret=00"),
-            "invalid token: ca= must be 64 hex digits"
-        );
+        assert_eq!(error("upglobe://x:1/worker?ca=00&secret=00"), "invalid token: ca= must be 64 hex digits");
         let ca = "a".repeat(64);
         assert_eq!(
             error(&format!("upglobe://x:1/worker?ca={ca}&secret=12")),

@@ -15,12 +15,7 @@ async fn pinned_ca_is_required() {
     assert!(!created);
     assert_eq!(again.ca_fingerprint(), identity.ca_fingerprint());
 
-    let endpoint = server_endpoint(
-        &identity,
-        "127.0.0.1:0".parse().unwrap(),
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let endpoint = server_endpoint(&identity, "127.0.0.1:0".parse().unwrap(), Duration::from_secs(5)).unwrap();
     let address = endpoint.local_addr().unwrap();
     let server = tokio::spawn(async move {
         while let Some(incoming) = endpoint.accept().await {
@@ -40,18 +35,9 @@ async fn pinned_ca_is_required() {
         ca_fingerprint: fingerprint,
         secret: "00".repeat(32),
     };
-    let wrong = connect(&token([7; 32]), &worker, Duration::from_secs(5))
-        .await
-        .unwrap_err()
-        .to_string();
+    let wrong = connect(&token([7; 32]), &worker, Duration::from_secs(5)).await.unwrap_err().to_string();
     assert!(wrong.contains("does not match the join token"), "{wrong}");
-    let connection = connect(
-        &token(identity.ca_fingerprint()),
-        &worker,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let connection = connect(&token(identity.ca_fingerprint()), &worker, Duration::from_secs(5)).await.unwrap();
     assert_eq!(server.await.unwrap(), Some(worker.id().unwrap()));
     drop(connection);
 }

@@ -14,10 +14,7 @@ pub enum SchedulerError {
     #[error(transparent)]
     Dataset(#[from] upglobe_datasets::DatasetError),
     #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
+    Io { context: String, source: std::io::Error },
     #[error("{0}")]
     Invalid(String),
 }

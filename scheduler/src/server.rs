@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use upglobe_datasets::{BlobStore, transfer};
 use upglobe_protocol::messages::limits::{CHUNKS_PER_JOB_MAX, JOBS_PER_WORKFLOW_MAX, REPLICAS_MAX};
 use upglobe_protocol::messages::{
-    ClientRequest, ClientResponse, ClientWelcome, FromWorker, Greeting, Hello, JobKind, JobResults,
-    Outcome, StreamRequest, Submission, ToWorker, Welcome,
+    ClientRequest, ClientResponse, ClientWelcome, FromWorker, Greeting, Hello, JobKind, JobResults, Outcome,
+    StreamRequest, Submission, ToWorker, Welcome,
 };
 use upglobe_protocol::tls::{SchedulerIdentity, peer_id, random_secret};
 use upglobe_protocol::token::secrets_match;
@@ -93,14 +93,11 @@ fn load_or_create_secrets(dir: &Path) -> Result<Secrets> {
         options.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options
-            .open(&path)
-            .map_err(io(format!("cannot create {}", path.display())))?;
+        let mut file = options.open(&path).map_err(io(format!("cannot create {}", path.display())))?;
         std::io::Write::write_all(&mut file, contents.as_bytes())
             .map_err(io(format!("cannot write {}", path.display())))?;
     }
-    let text =
-        std::fs::read_to_string(&path).map_err(io(format!("cannot read {}", path.display())))?;
+    let text = std::fs::read_to_string(&path).map_err(io(format!("cannot read {}", path.display())))?;
     let mut secrets: HashMap<&str, &str> = HashMap::new();
     for line in text.lines() {
         if let Some((role, secret)) = line.split_once(' ') {
@@ -108,24 +105,20 @@ fn load_or_create_secrets(dir: &Path) -> Result<Secrets> {
         }
     }
     let get = |role: &str| {
-        secrets.get(role).map(|s| s.to_string()).ok_or_else(|| {
-            SchedulerError::Invalid(format!("{} has no {role} secret", path.display()))
-        })
+        secrets
+            .get(role)
+            .map(|s| s.to_string())
+            .ok_or_else(|| SchedulerError::Invalid(format!("{} has no {role} secret", path.display())))
     };
-    Ok(Secrets {
-        worker: get("worker")?,
-        client: get("client")?,
-    })
+    Ok(Secrets { worker: get("worker")?, client: get("client")? })
 }
 
 impl Scheduler {
     /// Opens (or creates) the data directory, restores the core, and starts listening.
     pub async fn start(config: ServerConfig) -> Result<Scheduler> {
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir).map_err(|source| SchedulerError::Io {
-            context: format!("cannot create {}", dir.display()),
-            source,
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|source| SchedulerError::Io { context: format!("cannot create {}", dir.display()), source })?;
         let (identity, created) = SchedulerIdentity::load_or_create(dir)?;
         let secrets = load_or_create_secrets(dir)?;
         let blobs = BlobStore::open(dir.join("blobs"))?;
@@ -135,14 +128,10 @@ impl Scheduler {
         let snapshot = store.load(epoch)?;
         let core = Core::restore(config.core.clone(), snapshot, 0);
         let endpoint = net::server_endpoint(&identity, config.listen, config.idle_timeout)?;
-        let address = endpoint.local_addr().map_err(|source| SchedulerError::Io {
-            context: "listening socket".into(),
-            source,
-        })?;
-        let advertised = config
-            .advertise
-            .clone()
-            .unwrap_or_else(|| advertised_address(address));
+        let address = endpoint
+            .local_addr()
+            .map_err(|source| SchedulerError::Io { context: "listening socket".into(), source })?;
+        let advertised = config.advertise.clone().unwrap_or_else(|| advertised_address(address));
         let token = |role, secret: &str| Token {
             address: advertised.clone(),
             role,
@@ -165,49 +154,24 @@ impl Scheduler {
         });
         tokio::spawn(accept_loop(endpoint, shared, watcher.clone()));
         let latencies = Latencies::default();
-        let probe = config.measure_latency.then(|| LatencyProbe {
-            assigned: HashMap::new(),
-            latencies: latencies.clone(),
-        });
-        let owner = Owner {
-            core,
-            store,
-            blobs,
-            clock,
-            sessions: HashMap::new(),
-            probe,
-        };
+        let probe =
+            config.measure_latency.then(|| LatencyProbe { assigned: HashMap::new(), latencies: latencies.clone() });
+        let owner = Owner { core, store, blobs, clock, sessions: HashMap::new(), probe };
         let owner = tokio::spawn(owner.run(receiver, watcher));
         tracing::info!(%address, epoch, "scheduler listening");
-        Ok(Scheduler {
-            worker_token,
-            client_token,
-            address,
-            created,
-            latencies,
-            shutdown,
-            owner,
-        })
+        Ok(Scheduler { worker_token, client_token, address, created, latencies, shutdown, owner })
     }
 
     /// Stops accepting work and waits for the state to be committed.
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.shutdown.send(true);
-        self.owner
-            .await
-            .map_err(|e| SchedulerError::Invalid(format!("scheduler task failed: {e}")))?
+        self.owner.await.map_err(|e| SchedulerError::Invalid(format!("scheduler task failed: {e}")))?
     }
 
     /// Runs until the owner task ends (an error, or [`Scheduler::shutdown`] from elsewhere).
     pub async fn wait_for(self, stop: impl std::future::Future<Output = ()>) -> Result<()> {
-        let Scheduler {
-            shutdown,
-            mut owner,
-            ..
-        } = self;
-        let failed = |e: tokio::task::JoinError| {
-            SchedulerError::Invalid(format!("scheduler task failed: {e}"))
-        };
+        let Scheduler { shutdown, mut owner, .. } = self;
+        let failed = |e: tokio::task::JoinError| SchedulerError::Invalid(format!("scheduler task failed: {e}"));
         tokio::select! {
             _ = stop => {
                 let _ = shutdown.send(true);
@@ -219,44 +183,22 @@ impl Scheduler {
 }
 
 fn advertised_address(address: SocketAddr) -> String {
-    if address.ip().is_unspecified() {
-        format!("127.0.0.1:{}", address.port())
-    } else {
-        address.to_string()
-    }
+    if address.ip().is_unspecified() { format!("127.0.0.1:{}", address.port()) } else { address.to_string() }
 }
 
 fn write_token(path: &Path, token: &Token) -> Result<()> {
-    std::fs::write(path, format!("{token}\n")).map_err(|source| SchedulerError::Io {
-        context: format!("cannot write {}", path.display()),
-        source,
-    })
+    std::fs::write(path, format!("{token}\n"))
+        .map_err(|source| SchedulerError::Io { context: format!("cannot write {}", path.display()), source })
 }
 
 // ---------------------------------------------------------------------------------------------
 // The owner of the core
 
 enum Input {
-    WorkerJoined {
-        worker: WorkerId,
-        session: u64,
-        hello: Hello,
-        outbox: mpsc::UnboundedSender<ToWorker>,
-    },
-    FromWorker {
-        worker: WorkerId,
-        session: u64,
-        message: FromWorker,
-    },
-    WorkerGone {
-        worker: WorkerId,
-        session: u64,
-        reason: String,
-    },
-    Client {
-        request: ClientRequest,
-        reply: oneshot::Sender<ClientResponse>,
-    },
+    WorkerJoined { worker: WorkerId, session: u64, hello: Hello, outbox: mpsc::UnboundedSender<ToWorker> },
+    FromWorker { worker: WorkerId, session: u64, message: FromWorker },
+    WorkerGone { worker: WorkerId, session: u64, reason: String },
+    Client { request: ClientRequest, reply: oneshot::Sender<ClientResponse> },
 }
 
 struct Session {
@@ -302,19 +244,12 @@ impl Owner {
         self.clock.elapsed().as_millis() as u64
     }
 
-    async fn run(
-        mut self,
-        mut inputs: mpsc::Receiver<Input>,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> Result<()> {
+    async fn run(mut self, mut inputs: mpsc::Receiver<Input>, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         // Records from restoring (jobs whose fate was decided by what was already stored).
         self.commit(Vec::new())?;
         let mut batch = Vec::with_capacity(BATCH_MAX);
         loop {
-            let deadline = self
-                .core
-                .poll_timeout()
-                .map(|ms| self.clock + Duration::from_millis(ms));
+            let deadline = self.core.poll_timeout().map(|ms| self.clock + Duration::from_millis(ms));
             tokio::select! {
                 received = inputs.recv_many(&mut batch, BATCH_MAX) => {
                     if received == 0 {
@@ -339,27 +274,12 @@ impl Owner {
         }
     }
 
-    fn handle(
-        &mut self,
-        input: Input,
-        replies: &mut Vec<(oneshot::Sender<ClientResponse>, ClientResponse)>,
-    ) {
+    fn handle(&mut self, input: Input, replies: &mut Vec<(oneshot::Sender<ClientResponse>, ClientResponse)>) {
         let now = self.now();
         match input {
-            Input::WorkerJoined {
-                worker,
-                session,
-                hello,
-                outbox,
-            } => {
+            Input::WorkerJoined { worker, session, hello, outbox } => {
                 tracing::info!(worker = %worker.short(), name = %hello.name, cpus = hello.resources.cpus, device = %hello.device, "worker joined");
-                self.sessions.insert(
-                    worker,
-                    Session {
-                        id: session,
-                        outbox,
-                    },
-                );
+                self.sessions.insert(worker, Session { id: session, outbox });
                 self.core.handle_worker_joined(
                     now,
                     worker,
@@ -369,33 +289,19 @@ impl Owner {
                     hello.device,
                 );
             }
-            Input::FromWorker {
-                worker,
-                session,
-                message,
-            } => {
+            Input::FromWorker { worker, session, message } => {
                 if self.sessions.get(&worker).is_none_or(|s| s.id != session) {
                     return;
                 }
                 match message {
-                    FromWorker::Heartbeat { running } => {
-                        self.core.handle_heartbeat(now, worker, &running)
-                    }
-                    FromWorker::Finished {
-                        assignment,
-                        outcome,
-                        ..
-                    } => {
+                    FromWorker::Heartbeat { running } => self.core.handle_heartbeat(now, worker, &running),
+                    FromWorker::Finished { assignment, outcome, .. } => {
                         let outcome = self.check_blobs(outcome);
                         self.core.handle_finished(now, worker, assignment, outcome);
                     }
                 }
             }
-            Input::WorkerGone {
-                worker,
-                session,
-                reason,
-            } => {
+            Input::WorkerGone { worker, session, reason } => {
                 if self.sessions.get(&worker).is_some_and(|s| s.id == session) {
                     tracing::info!(worker = %worker.short(), %reason, "worker left");
                     self.sessions.remove(&worker);
@@ -414,10 +320,7 @@ impl Owner {
         if let Outcome::Completed(output) = &outcome {
             if let Some(missing) = output.blobs().iter().find(|b| !self.blobs.contains(b)) {
                 return Outcome::Failed {
-                    reason: format!(
-                        "the result names blob {} that was never uploaded",
-                        missing.short()
-                    ),
+                    reason: format!("the result names blob {} that was never uploaded", missing.short()),
                 };
             }
         }
@@ -429,30 +332,20 @@ impl Owner {
         match request {
             ClientRequest::Submit(submission) => match validate(&submission, &self.blobs) {
                 Ok(()) => {
-                    let (workflow, jobs) = self.core.handle_submit(
-                        now,
-                        submission.name,
-                        submission.source,
-                        submission.jobs,
-                    );
+                    let (workflow, jobs) =
+                        self.core.handle_submit(now, submission.name, submission.source, submission.jobs);
                     tracing::info!(%workflow, jobs = jobs.len(), "workflow submitted");
                     ClientResponse::Submitted { workflow, jobs }
                 }
                 Err(message) => error(format!("workflow refused: {message}")),
             },
-            ClientRequest::Status { job: None } => ClientResponse::Status {
-                jobs: self.core.job_statuses(now),
-            },
+            ClientRequest::Status { job: None } => ClientResponse::Status { jobs: self.core.job_statuses(now) },
             ClientRequest::Status { job: Some(text) } => match self.core.find_job(&text) {
-                Some(id) => ClientResponse::Status {
-                    jobs: self.core.job_status(now, id).into_iter().collect(),
-                },
+                Some(id) => ClientResponse::Status { jobs: self.core.job_status(now, id).into_iter().collect() },
                 None => error(format!("no job '{text}' (give a job id or WORKFLOW.JOB)")),
             },
             ClientRequest::Cancel { job } => match self.core.find_job(&job) {
-                Some(id) if self.core.handle_cancel(now, id) => {
-                    ClientResponse::Cancelled { job: id }
-                }
+                Some(id) if self.core.handle_cancel(now, id) => ClientResponse::Cancelled { job: id },
                 Some(id) => error(format!("job {id} has already finished")),
                 None => error(format!("no job '{job}' (give a job id or WORKFLOW.JOB)")),
             },
@@ -478,10 +371,7 @@ impl Owner {
     }
 
     /// Persists what the core decided, then sends its messages and the replies.
-    fn commit(
-        &mut self,
-        replies: Vec<(oneshot::Sender<ClientResponse>, ClientResponse)>,
-    ) -> Result<()> {
+    fn commit(&mut self, replies: Vec<(oneshot::Sender<ClientResponse>, ClientResponse)>) -> Result<()> {
         let mut records: Vec<Record> = Vec::new();
         let mut sends = Vec::new();
         while let Some(action) = self.core.poll_action() {
@@ -516,9 +406,7 @@ fn log_records(records: &[Record]) {
             Record::AttemptFailed { chunk, reason, .. } => {
                 tracing::warn!(%chunk, %reason, "attempt failed")
             }
-            Record::ChunkVerified {
-                chunk, disagreeing, ..
-            } if !disagreeing.is_empty() => {
+            Record::ChunkVerified { chunk, disagreeing, .. } if !disagreeing.is_empty() => {
                 tracing::warn!(%chunk, disagreeing = disagreeing.len(), "chunk verified against disagreeing workers")
             }
             _ => {}
@@ -538,57 +426,32 @@ async fn sleep_until(deadline: Option<Instant>) {
 pub fn validate(submission: &Submission, blobs: &BlobStore) -> std::result::Result<(), String> {
     let jobs = &submission.jobs;
     if jobs.is_empty() || jobs.len() > JOBS_PER_WORKFLOW_MAX {
-        return Err(format!(
-            "{} jobs; between 1 and {JOBS_PER_WORKFLOW_MAX} are allowed",
-            jobs.len()
-        ));
+        return Err(format!("{} jobs; between 1 and {JOBS_PER_WORKFLOW_MAX} are allowed", jobs.len()));
     }
-    let names: BTreeMap<&str, usize> = jobs
-        .iter()
-        .enumerate()
-        .map(|(k, j)| (j.name.as_str(), k))
-        .collect();
+    let names: BTreeMap<&str, usize> = jobs.iter().enumerate().map(|(k, j)| (j.name.as_str(), k)).collect();
     if names.len() != jobs.len() || names.contains_key("") {
         return Err("job names must be unique and non-empty".into());
     }
     for job in jobs {
         let name = &job.name;
-        if let Some(unknown) = job
-            .after
-            .iter()
-            .find(|a| !names.contains_key(a.as_str()) || *a == name)
-        {
-            return Err(format!(
-                "job '{name}' runs after '{unknown}', which is not another job of the workflow"
-            ));
+        if let Some(unknown) = job.after.iter().find(|a| !names.contains_key(a.as_str()) || *a == name) {
+            return Err(format!("job '{name}' runs after '{unknown}', which is not another job of the workflow"));
         }
         if !(1..=REPLICAS_MAX).contains(&job.replicas) {
-            return Err(format!(
-                "job '{name}' asks for {} replicas; 1 to {REPLICAS_MAX} are allowed",
-                job.replicas
-            ));
+            return Err(format!("job '{name}' asks for {} replicas; 1 to {REPLICAS_MAX} are allowed", job.replicas));
         }
         if job.resources.cpus == 0 {
             return Err(format!("job '{name}' must ask for at least one cpu"));
         }
         let chunks = job.kind.chunks();
         if chunks == 0 || chunks > CHUNKS_PER_JOB_MAX {
-            return Err(format!(
-                "job '{name}' has {chunks} chunks; 1 to {CHUNKS_PER_JOB_MAX} are allowed"
-            ));
+            return Err(format!("job '{name}' has {chunks} chunks; 1 to {CHUNKS_PER_JOB_MAX} are allowed"));
         }
         validate_kind(name, &job.kind, blobs)?;
     }
-    if let Some(cycle) = find_cycle(
-        jobs.iter()
-            .map(|j| {
-                (
-                    j.name.as_str(),
-                    j.after.iter().map(String::as_str).collect(),
-                )
-            })
-            .collect(),
-    ) {
+    if let Some(cycle) =
+        find_cycle(jobs.iter().map(|j| (j.name.as_str(), j.after.iter().map(String::as_str).collect())).collect())
+    {
         return Err(format!("cycle in 'after': {}", cycle.join(" -> ")));
     }
     Ok(())
@@ -610,10 +473,7 @@ fn validate_kind(name: &str, kind: &JobKind, blobs: &BlobStore) -> std::result::
                 ));
             }
             if !blobs.contains(&md.initial) {
-                return Err(format!(
-                    "job '{name}': the initial state {} was not uploaded",
-                    md.initial.short()
-                ));
+                return Err(format!("job '{name}': the initial state {} was not uploaded", md.initial.short()));
             }
         }
         JobKind::Command(command) => {
@@ -621,10 +481,7 @@ fn validate_kind(name: &str, kind: &JobKind, blobs: &BlobStore) -> std::result::
                 return Err(format!("job '{name}' has an empty argv"));
             }
             if let Some(input) = command.inputs.iter().find(|f| !blobs.contains(&f.blob)) {
-                return Err(format!(
-                    "job '{name}': input '{}' was not uploaded",
-                    input.name
-                ));
+                return Err(format!("job '{name}': input '{}' was not uploaded", input.name));
             }
         }
         JobKind::Empty { .. } => {}
@@ -677,11 +534,7 @@ struct Shared {
     sessions: AtomicU64,
 }
 
-async fn accept_loop(
-    endpoint: quinn::Endpoint,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             incoming = endpoint.accept() => match incoming {
@@ -715,9 +568,7 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             .await
             .map_err(|_| SchedulerError::Invalid("no greeting".into()))??;
         match greeting {
-            Greeting::Worker(hello) => {
-                serve_worker(&connection, peer, hello, send, recv, &shared).await
-            }
+            Greeting::Worker(hello) => serve_worker(&connection, peer, hello, send, recv, &shared).await,
             Greeting::Client(hello) => serve_client(&connection, hello, send, &shared).await,
         }
     }
@@ -740,13 +591,7 @@ async fn refuse(
     connection.close(1u32.into(), reason.as_bytes());
 }
 
-fn admission_error(
-    protocol: u32,
-    secret: &str,
-    expected: &str,
-    other: &str,
-    role: &str,
-) -> Option<String> {
+fn admission_error(protocol: u32, secret: &str, expected: &str, other: &str, role: &str) -> Option<String> {
     if protocol != PROTOCOL_VERSION {
         return Some(format!(
             "protocol version {protocol}; this scheduler speaks version {PROTOCOL_VERSION} ({SOFTWARE})"
@@ -769,82 +614,42 @@ async fn serve_worker(
     mut recv: quinn::RecvStream,
     shared: &Arc<Shared>,
 ) -> Result<()> {
-    if let Some(reason) = admission_error(
-        hello.protocol,
-        &hello.secret,
-        &shared.secrets.worker,
-        &shared.secrets.client,
-        "worker",
-    ) {
+    if let Some(reason) =
+        admission_error(hello.protocol, &hello.secret, &shared.secrets.worker, &shared.secrets.client, "worker")
+    {
         tracing::warn!(worker = %worker.short(), name = %hello.name, %reason, "worker refused");
-        refuse(
-            connection,
-            send,
-            ToWorker::Refused {
-                reason: reason.clone(),
-            },
-            &reason,
-        )
-        .await;
+        refuse(connection, send, ToWorker::Refused { reason: reason.clone() }, &reason).await;
         return Ok(());
     }
-    let welcome = Welcome {
-        peer: worker,
-        software: SOFTWARE.into(),
-        heartbeat_interval_ms: shared.heartbeat_interval_ms,
-    };
+    let welcome =
+        Welcome { peer: worker, software: SOFTWARE.into(), heartbeat_interval_ms: shared.heartbeat_interval_ms };
     frame::write(&mut send, &ToWorker::Welcome(welcome)).await?;
     let session = shared.sessions.fetch_add(1, Ordering::Relaxed);
     let (outbox, messages) = mpsc::unbounded_channel();
-    let joined = Input::WorkerJoined {
-        worker,
-        session,
-        hello,
-        outbox,
-    };
-    shared
-        .inputs
-        .send(joined)
-        .await
-        .map_err(|_| SchedulerError::Invalid("scheduler stopped".into()))?;
+    let joined = Input::WorkerJoined { worker, session, hello, outbox };
+    shared.inputs.send(joined).await.map_err(|_| SchedulerError::Invalid("scheduler stopped".into()))?;
     tokio::spawn(write_messages(send, messages));
     tokio::spawn(serve_streams(connection.clone(), shared.clone(), false));
     let reason = loop {
         match frame::read::<FromWorker, _>(&mut recv).await {
             Ok(Some(message)) => {
-                let input = Input::FromWorker {
-                    worker,
-                    session,
-                    message,
-                };
+                let input = Input::FromWorker { worker, session, message };
                 if shared.inputs.send(input).await.is_err() {
                     return Ok(());
                 }
             }
             Ok(None) => break "the worker closed its control stream".to_string(),
             Err(e) => {
-                break connection
-                    .close_reason()
-                    .map_or(e.to_string(), |r| net::describe_connection_error(&r));
+                break connection.close_reason().map_or(e.to_string(), |r| net::describe_connection_error(&r));
             }
         }
     };
-    let _ = shared
-        .inputs
-        .send(Input::WorkerGone {
-            worker,
-            session,
-            reason,
-        })
-        .await;
+    let _ = shared.inputs.send(Input::WorkerGone { worker, session, reason }).await;
     Ok(())
 }
 
 /// Sends a worker's messages, several per write when they pile up.
-async fn write_messages(
-    mut send: quinn::SendStream,
-    mut messages: mpsc::UnboundedReceiver<ToWorker>,
-) {
+async fn write_messages(mut send: quinn::SendStream, mut messages: mpsc::UnboundedReceiver<ToWorker>) {
     let mut bytes = Vec::new();
     let mut batch = Vec::new();
     while messages.recv_many(&mut batch, 256).await > 0 {
@@ -866,31 +671,13 @@ async fn serve_client(
     mut send: quinn::SendStream,
     shared: &Arc<Shared>,
 ) -> Result<()> {
-    if let Some(reason) = admission_error(
-        hello.protocol,
-        &hello.secret,
-        &shared.secrets.client,
-        &shared.secrets.worker,
-        "client",
-    ) {
-        refuse(
-            connection,
-            send,
-            ClientWelcome::Refused {
-                reason: reason.clone(),
-            },
-            &reason,
-        )
-        .await;
+    if let Some(reason) =
+        admission_error(hello.protocol, &hello.secret, &shared.secrets.client, &shared.secrets.worker, "client")
+    {
+        refuse(connection, send, ClientWelcome::Refused { reason: reason.clone() }, &reason).await;
         return Ok(());
     }
-    frame::write(
-        &mut send,
-        &ClientWelcome::Welcome {
-            software: SOFTWARE.into(),
-        },
-    )
-    .await?;
+    frame::write(&mut send, &ClientWelcome::Welcome { software: SOFTWARE.into() }).await?;
     let _ = send.finish();
     serve_streams(connection.clone(), shared.clone(), true).await;
     Ok(())
@@ -903,9 +690,7 @@ async fn serve_streams(connection: quinn::Connection, shared: Arc<Shared>, clien
         tokio::spawn(async move {
             let result = async {
                 match frame::expect::<StreamRequest, _>(&mut recv).await? {
-                    StreamRequest::GetBlob { hash } => {
-                        transfer::serve_get(&mut send, &shared.blobs, hash).await?
-                    }
+                    StreamRequest::GetBlob { hash } => transfer::serve_get(&mut send, &shared.blobs, hash).await?,
                     StreamRequest::PutBlob { hash, size } => {
                         transfer::serve_put(&mut send, &mut recv, &shared.blobs, hash, size).await?
                     }
@@ -917,13 +702,9 @@ async fn serve_streams(connection: quinn::Connection, shared: Arc<Shared>, clien
                                 .send(Input::Client { request, reply })
                                 .await
                                 .map_err(|_| SchedulerError::Invalid("scheduler stopped".into()))?;
-                            answer
-                                .await
-                                .map_err(|_| SchedulerError::Invalid("scheduler stopped".into()))?
+                            answer.await.map_err(|_| SchedulerError::Invalid("scheduler stopped".into()))?
                         } else {
-                            ClientResponse::Error {
-                                message: "workers cannot make client requests".into(),
-                            }
+                            ClientResponse::Error { message: "workers cannot make client requests".into() }
                         };
                         frame::write(&mut send, &response).await?;
                         let _ = send.finish();

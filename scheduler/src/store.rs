@@ -45,14 +45,11 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
-    postcard::from_bytes(bytes)
-        .map_err(|e| SchedulerError::Store(format!("corrupt {what} in the database: {e}")))
+    postcard::from_bytes(bytes).map_err(|e| SchedulerError::Store(format!("corrupt {what} in the database: {e}")))
 }
 
 fn hash_of(bytes: &[u8], what: &str) -> Result<[u8; 32]> {
-    bytes
-        .try_into()
-        .map_err(|_| SchedulerError::Store(format!("corrupt {what} in the database")))
+    bytes.try_into().map_err(|_| SchedulerError::Store(format!("corrupt {what} in the database")))
 }
 
 impl Store {
@@ -85,16 +82,11 @@ impl Store {
     pub fn next_epoch(&mut self) -> Result<u32> {
         let epoch: i64 = self
             .connection
-            .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |row| {
-                row.get(0)
-            })
+            .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |row| row.get(0))
             .optional()?
             .unwrap_or(0)
             + 1;
-        self.connection.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?1)",
-            [epoch],
-        )?;
+        self.connection.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?1)", [epoch])?;
         Ok(epoch as u32)
     }
 
@@ -112,16 +104,12 @@ impl Store {
     }
 
     pub fn load(&self, epoch: u32) -> Result<Snapshot> {
-        let mut snapshot = Snapshot {
-            epoch,
-            ..Default::default()
-        };
+        let mut snapshot = Snapshot { epoch, ..Default::default() };
         let c = &self.connection;
         let mut statement = c.prepare("SELECT id, name FROM workflows ORDER BY id")?;
         let rows = statement.query_map([], |row| Ok((WorkflowId(row.get(0)?), row.get(1)?)))?;
         snapshot.workflows = rows.collect::<Result<_, _>>()?;
-        let mut statement =
-            c.prepare("SELECT id, workflow, spec, after, finished FROM jobs ORDER BY id")?;
+        let mut statement = c.prepare("SELECT id, workflow, spec, after, finished FROM jobs ORDER BY id")?;
         let rows = statement.query_map([], |row| {
             Ok((
                 row.get::<_, u64>(0)?,
@@ -142,25 +130,13 @@ impl Store {
             });
         }
         let mut statement = c.prepare("SELECT job, chunk, output FROM verified")?;
-        let rows = statement.query_map([], |row| {
-            Ok((
-                row.get::<_, u64>(0)?,
-                row.get::<_, u32>(1)?,
-                row.get::<_, Vec<u8>>(2)?,
-            ))
-        })?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get::<_, u64>(0)?, row.get::<_, u32>(1)?, row.get::<_, Vec<u8>>(2)?)))?;
         for row in rows {
             let (job, index, output) = row?;
-            snapshot.verified.push((
-                ChunkId {
-                    job: JobId(job),
-                    index,
-                },
-                decode(&output, "chunk output")?,
-            ));
+            snapshot.verified.push((ChunkId { job: JobId(job), index }, decode(&output, "chunk output")?));
         }
-        let mut statement =
-            c.prepare("SELECT job, chunk, worker, digest, output FROM pending_results")?;
+        let mut statement = c.prepare("SELECT job, chunk, worker, digest, output FROM pending_results")?;
         let rows = statement.query_map([], |row| {
             Ok((
                 row.get::<_, u64>(0)?,
@@ -173,17 +149,13 @@ impl Store {
         for row in rows {
             let (job, index, worker, digest, output) = row?;
             snapshot.pending.push(SnapshotResult {
-                chunk: ChunkId {
-                    job: JobId(job),
-                    index,
-                },
+                chunk: ChunkId { job: JobId(job), index },
                 worker: WorkerId(hash_of(&worker, "worker id")?),
                 digest: Digest(hash_of(&digest, "digest")?),
                 output: decode(&output, "result output")?,
             });
         }
-        let mut statement =
-            c.prepare("SELECT job, chunk, worker, reason FROM failures ORDER BY id")?;
+        let mut statement = c.prepare("SELECT job, chunk, worker, reason FROM failures ORDER BY id")?;
         let rows = statement.query_map([], |row| {
             Ok((
                 row.get::<_, u64>(0)?,
@@ -194,36 +166,23 @@ impl Store {
         })?;
         for row in rows {
             let (job, index, worker, reason) = row?;
-            let worker = worker
-                .map(|w| hash_of(&w, "worker id").map(WorkerId))
-                .transpose()?;
-            snapshot.failed_attempts.push((
-                ChunkId {
-                    job: JobId(job),
-                    index,
-                },
-                worker,
-                reason,
-            ));
+            let worker = worker.map(|w| hash_of(&w, "worker id").map(WorkerId)).transpose()?;
+            snapshot.failed_attempts.push((ChunkId { job: JobId(job), index }, worker, reason));
         }
         let mut statement = c.prepare("SELECT worker, count FROM disagreements")?;
-        let rows = statement.query_map([], |row| {
-            Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, u64>(1)?))
-        })?;
+        let rows = statement.query_map([], |row| Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, u64>(1)?)))?;
         for row in rows {
             let (worker, count) = row?;
-            snapshot
-                .disagreements
-                .push((WorkerId(hash_of(&worker, "worker id")?), count));
+            snapshot.disagreements.push((WorkerId(hash_of(&worker, "worker id")?), count));
         }
         Ok(snapshot)
     }
 
     /// Verified chunks of a job, in order.
     pub fn verified_chunks(&self, job: JobId) -> Result<Vec<VerifiedChunk>> {
-        let mut statement = self
-            .connection
-            .prepare("SELECT chunk, digest, output, agreeing, disagreeing FROM verified WHERE job = ?1 ORDER BY chunk")?;
+        let mut statement = self.connection.prepare(
+            "SELECT chunk, digest, output, agreeing, disagreeing FROM verified WHERE job = ?1 ORDER BY chunk",
+        )?;
         let rows = statement.query_map([job.0], |row| {
             Ok((
                 row.get::<_, u32>(0)?,
@@ -249,22 +208,15 @@ impl Store {
 
     /// The BLAKE3 hash of the workflow file a job came from.
     pub fn workflow_hash(&self, workflow: WorkflowId) -> Result<String> {
-        Ok(self.connection.query_row(
-            "SELECT source_hash FROM workflows WHERE id = ?1",
-            [workflow.0],
-            |row| row.get(0),
-        )?)
+        Ok(self
+            .connection
+            .query_row("SELECT source_hash FROM workflows WHERE id = ?1", [workflow.0], |row| row.get(0))?)
     }
 }
 
 fn apply_one(t: &rusqlite::Transaction, record: &Record) -> Result<()> {
     match record {
-        Record::WorkflowSubmitted {
-            id,
-            name,
-            source,
-            jobs,
-        } => {
+        Record::WorkflowSubmitted { id, name, source, jobs } => {
             let hash = blake3::hash(source.as_bytes()).to_hex().to_string();
             t.execute(
                 "INSERT INTO workflows (id, name, source, source_hash) VALUES (?1, ?2, ?3, ?4)",
@@ -277,55 +229,29 @@ fn apply_one(t: &rusqlite::Transaction, record: &Record) -> Result<()> {
                 )?;
             }
         }
-        Record::ResultReported {
-            chunk,
-            worker,
-            digest,
-            output,
-        } => {
+        Record::ResultReported { chunk, worker, digest, output } => {
             t.execute(
                 "INSERT OR REPLACE INTO pending_results (job, chunk, worker, digest, output) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![chunk.job.0, chunk.index, worker.0.as_slice(), digest.0.as_slice(), encode::<Output>(output)],
             )?;
         }
-        Record::AttemptFailed {
-            chunk,
-            worker,
-            reason,
-        } => {
+        Record::AttemptFailed { chunk, worker, reason } => {
             t.execute(
                 "INSERT INTO failures (job, chunk, worker, reason) VALUES (?1, ?2, ?3, ?4)",
-                params![
-                    chunk.job.0,
-                    chunk.index,
-                    worker.map(|w| w.0.to_vec()),
-                    reason
-                ],
+                params![chunk.job.0, chunk.index, worker.map(|w| w.0.to_vec()), reason],
             )?;
         }
-        Record::ChunkVerified {
-            chunk,
-            digest,
-            output,
-            agreeing,
-            disagreeing,
-        } => {
+        Record::ChunkVerified { chunk, digest, output, agreeing, disagreeing } => {
             // The primary key makes a second verification of one chunk an error, never a silent overwrite.
             t.execute(
                 "INSERT INTO verified (job, chunk, digest, output, agreeing, disagreeing) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![chunk.job.0, chunk.index, digest.0.as_slice(), encode::<Output>(output), encode(agreeing), encode(disagreeing)],
             )
             .map_err(|e| SchedulerError::Store(format!("recording chunk {chunk} as verified: {e}")))?;
-            t.execute(
-                "DELETE FROM pending_results WHERE job = ?1 AND chunk = ?2",
-                params![chunk.job.0, chunk.index],
-            )?;
+            t.execute("DELETE FROM pending_results WHERE job = ?1 AND chunk = ?2", params![chunk.job.0, chunk.index])?;
         }
         Record::JobFinished { job, state } => {
-            t.execute(
-                "UPDATE jobs SET finished = ?1 WHERE id = ?2",
-                params![encode::<JobState>(state), job.0],
-            )?;
+            t.execute("UPDATE jobs SET finished = ?1 WHERE id = ?2", params![encode::<JobState>(state), job.0])?;
         }
         Record::WorkerDisagreed { worker } => {
             t.execute(

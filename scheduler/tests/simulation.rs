@@ -12,8 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use upglobe_protocol::messages::{
-    JobKind, JobSpec, JobState, MdJob, Outcome, Output, Progress, Resources, Task, ThermoLine,
-    ToWorker,
+    JobKind, JobSpec, JobState, MdJob, Outcome, Output, Progress, Resources, Task, ThermoLine, ToWorker,
 };
 use upglobe_protocol::{AssignmentId, BlobHash, ChunkId, JobId, WorkerId};
 use upglobe_scheduler::core::{Action, Config, Core, Record};
@@ -46,14 +45,7 @@ fn honest_output(task: &Task) -> Output {
                 state_hash: state,
                 checkpoint: BlobHash(*blake3::hash(&state).as_bytes()),
                 checkpoint_bytes: 100,
-                thermo: vec![ThermoLine {
-                    step: 0,
-                    temp: 1.0,
-                    pe: -1.0,
-                    ke: 1.0,
-                    etotal: 0.0,
-                    press: 0.0,
-                }],
+                thermo: vec![ThermoLine { step: 0, temp: 1.0, pe: -1.0, ke: 1.0, etotal: 0.0, press: 0.0 }],
             }
         }
         Task::Empty { value } => Output::Empty { value: *value },
@@ -63,20 +55,10 @@ fn honest_output(task: &Task) -> Output {
 
 fn wrong_output(task: &Task, rng: &mut Rng) -> Output {
     match honest_output(task) {
-        Output::Md {
-            checkpoint,
-            checkpoint_bytes,
-            thermo,
-            ..
-        } => Output::Md {
-            state_hash: [rng.next() as u8 | 1; 32],
-            checkpoint,
-            checkpoint_bytes,
-            thermo,
-        },
-        Output::Empty { value } => Output::Empty {
-            value: value + 1 + rng.below(5),
-        },
+        Output::Md { checkpoint, checkpoint_bytes, thermo, .. } => {
+            Output::Md { state_hash: [rng.next() as u8 | 1; 32], checkpoint, checkpoint_bytes, thermo }
+        }
+        Output::Empty { value } => Output::Empty { value: value + 1 + rng.below(5) },
         other => other,
     }
 }
@@ -106,21 +88,12 @@ struct Simulation {
 
 impl Simulation {
     fn new(seed: u64) -> Simulation {
-        let config = Config {
-            lease_timeout_ms: 5_000,
-            attempts_max: 1_000,
-            extra_replicas_max: 3,
-            disagreements_max: 3,
-        };
+        let config =
+            Config { lease_timeout_ms: 5_000, attempts_max: 1_000, extra_replicas_max: 3, disagreements_max: 3 };
         let mut store = Store::in_memory().unwrap();
         let epoch = store.next_epoch().unwrap();
         let workers = (0..6)
-            .map(|k| SimWorker {
-                id: WorkerId([k as u8 + 1; 32]),
-                honest: k != 5,
-                connected: false,
-                tasks: Vec::new(),
-            })
+            .map(|k| SimWorker { id: WorkerId([k as u8 + 1; 32]), honest: k != 5, connected: false, tasks: Vec::new() })
             .collect();
         Simulation {
             rng: Rng(seed),
@@ -142,11 +115,7 @@ impl Simulation {
             name: name.into(),
             after,
             replicas,
-            resources: Resources {
-                cpus: 1,
-                memory_bytes: 0,
-                gpus: 0,
-            },
+            resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
             kind: JobKind::Md(MdJob {
                 initial: BlobHash([9; 32]),
                 atoms: 10,
@@ -159,25 +128,14 @@ impl Simulation {
             name: "sweep".into(),
             after: vec![],
             replicas: 2,
-            resources: Resources {
-                cpus: 1,
-                memory_bytes: 0,
-                gpus: 0,
-            },
+            resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
             kind: JobKind::Empty { chunks: 12 },
         };
-        let specs = vec![
-            md("melt", 8, 2, vec![]),
-            md("anneal", 5, 3, vec!["melt".into()]),
-            empty,
-            md("solo", 4, 1, vec![]),
-        ];
-        let (_, ids) =
-            self.core
-                .handle_submit(self.now, "sim".into(), "# source".into(), specs.clone());
+        let specs =
+            vec![md("melt", 8, 2, vec![]), md("anneal", 5, 3, vec!["melt".into()]), empty, md("solo", 4, 1, vec![])];
+        let (_, ids) = self.core.handle_submit(self.now, "sim".into(), "# source".into(), specs.clone());
         for (name, id) in ids {
-            self.jobs
-                .insert(id, specs.iter().find(|s| s.name == name).unwrap().clone());
+            self.jobs.insert(id, specs.iter().find(|s| s.name == name).unwrap().clone());
         }
         self.drain();
     }
@@ -203,14 +161,7 @@ impl Simulation {
     }
 
     fn check_record(&mut self, record: &Record) {
-        if let Record::ChunkVerified {
-            chunk,
-            digest,
-            output,
-            agreeing,
-            ..
-        } = record
-        {
+        if let Record::ChunkVerified { chunk, digest, output, agreeing, .. } = record {
             let replicas = self.jobs[&chunk.job].replicas as usize;
             let distinct: BTreeSet<&WorkerId> = agreeing.iter().collect();
             assert!(
@@ -218,20 +169,13 @@ impl Simulation {
                 "{chunk} accepted without a quorum"
             );
             assert_eq!(output.digest(), *digest);
-            assert!(
-                self.verified.insert(*chunk, output.clone()).is_none(),
-                "{chunk} verified twice"
-            );
+            assert!(self.verified.insert(*chunk, output.clone()).is_none(), "{chunk} verified twice");
         }
     }
 
     fn deliver(&mut self, worker: WorkerId, message: ToWorker) {
         let answer_at = self.now + 100 + self.rng.below(3_000);
-        let w = self
-            .workers
-            .iter_mut()
-            .find(|w| w.id == worker)
-            .expect("known worker");
+        let w = self.workers.iter_mut().find(|w| w.id == worker).expect("known worker");
         if !w.connected {
             // The scheduler has not noticed the crash yet; the message is lost.
             return;
@@ -241,19 +185,12 @@ impl Simulation {
                 if let Task::Md { input, .. } = &assignment.task {
                     let expected = match assignment.chunk.index {
                         0 => BlobHash([9; 32]),
-                        k => match &self.verified[&ChunkId {
-                            job: assignment.chunk.job,
-                            index: k - 1,
-                        }] {
+                        k => match &self.verified[&ChunkId { job: assignment.chunk.job, index: k - 1 }] {
                             Output::Md { checkpoint, .. } => *checkpoint,
                             _ => unreachable!(),
                         },
                     };
-                    assert_eq!(
-                        *input, expected,
-                        "{} did not start from the verified checkpoint",
-                        assignment.chunk
-                    );
+                    assert_eq!(*input, expected, "{} did not start from the verified checkpoint", assignment.chunk);
                 }
                 w.tasks.push((assignment.id, assignment.task, answer_at));
             }
@@ -266,19 +203,8 @@ impl Simulation {
         let id = self.workers[k].id;
         self.workers[k].connected = true;
         self.workers[k].tasks.clear();
-        let resources = Resources {
-            cpus: 1 + (k as u32 % 3),
-            memory_bytes: 1 << 30,
-            gpus: 0,
-        };
-        self.core.handle_worker_joined(
-            self.now,
-            id,
-            format!("w{k}"),
-            resources,
-            false,
-            "sim".into(),
-        );
+        let resources = Resources { cpus: 1 + (k as u32 % 3), memory_bytes: 1 << 30, gpus: 0 };
+        self.core.handle_worker_joined(self.now, id, format!("w{k}"), resources, false, "sim".into());
     }
 
     fn step(&mut self) {
@@ -292,8 +218,7 @@ impl Simulation {
                 self.workers[k].connected = false;
                 self.workers[k].tasks.clear();
                 if self.rng.chance(50) {
-                    self.core
-                        .handle_worker_left(self.now, id, "connection lost");
+                    self.core.handle_worker_left(self.now, id, "connection lost");
                 }
             }
             3 if self.faults => self.restart(),
@@ -320,63 +245,35 @@ impl Simulation {
             }
             let stalled = self.faults && self.rng.chance(3);
             if !stalled {
-                let running: Vec<Progress> = self.workers[k]
-                    .tasks
-                    .iter()
-                    .map(|(a, _, _)| Progress {
-                        assignment: *a,
-                        steps_done: 1,
-                    })
-                    .collect();
-                self.core
-                    .handle_heartbeat(self.now, self.workers[k].id, &running);
+                let running: Vec<Progress> =
+                    self.workers[k].tasks.iter().map(|(a, _, _)| Progress { assignment: *a, steps_done: 1 }).collect();
+                self.core.handle_heartbeat(self.now, self.workers[k].id, &running);
             }
-            let (due, later): (Vec<_>, Vec<_>) = self.workers[k]
-                .tasks
-                .drain(..)
-                .partition(|(_, _, at)| *at <= self.now);
+            let (due, later): (Vec<_>, Vec<_>) =
+                self.workers[k].tasks.drain(..).partition(|(_, _, at)| *at <= self.now);
             self.workers[k].tasks = later;
             for (assignment, task, _) in due {
                 let outcome = if self.faults && self.rng.chance(5) {
-                    Outcome::Failed {
-                        reason: "simulated failure".into(),
-                    }
+                    Outcome::Failed { reason: "simulated failure".into() }
                 } else if !self.workers[k].honest && self.rng.chance(60) {
                     Outcome::Completed(wrong_output(&task, &mut self.rng))
                 } else {
                     Outcome::Completed(honest_output(&task))
                 };
-                let delay = if self.faults && self.rng.chance(10) {
-                    8_000
-                } else {
-                    0
-                };
-                let copies = if self.faults && self.rng.chance(5) {
-                    2
-                } else {
-                    1
-                };
+                let delay = if self.faults && self.rng.chance(10) { 8_000 } else { 0 };
+                let copies = if self.faults && self.rng.chance(5) { 2 } else { 1 };
                 for _ in 0..copies {
-                    self.network.push((
-                        self.now + delay,
-                        self.workers[k].id,
-                        assignment,
-                        outcome.clone(),
-                    ));
+                    self.network.push((self.now + delay, self.workers[k].id, assignment, outcome.clone()));
                 }
             }
         }
     }
 
     fn deliver_network(&mut self) {
-        let (due, later): (Vec<_>, Vec<_>) = self
-            .network
-            .drain(..)
-            .partition(|(at, _, _, _)| *at <= self.now);
+        let (due, later): (Vec<_>, Vec<_>) = self.network.drain(..).partition(|(at, _, _, _)| *at <= self.now);
         self.network = later;
         for (_, worker, assignment, outcome) in due {
-            self.core
-                .handle_finished(self.now, worker, assignment, outcome);
+            self.core.handle_finished(self.now, worker, assignment, outcome);
             self.drain();
         }
     }
@@ -395,10 +292,7 @@ impl Simulation {
     }
 
     fn all_finished(&self) -> bool {
-        self.core
-            .job_statuses(self.now)
-            .iter()
-            .all(|s| s.state.is_finished())
+        self.core.job_statuses(self.now).iter().all(|s| s.state.is_finished())
     }
 }
 
@@ -433,12 +327,7 @@ fn run(seed: u64) {
     let snapshot = sim.store.load(99).unwrap();
     assert_eq!(snapshot.verified.len() as u64, total);
     let restored = Core::restore(sim.config.clone(), snapshot, sim.now);
-    assert!(
-        restored
-            .job_statuses(0)
-            .iter()
-            .all(|s| s.state == JobState::Completed)
-    );
+    assert!(restored.job_statuses(0).iter().all(|s| s.state == JobState::Completed));
 }
 
 #[test]
@@ -464,16 +353,8 @@ fn dishonest_worker_is_outvoted_and_quarantined() {
         sim.step();
     }
     assert!(sim.all_finished());
-    let liar = sim
-        .core
-        .workers()
-        .into_iter()
-        .find(|w| w.id == WorkerId([6; 32]))
-        .unwrap();
-    assert!(
-        liar.disagreements >= 1,
-        "the dishonest worker was never caught"
-    );
+    let liar = sim.core.workers().into_iter().find(|w| w.id == WorkerId([6; 32])).unwrap();
+    assert!(liar.disagreements >= 1, "the dishonest worker was never caught");
     // With two or more replicas, only honest results are ever verified (a single replica is trusted).
     for (chunk, output) in &sim.verified {
         let spec = &sim.jobs[&chunk.job];
@@ -484,10 +365,7 @@ fn dishonest_worker_is_outvoted_and_quarantined() {
             JobKind::Md(md) => {
                 let input = match chunk.index {
                     0 => md.initial,
-                    k => match &sim.verified[&ChunkId {
-                        job: chunk.job,
-                        index: k - 1,
-                    }] {
+                    k => match &sim.verified[&ChunkId { job: chunk.job, index: k - 1 }] {
                         Output::Md { checkpoint, .. } => *checkpoint,
                         _ => unreachable!(),
                     },
@@ -499,14 +377,8 @@ fn dishonest_worker_is_outvoted_and_quarantined() {
                     thermo_at_start: chunk.index == 0,
                 }
             }
-            _ => Task::Empty {
-                value: chunk.index as u64,
-            },
+            _ => Task::Empty { value: chunk.index as u64 },
         };
-        assert_eq!(
-            output,
-            &honest_output(&task),
-            "a wrong result was verified for {chunk}"
-        );
+        assert_eq!(output, &honest_output(&task), "a wrong result was verified for {chunk}");
     }
 }

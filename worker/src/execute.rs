@@ -24,53 +24,24 @@ pub async fn run(
 ) -> Result<Output, String> {
     match assignment.task {
         Task::Empty { value } => Ok(Output::Empty { value }),
-        Task::Md {
-            input,
-            steps,
-            thermo_every,
-            thermo_at_start,
-        } => {
-            transfer::download(connection, blobs, input)
-                .await
-                .map_err(|e| format!("fetching the input state: {e}"))?;
+        Task::Md { input, steps, thermo_every, thermo_at_start } => {
+            transfer::download(connection, blobs, input).await.map_err(|e| format!("fetching the input state: {e}"))?;
             let device = match &config.device {
-                Device::Cpu { threads: 0 } => Device::Cpu {
-                    threads: assignment.resources.cpus.max(1) as usize,
-                },
+                Device::Cpu { threads: 0 } => Device::Cpu { threads: assignment.resources.cpus.max(1) as usize },
                 other => other.clone(),
             };
             let blobs = blobs.clone();
-            let md = MdChunk {
-                input,
-                steps,
-                thermo_every,
-                thermo_at_start,
-            };
+            let md = MdChunk { input, steps, thermo_every, thermo_at_start };
             tokio::task::spawn_blocking(move || run_md(&blobs, &md, &device, &cancel, &steps_done))
                 .await
                 .map_err(|e| format!("the MD task panicked: {e}"))?
         }
-        Task::Command {
-            argv,
-            inputs,
-            outputs,
-            timeout_s,
-        } => {
+        Task::Command { argv, inputs, outputs, timeout_s } => {
             if !config.allow_commands {
-                return Err(
-                    "this worker does not run commands (start it with --allow-commands)".into(),
-                );
+                return Err("this worker does not run commands (start it with --allow-commands)".into());
             }
-            let scratch = config
-                .data_dir
-                .join("work")
-                .join(assignment.id.0.to_string());
-            let command = CommandTask {
-                argv,
-                inputs,
-                outputs,
-                timeout: Duration::from_secs(timeout_s),
-            };
+            let scratch = config.data_dir.join("work").join(assignment.id.0.to_string());
+            let command = CommandTask { argv, inputs, outputs, timeout: Duration::from_secs(timeout_s) };
             let result = run_command(blobs, connection, &scratch, &command, &cancel).await;
             let _ = std::fs::remove_dir_all(&scratch);
             result
@@ -95,11 +66,8 @@ fn run_md(
     let bytes = blobs.get(&md.input).map_err(|e| e.to_string())?;
     let state = Checkpoint::decode(&bytes).map_err(|e| format!("the input state: {e}"))?;
     let mut engine = engine(device).map_err(|e| e.to_string())?;
-    let options = RunOptions {
-        thermo_every: md.thermo_every,
-        thermo_at_start: md.thermo_at_start,
-        ..RunOptions::new(md.steps)
-    };
+    let options =
+        RunOptions { thermo_every: md.thermo_every, thermo_at_start: md.thermo_at_start, ..RunOptions::new(md.steps) };
     let start = state.step;
     let started = Instant::now();
     let output = engine
@@ -107,17 +75,11 @@ fn run_md(
             if let Event::Step(step) = event {
                 steps_done.store(step - start, Ordering::Relaxed);
             }
-            if cancel.load(Ordering::Relaxed) {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
+            if cancel.load(Ordering::Relaxed) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
         })
         .map_err(|e| e.to_string())?;
     let encoded = Checkpoint::encode(&output.state);
-    let state_hash = Checkpoint::stored_hash(&encoded)
-        .expect("an encoding ends with its hash")
-        .0;
+    let state_hash = Checkpoint::stored_hash(&encoded).expect("an encoding ends with its hash").0;
     let checkpoint = blobs.put(&encoded).map_err(|e| e.to_string())?;
     tracing::info!(
         atoms = state.atoms(),
@@ -129,21 +91,9 @@ fn run_md(
     let thermo = output
         .thermo
         .iter()
-        .map(|t| ThermoLine {
-            step: t.step,
-            temp: t.temp,
-            pe: t.pe,
-            ke: t.ke,
-            etotal: t.etotal,
-            press: t.press,
-        })
+        .map(|t| ThermoLine { step: t.step, temp: t.temp, pe: t.pe, ke: t.ke, etotal: t.etotal, press: t.press })
         .collect();
-    Ok(Output::Md {
-        state_hash,
-        checkpoint,
-        checkpoint_bytes: encoded.len() as u64,
-        thermo,
-    })
+    Ok(Output::Md { state_hash, checkpoint, checkpoint_bytes: encoded.len() as u64, thermo })
 }
 
 struct CommandTask {
@@ -157,9 +107,7 @@ struct CommandTask {
 fn contained(name: &str) -> Result<PathBuf, String> {
     let path = Path::new(name);
     if name.is_empty() || !path.components().all(|c| matches!(c, Component::Normal(_))) {
-        return Err(format!(
-            "'{name}' must be a relative path inside the task's directory"
-        ));
+        return Err(format!("'{name}' must be a relative path inside the task's directory"));
     }
     Ok(path.to_path_buf())
 }
@@ -173,25 +121,20 @@ async fn run_command(
 ) -> Result<Output, String> {
     let _ = std::fs::remove_dir_all(scratch);
     let files = scratch.join("files");
-    std::fs::create_dir_all(&files)
-        .map_err(|e| format!("cannot create {}: {e}", files.display()))?;
+    std::fs::create_dir_all(&files).map_err(|e| format!("cannot create {}: {e}", files.display()))?;
     for input in &task.inputs {
         let target = files.join(contained(&input.name)?);
         transfer::download(connection, blobs, input.blob)
             .await
             .map_err(|e| format!("fetching '{}': {e}", input.name))?;
         if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         }
-        std::fs::copy(blobs.path(&input.blob), &target)
-            .map_err(|e| format!("cannot place '{}': {e}", input.name))?;
+        std::fs::copy(blobs.path(&input.blob), &target).map_err(|e| format!("cannot place '{}': {e}", input.name))?;
     }
     let stdout_path = scratch.join("stdout");
     let stderr_path = scratch.join("stderr");
-    let open = |p: &Path| {
-        std::fs::File::create(p).map_err(|e| format!("cannot create {}: {e}", p.display()))
-    };
+    let open = |p: &Path| std::fs::File::create(p).map_err(|e| format!("cannot create {}: {e}", p.display()));
     let program = task.argv.first().ok_or("empty argv")?;
     let mut child = tokio::process::Command::new(program)
         .args(&task.argv[1..])
@@ -220,26 +163,15 @@ async fn run_command(
     };
     if !status.success() {
         let tail = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-        let tail: String = tail
-            .lines()
-            .rev()
-            .take(5)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join(" | ");
+        let tail: String =
+            tail.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ");
         return Err(format!("'{program}' exited with {status}; stderr: {tail}"));
     }
     let mut outputs = collect_outputs(blobs, &files, &task.outputs)?;
     outputs.sort_by(|a, b| a.name.cmp(&b.name));
     let store = |name: &str, path: &Path| -> Result<FileRef, String> {
         let (blob, size) = blobs.put_file(path).map_err(|e| e.to_string())?;
-        Ok(FileRef {
-            name: name.into(),
-            blob,
-            size,
-        })
+        Ok(FileRef { name: name.into(), blob, size })
     };
     Ok(Output::Command {
         exit_code: status.code().unwrap_or(0),
@@ -250,23 +182,14 @@ async fn run_command(
 }
 
 /// Files matching the output patterns, stored as blobs.
-fn collect_outputs(
-    blobs: &BlobStore,
-    files: &Path,
-    patterns: &[String],
-) -> Result<Vec<FileRef>, String> {
+fn collect_outputs(blobs: &BlobStore, files: &Path, patterns: &[String]) -> Result<Vec<FileRef>, String> {
     let mut found = std::collections::BTreeMap::new();
     for pattern in patterns {
         contained(pattern.trim_start_matches("./")).map_err(|e| format!("output pattern {e}"))?;
         let full = files.join(pattern);
-        let matches = glob::glob(&full.to_string_lossy())
-            .map_err(|e| format!("output pattern '{pattern}': {e}"))?;
+        let matches = glob::glob(&full.to_string_lossy()).map_err(|e| format!("output pattern '{pattern}': {e}"))?;
         for path in matches.flatten().filter(|p| p.is_file()) {
-            let name = path
-                .strip_prefix(files)
-                .expect("matches are inside")
-                .to_string_lossy()
-                .replace('\\', "/");
+            let name = path.strip_prefix(files).expect("matches are inside").to_string_lossy().replace('\\', "/");
             if !found.contains_key(&name) {
                 let (blob, size) = blobs.put_file(&path).map_err(|e| e.to_string())?;
                 found.insert(name.clone(), FileRef { name, blob, size });

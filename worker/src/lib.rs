@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use upglobe_datasets::{BlobStore, transfer};
 use upglobe_kernels::Device;
-use upglobe_protocol::messages::{
-    Assignment, FromWorker, Greeting, Hello, Outcome, Progress, Resources, ToWorker,
-};
+use upglobe_protocol::messages::{Assignment, FromWorker, Greeting, Hello, Outcome, Progress, Resources, ToWorker};
 use upglobe_protocol::tls::PeerIdentity;
 use upglobe_protocol::{AssignmentId, PROTOCOL_VERSION, Token, frame, net};
 
@@ -91,6 +89,9 @@ pub async fn run(
         let reason = match outcome {
             Ok(reason) => reason,
             Err(refused @ WorkerError::Refused { .. }) => return Err(refused),
+            Err(wrong @ WorkerError::Protocol(upglobe_protocol::ProtocolError::WrongScheduler { .. })) => {
+                return Err(wrong);
+            }
             Err(e) => e.to_string(),
         };
         // A session that lasted a while was healthy: start the backoff over.
@@ -115,16 +116,9 @@ struct Running {
 type RunningMap = Arc<Mutex<HashMap<AssignmentId, Running>>>;
 
 /// One connection to the scheduler; returns why it ended.
-async fn session(
-    config: &Arc<WorkerConfig>,
-    identity: &PeerIdentity,
-    blobs: &BlobStore,
-) -> Result<String> {
+async fn session(config: &Arc<WorkerConfig>, identity: &PeerIdentity, blobs: &BlobStore) -> Result<String> {
     let connection = net::connect(&config.token, identity, config.idle_timeout).await?;
-    let (mut send, mut recv) = connection
-        .open_bi()
-        .await
-        .map_err(|e| WorkerError::Session(e.to_string()))?;
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| WorkerError::Session(e.to_string()))?;
     let hello = Hello {
         protocol: PROTOCOL_VERSION,
         secret: config.token.secret.clone(),
@@ -139,16 +133,13 @@ async fn session(
         Ok(Some(ToWorker::Welcome(welcome))) => welcome,
         Ok(Some(ToWorker::Refused { reason })) => return Err(refused(config, reason)),
         Ok(_) => {
-            return Err(WorkerError::Session(
-                "the scheduler closed the connection before welcoming".into(),
-            ));
+            return Err(WorkerError::Session("the scheduler closed the connection before welcoming".into()));
         }
         Err(e) => {
             return match connection.close_reason() {
-                Some(quinn::ConnectionError::ApplicationClosed(close)) => Err(refused(
-                    config,
-                    String::from_utf8_lossy(&close.reason).into_owned(),
-                )),
+                Some(quinn::ConnectionError::ApplicationClosed(close)) => {
+                    Err(refused(config, String::from_utf8_lossy(&close.reason).into_owned()))
+                }
                 _ => Err(e.into()),
             };
         }
@@ -176,9 +167,7 @@ async fn session(
             Ok(Some(other)) => tracing::warn!(?other, "unexpected message"),
             Ok(None) => break "the scheduler closed the control stream".to_string(),
             Err(e) => {
-                break connection
-                    .close_reason()
-                    .map_or(e.to_string(), |r| net::describe_connection_error(&r));
+                break connection.close_reason().map_or(e.to_string(), |r| net::describe_connection_error(&r));
             }
         }
     };
@@ -192,10 +181,7 @@ async fn session(
 }
 
 fn refused(config: &WorkerConfig, reason: String) -> WorkerError {
-    WorkerError::Refused {
-        address: config.token.address.clone(),
-        reason,
-    }
+    WorkerError::Refused { address: config.token.address.clone(), reason }
 }
 
 pub fn describe_device(device: &Device) -> String {
@@ -209,10 +195,7 @@ pub fn describe_device(device: &Device) -> String {
     }
 }
 
-async fn write_frames(
-    mut send: quinn::SendStream,
-    mut messages: mpsc::UnboundedReceiver<FromWorker>,
-) {
+async fn write_frames(mut send: quinn::SendStream, mut messages: mpsc::UnboundedReceiver<FromWorker>) {
     let mut bytes = Vec::new();
     let mut batch = Vec::new();
     while messages.recv_many(&mut batch, 256).await > 0 {
@@ -228,11 +211,7 @@ async fn write_frames(
     }
 }
 
-async fn heartbeats(
-    outbox: mpsc::UnboundedSender<FromWorker>,
-    running: RunningMap,
-    interval: Duration,
-) {
+async fn heartbeats(outbox: mpsc::UnboundedSender<FromWorker>, running: RunningMap, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     loop {
         ticker.tick().await;
@@ -245,10 +224,7 @@ async fn heartbeats(
                 steps_done: task.steps_done.load(Ordering::Relaxed),
             })
             .collect();
-        if outbox
-            .send(FromWorker::Heartbeat { running: progress })
-            .is_err()
-        {
+        if outbox.send(FromWorker::Heartbeat { running: progress }).is_err() {
             return;
         }
     }
@@ -264,33 +240,17 @@ fn start_task(
 ) {
     let cancel = Arc::new(AtomicBool::new(false));
     let steps_done = Arc::new(AtomicU64::new(0));
-    running.lock().expect("running map").insert(
-        assignment.id,
-        Running {
-            cancel: cancel.clone(),
-            steps_done: steps_done.clone(),
-        },
-    );
-    let (config, blobs, connection, running, outbox) = (
-        config.clone(),
-        blobs.clone(),
-        connection.clone(),
-        running.clone(),
-        outbox.clone(),
-    );
+    running
+        .lock()
+        .expect("running map")
+        .insert(assignment.id, Running { cancel: cancel.clone(), steps_done: steps_done.clone() });
+    let (config, blobs, connection, running, outbox) =
+        (config.clone(), blobs.clone(), connection.clone(), running.clone(), outbox.clone());
     tokio::spawn(async move {
         let started = Instant::now();
         let id = assignment.id;
         tracing::debug!(assignment = %id, chunk = %assignment.chunk, "started");
-        let outcome = execute::run(
-            &config,
-            &blobs,
-            &connection,
-            assignment,
-            cancel.clone(),
-            steps_done,
-        )
-        .await;
+        let outcome = execute::run(&config, &blobs, &connection, assignment, cancel.clone(), steps_done).await;
         running.lock().expect("running map").remove(&id);
         if cancel.load(Ordering::Relaxed) {
             return;
@@ -298,9 +258,7 @@ fn start_task(
         let outcome = match outcome {
             Ok(output) => match upload_outputs(&connection, &blobs, &output).await {
                 Ok(()) => Outcome::Completed(output),
-                Err(e) => Outcome::Failed {
-                    reason: format!("uploading the result: {e}"),
-                },
+                Err(e) => Outcome::Failed { reason: format!("uploading the result: {e}") },
             },
             Err(reason) => Outcome::Failed { reason },
         };
@@ -308,11 +266,7 @@ fn start_task(
             tracing::warn!(assignment = %id, %reason, "task failed");
         }
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        let _ = outbox.send(FromWorker::Finished {
-            assignment: id,
-            outcome,
-            elapsed_ms,
-        });
+        let _ = outbox.send(FromWorker::Finished { assignment: id, outcome, elapsed_ms });
     });
 }
 

@@ -5,11 +5,7 @@ use upglobe_protocol::messages::Resources;
 /// Cores and memory of this machine (GPUs are advertised by a later issue's device probing).
 pub fn detect() -> Resources {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    Resources {
-        cpus,
-        memory_bytes: memory_bytes().unwrap_or(0),
-        gpus: 0,
-    }
+    Resources { cpus, memory_bytes: memory_bytes().unwrap_or(0), gpus: 0 }
 }
 
 /// Total memory from /proc/meminfo (Linux); None elsewhere.

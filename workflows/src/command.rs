@@ -18,7 +18,8 @@ pub const ARGUMENTS_MAX: usize = 4096;
 pub const INPUTS_MAX: usize = 1000;
 pub const OUTPUTS_MAX: usize = 1000;
 
-const RANGE_HINT: &str = "write a range as \"first-last\" with whole numbers, e.g. \"1-10\" (both included), or list ids as [1, 2, 3]";
+const RANGE_HINT: &str =
+    "write a range as \"first-last\" with whole numbers, e.g. \"1-10\" (both included), or list ids as [1, 2, 3]";
 
 pub(crate) fn read(reporter: &mut Reporter, job: &Section, base_dir: &Path) -> Option<CommandJob> {
     let argv = argv(reporter, job);
@@ -27,38 +28,19 @@ pub(crate) fn read(reporter: &mut Reporter, job: &Section, base_dir: &Path) -> O
     let inputs = inputs(reporter, job, base_dir).or(Vec::new());
     let outputs = outputs(reporter, job).or(Vec::new());
     let timeout_s = timeout(reporter, job).or(TIMEOUT_S_DEFAULT);
-    Some(CommandJob {
-        argv: argv?.value,
-        tasks: tasks?,
-        inputs: inputs?,
-        outputs: outputs?,
-        timeout_s: timeout_s?,
-    })
+    Some(CommandJob { argv: argv?.value, tasks: tasks?, inputs: inputs?, outputs: outputs?, timeout_s: timeout_s? })
 }
 
 /// A bounded array whose elements are all strings, reported one by one.
-fn strings<'t>(
-    reporter: &mut Reporter,
-    job: &Section<'t>,
-    key: &str,
-    maximum: usize,
-) -> Field<Vec<Located<&'t str>>> {
+fn strings<'t>(reporter: &mut Reporter, job: &Section<'t>, key: &str, maximum: usize) -> Field<Vec<Located<&'t str>>> {
     job.array(reporter, key).and_then(|array| {
         if array.value.len() > maximum {
-            reporter.error(
-                array.at,
-                format!(
-                    "'{key}' has {} entries; at most {maximum} are allowed",
-                    array.value.len()
-                ),
-            );
+            reporter
+                .error(array.at, format!("'{key}' has {} entries; at most {maximum} are allowed", array.value.len()));
             return None;
         }
-        let elements: Vec<Field<&str>> = array
-            .value
-            .iter()
-            .map(|element| string_value(reporter, key, element))
-            .collect();
+        let elements: Vec<Field<&str>> =
+            array.value.iter().map(|element| string_value(reporter, key, element)).collect();
         elements
             .into_iter()
             .map(|element| match element {
@@ -81,18 +63,10 @@ fn argv(reporter: &mut Reporter, job: &Section) -> Field<Vec<String>> {
             return None;
         };
         if program.value.is_empty() {
-            reporter.error(
-                program.at,
-                "the program name (the first element of 'argv') is empty",
-            );
+            reporter.error(program.at, "the program name (the first element of 'argv') is empty");
             return None;
         }
-        Some(
-            argv.value
-                .iter()
-                .map(|argument| argument.value.to_string())
-                .collect(),
-        )
+        Some(argv.value.iter().map(|argument| argument.value.to_string()).collect())
     })
 }
 
@@ -103,16 +77,11 @@ fn tasks(reporter: &mut Reporter, job: &Section) -> Field<Vec<i64>> {
     let at = entry.value.at;
     let tasks = match &entry.value.value {
         Value::Array(elements) => task_list(reporter, elements, at),
-        Value::String(range) => task_range(range)
-            .map_err(|(message, hint)| reporter.error_with_hint(at, message, hint))
-            .ok(),
+        Value::String(range) => {
+            task_range(range).map_err(|(message, hint)| reporter.error_with_hint(at, message, hint)).ok()
+        }
         _ => {
-            return wrong_type(
-                reporter,
-                "an array of integers or a range string",
-                "tasks",
-                &entry.value,
-            );
+            return wrong_type(reporter, "an array of integers or a range string", "tasks", &entry.value);
         }
     };
     tasks.map_or(Field::Invalid, |value| Field::Found(Located { value, at }))
@@ -120,21 +89,11 @@ fn tasks(reporter: &mut Reporter, job: &Section) -> Field<Vec<i64>> {
 
 fn task_list(reporter: &mut Reporter, elements: &[Spanned], at: usize) -> Option<Vec<i64>> {
     if elements.is_empty() {
-        reporter.error_with_hint(
-            at,
-            "'tasks' is empty",
-            "remove 'tasks' to run the command once",
-        );
+        reporter.error_with_hint(at, "'tasks' is empty", "remove 'tasks' to run the command once");
         return None;
     }
     if elements.len() > TASKS_MAX {
-        reporter.error(
-            at,
-            format!(
-                "'tasks' has {} ids; at most {TASKS_MAX} are allowed",
-                elements.len()
-            ),
-        );
+        reporter.error(at, format!("'tasks' has {} ids; at most {TASKS_MAX} are allowed", elements.len()));
         return None;
     }
     let mut seen = std::collections::HashSet::with_capacity(elements.len());
@@ -158,12 +117,7 @@ fn task_list(reporter: &mut Reporter, elements: &[Spanned], at: usize) -> Option
 
 /// Parses `"first-last"` (inclusive) into the ids; errors come with a hint.
 pub fn task_range(range: &str) -> Result<Vec<i64>, (String, String)> {
-    let cannot = || {
-        (
-            format!("cannot read tasks range '{range}'"),
-            RANGE_HINT.to_string(),
-        )
-    };
+    let cannot = || (format!("cannot read tasks range '{range}'"), RANGE_HINT.to_string());
     let (first, last) = range.trim().split_once('-').ok_or_else(cannot)?;
     let number = |text: &str| {
         let text = text.trim();
@@ -172,10 +126,7 @@ pub fn task_range(range: &str) -> Result<Vec<i64>, (String, String)> {
         }
         text.parse::<i64>().ok()
     };
-    let (first, last) = (
-        number(first).ok_or_else(cannot)?,
-        number(last).ok_or_else(cannot)?,
-    );
+    let (first, last) = (number(first).ok_or_else(cannot)?, number(last).ok_or_else(cannot)?);
     if first > last {
         return Err((
             format!("tasks range '{range}' is empty: {first} is more than {last}"),
@@ -198,10 +149,7 @@ fn check_relative(reporter: &mut Reporter, key: &str, path: &Located<&str>) -> b
         format!("an entry of '{key}' is empty")
     } else if Path::new(path.value).is_absolute() {
         format!("'{}' in '{key}' is an absolute path", path.value)
-    } else if Path::new(path.value)
-        .components()
-        .any(|component| component == Component::ParentDir)
-    {
+    } else if Path::new(path.value).components().any(|component| component == Component::ParentDir) {
         format!("'{}' in '{key}' goes up with '..'", path.value)
     } else {
         return true;
@@ -210,9 +158,7 @@ fn check_relative(reporter: &mut Reporter, key: &str, path: &Located<&str>) -> b
         "inputs" => {
             "inputs are copied into the task's working directory under the name written; copy or link the file next to the workflow file and name it relative to there"
         }
-        _ => {
-            "outputs are collected from inside the task's working directory; write a pattern relative to it"
-        }
+        _ => "outputs are collected from inside the task's working directory; write a pattern relative to it",
     };
     reporter.error_with_hint(path.at, message, hint);
     false
@@ -245,10 +191,7 @@ fn input(reporter: &mut Reporter, name: &Located<&str>, base_dir: &Path) -> Opti
     let path = base_dir.join(name.value);
     let problem = match std::fs::metadata(&path) {
         Ok(metadata) if metadata.is_file() => {
-            return Some(InputFile {
-                name: name.value.to_string(),
-                path,
-            });
+            return Some(InputFile { name: name.value.to_string(), path });
         }
         Ok(_) => format!("input '{}' is not a regular file", name.value),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -256,29 +199,17 @@ fn input(reporter: &mut Reporter, name: &Located<&str>, base_dir: &Path) -> Opti
         }
         Err(error) => format!("cannot read input '{}': {error}", name.value),
     };
-    let hint = format!(
-        "looked for {}; inputs are files, named relative to the workflow file's folder",
-        path.display()
-    );
+    let hint = format!("looked for {}; inputs are files, named relative to the workflow file's folder", path.display());
     reporter.error_with_hint(name.at, problem, hint);
     None
 }
 
 fn outputs(reporter: &mut Reporter, job: &Section) -> Field<Vec<String>> {
     strings(reporter, job, "outputs", OUTPUTS_MAX).and_then(|patterns| {
-        let checked: Vec<bool> = patterns
-            .value
-            .iter()
-            .map(|pattern| check_relative(reporter, "outputs", pattern))
-            .collect();
+        let checked: Vec<bool> =
+            patterns.value.iter().map(|pattern| check_relative(reporter, "outputs", pattern)).collect();
         let all_ok = checked.into_iter().all(|ok| ok);
-        all_ok.then(|| {
-            patterns
-                .value
-                .iter()
-                .map(|pattern| pattern.value.to_string())
-                .collect()
-        })
+        all_ok.then(|| patterns.value.iter().map(|pattern| pattern.value.to_string()).collect())
     })
 }
 
@@ -313,17 +244,8 @@ mod tests {
         assert_eq!(message("1..3"), "cannot read tasks range '1..3'");
         assert_eq!(message("-1-3"), "cannot read tasks range '-1-3'");
         assert_eq!(message("a-3"), "cannot read tasks range 'a-3'");
-        assert_eq!(
-            message("3-1"),
-            "tasks range '3-1' is empty: 3 is more than 1"
-        );
-        assert_eq!(
-            message("0-100000"),
-            "tasks range '0-100000' has 100001 ids; at most 100000 are allowed"
-        );
-        assert_eq!(
-            message("1-99999999999999999999"),
-            "cannot read tasks range '1-99999999999999999999'"
-        );
+        assert_eq!(message("3-1"), "tasks range '3-1' is empty: 3 is more than 1");
+        assert_eq!(message("0-100000"), "tasks range '0-100000' has 100001 ids; at most 100000 are allowed");
+        assert_eq!(message("1-99999999999999999999"), "cannot read tasks range '1-99999999999999999999'");
     }
 }

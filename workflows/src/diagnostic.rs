@@ -14,11 +14,7 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            formatter,
-            "{}:{}:{}: {}",
-            self.path, self.line, self.column, self.message
-        )?;
+        write!(formatter, "{}:{}:{}: {}", self.path, self.line, self.column, self.message)?;
         if let Some(hint) = &self.hint {
             write!(formatter, "\n  hint: {hint}")?;
         }
@@ -28,10 +24,7 @@ impl fmt::Display for Diagnostic {
 
 /// Writes diagnostics one after another, each on its own line(s), as a command line would print them.
 pub fn render(diagnostics: &[Diagnostic]) -> String {
-    diagnostics
-        .iter()
-        .map(|diagnostic| format!("{diagnostic}\n"))
-        .collect()
+    diagnostics.iter().map(|diagnostic| format!("{diagnostic}\n")).collect()
 }
 
 /// A 1-based position in a file.
@@ -58,10 +51,7 @@ pub(crate) struct LineIndex<'a> {
 impl<'a> LineIndex<'a> {
     pub(crate) fn new(source: &'a str) -> LineIndex<'a> {
         let newlines = source.match_indices('\n').map(|(offset, _)| offset + 1);
-        LineIndex {
-            source,
-            line_starts: std::iter::once(0).chain(newlines).collect(),
-        }
+        LineIndex { source, line_starts: std::iter::once(0).chain(newlines).collect() }
     }
 
     /// The location of a byte offset; offsets past the end or inside a character are clamped back.
@@ -72,10 +62,7 @@ impl<'a> LineIndex<'a> {
         }
         let line = self.line_starts.partition_point(|&start| start <= offset) - 1;
         let column = self.source[self.line_starts[line]..offset].chars().count() + 1;
-        Location {
-            line: line + 1,
-            column,
-        }
+        Location { line: line + 1, column }
     }
 }
 
@@ -89,11 +76,7 @@ pub(crate) struct Reporter<'a> {
 
 impl<'a> Reporter<'a> {
     pub(crate) fn new(path: &'a str, source: &'a str) -> Reporter<'a> {
-        Reporter {
-            path,
-            lines: LineIndex::new(source),
-            diagnostics: Vec::new(),
-        }
+        Reporter { path, lines: LineIndex::new(source), diagnostics: Vec::new() }
     }
 
     pub(crate) fn location(&self, offset: usize) -> Location {
@@ -104,24 +87,13 @@ impl<'a> Reporter<'a> {
         self.push(offset, message.into(), None);
     }
 
-    pub(crate) fn error_with_hint(
-        &mut self,
-        offset: usize,
-        message: impl Into<String>,
-        hint: impl Into<String>,
-    ) {
+    pub(crate) fn error_with_hint(&mut self, offset: usize, message: impl Into<String>, hint: impl Into<String>) {
         self.push(offset, message.into(), Some(hint.into()));
     }
 
     fn push(&mut self, offset: usize, message: String, hint: Option<String>) {
         let Location { line, column } = self.location(offset);
-        self.diagnostics.push(Diagnostic {
-            path: self.path.to_string(),
-            line,
-            column,
-            message,
-            hint,
-        });
+        self.diagnostics.push(Diagnostic { path: self.path.to_string(), line, column, message, hint });
     }
 
     pub(crate) fn has_errors(&self) -> bool {
@@ -130,8 +102,7 @@ impl<'a> Reporter<'a> {
 
     /// The diagnostics in file order; problems found at one place keep the order they were found in.
     pub(crate) fn finish(mut self) -> Vec<Diagnostic> {
-        self.diagnostics
-            .sort_by_key(|diagnostic| (diagnostic.line, diagnostic.column));
+        self.diagnostics.sort_by_key(|diagnostic| (diagnostic.line, diagnostic.column));
         self.diagnostics
     }
 }
@@ -148,35 +119,19 @@ mod tests {
         assert_eq!(index.location(3), Location { line: 2, column: 1 });
         // 'ç' takes two bytes but one column.
         assert_eq!(index.location(5), Location { line: 2, column: 2 });
-        assert_eq!(
-            index.location(4),
-            Location { line: 2, column: 1 },
-            "inside a character: its start"
-        );
+        assert_eq!(index.location(4), Location { line: 2, column: 1 }, "inside a character: its start");
         assert_eq!(index.location(11), Location { line: 3, column: 1 });
         assert_eq!(index.location(12), Location { line: 4, column: 1 });
-        assert_eq!(
-            index.location(99),
-            Location { line: 4, column: 2 },
-            "past the end: the end"
-        );
+        assert_eq!(index.location(99), Location { line: 4, column: 2 }, "past the end: the end");
     }
 
     #[test]
     fn display_puts_the_hint_on_its_own_line() {
-        let mut diagnostic = Diagnostic {
-            path: "a.toml".into(),
-            line: 3,
-            column: 7,
-            message: "unknown key 'stpes'".into(),
-            hint: None,
-        };
+        let mut diagnostic =
+            Diagnostic { path: "a.toml".into(), line: 3, column: 7, message: "unknown key 'stpes'".into(), hint: None };
         assert_eq!(diagnostic.to_string(), "a.toml:3:7: unknown key 'stpes'");
         diagnostic.hint = Some("did you mean 'steps'?".into());
-        assert_eq!(
-            diagnostic.to_string(),
-            "a.toml:3:7: unknown key 'stpes'\n  hint: did you mean 'steps'?"
-        );
+        assert_eq!(diagnostic.to_string(), "a.toml:3:7: unknown key 'stpes'\n  hint: did you mean 'steps'?");
     }
 
     #[test]
@@ -185,18 +140,7 @@ mod tests {
         reporter.error(8, "second");
         reporter.error(0, "first");
         reporter.error(6, "also second line");
-        let messages: Vec<String> = reporter
-            .finish()
-            .into_iter()
-            .map(|d| d.to_string())
-            .collect();
-        assert_eq!(
-            messages,
-            [
-                "w.toml:1:1: first",
-                "w.toml:2:1: also second line",
-                "w.toml:2:3: second"
-            ]
-        );
+        let messages: Vec<String> = reporter.finish().into_iter().map(|d| d.to_string()).collect();
+        assert_eq!(messages, ["w.toml:1:1: first", "w.toml:2:1: also second line", "w.toml:2:3: second"]);
     }
 }

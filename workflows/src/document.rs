@@ -77,17 +77,10 @@ fn convert_table(table: &toml_edit::Table, fallback: usize) -> Table {
         .filter_map(|(key, item)| {
             let key_at = key.span().map_or(fallback, |span| span.start);
             let value = convert_item(item, key_at)?;
-            Some(Entry {
-                key: key.get().to_string(),
-                key_at,
-                value,
-            })
+            Some(Entry { key: key.get().to_string(), key_at, value })
         })
         .collect();
-    Table {
-        at: table.span().map_or(fallback, |span| span.start),
-        entries,
-    }
+    Table { at: table.span().map_or(fallback, |span| span.start), entries }
 }
 
 fn convert_item(item: &Item, key_at: usize) -> Option<Spanned> {
@@ -96,17 +89,11 @@ fn convert_item(item: &Item, key_at: usize) -> Option<Spanned> {
         Item::Value(value) => Some(convert_value(value, key_at)),
         Item::Table(table) => {
             let table = convert_table(table, key_at);
-            Some(Spanned {
-                at: table.at,
-                value: Value::Table(table),
-            })
+            Some(Spanned { at: table.at, value: Value::Table(table) })
         }
         Item::ArrayOfTables(array) => {
             let at = array.span().map_or(key_at, |span| span.start);
-            Some(Spanned {
-                at,
-                value: Value::ArrayOfTables,
-            })
+            Some(Spanned { at, value: Value::ArrayOfTables })
         }
     }
 }
@@ -119,12 +106,7 @@ fn convert_value(value: &TomlValue, fallback: usize) -> Spanned {
         TomlValue::Float(number) => Value::Float(*number.value()),
         TomlValue::Boolean(flag) => Value::Boolean(*flag.value()),
         TomlValue::Datetime(_) => Value::Datetime,
-        TomlValue::Array(array) => Value::Array(
-            array
-                .iter()
-                .map(|element| convert_value(element, at))
-                .collect(),
-        ),
+        TomlValue::Array(array) => Value::Array(array.iter().map(|element| convert_value(element, at)).collect()),
         TomlValue::InlineTable(inline) => Value::Table(convert_inline_table(inline, at)),
     };
     Spanned { value, at }
@@ -137,11 +119,7 @@ fn convert_inline_table(table: &toml_edit::InlineTable, at: usize) -> Table {
         .filter_map(|(key, item)| {
             let key_at = key.span().map_or(at, |span| span.start);
             let value = convert_item(item, key_at)?;
-            Some(Entry {
-                key: key.get().to_string(),
-                key_at,
-                value,
-            })
+            Some(Entry { key: key.get().to_string(), key_at, value })
         })
         .collect();
     Table { at, entries }
@@ -159,44 +137,21 @@ mod tests {
     fn every_table_and_value_knows_where_it_starts() {
         let source = "name = \"w\"\n[jobs.a]\nkind = \"md\"\nrun.steps = 10\nsystem = { cells = [1, 2] }\n[jobs.a.potential]\ncutoff = 2.5\n";
         let root = parse(source).unwrap();
-        assert_eq!(
-            root.get("name").unwrap().value.at,
-            offset_of(source, "\"w\"")
-        );
-        let Value::Table(jobs) = &root.get("jobs").unwrap().value.value else {
-            panic!("jobs is not a table")
-        };
-        assert_eq!(
-            jobs.at,
-            offset_of(source, "jobs.a"),
-            "an implicit table is where its key first appears"
-        );
-        let Value::Table(job) = &jobs.get("a").unwrap().value.value else {
-            panic!("job is not a table")
-        };
+        assert_eq!(root.get("name").unwrap().value.at, offset_of(source, "\"w\""));
+        let Value::Table(jobs) = &root.get("jobs").unwrap().value.value else { panic!("jobs is not a table") };
+        assert_eq!(jobs.at, offset_of(source, "jobs.a"), "an implicit table is where its key first appears");
+        let Value::Table(job) = &jobs.get("a").unwrap().value.value else { panic!("job is not a table") };
         assert_eq!(job.at, offset_of(source, "[jobs.a]"));
         let keys: Vec<&str> = job.entries.iter().map(|entry| entry.key.as_str()).collect();
         assert_eq!(keys, ["kind", "run", "system", "potential"]);
-        let Value::Table(run) = &job.get("run").unwrap().value.value else {
-            panic!("run is not a table")
-        };
-        assert_eq!(
-            run.at,
-            offset_of(source, "run.steps"),
-            "a dotted table is at its key"
-        );
+        let Value::Table(run) = &job.get("run").unwrap().value.value else { panic!("run is not a table") };
+        assert_eq!(run.at, offset_of(source, "run.steps"), "a dotted table is at its key");
         assert_eq!(run.get("steps").unwrap().key_at, offset_of(source, "steps"));
-        let Value::Table(system) = &job.get("system").unwrap().value.value else {
-            panic!("system is not a table")
-        };
+        let Value::Table(system) = &job.get("system").unwrap().value.value else { panic!("system is not a table") };
         assert_eq!(system.at, offset_of(source, "{ cells"));
-        let Value::Array(cells) = &system.get("cells").unwrap().value.value else {
-            panic!("cells is not an array")
-        };
+        let Value::Array(cells) = &system.get("cells").unwrap().value.value else { panic!("cells is not an array") };
         assert_eq!(cells[1].at, offset_of(source, "2]"));
-        let Value::Table(potential) = &job.get("potential").unwrap().value.value else {
-            panic!("no potential")
-        };
+        let Value::Table(potential) = &job.get("potential").unwrap().value.value else { panic!("no potential") };
         assert_eq!(potential.at, offset_of(source, "[jobs.a.potential]"));
     }
 

@@ -85,12 +85,7 @@ impl<'t> Section<'t> {
     }
 
     /// Reports a required key that is absent, at the table's header.
-    pub(crate) fn require<T>(
-        &self,
-        reporter: &mut Reporter,
-        key: &str,
-        field: Field<T>,
-    ) -> Option<Located<T>> {
+    pub(crate) fn require<T>(&self, reporter: &mut Reporter, key: &str, field: Field<T>) -> Option<Located<T>> {
         match field {
             Field::Found(found) => Some(found),
             Field::Invalid => None,
@@ -126,10 +121,7 @@ impl<'t> Section<'t> {
         self.integer(reporter, key).and_then(|found| {
             let positive = u64::try_from(found.value).ok().filter(|&value| value > 0);
             if positive.is_none() {
-                reporter.error(
-                    found.at,
-                    format!("'{key}' must be positive, found {}", found.value),
-                );
+                reporter.error(found.at, format!("'{key}' must be positive, found {}", found.value));
             }
             positive
         })
@@ -139,10 +131,7 @@ impl<'t> Section<'t> {
         self.integer(reporter, key).and_then(|found| {
             let value = u64::try_from(found.value).ok();
             if value.is_none() {
-                reporter.error(
-                    found.at,
-                    format!("'{key}' must not be negative, found {}", found.value),
-                );
+                reporter.error(found.at, format!("'{key}' must not be negative, found {}", found.value));
             }
             value
         })
@@ -157,10 +146,7 @@ impl<'t> Section<'t> {
         match spanned.value {
             Value::Float(value) if value.is_finite() => found(value, spanned.at),
             Value::Float(value) => {
-                reporter.error(
-                    spanned.at,
-                    format!("'{key}' must be a finite number, found {value}"),
-                );
+                reporter.error(spanned.at, format!("'{key}' must be a finite number, found {value}"));
                 Field::Invalid
             }
             Value::Integer(value) => found(value as f64, spanned.at),
@@ -173,10 +159,7 @@ impl<'t> Section<'t> {
             if found.value > 0.0 {
                 return Some(found.value);
             }
-            reporter.error(
-                found.at,
-                format!("'{key}' must be positive, found {}", found.value),
-            );
+            reporter.error(found.at, format!("'{key}' must be positive, found {}", found.value));
             None
         })
     }
@@ -186,10 +169,7 @@ impl<'t> Section<'t> {
             if found.value >= 0.0 {
                 return Some(found.value);
             }
-            reporter.error(
-                found.at,
-                format!("'{key}' must not be negative, found {}", found.value),
-            );
+            reporter.error(found.at, format!("'{key}' must not be negative, found {}", found.value));
             None
         })
     }
@@ -227,14 +207,7 @@ impl<'t> Section<'t> {
             return Field::Absent;
         };
         match &entry.value.value {
-            Value::Table(table) => found(
-                Section {
-                    table,
-                    job: self.job,
-                    name: key,
-                },
-                entry.value.at,
-            ),
+            Value::Table(table) => found(Section { table, job: self.job, name: key }, entry.value.at),
             _ => wrong_type(reporter, "a table", key, &entry.value),
         }
     }
@@ -251,11 +224,7 @@ pub(crate) fn integer_value(reporter: &mut Reporter, key: &str, spanned: &Spanne
     }
 }
 
-pub(crate) fn string_value<'t>(
-    reporter: &mut Reporter,
-    key: &str,
-    spanned: &'t Spanned,
-) -> Field<&'t str> {
+pub(crate) fn string_value<'t>(reporter: &mut Reporter, key: &str, spanned: &'t Spanned) -> Field<&'t str> {
     match &spanned.value {
         Value::String(text) => found(text.as_str(), spanned.at),
         _ => wrong_type(reporter, "a string", key, spanned),
@@ -263,16 +232,8 @@ pub(crate) fn string_value<'t>(
 }
 
 /// Reports `expected X for 'key', found Y`, with a hint where the fix is clear.
-pub(crate) fn wrong_type<T>(
-    reporter: &mut Reporter,
-    expected: &str,
-    key: &str,
-    spanned: &Spanned,
-) -> Field<T> {
-    let message = format!(
-        "expected {expected} for '{key}', found {}",
-        spanned.value.type_name()
-    );
+pub(crate) fn wrong_type<T>(reporter: &mut Reporter, expected: &str, key: &str, spanned: &Spanned) -> Field<T> {
+    let message = format!("expected {expected} for '{key}', found {}", spanned.value.type_name());
     match type_hint(expected, &spanned.value) {
         Some(hint) => reporter.error_with_hint(spanned.at, message, hint),
         None => reporter.error(spanned.at, message),
@@ -285,20 +246,13 @@ fn type_hint(expected: &str, value: &Value) -> Option<String> {
         Value::String(text) if expected != "a string" && text.trim().parse::<f64>().is_ok() => {
             Some(format!("remove the quotes: {}", text.trim()))
         }
-        Value::Float(number)
-            if expected == "an integer" && number.fract() == 0.0 && number.abs() < 1e15 =>
-        {
-            Some(format!(
-                "write a whole number without a decimal point: {}",
-                *number as i64
-            ))
+        Value::Float(number) if expected == "an integer" && number.fract() == 0.0 && number.abs() < 1e15 => {
+            Some(format!("write a whole number without a decimal point: {}", *number as i64))
         }
         Value::Integer(_) | Value::Float(_) | Value::Boolean(_) if expected == "a string" => {
             Some("put the value in double quotes".to_string())
         }
-        Value::ArrayOfTables if expected == "a table" => {
-            Some("use single brackets: [table], not [[table]]".into())
-        }
+        Value::ArrayOfTables if expected == "a table" => Some("use single brackets: [table], not [[table]]".into()),
         _ => None,
     }
 }
@@ -325,22 +279,14 @@ pub(crate) fn report_unknown<'e>(
 }
 
 /// The candidate most like `word`, if any is close enough to be what was meant.
-pub(crate) fn closest<'c>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'c str>,
-) -> Option<&'c str> {
+pub(crate) fn closest<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
     // Jaro-Winkler favours a shared prefix, which matches how keys get mistyped or shortened
     // (`chunk` for `chunk_steps`); 0.8 keeps unrelated words out.
     const SIMILARITY_MIN: f64 = 0.8;
     let word = word.to_lowercase();
     candidates
         .into_iter()
-        .map(|candidate| {
-            (
-                strsim::jaro_winkler(&word, &candidate.to_lowercase()),
-                candidate,
-            )
-        })
+        .map(|candidate| (strsim::jaro_winkler(&word, &candidate.to_lowercase()), candidate))
         .filter(|&(similarity, _)| similarity >= SIMILARITY_MIN)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, candidate)| candidate)

@@ -10,11 +10,7 @@ const CYCLE_HINT: &str = "a job starts only when every job in its 'after' list h
 
 /// Reports unknown names, self-dependencies, repeated names and cycles.
 pub(crate) fn check(reporter: &mut Reporter, jobs: &[Dependencies]) {
-    let index: HashMap<&str, usize> = jobs
-        .iter()
-        .enumerate()
-        .map(|(position, job)| (job.name, position))
-        .collect();
+    let index: HashMap<&str, usize> = jobs.iter().enumerate().map(|(position, job)| (job.name, position)).collect();
     let mut edges: Vec<Vec<(usize, usize)>> = Vec::with_capacity(jobs.len());
     for job in jobs {
         edges.push(check_names(reporter, job, jobs, &index));
@@ -37,24 +33,15 @@ fn check_names(
                 format!("job '{name}' cannot run after itself"),
                 format!("remove '{name}' from its 'after' list"),
             );
-        } else if job.after[..position]
-            .iter()
-            .any(|earlier| earlier.value == *name)
-        {
+        } else if job.after[..position].iter().any(|earlier| earlier.value == *name) {
             reporter.error(*at, format!("'{name}' appears twice in 'after'"));
         } else if let Some(&target) = index.get(name) {
             edges.push((target, *at));
         } else {
-            let names = jobs
-                .iter()
-                .map(|other| other.name)
-                .filter(|other| *other != job.name);
+            let names = jobs.iter().map(|other| other.name).filter(|other| *other != job.name);
             let hint = match closest(name, names.clone()) {
                 Some(suggestion) => format!("did you mean '{suggestion}'?"),
-                None => format!(
-                    "jobs in this file: {}",
-                    names.collect::<Vec<_>>().join(", ")
-                ),
+                None => format!("jobs in this file: {}", names.collect::<Vec<_>>().join(", ")),
             };
             reporter.error_with_hint(*at, format!("'after' names unknown job '{name}'"), hint);
         }
@@ -100,25 +87,9 @@ fn find_cycles(reporter: &mut Reporter, jobs: &[Dependencies], edges: &[Vec<(usi
     }
 }
 
-fn report_cycle(
-    reporter: &mut Reporter,
-    jobs: &[Dependencies],
-    path: &[(usize, usize)],
-    target: usize,
-    at: usize,
-) {
-    let start = path
-        .iter()
-        .position(|&(job, _)| job == target)
-        .expect("a job on the path is in the path");
-    let mut names: Vec<&str> = path[start..]
-        .iter()
-        .map(|&(job, _)| jobs[job].name)
-        .collect();
+fn report_cycle(reporter: &mut Reporter, jobs: &[Dependencies], path: &[(usize, usize)], target: usize, at: usize) {
+    let start = path.iter().position(|&(job, _)| job == target).expect("a job on the path is in the path");
+    let mut names: Vec<&str> = path[start..].iter().map(|&(job, _)| jobs[job].name).collect();
     names.push(jobs[target].name);
-    reporter.error_with_hint(
-        at,
-        format!("cycle in 'after': {}", names.join(" -> ")),
-        CYCLE_HINT,
-    );
+    reporter.error_with_hint(at, format!("cycle in 'after': {}", names.join(" -> ")), CYCLE_HINT);
 }

@@ -38,11 +38,7 @@ pub(crate) fn read<'t>(
     table: &'t Table,
     base_dir: &Path,
 ) -> (Dependencies<'t>, Option<Job>) {
-    let section = Section {
-        table,
-        job: name,
-        name: "",
-    };
+    let section = Section { table, job: name, name: "" };
     let kind = kind(reporter, &section);
     check_keys(reporter, &section, kind);
     let after = after(reporter, &section);
@@ -64,10 +60,7 @@ pub(crate) fn read<'t>(
         }),
         _ => None,
     };
-    let dependencies = Dependencies {
-        name,
-        after: after.unwrap_or_default(),
-    };
+    let dependencies = Dependencies { name, after: after.unwrap_or_default() };
     (dependencies, job)
 }
 
@@ -80,8 +73,7 @@ fn kind(reporter: &mut Reporter, job: &Section) -> Option<Kind> {
         other => {
             let hint = match closest(other, KINDS.iter().copied()) {
                 Some(suggestion) => format!("did you mean '{suggestion}'?"),
-                None => "kind is \"md\" (a molecular dynamics run) or \"command\" (a program)"
-                    .to_string(),
+                None => "kind is \"md\" (a molecular dynamics run) or \"command\" (a program)".to_string(),
             };
             reporter.error_with_hint(kind.at, format!("unknown kind '{other}'"), hint);
             None
@@ -99,19 +91,13 @@ fn check_keys(reporter: &mut Reporter, job: &Section, kind: Option<Kind>) {
             return job.check_keys(reporter, &all);
         }
     };
-    let (of_other_kind, rest): (Vec<&Entry>, Vec<&Entry>) = job
-        .table
-        .entries
-        .iter()
-        .partition(|entry| other.contains(&entry.key.as_str()));
+    let (of_other_kind, rest): (Vec<&Entry>, Vec<&Entry>) =
+        job.table.entries.iter().partition(|entry| other.contains(&entry.key.as_str()));
     for entry in of_other_kind {
         reporter.error_with_hint(
             entry.key_at,
             format!("'{}' applies only to {other_name} jobs", entry.key),
-            format!(
-                "job '{}' has kind = \"{own_name}\"; remove '{}' or change the kind",
-                job.job, entry.key
-            ),
+            format!("job '{}' has kind = \"{own_name}\"; remove '{}' or change the kind", job.job, entry.key),
         );
     }
     let own_keys: Vec<&str> = [COMMON_KEYS, own].concat();
@@ -139,11 +125,8 @@ fn replicas(reporter: &mut Reporter, job: &Section, kind: Option<Kind>) -> Optio
 
 fn after<'t>(reporter: &mut Reporter, job: &Section<'t>) -> Option<Vec<Located<&'t str>>> {
     let names = job.array(reporter, "after").and_then(|array| {
-        let names: Vec<Field<&str>> = array
-            .value
-            .iter()
-            .map(|element| string_value(reporter, "after", element))
-            .collect();
+        let names: Vec<Field<&str>> =
+            array.value.iter().map(|element| string_value(reporter, "after", element)).collect();
         names
             .into_iter()
             .map(|name| match name {
@@ -161,18 +144,10 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
         return Err("is empty".into());
     }
     if name.len() > NAME_BYTES_MAX {
-        return Err(format!(
-            "is {} bytes long; at most {NAME_BYTES_MAX} are allowed",
-            name.len()
-        ));
+        return Err(format!("is {} bytes long; at most {NAME_BYTES_MAX} are allowed", name.len()));
     }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
-    {
-        return Err(format!(
-            "contains '{bad}'; only letters, digits, '-' and '_' are allowed"
-        ));
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
+        return Err(format!("contains '{bad}'; only letters, digits, '-' and '_' are allowed"));
     }
     Ok(())
 }

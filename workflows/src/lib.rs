@@ -22,9 +22,7 @@ use std::path::{Path, PathBuf};
 use upglobe_kernels::system::PhysicalSystem;
 use upglobe_protocol::messages::Resources;
 
-pub use command::{
-    ARGUMENTS_MAX, INPUTS_MAX, OUTPUTS_MAX, TASKS_MAX, TIMEOUT_S_DEFAULT, TIMEOUT_S_MAX, task_range,
-};
+pub use command::{ARGUMENTS_MAX, INPUTS_MAX, OUTPUTS_MAX, TASKS_MAX, TIMEOUT_S_DEFAULT, TIMEOUT_S_MAX, task_range};
 pub use diagnostic::{Diagnostic, Location, render};
 pub use job::{COMMAND_REPLICAS_DEFAULT, MD_REPLICAS_DEFAULT, NAME_BYTES_MAX};
 pub use resources::parse_memory;
@@ -98,13 +96,7 @@ pub struct InputFile {
 pub fn load(path: &Path) -> Result<Workflow, Vec<Diagnostic>> {
     let label = path.display().to_string();
     let source = read_source(path).map_err(|(message, hint)| {
-        vec![Diagnostic {
-            path: label.clone(),
-            line: 1,
-            column: 1,
-            message,
-            hint: Some(hint),
-        }]
+        vec![Diagnostic { path: label.clone(), line: 1, column: 1, message, hint: Some(hint) }]
     })?;
     let base_dir = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
@@ -115,10 +107,7 @@ pub fn load(path: &Path) -> Result<Workflow, Vec<Diagnostic>> {
 
 fn read_source(path: &Path) -> Result<String, (String, String)> {
     let cannot = |error: std::io::Error| {
-        (
-            format!("cannot read the workflow file: {error}"),
-            "check the path and that the file is readable".to_string(),
-        )
+        (format!("cannot read the workflow file: {error}"), "check the path and that the file is readable".to_string())
     };
     let size = std::fs::metadata(path).map_err(cannot)?.len();
     if size > SOURCE_BYTES_MAX {
@@ -130,10 +119,7 @@ fn read_source(path: &Path) -> Result<String, (String, String)> {
     let bytes = std::fs::read(path).map_err(cannot)?;
     String::from_utf8(bytes).map_err(|error| {
         (
-            format!(
-                "the workflow file is not UTF-8 text (byte {} is not)",
-                error.utf8_error().valid_up_to()
-            ),
+            format!("the workflow file is not UTF-8 text (byte {} is not)", error.utf8_error().valid_up_to()),
             "TOML files are UTF-8; save the file as UTF-8".to_string(),
         )
     })
@@ -149,9 +135,7 @@ pub fn parse(path_label: &str, base_dir: &Path, source: &str) -> Result<Workflow
         Err((message, at)) => {
             let hint = syntax_hint(&message);
             match hint {
-                Some(hint) => {
-                    reporter.error_with_hint(at, format!("syntax error: {message}"), hint)
-                }
+                Some(hint) => reporter.error_with_hint(at, format!("syntax error: {message}"), hint),
                 None => reporter.error(at, format!("syntax error: {message}")),
             }
             return Err(reporter.finish());
@@ -161,10 +145,7 @@ pub fn parse(path_label: &str, base_dir: &Path, source: &str) -> Result<Workflow
     match workflow {
         Some(workflow) if !reporter.has_errors() => Ok(workflow),
         _ => {
-            assert!(
-                reporter.has_errors(),
-                "a workflow was rejected without a diagnostic"
-            );
+            assert!(reporter.has_errors(), "a workflow was rejected without a diagnostic");
             Err(reporter.finish())
         }
     }

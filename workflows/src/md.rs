@@ -13,15 +13,7 @@ use crate::diagnostic::Reporter;
 use crate::document::Value;
 use crate::fields::{Field, Located, Section, integer_value, wrong_type};
 
-pub(crate) const SYSTEM_KEYS: &[&str] = &[
-    "lattice",
-    "data",
-    "cells",
-    "density",
-    "temperature",
-    "seed",
-    "mass",
-];
+pub(crate) const SYSTEM_KEYS: &[&str] = &["lattice", "data", "cells", "density", "temperature", "seed", "mass"];
 const POTENTIAL_KEYS: &[&str] = &["cutoff", "epsilon", "sigma", "shift"];
 const RUN_KEYS: &[&str] = &["timestep", "steps", "chunk_steps", "thermo"];
 const THERMOSTAT_KEYS: &[&str] = &["temperature", "damping", "seed"];
@@ -64,41 +56,21 @@ enum Source<'t> {
 
 /// The atoms before the potential and run settings complete them into a system.
 enum Atoms {
-    Lattice {
-        cells: [usize; 3],
-        density: f64,
-        temperature: f64,
-        seed: u64,
-        mass: f64,
-    },
-    Data {
-        file: Box<DataFile>,
-        label: String,
-        at: usize,
-        velocities: Option<(f64, u64)>,
-    },
+    Lattice { cells: [usize; 3], density: f64, temperature: f64, seed: u64, mass: f64 },
+    Data { file: Box<DataFile>, label: String, at: usize, velocities: Option<(f64, u64)> },
 }
 
 pub(crate) fn read(reporter: &mut Reporter, job: &Section, base_dir: &Path) -> Option<MdJob> {
     let tables = tables(reporter, job);
-    let source = tables
-        .system
-        .as_ref()
-        .and_then(|system| source(reporter, system));
+    let source = tables.system.as_ref().and_then(|system| source(reporter, system));
     let atoms = match (&tables.system, &source) {
         (Some(system), Some(Source::Lattice)) => lattice_atoms(reporter, system),
         (Some(system), Some(Source::Data(data))) => data_atoms(reporter, system, data, base_dir),
         _ => None,
     };
-    let run = tables
-        .run
-        .as_ref()
-        .and_then(|section| run(reporter, section));
+    let run = tables.run.as_ref().and_then(|section| run(reporter, section));
     let from_data = matches!(source, Some(Source::Data(_)));
-    let potential = tables
-        .potential
-        .as_ref()
-        .and_then(|section| potential(reporter, section, from_data));
+    let potential = tables.potential.as_ref().and_then(|section| potential(reporter, section, from_data));
     let timestep = run.as_ref().map(|run| run.timestep);
     let langevin = match tables.thermostat? {
         Some(thermostat) => Some(langevin(reporter, &thermostat, timestep)?),
@@ -112,48 +84,33 @@ pub(crate) fn read(reporter: &mut Reporter, job: &Section, base_dir: &Path) -> O
     let mut system = build(reporter, atoms, &potential, &run)?;
     system.params.langevin = langevin;
     check_system(reporter, &system_section, &system, &potential, data_at)?;
-    Some(MdJob {
-        system,
-        total_steps: run.total_steps,
-        chunk_steps: run.chunk_steps,
-        thermo_every: run.thermo_every,
-    })
+    Some(MdJob { system, total_steps: run.total_steps, chunk_steps: run.chunk_steps, thermo_every: run.thermo_every })
 }
 
 fn tables<'t>(reporter: &mut Reporter, job: &Section<'t>) -> Tables<'t> {
-    let mut required =
-        |name: &'static str, keys: &[&str], needs: &str| match job.section(reporter, name) {
-            Field::Found(found) => {
-                found.value.check_keys(reporter, keys);
-                Some(found.value)
-            }
-            Field::Invalid => None,
-            Field::Absent => {
-                reporter.error_with_hint(
-                    job.table.at,
-                    format!("job '{}' is missing '{name}'", job.job),
-                    format!("add a [jobs.{}.{name}] table with {needs}", job.job),
-                );
-                None
-            }
-        };
-    let system = required(
-        "system",
-        SYSTEM_KEYS,
-        "lattice = \"fcc\" or data = \"file.data\"",
-    );
+    let mut required = |name: &'static str, keys: &[&str], needs: &str| match job.section(reporter, name) {
+        Field::Found(found) => {
+            found.value.check_keys(reporter, keys);
+            Some(found.value)
+        }
+        Field::Invalid => None,
+        Field::Absent => {
+            reporter.error_with_hint(
+                job.table.at,
+                format!("job '{}' is missing '{name}'", job.job),
+                format!("add a [jobs.{}.{name}] table with {needs}", job.job),
+            );
+            None
+        }
+    };
+    let system = required("system", SYSTEM_KEYS, "lattice = \"fcc\" or data = \"file.data\"");
     let potential = required("potential", POTENTIAL_KEYS, "cutoff = 2.5");
     let run = required("run", RUN_KEYS, "steps and chunk_steps");
     let thermostat = job.section(reporter, "thermostat").optional();
     if let Some(Some(thermostat)) = &thermostat {
         thermostat.value.check_keys(reporter, THERMOSTAT_KEYS);
     }
-    Tables {
-        system,
-        potential,
-        run,
-        thermostat: thermostat.map(|found| found.map(|found| found.value)),
-    }
+    Tables { system, potential, run, thermostat: thermostat.map(|found| found.map(|found| found.value)) }
 }
 
 /// Exactly one of `lattice` and `data`.
@@ -192,16 +149,13 @@ fn source<'t>(reporter: &mut Reporter, system: &Section<'t>) -> Option<Source<'t
 }
 
 fn run(reporter: &mut Reporter, run: &Section) -> Option<Run> {
-    let timestep = run
-        .positive_number(reporter, "timestep")
-        .or(TIMESTEP_DEFAULT);
+    let timestep = run.positive_number(reporter, "timestep").or(TIMESTEP_DEFAULT);
     let total_steps = run.positive_integer(reporter, "steps");
     let total_steps = run.require(reporter, "steps", total_steps);
     let chunk_steps = run.positive_integer(reporter, "chunk_steps");
     let chunk_steps = run.require(reporter, "chunk_steps", chunk_steps);
     let thermo = run.positive_integer(reporter, "thermo").optional();
-    let (timestep, total_steps, chunk_steps, thermo) =
-        (timestep?, total_steps?, chunk_steps?, thermo?);
+    let (timestep, total_steps, chunk_steps, thermo) = (timestep?, total_steps?, chunk_steps?, thermo?);
     let chunks_ok = check_chunks(reporter, &total_steps, &chunk_steps);
     let thermo_every = match thermo {
         Some(thermo) => check_thermo(reporter, &thermo, chunk_steps.value).then_some(thermo.value),
@@ -216,11 +170,7 @@ fn run(reporter: &mut Reporter, run: &Section) -> Option<Run> {
 }
 
 /// Chunks are the unit of work and verification, so they must tile the run exactly.
-fn check_chunks(
-    reporter: &mut Reporter,
-    total_steps: &Located<u64>,
-    chunk_steps: &Located<u64>,
-) -> bool {
+fn check_chunks(reporter: &mut Reporter, total_steps: &Located<u64>, chunk_steps: &Located<u64>) -> bool {
     let (steps, chunk) = (total_steps.value, chunk_steps.value);
     if !steps.is_multiple_of(chunk) {
         let multiples = nearest_multiples(steps, chunk);
@@ -228,9 +178,7 @@ fn check_chunks(
             chunk_steps.at,
             format!("chunk_steps {chunk} does not divide steps {steps}"),
             match nearest_divisors(steps, chunk) {
-                Some(divisors) => format!(
-                    "use chunk_steps = {divisors} (dividing {steps}), or steps = {multiples}"
-                ),
+                Some(divisors) => format!("use chunk_steps = {divisors} (dividing {steps}), or steps = {multiples}"),
                 None => format!("use steps = {multiples} (multiples of {chunk})"),
             },
         );
@@ -239,7 +187,10 @@ fn check_chunks(
     if steps / chunk > CHUNKS_PER_JOB_MAX {
         reporter.error_with_hint(
             chunk_steps.at,
-            format!("{steps} steps in chunks of {chunk} make {} chunks; at most {CHUNKS_PER_JOB_MAX} are allowed", steps / chunk),
+            format!(
+                "{steps} steps in chunks of {chunk} make {} chunks; at most {CHUNKS_PER_JOB_MAX} are allowed",
+                steps / chunk
+            ),
             format!("use chunk_steps of at least {}", steps.div_ceil(CHUNKS_PER_JOB_MAX)),
         );
         return false;
@@ -258,10 +209,7 @@ fn check_thermo(reporter: &mut Reporter, thermo: &Located<u64>, chunk_steps: u64
     };
     reporter.error_with_hint(
         thermo.at,
-        format!(
-            "thermo {} does not divide chunk_steps {chunk_steps}",
-            thermo.value
-        ),
+        format!("thermo {} does not divide chunk_steps {chunk_steps}", thermo.value),
         hint,
     );
     false
@@ -273,9 +221,8 @@ pub(crate) fn nearest_divisors(number: u64, near: u64) -> Option<String> {
         .rev()
         .take(DIVISOR_SEARCH_MAX as usize)
         .find(|&candidate| number.is_multiple_of(candidate));
-    let above = (near + 1..=number)
-        .take(DIVISOR_SEARCH_MAX as usize)
-        .find(|&candidate| number.is_multiple_of(candidate));
+    let above =
+        (near + 1..=number).take(DIVISOR_SEARCH_MAX as usize).find(|&candidate| number.is_multiple_of(candidate));
     // A divisor of 1 is no useful suggestion for a chunk or thermo interval unless it is all there is.
     let below = below.filter(|&divisor| divisor > 1 || above.is_none());
     match (below, above) {
@@ -289,11 +236,7 @@ pub(crate) fn nearest_divisors(number: u64, near: u64) -> Option<String> {
 fn nearest_multiples(number: u64, step: u64) -> String {
     let below = number / step * step;
     let above = below.saturating_add(step);
-    if below == 0 {
-        above.to_string()
-    } else {
-        format!("{below} or {above}")
-    }
+    if below == 0 { above.to_string() } else { format!("{below} or {above}") }
 }
 
 fn potential(reporter: &mut Reporter, potential: &Section, from_data: bool) -> Option<Potential> {
@@ -310,12 +253,7 @@ fn potential(reporter: &mut Reporter, potential: &Section, from_data: bool) -> O
     }
     let epsilon = potential.non_negative_number(reporter, "epsilon").or(1.0);
     let sigma = potential.positive_number(reporter, "sigma").or(1.0);
-    Some(Potential {
-        cutoff: cutoff?,
-        epsilon: epsilon?,
-        sigma: sigma?,
-        shift: shift?,
-    })
+    Some(Potential { cutoff: cutoff?, epsilon: epsilon?, sigma: sigma?, shift: shift? })
 }
 
 /// Reports keys that only make sense for generated (lattice) systems.
@@ -331,11 +269,7 @@ fn reject_for_data(reporter: &mut Reporter, section: &Section, keys: &[&str], wh
     }
 }
 
-fn langevin(
-    reporter: &mut Reporter,
-    thermostat: &Section,
-    timestep: Option<f64>,
-) -> Option<Langevin> {
+fn langevin(reporter: &mut Reporter, thermostat: &Section, timestep: Option<f64>) -> Option<Langevin> {
     let temperature = thermostat.non_negative_number(reporter, "temperature");
     let temperature = thermostat.require(reporter, "temperature", temperature);
     let damping = thermostat.positive_number(reporter, "damping");
@@ -349,15 +283,14 @@ fn langevin(
         reporter.error_with_hint(
             damping.at,
             format!("damping {} is far shorter than the timestep {timestep}", damping.value),
-            format!("damping is a time in the units of timestep; about 100 timesteps is typical: damping = {}", timestep * 100.0),
+            format!(
+                "damping is a time in the units of timestep; about 100 timesteps is typical: damping = {}",
+                timestep * 100.0
+            ),
         );
         return None;
     }
-    Some(Langevin {
-        temperature: temperature.value,
-        damping: damping.value,
-        seed: seed.value,
-    })
+    Some(Langevin { temperature: temperature.value, damping: damping.value, seed: seed.value })
 }
 
 fn lattice_atoms(reporter: &mut Reporter, system: &Section) -> Option<Atoms> {
@@ -380,25 +313,10 @@ fn lattice_atoms(reporter: &mut Reporter, system: &Section) -> Option<Atoms> {
 }
 
 /// Completes the atoms with the potential and run settings.
-fn build(
-    reporter: &mut Reporter,
-    atoms: Atoms,
-    potential: &Potential,
-    run: &Run,
-) -> Option<PhysicalSystem> {
+fn build(reporter: &mut Reporter, atoms: Atoms, potential: &Potential, run: &Run) -> Option<PhysicalSystem> {
     match atoms {
-        Atoms::Lattice {
-            cells,
-            density,
-            temperature,
-            seed,
-            mass,
-        } => {
-            let pair = PairCoeff {
-                epsilon: potential.epsilon,
-                sigma: potential.sigma,
-                cutoff: potential.cutoff.value,
-            };
+        Atoms::Lattice { cells, density, temperature, seed, mass } => {
+            let pair = PairCoeff { epsilon: potential.epsilon, sigma: potential.sigma, cutoff: potential.cutoff.value };
             let lattice = FccLattice {
                 cells,
                 density,
@@ -412,17 +330,8 @@ fn build(
             };
             Some(lattice.build())
         }
-        Atoms::Data {
-            file,
-            label,
-            at,
-            velocities,
-        } => {
-            let settings = Settings {
-                cutoff: potential.cutoff.value,
-                shift: potential.shift,
-                timestep: run.timestep,
-            };
+        Atoms::Data { file, label, at, velocities } => {
+            let settings = Settings { cutoff: potential.cutoff.value, shift: potential.shift, timestep: run.timestep };
             let mut system = match file.to_system(&label, &settings) {
                 Ok(system) => system,
                 Err(error) => {
@@ -448,38 +357,26 @@ fn cells(reporter: &mut Reporter, system: &Section) -> Field<[usize; 3]> {
     let at = entry.value.at;
     let counts: Vec<Field<i64>> = match &entry.value.value {
         Value::Integer(_) => vec![integer_value(reporter, "cells", &entry.value)],
-        Value::Array(elements) if elements.len() == 3 => elements
-            .iter()
-            .map(|element| integer_value(reporter, "cells", element))
-            .collect(),
+        Value::Array(elements) if elements.len() == 3 => {
+            elements.iter().map(|element| integer_value(reporter, "cells", element)).collect()
+        }
         Value::Array(elements) => {
             reporter.error_with_hint(
                 at,
-                format!(
-                    "'cells' has {} numbers; it needs 3 (x, y, z)",
-                    elements.len()
-                ),
+                format!("'cells' has {} numbers; it needs 3 (x, y, z)", elements.len()),
                 "write cells = [10, 10, 10], or cells = 10 for a cube",
             );
             return Field::Invalid;
         }
         _ => {
-            return wrong_type(
-                reporter,
-                "an integer or an array of 3 integers",
-                "cells",
-                &entry.value,
-            );
+            return wrong_type(reporter, "an integer or an array of 3 integers", "cells", &entry.value);
         }
     };
     let mut cells = Vec::with_capacity(3);
     for count in counts {
         match count {
             Field::Found(count) if count.value > 0 => cells.push(count.value as usize),
-            Field::Found(count) => reporter.error(
-                count.at,
-                format!("'cells' must be positive, found {}", count.value),
-            ),
+            Field::Found(count) => reporter.error(count.at, format!("'cells' must be positive, found {}", count.value)),
             Field::Absent | Field::Invalid => {}
         }
     }
@@ -490,24 +387,15 @@ fn cells(reporter: &mut Reporter, system: &Section) -> Field<[usize; 3]> {
     };
     let atoms = 4 * cells.iter().map(|&count| count as u128).product::<u128>();
     if atoms > ATOMS_MAX as u128 {
-        reporter.error(
-            at,
-            format!("{atoms} atoms (4 per cell); at most {ATOMS_MAX} are supported"),
-        );
+        reporter.error(at, format!("{atoms} atoms (4 per cell); at most {ATOMS_MAX} are supported"));
         return Field::Invalid;
     }
     Field::Found(Located { value: cells, at })
 }
 
-const DATA_HINT: &str =
-    "'data' names a LAMMPS data file written by write_data (atom_style atomic, pair_style lj/cut)";
+const DATA_HINT: &str = "'data' names a LAMMPS data file written by write_data (atom_style atomic, pair_style lj/cut)";
 
-fn data_atoms(
-    reporter: &mut Reporter,
-    system: &Section,
-    data: &Located<&str>,
-    base_dir: &Path,
-) -> Option<Atoms> {
+fn data_atoms(reporter: &mut Reporter, system: &Section, data: &Located<&str>, base_dir: &Path) -> Option<Atoms> {
     reject_for_data(
         reporter,
         system,
@@ -519,27 +407,18 @@ fn data_atoms(
     let file = match DataFile::read(&path) {
         Ok(file) => file,
         Err(error) => {
-            let hint = format!(
-                "{DATA_HINT}; its path is relative to the workflow file's folder ({})",
-                base_dir.display()
-            );
+            let hint =
+                format!("{DATA_HINT}; its path is relative to the workflow file's folder ({})", base_dir.display());
             reporter.error_with_hint(data.at, error.to_string(), hint);
             return None;
         }
     };
-    Some(Atoms::Data {
-        file: Box::new(file),
-        label: path.display().to_string(),
-        at: data.at,
-        velocities: velocities?,
-    })
+    Some(Atoms::Data { file: Box::new(file), label: path.display().to_string(), at: data.at, velocities: velocities? })
 }
 
 /// `temperature` and `seed` for a data system: both (new velocities) or neither (the file's).
 fn data_velocities(reporter: &mut Reporter, system: &Section) -> Option<Option<(f64, u64)>> {
-    let temperature = system
-        .non_negative_number(reporter, "temperature")
-        .optional();
+    let temperature = system.non_negative_number(reporter, "temperature").optional();
     let seed = system.non_negative_integer(reporter, "seed").optional();
     match (temperature?, seed?) {
         (Some(temperature), Some(seed)) => Some(Some((temperature.value, seed.value))),
@@ -571,13 +450,7 @@ fn check_system(
     potential: &Potential,
     data_at: Option<usize>,
 ) -> Option<()> {
-    let half_box = system
-        .params
-        .box_length
-        .iter()
-        .copied()
-        .fold(f64::INFINITY, f64::min)
-        / 2.0;
+    let half_box = system.params.box_length.iter().copied().fold(f64::INFINITY, f64::min) / 2.0;
     let cutoff = system.params.cutoff_max();
     if cutoff >= half_box {
         // A data file may set a larger cutoff than the potential table; point at whoever set it.
@@ -595,10 +468,7 @@ fn check_system(
     match State::from_physical(system.clone()) {
         Ok(_) => Some(()),
         Err(error) => {
-            reporter.error(
-                system_section.table.at,
-                format!("job '{}': {error}", system_section.job),
-            );
+            reporter.error(system_section.table.at, format!("job '{}': {error}", system_section.job));
             None
         }
     }
@@ -612,11 +482,7 @@ mod tests {
     fn divisor_suggestions_are_the_nearest_on_each_side() {
         assert_eq!(nearest_divisors(3000, 700).as_deref(), Some("600 or 750"));
         assert_eq!(nearest_divisors(3000, 5000).as_deref(), Some("3000"));
-        assert_eq!(
-            nearest_divisors(7, 3).as_deref(),
-            Some("7"),
-            "a prime: only itself is useful"
-        );
+        assert_eq!(nearest_divisors(7, 3).as_deref(), Some("7"), "a prime: only itself is useful");
         assert_eq!(nearest_divisors(1, 3).as_deref(), Some("1"));
         assert_eq!(nearest_multiples(3000, 700), "2800 or 3500");
         assert_eq!(nearest_multiples(3000, 5000), "5000");

@@ -24,11 +24,7 @@ const MEMORY_HINT: &str = "write an integer number of bytes, or a string with a 
 
 /// The resources of a job: one CPU and nothing else unless the table says more.
 pub(crate) fn read(reporter: &mut Reporter, job: &Section) -> Option<Resources> {
-    let defaults = Resources {
-        cpus: 1,
-        memory_bytes: 0,
-        gpus: 0,
-    };
+    let defaults = Resources { cpus: 1, memory_bytes: 0, gpus: 0 };
     let section = match job.section(reporter, "resources") {
         Field::Absent => return Some(defaults),
         Field::Invalid => return None,
@@ -38,27 +34,15 @@ pub(crate) fn read(reporter: &mut Reporter, job: &Section) -> Option<Resources> 
     let cpus = count(reporter, &section, "cpus", 1).or(defaults.cpus);
     let gpus = count(reporter, &section, "gpus", 0).or(defaults.gpus);
     let memory_bytes = memory(reporter, &section).or(defaults.memory_bytes);
-    Some(Resources {
-        cpus: cpus?,
-        memory_bytes: memory_bytes?,
-        gpus: gpus?,
-    })
+    Some(Resources { cpus: cpus?, memory_bytes: memory_bytes?, gpus: gpus? })
 }
 
 fn count(reporter: &mut Reporter, section: &Section, key: &str, minimum: u32) -> Field<u32> {
     section.integer(reporter, key).and_then(|found| {
-        let value = u32::try_from(found.value)
-            .ok()
-            .filter(|&value| value >= minimum);
+        let value = u32::try_from(found.value).ok().filter(|&value| value >= minimum);
         if value.is_none() {
-            reporter.error(
-                found.at,
-                format!(
-                    "'{key}' must be between {minimum} and {}, found {}",
-                    u32::MAX,
-                    found.value
-                ),
-            );
+            reporter
+                .error(found.at, format!("'{key}' must be between {minimum} and {}, found {}", u32::MAX, found.value));
         }
         value
     })
@@ -70,17 +54,10 @@ fn memory(reporter: &mut Reporter, section: &Section) -> Field<u64> {
     };
     let at = entry.value.at;
     let bytes = match &entry.value.value {
-        Value::Integer(bytes) => {
-            u64::try_from(*bytes).map_err(|_| format!("memory {bytes} is negative"))
-        }
+        Value::Integer(bytes) => u64::try_from(*bytes).map_err(|_| format!("memory {bytes} is negative")),
         Value::String(text) => parse_memory(text),
         _ => {
-            return crate::fields::wrong_type(
-                reporter,
-                "an integer or a string",
-                "memory",
-                &entry.value,
-            );
+            return crate::fields::wrong_type(reporter, "an integer or a string", "memory", &entry.value);
         }
     };
     match bytes {
@@ -96,37 +73,21 @@ fn memory(reporter: &mut Reporter, section: &Section) -> Field<u64> {
 pub fn parse_memory(text: &str) -> Result<u64, String> {
     let cannot = || format!("cannot read memory '{text}'");
     let trimmed = text.trim();
-    let number_end = trimmed
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(trimmed.len());
+    let number_end = trimmed.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(trimmed.len());
     let (number, unit) = trimmed.split_at(number_end);
     let multiplier = match unit.trim() {
         "" => 1,
-        unit => {
-            UNITS
-                .iter()
-                .find(|(name, _)| *name == unit)
-                .ok_or_else(cannot)?
-                .1
-        }
+        unit => UNITS.iter().find(|(name, _)| *name == unit).ok_or_else(cannot)?.1,
     };
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
     let digits_ok = |part: &str| part.len() <= 20 && part.bytes().all(|b| b.is_ascii_digit());
-    if whole.is_empty()
-        || !digits_ok(whole)
-        || !digits_ok(fraction)
-        || (number.contains('.') && fraction.is_empty())
-    {
+    if whole.is_empty() || !digits_ok(whole) || !digits_ok(fraction) || (number.contains('.') && fraction.is_empty()) {
         return Err(cannot());
     }
     // u128 holds 20 digits times a terabyte exactly, so the only rounding question is the fraction.
     let whole: u128 = whole.parse().map_err(|_| cannot())?;
     let fraction_scale = 10u128.pow(fraction.len() as u32);
-    let fraction_value: u128 = if fraction.is_empty() {
-        0
-    } else {
-        fraction.parse().map_err(|_| cannot())?
-    };
+    let fraction_value: u128 = if fraction.is_empty() { 0 } else { fraction.parse().map_err(|_| cannot())? };
     let fraction_bytes = fraction_value * multiplier as u128;
     if !fraction_bytes.is_multiple_of(fraction_scale) {
         return Err(format!("memory '{text}' is not a whole number of bytes"));
@@ -152,32 +113,11 @@ mod tests {
 
     #[test]
     fn memory_rejects_what_it_cannot_read_exactly() {
-        assert_eq!(
-            parse_memory("512mb"),
-            Err("cannot read memory '512mb'".to_string())
-        );
-        assert_eq!(
-            parse_memory("MiB"),
-            Err("cannot read memory 'MiB'".to_string())
-        );
-        assert_eq!(
-            parse_memory("1."),
-            Err("cannot read memory '1.'".to_string())
-        );
-        assert_eq!(
-            parse_memory("-1GiB"),
-            Err("cannot read memory '-1GiB'".to_string())
-        );
-        assert_eq!(
-            parse_memory("0.3B"),
-            Err("memory '0.3B' is not a whole number of bytes".to_string())
-        );
-        assert_eq!(
-            parse_memory("20000000TB"),
-            Err(format!(
-                "memory '20000000TB' is more than {} bytes",
-                u64::MAX
-            ))
-        );
+        assert_eq!(parse_memory("512mb"), Err("cannot read memory '512mb'".to_string()));
+        assert_eq!(parse_memory("MiB"), Err("cannot read memory 'MiB'".to_string()));
+        assert_eq!(parse_memory("1."), Err("cannot read memory '1.'".to_string()));
+        assert_eq!(parse_memory("-1GiB"), Err("cannot read memory '-1GiB'".to_string()));
+        assert_eq!(parse_memory("0.3B"), Err("memory '0.3B' is not a whole number of bytes".to_string()));
+        assert_eq!(parse_memory("20000000TB"), Err(format!("memory '20000000TB' is more than {} bytes", u64::MAX)));
     }
 }

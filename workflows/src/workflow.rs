@@ -10,8 +10,7 @@ use crate::fields::{Field, closest, string_value};
 use crate::{Job, Workflow, graph, job};
 
 const KEYS: &[&str] = &["name", "jobs"];
-const NO_JOBS_HINT: &str =
-    "add a job: a [jobs.NAME] table with kind = \"md\" or kind = \"command\"";
+const NO_JOBS_HINT: &str = "add a job: a [jobs.NAME] table with kind = \"md\" or kind = \"command\"";
 
 pub(crate) fn read(
     reporter: &mut Reporter,
@@ -23,30 +22,15 @@ pub(crate) fn read(
     check_top_level_keys(reporter, root);
     let name = name(reporter, root, path_label);
     let jobs = jobs(reporter, root, base_dir);
-    Some(Workflow {
-        name: name?,
-        path: PathBuf::from(path_label),
-        source: source.to_string(),
-        jobs: jobs?,
-    })
+    Some(Workflow { name: name?, path: PathBuf::from(path_label), source: source.to_string(), jobs: jobs? })
 }
 
 /// Unknown top-level tables are most often jobs written without the `jobs.` prefix.
 fn check_top_level_keys(reporter: &mut Reporter, root: &Table) {
-    for entry in root
-        .entries
-        .iter()
-        .filter(|entry| !KEYS.contains(&entry.key.as_str()))
-    {
-        let hint = match (
-            &entry.value.value,
-            closest(&entry.key, KEYS.iter().copied()),
-        ) {
+    for entry in root.entries.iter().filter(|entry| !KEYS.contains(&entry.key.as_str())) {
+        let hint = match (&entry.value.value, closest(&entry.key, KEYS.iter().copied())) {
             (_, Some(suggestion)) => format!("did you mean '{suggestion}'?"),
-            (Value::Table(_), None) => format!(
-                "jobs are tables named [jobs.NAME]: did you mean [jobs.{}]?",
-                entry.key
-            ),
+            (Value::Table(_), None) => format!("jobs are tables named [jobs.NAME]: did you mean [jobs.{}]?", entry.key),
             (_, None) => "the top level has 'name' and the [jobs.NAME] tables".to_string(),
         };
         reporter.error_with_hint(entry.key_at, format!("unknown key '{}'", entry.key), hint);
@@ -65,18 +49,15 @@ fn name(reporter: &mut Reporter, root: &Table, path_label: &str) -> Option<Strin
     let (name, at) = match written {
         Some(found) => (found.value.to_string(), found.at),
         None => {
-            let stem = Path::new(path_label)
-                .file_stem()
-                .map(|stem| stem.to_string_lossy().into_owned());
+            let stem = Path::new(path_label).file_stem().map(|stem| stem.to_string_lossy().into_owned());
             (stem.unwrap_or_default(), 0)
         }
     };
     if let Err(problem) = job::check_name(&name) {
         let (message, hint) = match written {
-            Some(_) => (
-                format!("workflow name '{name}' {problem}"),
-                "names look like 'lj-melt' or 'run_2'".to_string(),
-            ),
+            Some(_) => {
+                (format!("workflow name '{name}' {problem}"), "names look like 'lj-melt' or 'run_2'".to_string())
+            }
             None => (
                 format!("workflow name '{name}' (from the file name) {problem}"),
                 "set one at the top of the file, e.g. name = \"lj-melt\"".to_string(),
@@ -107,10 +88,7 @@ fn jobs(reporter: &mut Reporter, root: &Table, base_dir: &Path) -> Option<Vec<Jo
     if table.entries.len() > JOBS_PER_WORKFLOW_MAX {
         reporter.error_with_hint(
             table.at,
-            format!(
-                "the workflow has {} jobs; at most {JOBS_PER_WORKFLOW_MAX} are allowed",
-                table.entries.len()
-            ),
+            format!("the workflow has {} jobs; at most {JOBS_PER_WORKFLOW_MAX} are allowed", table.entries.len()),
             "use array tasks (tasks = \"1-1000\") in a command job instead of many similar jobs",
         );
         return None;
@@ -130,8 +108,7 @@ fn read_jobs(reporter: &mut Reporter, table: &Table, base_dir: &Path) -> Option<
             );
         }
         let Value::Table(job_table) = &entry.value.value else {
-            let _: Field<()> =
-                crate::fields::wrong_type(reporter, "a table", &entry.key, &entry.value);
+            let _: Field<()> = crate::fields::wrong_type(reporter, "a table", &entry.key, &entry.value);
             jobs = None;
             continue;
         };

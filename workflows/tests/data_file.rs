@@ -77,24 +77,14 @@ fn a_data_file_gives_the_atoms_and_seeded_velocities_replace_its_own() {
     assert_eq!(system.ids, [1, 2, 3, 4]);
     assert_eq!(system.positions[1], [1.1, 0.0, 0.0]);
     assert_eq!(system.params.box_length, [10.0; 3]);
-    assert_eq!(
-        system.params.pair_coeffs,
-        [PairCoeff {
-            epsilon: 1.0,
-            sigma: 1.0,
-            cutoff: 2.5
-        }]
-    );
+    assert_eq!(system.params.pair_coeffs, [PairCoeff { epsilon: 1.0, sigma: 1.0, cutoff: 2.5 }]);
     assert_eq!(system.velocities, seeded_velocities(4, 1.0, 1.0, 5));
 }
 
 #[test]
 fn without_temperature_and_seed_the_file_velocities_stay() {
     let folder = folder_with(SMALL);
-    let system = system_of(
-        folder.path(),
-        &WORKFLOW.replace("temperature = 1.0\nseed = 5\n", ""),
-    );
+    let system = system_of(folder.path(), &WORKFLOW.replace("temperature = 1.0\nseed = 5\n", ""));
     assert_eq!(system.velocities[3], [-0.1, -0.2, -0.3]);
 }
 
@@ -104,16 +94,9 @@ fn a_missing_data_file_is_reported_at_its_name() {
     let errors = parse_in(folder.path(), WORKFLOW).unwrap_err();
     let path = folder.path().join("small.data");
     assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].starts_with(&format!("w.toml:4:8: cannot read {}: ", path.display())), "{}", errors[0]);
     assert!(
-        errors[0].starts_with(&format!("w.toml:4:8: cannot read {}: ", path.display())),
-        "{}",
-        errors[0]
-    );
-    assert!(
-        errors[0].ends_with(&format!(
-            "relative to the workflow file's folder ({})",
-            folder.path().display()
-        )),
+        errors[0].ends_with(&format!("relative to the workflow file's folder ({})", folder.path().display())),
         "{}",
         errors[0]
     );
@@ -137,9 +120,8 @@ fn a_broken_data_file_is_reported_with_its_own_line() {
 #[test]
 fn lattice_settings_are_errors_for_data_systems() {
     let folder = folder_with(SMALL);
-    let source = WORKFLOW
-        .replace("seed = 5", "seed = 5\ncells = 4")
-        .replace("cutoff = 2.5", "cutoff = 2.5\nepsilon = 2.0");
+    let source =
+        WORKFLOW.replace("seed = 5", "seed = 5\ncells = 4").replace("cutoff = 2.5", "cutoff = 2.5\nepsilon = 2.0");
     assert_eq!(
         parse_in(folder.path(), &source).unwrap_err(),
         [

@@ -19,18 +19,12 @@ fn syntax_errors_point_where_the_parser_stopped() {
 #[test]
 fn unknown_keys_at_every_level_suggest_the_closest() {
     let cases = [
-        (
-            melt_with("name = \"t\"", "nmae = \"t\""),
-            "w.toml:1:1: unknown key 'nmae'\n  hint: did you mean 'name'?",
-        ),
+        (melt_with("name = \"t\"", "nmae = \"t\""), "w.toml:1:1: unknown key 'nmae'\n  hint: did you mean 'name'?"),
         (
             melt_with("kind = \"md\"", "kind = \"md\"\nreplica = 3"),
             "w.toml:5:1: unknown key 'replica'\n  hint: did you mean 'replicas'?",
         ),
-        (
-            melt_with("seed = 1", "seed = 1\nmas = 2.0"),
-            "w.toml:12:1: unknown key 'mas'\n  hint: did you mean 'mass'?",
-        ),
+        (melt_with("seed = 1", "seed = 1\nmas = 2.0"), "w.toml:12:1: unknown key 'mas'\n  hint: did you mean 'mass'?"),
         (
             melt_with("cutoff = 2.5", "cutoff = 2.5\nepsilom = 1.0"),
             "w.toml:15:1: unknown key 'epsilom'\n  hint: did you mean 'epsilon'?",
@@ -49,9 +43,7 @@ fn unknown_keys_at_every_level_suggest_the_closest() {
     }
     // A misspelt required key is also missing: both are reported.
     assert_eq!(
-        errors(&format!(
-            "{MELT}[jobs.melt.thermostat]\ntemperature = 1.0\ndamping = 1.0\nsed = 3\n"
-        )),
+        errors(&format!("{MELT}[jobs.melt.thermostat]\ntemperature = 1.0\ndamping = 1.0\nsed = 3\n")),
         [
             "w.toml:19:1: job 'melt' is missing 'thermostat.seed'\n  hint: add 'seed = 12345' to [jobs.melt.thermostat]",
             "w.toml:22:1: unknown key 'sed'\n  hint: did you mean 'seed'?",
@@ -62,10 +54,7 @@ fn unknown_keys_at_every_level_suggest_the_closest() {
 #[test]
 fn unknown_keys_without_a_close_match_list_the_valid_ones() {
     assert_eq!(
-        error(&melt_with(
-            "chunk_steps = 50",
-            "chunk_steps = 50\ncolour = 1"
-        )),
+        error(&melt_with("chunk_steps = 50", "chunk_steps = 50\ncolour = 1")),
         "w.toml:19:1: unknown key 'colour'\n  hint: valid keys in [jobs.melt.run]: timestep, steps, chunk_steps, thermo"
     );
     assert_eq!(
@@ -144,10 +133,7 @@ fn unknown_kinds_and_lattices_are_rejected_at_the_value() {
 #[test]
 fn a_system_needs_exactly_one_of_lattice_and_data() {
     assert_eq!(
-        error(&melt_with(
-            "lattice = \"fcc\"",
-            "lattice = \"fcc\"\ndata = \"melt.data\""
-        )),
+        error(&melt_with("lattice = \"fcc\"", "lattice = \"fcc\"\ndata = \"melt.data\"")),
         "w.toml:8:1: a system has either 'lattice' or 'data', not both\n  hint: 'lattice' generates atoms, 'data' reads them from a LAMMPS data file; remove one"
     );
     assert_eq!(
@@ -175,10 +161,7 @@ fn after_must_name_another_job_of_the_file() {
 
 #[test]
 fn cycles_in_after_are_named() {
-    let source = format!(
-        "{}{REPORT}",
-        melt_with("kind = \"md\"", "kind = \"md\"\nafter = [\"report\"]")
-    );
+    let source = format!("{}{REPORT}", melt_with("kind = \"md\"", "kind = \"md\"\nafter = [\"report\"]"));
     assert_eq!(
         error(&source),
         "w.toml:22:10: cycle in 'after': melt -> report -> melt\n  hint: a job starts only when every job in its 'after' list has completed, so jobs in a cycle never start; remove one of these dependencies"
@@ -189,10 +172,7 @@ fn cycles_in_after_are_named() {
                  [jobs.d]\nkind = \"command\"\nargv = [\"true\"]\nafter = [\"a\", \"c\"]\n";
     let three_errors = errors(three);
     assert_eq!(three_errors.len(), 1, "{three_errors:?}");
-    assert!(
-        three_errors[0].starts_with("w.toml:8:10: cycle in 'after': a -> c -> b -> a\n"),
-        "{three_errors:?}"
-    );
+    assert!(three_errors[0].starts_with("w.toml:8:10: cycle in 'after': a -> c -> b -> a\n"), "{three_errors:?}");
 }
 
 #[test]
@@ -202,32 +182,20 @@ fn chunks_must_tile_the_run_and_thermo_the_chunk() {
         "w.toml:18:15: chunk_steps 30 does not divide steps 100\n  hint: use chunk_steps = 25 or 50 (dividing 100), or steps = 90 or 120"
     );
     assert_eq!(
-        error(&melt_with(
-            "chunk_steps = 50",
-            "chunk_steps = 50\nthermo = 20"
-        )),
+        error(&melt_with("chunk_steps = 50", "chunk_steps = 50\nthermo = 20")),
         "w.toml:19:10: thermo 20 does not divide chunk_steps 50\n  hint: use thermo = 10 or 25 (dividing chunk_steps 50)"
     );
 }
 
 #[test]
 fn counts_and_sizes_must_be_positive() {
-    assert_eq!(
-        error(&melt_with("steps = 100", "steps = 0")),
-        "w.toml:17:9: 'steps' must be positive, found 0"
-    );
+    assert_eq!(error(&melt_with("steps = 100", "steps = 0")), "w.toml:17:9: 'steps' must be positive, found 0");
     assert_eq!(
         error(&melt_with("density = 0.8442", "density = -1")),
         "w.toml:9:11: 'density' must be positive, found -1"
     );
-    assert_eq!(
-        error(&melt_with("cells = 4", "cells = [4, 0, 4]")),
-        "w.toml:8:13: 'cells' must be positive, found 0"
-    );
-    assert_eq!(
-        error(&melt_with("seed = 1", "seed = -1")),
-        "w.toml:11:8: 'seed' must not be negative, found -1"
-    );
+    assert_eq!(error(&melt_with("cells = 4", "cells = [4, 0, 4]")), "w.toml:8:13: 'cells' must be positive, found 0");
+    assert_eq!(error(&melt_with("seed = 1", "seed = -1")), "w.toml:11:8: 'seed' must not be negative, found -1");
 }
 
 #[test]
@@ -261,10 +229,7 @@ fn task_ranges_must_parse() {
         error(&source.replace("tasks = [1, 2]", "tasks = \"10-1\"")),
         "w.toml:23:9: tasks range '10-1' is empty: 10 is more than 1\n  hint: write the smaller id first: \"1-10\""
     );
-    assert_eq!(
-        error(&source.replace("tasks = [1, 2]", "tasks = [1, 2, 1]")),
-        "w.toml:23:16: task id 1 appears twice"
-    );
+    assert_eq!(error(&source.replace("tasks = [1, 2]", "tasks = [1, 2, 1]")), "w.toml:23:16: task id 1 appears twice");
 }
 
 #[test]
@@ -286,8 +251,7 @@ fn input_files_must_exist() {
 
 #[test]
 fn argv_must_not_be_empty() {
-    let source = format!("{MELT}{REPORT}")
-        .replace("argv = [\"sh\", \"report.sh\", \"{task}\"]", "argv = []");
+    let source = format!("{MELT}{REPORT}").replace("argv = [\"sh\", \"report.sh\", \"{task}\"]", "argv = []");
     assert_eq!(
         error(&source),
         "w.toml:22:8: 'argv' is empty\n  hint: give the program and its arguments, e.g. argv = [\"sh\", \"run.sh\", \"{task}\"]"
@@ -325,20 +289,13 @@ fn the_kernels_check_the_built_system() {
         )
     );
     let too_hot = error(&melt_with("temperature = 1.44", "temperature = 1e12"));
-    assert!(
-        too_hot.starts_with("w.toml:6:1: job 'melt': invalid system: atom "),
-        "{too_hot}"
-    );
-    assert!(
-        too_hot.ends_with("that moves it more than half the box in one step"),
-        "{too_hot}"
-    );
+    assert!(too_hot.starts_with("w.toml:6:1: job 'melt': invalid system: atom "), "{too_hot}");
+    assert!(too_hot.ends_with("that moves it more than half the box in one step"), "{too_hot}");
 }
 
 #[test]
 fn the_thermostat_damping_must_not_be_far_below_the_timestep() {
-    let source =
-        format!("{MELT}[jobs.melt.thermostat]\ntemperature = 1.0\ndamping = 0.0001\nseed = 3\n");
+    let source = format!("{MELT}[jobs.melt.thermostat]\ntemperature = 1.0\ndamping = 0.0001\nseed = 3\n");
     assert_eq!(
         error(&source),
         "w.toml:21:11: damping 0.0001 is far shorter than the timestep 0.005\n  hint: damping is a time in the units of timestep; about 100 timesteps is typical: damping = 0.5"
@@ -351,19 +308,10 @@ fn every_error_is_reported_in_file_order() {
         .replace("density = 0.8442", "density = \"x\"")
         .replace("chunk_steps = 50", "chunk_steps = 30\nthermo = 7\nwhat = 1");
     let errors = errors(&source);
-    let locations: Vec<&str> = errors
-        .iter()
-        .map(|error| error.split(": ").next().unwrap())
-        .collect();
+    let locations: Vec<&str> = errors.iter().map(|error| error.split(": ").next().unwrap()).collect();
     assert_eq!(
         locations,
-        [
-            "w.toml:5:12",
-            "w.toml:10:11",
-            "w.toml:19:15",
-            "w.toml:20:10",
-            "w.toml:21:1"
-        ],
+        ["w.toml:5:12", "w.toml:10:11", "w.toml:19:15", "w.toml:20:10", "w.toml:21:1"],
         "{errors:#?}"
     );
 }

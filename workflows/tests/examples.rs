@@ -9,8 +9,7 @@ fn examples() -> PathBuf {
 }
 
 fn load_example(name: &str) -> Workflow {
-    load(&examples().join(name))
-        .unwrap_or_else(|errors| panic!("{}", upglobe_workflows::render(&errors)))
+    load(&examples().join(name)).unwrap_or_else(|errors| panic!("{}", upglobe_workflows::render(&errors)))
 }
 
 #[test]
@@ -18,10 +17,7 @@ fn every_example_loads() {
     let mut loaded = 0;
     for entry in std::fs::read_dir(examples()).unwrap() {
         let path = entry.unwrap().path();
-        if path
-            .extension()
-            .is_some_and(|extension| extension == "toml")
-        {
+        if path.extension().is_some_and(|extension| extension == "toml") {
             load(&path).unwrap_or_else(|errors| panic!("{}", upglobe_workflows::render(&errors)));
             loaded += 1;
         }
@@ -33,18 +29,11 @@ fn every_example_loads() {
 fn lj_melt_is_the_4000_atom_demo() {
     let workflow = load_example("lj-melt.toml");
     assert_eq!(workflow.name, "lj-melt");
-    let [job] = workflow.jobs.as_slice() else {
-        panic!("one job expected")
-    };
-    let JobKind::Md(md) = &job.kind else {
-        panic!("an md job expected")
-    };
+    let [job] = workflow.jobs.as_slice() else { panic!("one job expected") };
+    let JobKind::Md(md) = &job.kind else { panic!("an md job expected") };
     assert_eq!(job.replicas, 2);
     assert_eq!(md.system.ids.len(), 4000);
-    assert_eq!(
-        (md.total_steps, md.chunk_steps, md.thermo_every),
-        (3000, 500, 100)
-    );
+    assert_eq!((md.total_steps, md.chunk_steps, md.thermo_every), (3000, 500, 100));
     let mut lattice = upglobe_kernels::lattice::FccLattice::in_lj(10);
     lattice.seed = 87287;
     assert_eq!(md.system.velocities, lattice.build().velocities);
@@ -53,9 +42,7 @@ fn lj_melt_is_the_4000_atom_demo() {
 #[test]
 fn lj_pipeline_runs_the_shipped_script_after_the_melt() {
     let workflow = load_example("lj-pipeline.toml");
-    let JobKind::Command(command) = &workflow.jobs[1].kind else {
-        panic!("a command job expected")
-    };
+    let JobKind::Command(command) = &workflow.jobs[1].kind else { panic!("a command job expected") };
     assert_eq!(workflow.jobs[1].after, ["melt"]);
     assert_eq!(command.tasks, [1, 2]);
     assert_eq!(command.inputs[0].path, examples().join("summarise.sh"));
@@ -64,14 +51,9 @@ fn lj_pipeline_runs_the_shipped_script_after_the_melt() {
 #[test]
 fn lj_thermostat_has_a_langevin_thermostat() {
     let workflow = load_example("lj-thermostat.toml");
-    let JobKind::Md(md) = &workflow.jobs[0].kind else {
-        panic!("an md job expected")
-    };
+    let JobKind::Md(md) = &workflow.jobs[0].kind else { panic!("an md job expected") };
     let langevin = md.system.params.langevin.expect("a thermostat");
-    assert_eq!(
-        (langevin.temperature, langevin.damping, langevin.seed),
-        (1.0, 1.0, 7)
-    );
+    assert_eq!((langevin.temperature, langevin.damping, langevin.seed), (1.0, 1.0, 7));
     assert_eq!(md.system.ids.len(), 864);
 }
 
@@ -80,11 +62,6 @@ fn the_diagnostic_shown_in_the_readme_is_what_a_user_gets() {
     let source = std::fs::read_to_string(examples().join("lj-melt.toml")).unwrap();
     let broken = source.replace("chunk_steps = 500", "chunk_steps = 700");
     let errors = upglobe_workflows::parse("lj-melt.toml", &examples(), &broken).unwrap_err();
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    assert!(
-        readme.contains(&upglobe_workflows::render(&errors)),
-        "{}",
-        upglobe_workflows::render(&errors)
-    );
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    assert!(readme.contains(&upglobe_workflows::render(&errors)), "{}", upglobe_workflows::render(&errors));
 }

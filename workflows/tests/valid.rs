@@ -39,37 +39,18 @@ fn md_and_command_jobs_parse_into_their_values() {
     assert_eq!(names, ["melt", "report"]);
 
     let melt = &workflow.jobs[0];
-    assert_eq!(
-        (melt.replicas, melt.after.len()),
-        (2, 0),
-        "md jobs default to two replicas"
-    );
-    assert_eq!(
-        melt.resources,
-        Resources {
-            cpus: 1,
-            memory_bytes: 0,
-            gpus: 0
-        }
-    );
+    assert_eq!((melt.replicas, melt.after.len()), (2, 0), "md jobs default to two replicas");
+    assert_eq!(melt.resources, Resources { cpus: 1, memory_bytes: 0, gpus: 0 });
     assert_eq!(melt.location, Location { line: 3, column: 1 });
     let run = md(&melt.kind);
-    assert_eq!(
-        (run.total_steps, run.chunk_steps, run.thermo_every),
-        (100, 50, 50),
-        "thermo defaults to a chunk"
-    );
+    assert_eq!((run.total_steps, run.chunk_steps, run.thermo_every), (100, 50, 50), "thermo defaults to a chunk");
     let expected = FccLattice {
         cells: [4; 3],
         density: 0.8442,
         temperature: 1.44,
         seed: 1,
         mass: 1.0,
-        pair: PairCoeff {
-            epsilon: 1.0,
-            sigma: 1.0,
-            cutoff: 2.5,
-        },
+        pair: PairCoeff { epsilon: 1.0, sigma: 1.0, cutoff: 2.5 },
         shift: false,
         timestep: 0.005,
         langevin: None,
@@ -81,34 +62,15 @@ fn md_and_command_jobs_parse_into_their_values() {
     assert_eq!(run.system.ids.len(), 256);
 
     let report = &workflow.jobs[1];
-    assert_eq!(
-        (report.replicas, report.after.clone()),
-        (3, vec!["melt".to_string()])
-    );
-    assert_eq!(
-        report.resources,
-        Resources {
-            cpus: 4,
-            memory_bytes: 3 << 29,
-            gpus: 1
-        }
-    );
-    assert_eq!(
-        report.location,
-        Location {
-            line: 19,
-            column: 1
-        }
-    );
+    assert_eq!((report.replicas, report.after.clone()), (3, vec!["melt".to_string()]));
+    assert_eq!(report.resources, Resources { cpus: 4, memory_bytes: 3 << 29, gpus: 1 });
+    assert_eq!(report.location, Location { line: 19, column: 1 });
     assert_eq!(
         *command(&report.kind),
         CommandJob {
             argv: vec!["sh".into(), "report.sh".into(), "{task}".into()],
             tasks: vec![1, 2],
-            inputs: vec![InputFile {
-                name: "report.sh".into(),
-                path: folder.path().join("report.sh")
-            }],
+            inputs: vec![InputFile { name: "report.sh".into(), path: folder.path().join("report.sh") }],
             outputs: vec!["*.csv".into()],
             timeout_s: 600,
         }
@@ -120,10 +82,7 @@ fn optional_md_settings_reach_the_system() {
     let source = MELT
         .replace("seed = 1", "seed = 1\nmass = 2.0\ncells = [4, 5, 6]")
         .replace("cells = 4\n", "")
-        .replace(
-            "cutoff = 2.5",
-            "cutoff = 2.0\nepsilon = 0.5\nsigma = 0.9\nshift = true",
-        )
+        .replace("cutoff = 2.5", "cutoff = 2.0\nepsilon = 0.5\nsigma = 0.9\nshift = true")
         .replace("steps = 100", "steps = 100\ntimestep = 0.002\nthermo = 10")
         + "[jobs.melt.thermostat]\ntemperature = 1.0\ndamping = 0.5\nseed = 9\n";
     let workflow = parse_in(Path::new("."), &source).unwrap();
@@ -131,24 +90,10 @@ fn optional_md_settings_reach_the_system() {
     let params = &run.system.params;
     assert_eq!(run.system.ids.len(), 4 * 4 * 5 * 6);
     assert_eq!(params.masses, [2.0]);
-    assert_eq!(
-        params.pair_coeffs,
-        [PairCoeff {
-            epsilon: 0.5,
-            sigma: 0.9,
-            cutoff: 2.0
-        }]
-    );
+    assert_eq!(params.pair_coeffs, [PairCoeff { epsilon: 0.5, sigma: 0.9, cutoff: 2.0 }]);
     assert!(params.shift);
     assert_eq!(params.timestep, 0.002);
-    assert_eq!(
-        params.langevin,
-        Some(Langevin {
-            temperature: 1.0,
-            damping: 0.5,
-            seed: 9
-        })
-    );
+    assert_eq!(params.langevin, Some(Langevin { temperature: 1.0, damping: 0.5, seed: 9 }));
     assert_eq!(run.thermo_every, 10);
 }
 
@@ -161,10 +106,7 @@ fn command_jobs_have_their_defaults_and_ranges() {
     assert_eq!(sweep.replicas, 1);
     assert_eq!(command(&sweep.kind).tasks, [3, 4, 5, 6, 7]);
     let once = command(&workflow.jobs[1].kind);
-    assert_eq!(
-        (once.tasks.len(), once.timeout_s, once.inputs.len()),
-        (0, 3600, 0)
-    );
+    assert_eq!((once.tasks.len(), once.timeout_s, once.inputs.len()), (0, 3600, 0));
 }
 
 #[test]
@@ -194,17 +136,8 @@ fn an_unreadable_file_is_one_diagnostic_at_the_start() {
     let path = folder.path().join("missing.toml");
     let errors = load(&path).unwrap_err();
     assert_eq!(errors.len(), 1);
-    assert_eq!(
-        (errors[0].path.as_str(), errors[0].line, errors[0].column),
-        (path.to_str().unwrap(), 1, 1)
-    );
-    assert!(
-        errors[0]
-            .message
-            .starts_with("cannot read the workflow file: "),
-        "{}",
-        errors[0]
-    );
+    assert_eq!((errors[0].path.as_str(), errors[0].line, errors[0].column), (path.to_str().unwrap(), 1, 1));
+    assert!(errors[0].message.starts_with("cannot read the workflow file: "), "{}", errors[0]);
 }
 
 #[test]
@@ -214,8 +147,5 @@ fn load_resolves_inputs_next_to_the_workflow_file() {
     let path = folder.path().join("w.toml");
     std::fs::write(&path, format!("{MELT}{REPORT}inputs = [\"report.sh\"]\n")).unwrap();
     let workflow = load(&path).unwrap();
-    assert_eq!(
-        command(&workflow.jobs[1].kind).inputs[0].path,
-        folder.path().join("report.sh")
-    );
+    assert_eq!(command(&workflow.jobs[1].kind).inputs[0].path, folder.path().join("report.sh"));
 }

@@ -8,9 +8,7 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 use upglobe_kernels::lattice::FccLattice;
 use upglobe_kernels::{Checkpoint, Device, RunOptions, State, engine};
-use upglobe_protocol::messages::{
-    ClientRequest, ClientResponse, JobKind, JobSpec, Resources, Submission,
-};
+use upglobe_protocol::messages::{ClientRequest, ClientResponse, JobKind, JobSpec, Resources, Submission};
 use upglobe_protocol::tls::PeerIdentity;
 use upglobe_scheduler::server::{Scheduler, ServerConfig};
 use upglobe_worker::WorkerConfig;
@@ -74,25 +72,15 @@ pub async fn run(context: &Context, command: Command) -> Result<i32> {
 fn measure(device: &Device, state: &State, steps: u64) -> Result<(f64, String, String)> {
     let mut engine = engine(device)?;
     let started = Instant::now();
-    let output = engine.run(state, &RunOptions::new(steps), &mut |_| {
-        ControlFlow::Continue(())
-    })?;
+    let output = engine.run(state, &RunOptions::new(steps), &mut |_| ControlFlow::Continue(()))?;
     let seconds = started.elapsed().as_secs_f64();
-    Ok((
-        state.atoms() as f64 * steps as f64 / seconds,
-        engine.describe(),
-        Checkpoint::hash(&output.state).to_string(),
-    ))
+    Ok((state.atoms() as f64 * steps as f64 / seconds, engine.describe(), Checkpoint::hash(&output.state).to_string()))
 }
 
 fn bench_md(args: &MdArgs) -> Result<Value> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let lammps = (!args.no_lammps).then(lammps_binary).flatten();
-    let adapters = if args.no_gpu {
-        Vec::new()
-    } else {
-        upglobe_kernels::gpu::adapters()
-    };
+    let adapters = if args.no_gpu { Vec::new() } else { upglobe_kernels::gpu::adapters() };
     let mut sizes = Vec::new();
     for (k, &cells) in args.cells.iter().enumerate() {
         let state = State::from_physical(FccLattice::in_lj(cells).build())?;
@@ -115,13 +103,7 @@ fn bench_md(args: &MdArgs) -> Result<Value> {
             }
         }
         for adapter in &adapters {
-            let (rate, name, hash) = measure(
-                &Device::Wgpu {
-                    adapter: Some(adapter.index),
-                },
-                &state,
-                args.steps,
-            )?;
+            let (rate, name, hash) = measure(&Device::Wgpu { adapter: Some(adapter.index) }, &state, args.steps)?;
             record(name, rate, Some(hash));
         }
         let mut lammps_opt = None;
@@ -184,27 +166,15 @@ pub fn run_lammps(lmp: &str, state: &State, steps: u64, suffix: Option<&str>) ->
     let script = dir.path().join("in.bench");
     std::fs::write(&script, input)?;
     let mut command = std::process::Command::new(lmp);
-    command
-        .arg("-in")
-        .arg(&script)
-        .arg("-log")
-        .arg(dir.path().join("log.lammps"))
-        .current_dir(dir.path());
+    command.arg("-in").arg(&script).arg("-log").arg(dir.path().join("log.lammps")).current_dir(dir.path());
     if let Some(suffix) = suffix {
         command.args(["-sf", suffix]);
     }
     // One process, one thread: a per-core comparison.
     command.env("OMP_NUM_THREADS", "1");
-    let output = command
-        .output()
-        .with_context(|| format!("cannot run {lmp}"))?;
+    let output = command.output().with_context(|| format!("cannot run {lmp}"))?;
     let text = String::from_utf8_lossy(&output.stdout);
-    loop_rate(&text).with_context(|| {
-        format!(
-            "{lmp} printed no loop time: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
+    loop_rate(&text).with_context(|| format!("{lmp} printed no loop time: {}", String::from_utf8_lossy(&output.stderr)))
 }
 
 /// atom-steps/s from "Loop time of T on P procs for S steps with N atoms".
@@ -226,25 +196,14 @@ async fn bench_scheduler(args: &SchedulerArgs) -> Result<Value> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut workers = Vec::new();
     for k in 0..args.workers {
-        let mut config = WorkerConfig::new(
-            dir.path().join(format!("worker-{k}")),
-            scheduler.worker_token.clone(),
-        );
+        let mut config = WorkerConfig::new(dir.path().join(format!("worker-{k}")), scheduler.worker_token.clone());
         config.name = format!("bench-{k}");
-        config.resources = Resources {
-            cpus: args.slots,
-            memory_bytes: 1 << 30,
-            gpus: 0,
-        };
+        config.resources = Resources { cpus: args.slots, memory_bytes: 1 << 30, gpus: 0 };
         let identity = PeerIdentity::generate(&config.name)?;
         let mut stopped = stopped.clone();
-        workers.push(tokio::spawn(upglobe_worker::run(
-            config,
-            Some(identity),
-            async move {
-                let _ = stopped.changed().await;
-            },
-        )));
+        workers.push(tokio::spawn(upglobe_worker::run(config, Some(identity), async move {
+            let _ = stopped.changed().await;
+        })));
     }
     let client = Client::connect(&scheduler.client_token, &dir.path().join("client")).await?;
     wait_for_workers(&client, args.workers).await?;
@@ -252,24 +211,12 @@ async fn bench_scheduler(args: &SchedulerArgs) -> Result<Value> {
         name: "empty".into(),
         after: vec![],
         replicas: args.replicas,
-        resources: Resources {
-            cpus: 1,
-            memory_bytes: 0,
-            gpus: 0,
-        },
-        kind: JobKind::Empty {
-            chunks: args.chunks,
-        },
+        resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
+        kind: JobKind::Empty { chunks: args.chunks },
     };
-    let submission = Submission {
-        name: "bench".into(),
-        source: String::new(),
-        jobs: vec![job],
-    };
+    let submission = Submission { name: "bench".into(), source: String::new(), jobs: vec![job] };
     let started = Instant::now();
-    let ClientResponse::Submitted { jobs, .. } =
-        client.request(ClientRequest::Submit(submission)).await?
-    else {
+    let ClientResponse::Submitted { jobs, .. } = client.request(ClientRequest::Submit(submission)).await? else {
         bail!("the submission was refused");
     };
     let id = jobs[0].1;
@@ -277,11 +224,7 @@ async fn bench_scheduler(args: &SchedulerArgs) -> Result<Value> {
         let status = fetch(&client, Some(id.0.to_string())).await?.remove(0);
         if status.state.is_finished() {
             if status.chunks_verified != status.chunks_total {
-                bail!(
-                    "the benchmark job ended {}: {:?}",
-                    status.state.label(),
-                    status.failures.last()
-                );
+                bail!("the benchmark job ended {}: {:?}", status.state.label(), status.failures.last());
             }
             break;
         }
@@ -290,11 +233,8 @@ async fn bench_scheduler(args: &SchedulerArgs) -> Result<Value> {
     let seconds = started.elapsed().as_secs_f64();
     let mut latencies = scheduler.latencies.lock().expect("latencies").clone();
     latencies.sort_by(|a, b| a.total_cmp(b));
-    let percentile = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * p).round() as usize)
-            .map_or(0.0, |s| s * 1000.0)
-    };
+    let percentile =
+        |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).map_or(0.0, |s| s * 1000.0);
     client.close();
     let _ = stop.send(true);
     for worker in workers {

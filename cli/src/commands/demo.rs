@@ -65,8 +65,7 @@ impl Drop for Processes {
 
 fn spawn(name: &str, args: &[&str], log: &Path, stdout: Stdio) -> Result<Child> {
     let exe = std::env::current_exe().context("cannot find the upglobe executable")?;
-    let log_file =
-        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    let log_file = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     Command::new(exe)
         .args(args)
         .stdin(Stdio::null())
@@ -83,18 +82,12 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
     let dir = temporary.path().to_path_buf();
     let workflow_path = dir.join("lj-melt.toml");
     std::fs::write(&workflow_path, WORKFLOW)?;
-    let workflow = upglobe_workflows::load(&workflow_path)
-        .map_err(|d| anyhow::anyhow!("the example workflow: {}", d[0]))?;
+    let workflow =
+        upglobe_workflows::load(&workflow_path).map_err(|d| anyhow::anyhow!("the example workflow: {}", d[0]))?;
     let job = &workflow.jobs[0];
-    let upglobe_workflows::JobKind::Md(md) = &job.kind else {
-        bail!("the example workflow starts with an MD job")
-    };
+    let upglobe_workflows::JobKind::Md(md) = &job.kind else { bail!("the example workflow starts with an MD job") };
 
-    println!(
-        "1/5  starting a scheduler and {} workers as separate processes in {}",
-        args.workers,
-        dir.display()
-    );
+    println!("1/5  starting a scheduler and {} workers as separate processes in {}", args.workers, dir.display());
     let mut processes = Processes(Vec::new());
     let scheduler_dir = dir.join("scheduler");
     let mut scheduler = spawn(
@@ -119,14 +112,9 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
     processes.0.push(("scheduler".into(), scheduler));
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
-    let started_json: serde_json::Value = serde_json::from_str(&line).with_context(|| {
-        format!(
-            "the scheduler did not start; see {}",
-            dir.join("scheduler.log").display()
-        )
-    })?;
-    let token =
-        |key: &str| -> Result<Token> { Ok(started_json[key].as_str().context("token")?.parse()?) };
+    let started_json: serde_json::Value = serde_json::from_str(&line)
+        .with_context(|| format!("the scheduler did not start; see {}", dir.join("scheduler.log").display()))?;
+    let token = |key: &str| -> Result<Token> { Ok(started_json[key].as_str().context("token")?.parse()?) };
     let (worker_token, client_token) = (token("worker_token")?, token("client_token")?);
     assert_eq!(client_token.role, Role::Client);
     for k in 0..args.workers {
@@ -165,66 +153,39 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
     let code = watch(&client, &[jobs[0].1], Format::Text).await?;
     let results = fetch(&client, &jobs[0].1.0.to_string()).await?;
     if code != 0 || results.status.state != JobState::Completed {
-        bail!(
-            "the demo job did not complete: {:?}; logs are in {}",
-            results.status.state,
-            keep(temporary)
-        );
+        bail!("the demo job did not complete: {:?}; logs are in {}", results.status.state, keep(temporary));
     }
 
-    println!(
-        "3/5  verified: every chunk's output state hash was agreed on by {} workers",
-        job.replicas
-    );
+    println!("3/5  verified: every chunk's output state hash was agreed on by {} workers", job.replicas);
     for chunk in &results.chunks {
-        let who: Vec<String> = chunk
-            .agreeing
-            .iter()
-            .map(|w| names.get(w).cloned().unwrap_or_else(|| w.short()))
-            .collect();
+        let who: Vec<String> =
+            chunk.agreeing.iter().map(|w| names.get(w).cloned().unwrap_or_else(|| w.short())).collect();
         let hash = match &chunk.output {
-            upglobe_protocol::messages::Output::Md { state_hash, .. } => {
-                hex::encode(&state_hash[..8])
-            }
+            upglobe_protocol::messages::Output::Md { state_hash, .. } => hex::encode(&state_hash[..8]),
             _ => String::new(),
         };
-        println!(
-            "       chunk {}  state {hash}…  agreed by {}",
-            chunk.index,
-            who.join(", ")
-        );
+        println!("       chunk {}  state {hash}…  agreed by {}", chunk.index, who.join(", "));
     }
 
     let distributed = final_state_hash(&results).context("no final state")?;
-    println!(
-        "4/5  checking against one process on this machine running all {} steps in one go…",
-        md.total_steps
-    );
+    println!("4/5  checking against one process on this machine running all {} steps in one go…", md.total_steps);
     let local = local_run(md.system.clone(), md.total_steps).await?;
     if local != distributed {
         bail!("the local run ended in state {local}, the distributed run in {distributed}");
     }
     println!("       same final state hash: {distributed}");
 
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let h5 = args.out.join(format!("{}.{}.h5", workflow.name, job.name));
     write_md(&client, &results, &h5).await?;
     client.close();
-    println!(
-        "5/5  wrote {} (H5MD: positions, velocities, box, thermo, provenance)",
-        h5.display()
-    );
+    println!("5/5  wrote {} (H5MD: positions, velocities, box, thermo, provenance)", h5.display());
     processes.stop();
     let _ = context;
     println!(
         "done in {:.0} s; scheduler and workers stopped{}",
         started.elapsed().as_secs_f64(),
-        if args.keep {
-            format!(", state kept in {}", keep(temporary))
-        } else {
-            String::new()
-        }
+        if args.keep { format!(", state kept in {}", keep(temporary)) } else { String::new() }
     );
     Ok(0)
 }
@@ -252,9 +213,7 @@ async fn local_run(system: upglobe_kernels::system::PhysicalSystem, steps: u64) 
     tokio::task::spawn_blocking(move || {
         let state = State::from_physical(system)?;
         let mut engine = upglobe_kernels::engine(&upglobe_kernels::Device::Cpu { threads: 0 })?;
-        let output = engine.run(&state, &RunOptions::new(steps), &mut |_| {
-            std::ops::ControlFlow::Continue(())
-        })?;
+        let output = engine.run(&state, &RunOptions::new(steps), &mut |_| std::ops::ControlFlow::Continue(()))?;
         Ok(Checkpoint::hash(&output.state).to_string())
     })
     .await?

@@ -81,17 +81,12 @@ pub struct RunArgs {
 
 fn initial_state(args: &RunArgs) -> Result<State> {
     if let Some(path) = &args.checkpoint {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         return Checkpoint::decode(&bytes).with_context(|| path.display().to_string());
     }
     let system = match (&args.lammps_data, &args.lattice) {
         (Some(path), _) => {
-            let settings = Settings {
-                cutoff: args.cutoff,
-                shift: args.shift,
-                timestep: args.dt,
-            };
+            let settings = Settings { cutoff: args.cutoff, shift: args.shift, timestep: args.dt };
             DataFile::read(path)?.to_system(&path.display().to_string(), &settings)?
         }
         (None, Some(_)) => FccLattice {
@@ -100,11 +95,7 @@ fn initial_state(args: &RunArgs) -> Result<State> {
             temperature: args.temperature,
             seed: args.seed,
             mass: 1.0,
-            pair: PairCoeff {
-                epsilon: 1.0,
-                sigma: 1.0,
-                cutoff: args.cutoff,
-            },
+            pair: PairCoeff { epsilon: 1.0, sigma: 1.0, cutoff: args.cutoff },
             shift: args.shift,
             timestep: args.dt,
             langevin: None,
@@ -117,10 +108,7 @@ fn initial_state(args: &RunArgs) -> Result<State> {
 
 fn print_thermo_text(thermo: &Thermo, header: &mut bool) {
     if !*header {
-        println!(
-            "{:>10} {:>14} {:>14} {:>14} {:>14} {:>14}",
-            "Step", "Temp", "E_pair", "KinEng", "TotEng", "Press"
-        );
+        println!("{:>10} {:>14} {:>14} {:>14} {:>14} {:>14}", "Step", "Temp", "E_pair", "KinEng", "TotEng", "Press");
         *header = true;
     }
     println!(
@@ -137,9 +125,7 @@ pub fn run(context: &Context, command: Command) -> Result<i32> {
     let Command::Run(args) = command;
     let state = initial_state(&args)?;
     let device = match parse_device(&args.device)? {
-        Device::Cpu { .. } => Device::Cpu {
-            threads: args.threads,
-        },
+        Device::Cpu { .. } => Device::Cpu { threads: args.threads },
         gpu => gpu,
     };
     let mut engine = engine(&device)?;
@@ -153,10 +139,8 @@ pub fn run(context: &Context, command: Command) -> Result<i32> {
     let bar = (context.format == Format::Text && output::interactive()).then(|| {
         let bar = ProgressBar::new(args.steps);
         bar.set_style(
-            ProgressStyle::with_template(
-                "{bar:40.cyan/blue} {pos}/{len} steps  {per_sec}  ETA {eta}",
-            )
-            .expect("template"),
+            ProgressStyle::with_template("{bar:40.cyan/blue} {pos}/{len} steps  {per_sec}  ETA {eta}")
+                .expect("template"),
         );
         bar
     });
@@ -190,9 +174,7 @@ pub fn run(context: &Context, command: Command) -> Result<i32> {
     let hash = Checkpoint::hash(&result.state);
     let rate = state.atoms() as f64 * args.steps as f64 / seconds;
     match context.format {
-        Format::Json => {
-            output::json(&json!({"state_hash": hash.to_string(), "atom_steps_per_s": rate}))
-        }
+        Format::Json => output::json(&json!({"state_hash": hash.to_string(), "atom_steps_per_s": rate})),
         Format::Text => {
             println!(
                 "Loop time {seconds:.3} s for {} steps with {} atoms: {rate:.4e} atom-steps/s, {} neighbour list builds",
@@ -209,8 +191,7 @@ pub fn run(context: &Context, command: Command) -> Result<i32> {
 
 fn write_outputs(args: &RunArgs, initial: &State, last: &State, thermo: &[Thermo]) -> Result<()> {
     if let Some(path) = &args.write_checkpoint {
-        std::fs::write(path, Checkpoint::encode(last))
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, Checkpoint::encode(last)).with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(path) = &args.write_data {
         upglobe_kernels::lammps::write(path, last)?;

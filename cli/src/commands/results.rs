@@ -6,9 +6,7 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::json;
 use upglobe_datasets::h5md::{ChunkProvenance, Frame, Observable, Trajectory, write};
 use upglobe_kernels::{Checkpoint, State};
-use upglobe_protocol::messages::{
-    ClientRequest, ClientResponse, JobKind, JobResults, JobState, Output,
-};
+use upglobe_protocol::messages::{ClientRequest, ClientResponse, JobKind, JobResults, JobState, Output};
 
 use super::Context;
 use super::status::connect;
@@ -29,8 +27,7 @@ pub struct Args {
 pub async fn run(context: &Context, args: Args) -> Result<i32> {
     let client = connect(context, args.connect.as_deref()).await?;
     let results = fetch(&client, &args.job).await?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let status = &results.status;
     let stem = format!("{}.{}", status.workflow_name, status.name);
     let written = match &results.spec.kind {
@@ -73,12 +70,7 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
 }
 
 pub async fn fetch(client: &Client, job: &str) -> Result<JobResults> {
-    match client
-        .request(ClientRequest::Results {
-            job: job.to_string(),
-        })
-        .await?
-    {
+    match client.request(ClientRequest::Results { job: job.to_string() }).await? {
         ClientResponse::Results(results) => Ok(*results),
         other => bail!("unexpected answer {other:?}"),
     }
@@ -107,30 +99,19 @@ async fn state(client: &Client, hash: upglobe_protocol::BlobHash) -> Result<Stat
 
 /// One H5MD file: the initial state and the state after each verified chunk, thermo, provenance.
 pub async fn write_md(client: &Client, results: &JobResults, path: &Path) -> Result<()> {
-    let JobKind::Md(md) = &results.spec.kind else {
-        unreachable!("an md job")
-    };
+    let JobKind::Md(md) = &results.spec.kind else { unreachable!("an md job") };
     let initial = state(client, md.initial).await?;
     let timestep = initial.params.timestep;
     let mut frames = vec![frame(&initial)];
     let mut observables = Vec::new();
     let mut chunks = Vec::new();
     for chunk in &results.chunks {
-        let Output::Md {
-            state_hash,
-            checkpoint,
-            thermo,
-            ..
-        } = &chunk.output
-        else {
+        let Output::Md { state_hash, checkpoint, thermo, .. } = &chunk.output else {
             bail!("chunk {} is not an MD result", chunk.index)
         };
         let after = state(client, *checkpoint).await?;
         if Checkpoint::hash(&after).0 != *state_hash {
-            bail!(
-                "chunk {}: the checkpoint does not have the verified state hash",
-                chunk.index
-            );
+            bail!("chunk {}: the checkpoint does not have the verified state hash", chunk.index);
         }
         frames.push(frame(&after));
         observables.extend(thermo.iter().map(|t| Observable {
@@ -166,33 +147,20 @@ pub async fn write_md(client: &Client, results: &JobResults, path: &Path) -> Res
 }
 
 async fn write_command(client: &Client, results: &JobResults, dir: &Path) -> Result<()> {
-    let JobKind::Command(command) = &results.spec.kind else {
-        unreachable!("a command job")
-    };
+    let JobKind::Command(command) = &results.spec.kind else { unreachable!("a command job") };
     for chunk in &results.chunks {
-        let Output::Command {
-            files,
-            stdout,
-            stderr,
-            ..
-        } = &chunk.output
-        else {
+        let Output::Command { files, stdout, stderr, .. } = &chunk.output else {
             bail!("chunk {} is not a command result", chunk.index)
         };
-        let task = command
-            .tasks
-            .get(chunk.index as usize)
-            .map_or(chunk.index.to_string(), |t| t.to_string());
+        let task = command.tasks.get(chunk.index as usize).map_or(chunk.index.to_string(), |t| t.to_string());
         let task_dir = dir.join(task);
         for file in files.iter().chain([stdout, stderr]) {
             let target = task_dir.join(&file.name);
             if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("cannot create {}", parent.display()))?;
+                std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
             }
             let bytes = client.download(file.blob).await?;
-            std::fs::write(&target, bytes)
-                .with_context(|| format!("cannot write {}", target.display()))?;
+            std::fs::write(&target, bytes).with_context(|| format!("cannot write {}", target.display()))?;
         }
     }
     Ok(())

@@ -36,9 +36,7 @@ pub struct Args {
 }
 
 pub async fn run(context: &Context, args: Args) -> Result<i32> {
-    let data_dir = args
-        .data_dir
-        .unwrap_or_else(|| context.home.join("scheduler"));
+    let data_dir = args.data_dir.unwrap_or_else(|| context.home.join("scheduler"));
     let mut config = ServerConfig::new(data_dir.clone(), args.listen);
     config.advertise = args.advertise;
     config.core.lease_timeout_ms = args.lease_timeout * 1000;
@@ -54,18 +52,11 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
             "data_dir": data_dir,
         })),
         Format::Text => {
-            println!(
-                "scheduler listening on {} (data in {})",
-                scheduler.address,
-                data_dir.display()
-            );
+            println!("scheduler listening on {} (data in {})", scheduler.address, data_dir.display());
             if scheduler.created {
                 println!("created a new certificate authority");
             }
-            println!(
-                "join workers with:\n  upglobe worker --join {}",
-                scheduler.worker_token
-            );
+            println!("join workers with:\n  upglobe worker --join {}", scheduler.worker_token);
             println!(
                 "client token (submit, status, results), also in {}:\n  {}",
                 data_dir.join("client.token").display(),

@@ -7,9 +7,7 @@ use anyhow::{Result, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use upglobe_protocol::JobId;
-use upglobe_protocol::messages::{
-    ClientRequest, ClientResponse, JobState, JobStatus, WorkerStatus,
-};
+use upglobe_protocol::messages::{ClientRequest, ClientResponse, JobState, JobStatus, WorkerStatus};
 
 use super::Context;
 use crate::client::{Client, client_token};
@@ -101,32 +99,18 @@ fn print_statuses(jobs: &[JobStatus], detailed: bool) {
             ]
         })
         .collect();
-    println!(
-        "{}",
-        table(
-            &[
-                "ID", "WORKFLOW", "JOB", "KIND", "STATE", "VERIFIED", "RUNNING", "ELAPSED"
-            ],
-            &rows
-        )
-    );
+    println!("{}", table(&["ID", "WORKFLOW", "JOB", "KIND", "STATE", "VERIFIED", "RUNNING", "ELAPSED"], &rows));
     for status in jobs {
         if let JobState::Failed { reason } = &status.state {
             println!("job {} failed: {reason}", status.id);
         }
         if detailed {
             if status.disagreements > 0 {
-                println!(
-                    "{} results disagreed with the verified ones",
-                    status.disagreements
-                );
+                println!("{} results disagreed with the verified ones", status.disagreements);
             }
             for failure in &status.failures {
                 let worker = failure.worker.map_or("-".into(), |w| w.short());
-                println!(
-                    "  chunk {} on worker {worker}: {}",
-                    failure.chunk, failure.reason
-                );
+                println!("  chunk {} on worker {worker}: {}", failure.chunk, failure.reason);
             }
         }
     }
@@ -150,10 +134,7 @@ pub async fn status(context: &Context, args: StatusArgs) -> Result<i32> {
 
 pub async fn cancel(context: &Context, args: CancelArgs) -> Result<i32> {
     let client = connect(context, args.connect.as_deref()).await?;
-    match client
-        .request(ClientRequest::Cancel { job: args.job })
-        .await?
-    {
+    match client.request(ClientRequest::Cancel { job: args.job }).await? {
         ClientResponse::Cancelled { job } => match context.format {
             Format::Json => output::json(&json!({ "cancelled": job.0 })),
             Format::Text => println!("cancelled job {job}"),
@@ -202,22 +183,7 @@ pub async fn workers(context: &Context, args: WorkersArgs) -> Result<i32> {
                     ]
                 })
                 .collect();
-            println!(
-                "{}",
-                table(
-                    &[
-                        "ID",
-                        "NAME",
-                        "STATE",
-                        "DEVICE",
-                        "CPUS",
-                        "RUNNING",
-                        "DONE",
-                        "DISAGREED"
-                    ],
-                    &rows
-                )
-            );
+            println!("{}", table(&["ID", "NAME", "STATE", "DEVICE", "CPUS", "RUNNING", "DONE", "DISAGREED"], &rows));
         }
     }
     client.close();
@@ -228,10 +194,9 @@ pub async fn workers(context: &Context, args: WorkersArgs) -> Result<i32> {
 /// Returns 0 if all completed, 3 otherwise.
 pub async fn watch(client: &Client, ids: &[JobId], format: Format) -> Result<i32> {
     let bars = MultiProgress::new();
-    let style =
-        ProgressStyle::with_template("{prefix:>20} [{bar:30.cyan/blue}] {pos}/{len} chunks {msg}")
-            .expect("a valid template")
-            .progress_chars("=> ");
+    let style = ProgressStyle::with_template("{prefix:>20} [{bar:30.cyan/blue}] {pos}/{len} chunks {msg}")
+        .expect("a valid template")
+        .progress_chars("=> ");
     let interactive = output::interactive() && format == Format::Text;
     let mut shown: BTreeMap<JobId, ProgressBar> = BTreeMap::new();
     let mut last: BTreeMap<JobId, (u64, String)> = BTreeMap::new();
@@ -245,24 +210,13 @@ pub async fn watch(client: &Client, ids: &[JobId], format: Format) -> Result<i32
                 continue;
             }
             last.insert(status.id, seen);
-            report(
-                status,
-                format,
-                interactive,
-                &bars,
-                &style,
-                &mut shown,
-                started.elapsed(),
-            );
+            report(status, format, interactive, &bars, &style, &mut shown, started.elapsed());
         }
         if jobs.iter().all(|s| s.state.is_finished()) {
             for bar in shown.values() {
                 bar.finish();
             }
-            let failed = jobs
-                .iter()
-                .filter(|s| s.state != JobState::Completed)
-                .count();
+            let failed = jobs.iter().filter(|s| s.state != JobState::Completed).count();
             return Ok(if failed == 0 { 0 } else { 3 });
         }
         tokio::time::sleep(Duration::from_millis(300)).await;

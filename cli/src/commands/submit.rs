@@ -52,12 +52,7 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
         }
     }
     let code = if args.watch {
-        watch(
-            &client,
-            &jobs.iter().map(|(_, id)| *id).collect::<Vec<_>>(),
-            context.format,
-        )
-        .await?
+        watch(&client, &jobs.iter().map(|(_, id)| *id).collect::<Vec<_>>(), context.format).await?
     } else {
         0
     };
@@ -66,16 +61,12 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
 }
 
 /// Uploads what the jobs need (initial MD states, input files) and submits the workflow.
-pub async fn submit(
-    client: &Client,
-    workflow: &Workflow,
-) -> Result<(WorkflowId, Vec<(String, JobId)>)> {
+pub async fn submit(client: &Client, workflow: &Workflow) -> Result<(WorkflowId, Vec<(String, JobId)>)> {
     let mut jobs = Vec::with_capacity(workflow.jobs.len());
     for job in &workflow.jobs {
         let kind = match &job.kind {
             upglobe_workflows::JobKind::Md(md) => {
-                let state = State::from_physical(md.system.clone())
-                    .with_context(|| format!("job '{}'", job.name))?;
+                let state = State::from_physical(md.system.clone()).with_context(|| format!("job '{}'", job.name))?;
                 let initial = client.upload_bytes(&Checkpoint::encode(&state)).await?;
                 JobKind::Md(MdJob {
                     initial,
@@ -92,11 +83,7 @@ pub async fn submit(
                         .upload_file(&input.path)
                         .await
                         .with_context(|| format!("uploading {}", input.path.display()))?;
-                    inputs.push(FileRef {
-                        name: input.name.clone(),
-                        blob,
-                        size,
-                    });
+                    inputs.push(FileRef { name: input.name.clone(), blob, size });
                 }
                 JobKind::Command(CommandJob {
                     argv: command.argv.clone(),
@@ -115,11 +102,7 @@ pub async fn submit(
             kind,
         });
     }
-    let submission = Submission {
-        name: workflow.name.clone(),
-        source: workflow.source.clone(),
-        jobs,
-    };
+    let submission = Submission { name: workflow.name.clone(), source: workflow.source.clone(), jobs };
     match client.request(ClientRequest::Submit(submission)).await? {
         ClientResponse::Submitted { workflow, jobs } => Ok((workflow, jobs)),
         other => bail!("unexpected answer {other:?}"),

@@ -44,12 +44,9 @@ pub fn parse_device(text: &str) -> Result<Device> {
         "cpu" => Device::Cpu { threads: 0 },
         "wgpu" | "gpu" => Device::Wgpu { adapter: None },
         other => match other.strip_prefix("wgpu:") {
-            Some(n) => Device::Wgpu {
-                adapter: Some(
-                    n.parse()
-                        .with_context(|| format!("'{n}' is not an adapter number"))?,
-                ),
-            },
+            Some(n) => {
+                Device::Wgpu { adapter: Some(n.parse().with_context(|| format!("'{n}' is not an adapter number"))?) }
+            }
             None => bail!("unknown device '{other}': use cpu, wgpu or wgpu:N"),
         },
     })
@@ -58,10 +55,7 @@ pub fn parse_device(text: &str) -> Result<Device> {
 pub async fn run(context: &Context, args: Args) -> Result<i32> {
     let token = parse_token(&args.join).context("--join")?;
     if token.role != Role::Worker {
-        bail!(
-            "--join needs the worker token printed by `upglobe scheduler`, not a {} token",
-            token.role.as_str()
-        );
+        bail!("--join needs the worker token printed by `upglobe scheduler`, not a {} token", token.role.as_str());
     }
     let data_dir = args.data_dir.unwrap_or_else(|| context.home.join("worker"));
     let mut config = WorkerConfig::new(data_dir, token);

@@ -30,16 +30,11 @@ pub fn run(context: &Context, command: Command) -> Result<i32> {
     for file in files {
         match upglobe_workflows::load(&file) {
             Ok(workflow) => match context.format {
-                Format::Json => output::json(
-                    &json!({"file": file, "ok": true, "name": workflow.name, "jobs": workflow.jobs.len()}),
-                ),
+                Format::Json => {
+                    output::json(&json!({"file": file, "ok": true, "name": workflow.name, "jobs": workflow.jobs.len()}))
+                }
                 Format::Text => {
-                    println!(
-                        "{}: ok, workflow '{}' with {} jobs",
-                        file.display(),
-                        workflow.name,
-                        workflow.jobs.len()
-                    );
+                    println!("{}: ok, workflow '{}' with {} jobs", file.display(), workflow.name, workflow.jobs.len());
                     for job in &workflow.jobs {
                         let what = match &job.kind {
                             JobKind::Md(md) => format!(

@@ -25,18 +25,12 @@ pub struct CpuEngine {
 impl CpuEngine {
     /// An engine with `threads` threads (0: one per available core).
     pub fn new(threads: usize) -> Result<CpuEngine> {
-        let threads = if threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            threads
-        };
+        let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("md-cpu-{i}"))
             .build()
-            .map_err(|e| {
-                KernelError::InvalidSystem(format!("cannot start {threads} threads: {e}"))
-            })?;
+            .map_err(|e| KernelError::InvalidSystem(format!("cannot start {threads} threads: {e}")))?;
         Ok(CpuEngine { threads, pool })
     }
 
@@ -47,11 +41,7 @@ impl CpuEngine {
 
 impl Engine for CpuEngine {
     fn describe(&self) -> String {
-        format!(
-            "cpu ({} thread{})",
-            self.threads,
-            if self.threads == 1 { "" } else { "s" }
-        )
+        format!("cpu ({} thread{})", self.threads, if self.threads == 1 { "" } else { "s" })
     }
 
     fn run(
@@ -94,9 +84,8 @@ impl Grid {
         // Cells of half the radius look at fewer candidates (62.5 cell volumes instead of 13.5 of
         // eight times the size); fall back to full-radius cells for small boxes.
         for reach in [2usize, 1] {
-            let cells: [usize; 3] = std::array::from_fn(|d| {
-                (box_length[d] / (list_radius / reach as f64)).floor() as usize
-            });
+            let cells: [usize; 3] =
+                std::array::from_fn(|d| (box_length[d] / (list_radius / reach as f64)).floor() as usize);
             if cells.iter().all(|&n| n > 2 * reach) {
                 let r = reach as isize;
                 let mut stencil = Vec::new();
@@ -128,9 +117,7 @@ impl Grid {
     }
 
     fn shifted(&self, c: [usize; 3], offset: [isize; 3]) -> usize {
-        self.index(std::array::from_fn(|d| {
-            (c[d] as isize + offset[d]).rem_euclid(self.cells[d] as isize) as usize
-        }))
+        self.index(std::array::from_fn(|d| (c[d] as isize + offset[d]).rem_euclid(self.cells[d] as isize) as usize))
     }
 }
 
@@ -165,22 +152,11 @@ struct Simulation<'m> {
 }
 
 fn high_words(position: &[u64; 3], atom_type: u32) -> [u32; 4] {
-    [
-        (position[0] >> 32) as u32,
-        (position[1] >> 32) as u32,
-        (position[2] >> 32) as u32,
-        atom_type,
-    ]
+    [(position[0] >> 32) as u32, (position[1] >> 32) as u32, (position[2] >> 32) as u32, atom_type]
 }
 
 impl<'m> Simulation<'m> {
-    fn new(
-        state: &State,
-        model: &'m Model,
-        skin: f64,
-        threads: usize,
-        pool: &'m rayon::ThreadPool,
-    ) -> Simulation<'m> {
+    fn new(state: &State, model: &'m Model, skin: f64, threads: usize, pool: &'m rayon::ThreadPool) -> Simulation<'m> {
         let atoms = state.atoms();
         let skin = effective_skin(&state.params, skin);
         let list_radius = state.params.cutoff_max() + skin;
@@ -193,22 +169,13 @@ impl<'m> Simulation<'m> {
             threads,
             canonical: (0..atoms as u32).collect(),
             types_canonical: state.types.clone(),
-            high: state
-                .positions
-                .iter()
-                .zip(&state.types)
-                .map(|(p, &t)| high_words(p, t))
-                .collect(),
+            high: state.positions.iter().zip(&state.types).map(|(p, &t)| high_words(p, t)).collect(),
             position: state.positions.clone(),
             velocity: state.velocities.clone(),
             force: vec![[0; 3]; atoms],
             reference: vec![[0; 3]; atoms],
             lists: Vec::new(),
-            buffers: if threads > 1 {
-                vec![vec![[0; 3]; atoms]; threads]
-            } else {
-                Vec::new()
-            },
+            buffers: if threads > 1 { vec![vec![[0; 3]; atoms]; threads] } else { Vec::new() },
             grid: Grid::new(state.params.box_length, list_radius),
             cell_start: Vec::new(),
             list_squared: model.squared(list_radius),
@@ -220,11 +187,7 @@ impl<'m> Simulation<'m> {
         simulation
     }
 
-    fn run(
-        &mut self,
-        options: &RunOptions,
-        observer: &mut dyn FnMut(Event) -> ControlFlow<()>,
-    ) -> Result<()> {
+    fn run(&mut self, options: &RunOptions, observer: &mut dyn FnMut(Event) -> ControlFlow<()>) -> Result<()> {
         let start = self.step;
         let energy = options.wants_thermo(start, start);
         let sums = self.compute_forces(energy);
@@ -250,21 +213,14 @@ impl<'m> Simulation<'m> {
         Ok(())
     }
 
-    fn record_thermo(
-        &mut self,
-        sums: Sums,
-        observer: &mut dyn FnMut(Event) -> ControlFlow<()>,
-    ) -> Result<()> {
+    fn record_thermo(&mut self, sums: Sums, observer: &mut dyn FnMut(Event) -> ControlFlow<()>) -> Result<()> {
         let mut sums = sums;
         for (v, h) in self.velocity.iter().zip(&self.high) {
             sums.add_velocity(h[3], *v);
         }
         let thermo = sums.thermo(&self.params, self.position.len(), self.step);
         if !(thermo.etotal.is_finite() && thermo.press.is_finite()) {
-            return Err(KernelError::Unstable {
-                step: self.step,
-                message: "energy is not finite".into(),
-            });
+            return Err(KernelError::Unstable { step: self.step, message: "energy is not finite".into() });
         }
         self.thermo.push(thermo);
         if observer(Event::Thermo(&thermo)).is_break() {
@@ -276,32 +232,25 @@ impl<'m> Simulation<'m> {
     fn kick_and_drift(&mut self) {
         let model = self.model;
         self.pool.install(|| {
-            (
-                &mut self.velocity,
-                &mut self.position,
-                &mut self.high,
-                &self.force,
-            )
-                .into_par_iter()
-                .for_each(|(v, x, h, f)| {
+            (&mut self.velocity, &mut self.position, &mut self.high, &self.force).into_par_iter().for_each(
+                |(v, x, h, f)| {
                     half_kick(v, f, &model.kick[h[3] as usize]);
                     drift(x, v);
                     *h = high_words(x, h[3]);
-                })
+                },
+            )
         });
     }
 
     fn kick_and_thermostat(&mut self, step: u64) {
         let model = self.model;
         self.pool.install(|| {
-            (&mut self.velocity, &self.high, &self.force, &self.canonical)
-                .into_par_iter()
-                .for_each(|(v, h, f, &c)| {
-                    half_kick(v, f, &model.kick[h[3] as usize]);
-                    if let Some(langevin) = &model.langevin {
-                        langevin.apply(v, h[3], c, step);
-                    }
-                })
+            (&mut self.velocity, &self.high, &self.force, &self.canonical).into_par_iter().for_each(|(v, h, f, &c)| {
+                half_kick(v, f, &model.kick[h[3] as usize]);
+                if let Some(langevin) = &model.langevin {
+                    langevin.apply(v, h[3], c, step);
+                }
+            })
         });
     }
 
@@ -310,11 +259,9 @@ impl<'m> Simulation<'m> {
         let model = self.model;
         let limit = self.drift_limit_squared;
         self.pool.install(|| {
-            self.high.par_iter().zip(&self.reference).any(|(h, r)| {
-                match model.separation([h[0], h[1], h[2]], *r) {
-                    Some((_, _, r2)) => r2 > limit,
-                    None => true,
-                }
+            self.high.par_iter().zip(&self.reference).any(|(h, r)| match model.separation([h[0], h[1], h[2]], *r) {
+                Some((_, _, r2)) => r2 > limit,
+                None => true,
             })
         })
     }
@@ -326,12 +273,8 @@ impl<'m> Simulation<'m> {
         let atoms = self.position.len();
         let ranges = split(atoms, self.threads * 4);
         let this = &*self;
-        let lists: Vec<ListChunk> = self.pool.install(|| {
-            ranges
-                .into_par_iter()
-                .map(|(start, end)| this.build_chunk(start, end))
-                .collect()
-        });
+        let lists: Vec<ListChunk> =
+            self.pool.install(|| ranges.into_par_iter().map(|(start, end)| this.build_chunk(start, end)).collect());
         self.lists = lists;
         for (r, h) in self.reference.iter_mut().zip(&self.high) {
             *r = [h[0], h[1], h[2]];
@@ -342,11 +285,7 @@ impl<'m> Simulation<'m> {
     /// Reorders atoms by cell (a counting sort, stable), so the pair loop walks memory in order.
     fn sort_by_cell(&mut self) {
         let grid = self.grid.as_ref().expect("sorting needs a grid");
-        let cells: Vec<u32> = self
-            .high
-            .iter()
-            .map(|h| grid.index(grid.coordinates(h)) as u32)
-            .collect();
+        let cells: Vec<u32> = self.high.iter().map(|h| grid.index(grid.coordinates(h)) as u32).collect();
         let mut start = vec![0u32; grid.count() + 1];
         for &c in &cells {
             start[c as usize + 1] += 1;
@@ -373,12 +312,7 @@ impl<'m> Simulation<'m> {
     }
 
     fn build_chunk(&self, start: usize, end: usize) -> ListChunk {
-        let mut chunk = ListChunk {
-            start,
-            end,
-            offsets: Vec::with_capacity(end - start + 1),
-            neighbors: Vec::new(),
-        };
+        let mut chunk = ListChunk { start, end, offsets: Vec::with_capacity(end - start + 1), neighbors: Vec::new() };
         chunk.offsets.push(0);
         let mut cells = Vec::new();
         for i in start..end {
@@ -386,19 +320,11 @@ impl<'m> Simulation<'m> {
                 Some(grid) => {
                     let home = grid.coordinates(&self.high[i]);
                     let own = grid.index(home);
-                    self.scan(
-                        i,
-                        i + 1..self.cell_start[own + 1] as usize,
-                        &mut chunk.neighbors,
-                    );
+                    self.scan(i, i + 1..self.cell_start[own + 1] as usize, &mut chunk.neighbors);
                     if cells.is_empty() || cells[0] != own {
                         cells.clear();
                         cells.push(own);
-                        cells.extend(
-                            grid.stencil
-                                .iter()
-                                .map(|offset| grid.shifted(home, *offset)),
-                        );
+                        cells.extend(grid.stencil.iter().map(|offset| grid.shifted(home, *offset)));
                     }
                     for &cell in &cells[1..] {
                         self.scan(
@@ -448,11 +374,7 @@ impl<'m> Simulation<'m> {
         let pairs = Pairs::new(model, &self.tables);
         let high = &self.high;
         let run = |chunk: &ListChunk, buffer: &mut [[i64; 3]], sums: &mut Sums| {
-            if energy {
-                pairs.forces_with_energy(high, chunk, buffer, sums)
-            } else {
-                pairs.forces(high, chunk, buffer)
-            }
+            if energy { pairs.forces_with_energy(high, chunk, buffer, sums) } else { pairs.forces(high, chunk, buffer) }
         };
         if self.threads == 1 {
             let mut sums = Sums::new(model.types);
@@ -483,20 +405,17 @@ impl<'m> Simulation<'m> {
         let buffers = &self.buffers;
         let force = &mut self.force;
         pool.install(|| {
-            force
-                .par_chunks_mut(4096)
-                .enumerate()
-                .for_each(|(block, out)| {
-                    let base = block * 4096;
-                    for (k, f) in out.iter_mut().enumerate() {
-                        let mut total = [0i64; 3];
-                        for buffer in buffers {
-                            let b = buffer[base + k];
-                            total = [total[0] + b[0], total[1] + b[1], total[2] + b[2]];
-                        }
-                        *f = total;
+            force.par_chunks_mut(4096).enumerate().for_each(|(block, out)| {
+                let base = block * 4096;
+                for (k, f) in out.iter_mut().enumerate() {
+                    let mut total = [0i64; 3];
+                    for buffer in buffers {
+                        let b = buffer[base + k];
+                        total = [total[0] + b[0], total[1] + b[1], total[2] + b[2]];
                     }
-                })
+                    *f = total;
+                }
+            })
         });
         let mut sums = Sums::new(model.types);
         for p in &partial {
@@ -523,7 +442,5 @@ fn permute_into<T: Copy>(values: &mut Vec<T>, order: &[u32]) {
 /// `parts` contiguous ranges covering `0..n`.
 fn split(n: usize, parts: usize) -> Vec<(usize, usize)> {
     let parts = parts.clamp(1, n.max(1));
-    (0..parts)
-        .map(|k| (n * k / parts, n * (k + 1) / parts))
-        .collect()
+    (0..parts).map(|k| (n * k / parts, n * (k + 1) / parts)).collect()
 }

@@ -6,9 +6,7 @@
 //! with gathers; it is compiled three times (AVX-512, AVX2, baseline) and chosen at run time. All
 //! versions compute exactly the same integers as the scalar reference in `model.rs`.
 
-use crate::model::{
-    FRACTION_BITS, FlatTables, Model, SEGMENT_BITS, SEPARATION_BITS, Segment, locate,
-};
+use crate::model::{FRACTION_BITS, FlatTables, Model, SEGMENT_BITS, SEPARATION_BITS, Segment, locate};
 use crate::numbers::shift_signed;
 use crate::thermo::Sums;
 
@@ -49,9 +47,7 @@ impl<'a> Pairs<'a> {
                 // SAFETY: the CPU has the features the function was compiled for.
                 return unsafe { self.forces_avx512(high, chunk, force) };
             }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("lzcnt")
-            {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("lzcnt") {
                 // SAFETY: as above.
                 return unsafe { self.forces_avx2(high, chunk, force) };
             }
@@ -81,12 +77,7 @@ impl<'a> Pairs<'a> {
     }
 
     #[inline(always)]
-    fn forces_typed<const MULTI: bool>(
-        &self,
-        high: &[[u32; 4]],
-        chunk: &ListChunk,
-        force: &mut [[i64; 3]],
-    ) {
+    fn forces_typed<const MULTI: bool>(&self, high: &[[u32; 4]], chunk: &ListChunk, force: &mut [[i64; 3]]) {
         let mut block = [[0i64; BLOCK]; 3];
         for i in chunk.start..chunk.end {
             let a = high[i];
@@ -112,13 +103,7 @@ impl<'a> Pairs<'a> {
 
     /// The force on atom `a` from each neighbour in `js`, branch-free so that it vectorises.
     #[inline(always)]
-    fn block<const MULTI: bool>(
-        &self,
-        a: [u32; 4],
-        js: &[u32],
-        high: &[[u32; 4]],
-        out: &mut [[i64; BLOCK]; 3],
-    ) {
+    fn block<const MULTI: bool>(&self, a: [u32; 4], js: &[u32], high: &[[u32; 4]], out: &mut [[i64; BLOCK]; 3]) {
         let tables = self.tables;
         let segments: &[Segment] = &tables.force;
         let n = js.len().min(BLOCK);
@@ -133,20 +118,16 @@ impl<'a> Pairs<'a> {
             let first_octave = tables.first_octave[pair_type];
             let offset = tables.offset[pair_type];
             let dx: [i32; 3] = std::array::from_fn(|d| a[d].wrapping_sub(b[d]) as i32);
-            let p: [u64; 3] = std::array::from_fn(|d| {
-                (dx[d].unsigned_abs() as u64 * self.multiplier[d] as u64) >> self.shift[d]
-            });
+            let p: [u64; 3] =
+                std::array::from_fn(|d| (dx[d].unsigned_abs() as u64 * self.multiplier[d] as u64) >> self.shift[d]);
             let far = (p[0] | p[1] | p[2]) >> SEPARATION_BITS != 0;
             let q: [u64; 3] = std::array::from_fn(|d| p[d] as u32 as u64);
-            let r2 = (q[0] * q[0])
-                .wrapping_add(q[1] * q[1])
-                .wrapping_add(q[2] * q[2]);
+            let r2 = (q[0] * q[0]).wrapping_add(q[1] * q[1]).wrapping_add(q[2] * q[2]);
             let active = !far & (r2 < cutoff);
             let u = r2.max(clamp).min(cutoff - 1);
             let octave = 63 - u.leading_zeros();
             let below = octave - SEGMENT_BITS;
-            let index = ((octave - first_octave) << SEGMENT_BITS)
-                | ((u >> below) as u32 & ((1 << SEGMENT_BITS) - 1));
+            let index = ((octave - first_octave) << SEGMENT_BITS) | ((u >> below) as u32 & ((1 << SEGMENT_BITS) - 1));
             let remainder = u & ((1u64 << below) - 1);
             let t = if below >= FRACTION_BITS {
                 remainder.wrapping_shr(below.wrapping_sub(FRACTION_BITS))
@@ -170,13 +151,7 @@ impl<'a> Pairs<'a> {
     }
 
     /// Forces plus the pair energy and virial sums: the scalar reference, used at thermo steps.
-    pub fn forces_with_energy(
-        &self,
-        high: &[[u32; 4]],
-        chunk: &ListChunk,
-        force: &mut [[i64; 3]],
-        sums: &mut Sums,
-    ) {
+    pub fn forces_with_energy(&self, high: &[[u32; 4]], chunk: &ListChunk, force: &mut [[i64; 3]], sums: &mut Sums) {
         let model = self.model;
         for i in chunk.start..chunk.end {
             let a = high[i];
@@ -187,8 +162,7 @@ impl<'a> Pairs<'a> {
                 let j = j as usize;
                 let b = high[j];
                 let table = model.table(a[3], b[3]);
-                let Some((dx, p, r2)) = model.separation([a[0], a[1], a[2]], [b[0], b[1], b[2]])
-                else {
+                let Some((dx, p, r2)) = model.separation([a[0], a[1], a[2]], [b[0], b[1], b[2]]) else {
                     continue;
                 };
                 if r2 >= table.cutoff_squared {

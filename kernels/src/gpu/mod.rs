@@ -39,11 +39,7 @@ pub struct AdapterDescription {
 
 impl std::fmt::Display for AdapterDescription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} ({}, {}, {})",
-            self.name, self.backend, self.device_type, self.driver
-        )
+        write!(f, "{} ({}, {}, {})", self.name, self.backend, self.device_type, self.driver)
     }
 }
 
@@ -57,31 +53,20 @@ fn describe(index: usize, info: &wgpu::AdapterInfo) -> AdapterDescription {
         name: info.name.clone(),
         backend: format!("{:?}", info.backend).to_lowercase(),
         device_type: format!("{:?}", info.device_type).to_lowercase(),
-        driver: format!("{} {}", info.driver, info.driver_info)
-            .trim()
-            .to_string(),
+        driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
     }
 }
 
 /// Adapters that can run compute shaders, in the order `--device wgpu:N` counts them.
 pub fn adapters() -> Vec<AdapterDescription> {
-    compute_adapters(&instance())
-        .iter()
-        .enumerate()
-        .map(|(i, a)| describe(i, &a.get_info()))
-        .collect()
+    compute_adapters(&instance()).iter().enumerate().map(|(i, a)| describe(i, &a.get_info())).collect()
 }
 
 fn compute_adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
-    let mut adapters: Vec<wgpu::Adapter> =
-        pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
-            .into_iter()
-            .filter(|a| {
-                a.get_downlevel_capabilities()
-                    .flags
-                    .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
-            })
-            .collect();
+    let mut adapters: Vec<wgpu::Adapter> = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        .into_iter()
+        .filter(|a| a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS))
+        .collect();
     // Real GPUs first, software rasterisers last.
     adapters.sort_by_key(|a| match a.get_info().device_type {
         wgpu::DeviceType::DiscreteGpu => 0,
@@ -124,15 +109,13 @@ impl GpuEngine {
         let mut adapters = compute_adapters(&instance);
         if adapters.is_empty() {
             return Err(KernelError::Gpu(
-                "no wgpu adapter with compute shaders (install a Vulkan driver, e.g. Debian's mesa-vulkan-drivers)".into(),
+                "no wgpu adapter with compute shaders (install a Vulkan driver, e.g. Debian's mesa-vulkan-drivers)"
+                    .into(),
             ));
         }
         let chosen = index.unwrap_or(0);
         if chosen >= adapters.len() {
-            return Err(KernelError::Gpu(format!(
-                "adapter {chosen} does not exist; there are {}",
-                adapters.len()
-            )));
+            return Err(KernelError::Gpu(format!("adapter {chosen} does not exist; there are {}", adapters.len())));
         }
         let adapter = adapters.swap_remove(chosen);
         let description = describe(chosen, &adapter.get_info());
@@ -152,26 +135,13 @@ impl GpuEngine {
         }))
         .map_err(|e| KernelError::Gpu(format!("cannot open {description}: {e}")))?;
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let layout = bind_group_layout(
-            &device,
-            (0..BINDINGS).filter(|&b| b != INDIRECT_BINDING),
-            Some(0),
-        );
+        let layout = bind_group_layout(&device, (0..BINDINGS).filter(|&b| b != INDIRECT_BINDING), Some(0));
         let indirect_layout = bind_group_layout(&device, [0].into_iter(), None);
         let pipelines = create_pipelines(&device, &layout, &indirect_layout);
         if let Some(error) = pollster::block_on(scope.pop()) {
-            return Err(KernelError::Gpu(format!(
-                "the MD shaders do not compile on {description}: {error}"
-            )));
+            return Err(KernelError::Gpu(format!("the MD shaders do not compile on {description}: {error}")));
         }
-        Ok(GpuEngine {
-            device,
-            queue,
-            adapter: description,
-            layout,
-            indirect_layout,
-            pipelines,
-        })
+        Ok(GpuEngine { device, queue, adapter: description, layout, indirect_layout, pipelines })
     }
 
     pub fn adapter(&self) -> &AdapterDescription {
@@ -192,9 +162,7 @@ fn bind_group_layout(
                 ty: if Some(binding) == uniform {
                     wgpu::BufferBindingType::Uniform
                 } else {
-                    wgpu::BufferBindingType::Storage {
-                        read_only: READ_ONLY_BINDINGS.contains(&binding),
-                    }
+                    wgpu::BufferBindingType::Storage { read_only: READ_ONLY_BINDINGS.contains(&binding) }
                 },
                 has_dynamic_offset: false,
                 min_binding_size: None,
@@ -202,10 +170,7 @@ fn bind_group_layout(
             count: None,
         })
         .collect();
-    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-        label: Some("md"),
-        entries: &entries,
-    })
+    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some("md"), entries: &entries })
 }
 
 fn create_pipelines(
@@ -230,17 +195,10 @@ fn create_pipelines(
     let make = |entry: &str, constants: &[(&str, f64)]| {
         device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(entry),
-            layout: Some(if entry == "prepare" {
-                &prepare_layout
-            } else {
-                &pipeline_layout
-            }),
+            layout: Some(if entry == "prepare" { &prepare_layout } else { &pipeline_layout }),
             module: &module,
             entry_point: Some(entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants,
-                ..Default::default()
-            },
+            compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
             cache: None,
         })
     };
@@ -325,8 +283,7 @@ impl<'e> Run<'e> {
         let p = &state.params;
         let skin = effective_skin(p, skin);
         let list_radius = p.cutoff_max() + skin;
-        let mut cells: [usize; 3] =
-            std::array::from_fn(|d| ((p.box_length[d] / list_radius).floor() as usize).max(1));
+        let mut cells: [usize; 3] = std::array::from_fn(|d| ((p.box_length[d] / list_radius).floor() as usize).max(1));
         while cells.iter().product::<usize>() > CELLS_MAX {
             cells.iter_mut().for_each(|c| *c = (*c / 2).max(1));
         }
@@ -352,24 +309,14 @@ impl<'e> Run<'e> {
             types: model.types as u32,
             max_neighbors: max_neighbors as u32,
             atom_groups,
-            cells: [
-                cells[0] as u32,
-                cells[1] as u32,
-                cells[2] as u32,
-                total_cells as u32,
-            ],
+            cells: [cells[0] as u32, cells[1] as u32, cells[2] as u32, total_cells as u32],
             multiplier: [
                 model.separation[0].multiplier as u32,
                 model.separation[1].multiplier as u32,
                 model.separation[2].multiplier as u32,
                 0,
             ],
-            shift: [
-                model.separation[0].shift,
-                model.separation[1].shift,
-                model.separation[2].shift,
-                0,
-            ],
+            shift: [model.separation[0].shift, model.separation[1].shift, model.separation[2].shift, 0],
             list_squared: split64(model.squared(list_radius)),
             drift_limit_squared: split64(model.squared(skin / 2.0 - 1e-6)),
             langevin: langevin.is_some() as u32,
@@ -430,42 +377,18 @@ impl<'e> Run<'e> {
     ) -> Result<()> {
         let device = &self.engine.device;
         let atoms = self.atoms;
-        let storage = wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_SRC
-            | wgpu::BufferUsages::COPY_DST;
+        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
         let init = |label: &str, contents: &[u8], usage: wgpu::BufferUsages| {
-            device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents,
-                usage,
-            })
+            device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents, usage })
         };
-        let zeroed = |label: &str, bytes: usize| {
-            device.create_buffer(&plain(label, bytes.max(16) as u64, storage))
-        };
+        let zeroed = |label: &str, bytes: usize| device.create_buffer(&plain(label, bytes.max(16) as u64, storage));
         let high: Vec<[u32; 4]> = state
             .positions
             .iter()
             .zip(&state.types)
-            .map(|(x, &t)| {
-                [
-                    (x[0] >> 32) as u32,
-                    (x[1] >> 32) as u32,
-                    (x[2] >> 32) as u32,
-                    t,
-                ]
-            })
+            .map(|(x, &t)| [(x[0] >> 32) as u32, (x[1] >> 32) as u32, (x[2] >> 32) as u32, t])
             .collect();
-        let control = [
-            1u32,
-            0,
-            state.step as u32,
-            (state.step >> 32) as u32,
-            0,
-            0,
-            0,
-            0,
-        ];
+        let control = [1u32, 0, state.step as u32, (state.step >> 32) as u32, 0, 0, 0, 0];
         let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         self.buffers = vec![
             init(
@@ -485,11 +408,7 @@ impl<'e> Run<'e> {
             zeroed("cell_atoms", atoms * 4),
             zeroed("atom_cell", atoms * 8),
             init("control", bytemuck::cast_slice(&control), storage),
-            init(
-                "indirect",
-                &[0u8; 36],
-                storage | wgpu::BufferUsages::INDIRECT,
-            ),
+            init("indirect", &[0u8; 36], storage | wgpu::BufferUsages::INDIRECT),
             init("pair_params", bytemuck::cast_slice(pair_params), storage),
             init("segments", bytemuck::cast_slice(segments), storage),
             init("type_factors", bytemuck::cast_slice(type_factors), storage),
@@ -523,25 +442,16 @@ impl<'e> Run<'e> {
                 resource: buffer.as_entire_binding(),
             })
             .collect();
-        self.bind_group = Some(
-            self.engine
-                .device
-                .create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some("md"),
-                    layout: &self.engine.layout,
-                    entries: &entries,
-                }),
-        );
-        self.indirect_group = Some(self.engine.device.create_bind_group(
-            &wgpu::BindGroupDescriptor {
-                label: Some("md indirect"),
-                layout: &self.engine.indirect_layout,
-                entries: &[wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: self.buffers[INDIRECT].as_entire_binding(),
-                }],
-            },
-        ));
+        self.bind_group = Some(self.engine.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("md"),
+            layout: &self.engine.layout,
+            entries: &entries,
+        }));
+        self.indirect_group = Some(self.engine.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("md indirect"),
+            layout: &self.engine.indirect_layout,
+            entries: &[wgpu::BindGroupEntry { binding: 0, resource: self.buffers[INDIRECT].as_entire_binding() }],
+        }));
     }
 
     /// Records the list build (indirect: it does nothing unless `prepare` saw a rebuild request).
@@ -570,10 +480,7 @@ impl<'e> Run<'e> {
 
     /// Forces at the starting positions (and energies if asked).
     fn start(&self, energy: bool) {
-        let mut encoder = self
-            .engine
-            .device
-            .create_command_encoder(&Default::default());
+        let mut encoder = self.engine.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             pass.set_bind_group(0, self.bind_group.as_ref(), &[]);
@@ -587,10 +494,7 @@ impl<'e> Run<'e> {
     /// Records steps `first..=last` (global numbers); energies at `last` if asked.
     fn encode_steps(&self, first: u64, last: u64, energy_at_last: bool) {
         let p = &self.engine.pipelines;
-        let mut encoder = self
-            .engine
-            .device
-            .create_command_encoder(&Default::default());
+        let mut encoder = self.engine.device.create_command_encoder(&Default::default());
         for (k, source) in [POSITION, VELOCITY, FORCE, CONTROL].iter().enumerate() {
             encoder.copy_buffer_to_buffer(&self.buffers[*source], 0, &self.snapshot[k], 0, None);
         }
@@ -615,20 +519,15 @@ impl<'e> Run<'e> {
         let device = &self.engine.device;
         let source = &self.buffers[index];
         let size = source.size();
-        let staging = device.create_buffer(&plain(
-            "readback",
-            size,
-            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        ));
+        let staging =
+            device.create_buffer(&plain("readback", size, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST));
         let mut encoder = device.create_command_encoder(&Default::default());
         encoder.copy_buffer_to_buffer(source, 0, &staging, 0, size);
         self.engine.queue.submit([encoder.finish()]);
         let (sender, receiver) = std::sync::mpsc::channel();
-        staging
-            .slice(..)
-            .map_async(wgpu::MapMode::Read, move |result| {
-                let _ = sender.send(result);
-            });
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |result| {
+            let _ = sender.send(result);
+        });
         device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| KernelError::Gpu(format!("waiting for {}: {e}", self.engine.adapter)))?;
@@ -660,13 +559,7 @@ impl<'e> Run<'e> {
         if from_snapshot {
             let mut encoder = device.create_command_encoder(&Default::default());
             for (k, target) in [POSITION, VELOCITY, FORCE, CONTROL].iter().enumerate() {
-                encoder.copy_buffer_to_buffer(
-                    &self.snapshot[k],
-                    0,
-                    &self.buffers[*target],
-                    0,
-                    None,
-                );
+                encoder.copy_buffer_to_buffer(&self.snapshot[k], 0, &self.buffers[*target], 0, None);
             }
             self.engine.queue.submit([encoder.finish()]);
         }
@@ -677,19 +570,12 @@ impl<'e> Run<'e> {
             bytemuck::cast_slice(&[1u32, 0, control[2], control[3], control[4]]),
         );
         let max_neighbors = ((needed as usize * 5 / 4).div_ceil(8) * 8).min(self.atoms) as u32;
-        tracing::debug!(
-            from = self.params.max_neighbors,
-            to = max_neighbors,
-            "growing the GPU neighbour list"
-        );
+        tracing::debug!(from = self.params.max_neighbors, to = max_neighbors, "growing the GPU neighbour list");
         self.params.max_neighbors = max_neighbors;
-        self.engine
-            .queue
-            .write_buffer(&self.buffers[PARAMS], 0, bytemuck::bytes_of(&self.params));
+        self.engine.queue.write_buffer(&self.buffers[PARAMS], 0, bytemuck::bytes_of(&self.params));
         let bytes = self.atoms as u64 * max_neighbors as u64 * 4;
         let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        self.buffers[NEIGHBORS] =
-            device.create_buffer(&plain("neighbors", bytes, wgpu::BufferUsages::STORAGE));
+        self.buffers[NEIGHBORS] = device.create_buffer(&plain("neighbors", bytes, wgpu::BufferUsages::STORAGE));
         if let Some(error) = pollster::block_on(scope.pop()) {
             return Err(KernelError::Gpu(format!(
                 "cannot grow the neighbour list to {max_neighbors} per atom: {error}"
@@ -707,9 +593,8 @@ impl<'e> Run<'e> {
         }
         if with_energy {
             let energies: Vec<[i64; 2]> = bytemuck::pod_collect_to_vec(&self.read(ENERGY)?);
-            let (energy, virial) = energies.iter().fold((0i128, 0i128), |(e, w), x| {
-                (e + x[0] as i128, w + x[1] as i128)
-            });
+            let (energy, virial) =
+                energies.iter().fold((0i128, 0i128), |(e, w), x| (e + x[0] as i128, w + x[1] as i128));
             // Full lists see every pair twice; the CPU's half list once. Both totals are exact.
             debug_assert!(energy % 2 == 0 && virial % 2 == 0);
             sums.energy = energy / 2;
@@ -728,12 +613,7 @@ impl<'e> Run<'e> {
 }
 
 fn plain(label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::BufferDescriptor<'_> {
-    wgpu::BufferDescriptor {
-        label: Some(label),
-        size: size.div_ceil(4) * 4,
-        usage,
-        mapped_at_creation: false,
-    }
+    wgpu::BufferDescriptor { label: Some(label), size: size.div_ceil(4) * 4, usage, mapped_at_creation: false }
 }
 
 impl Engine for GpuEngine {
@@ -783,10 +663,7 @@ impl Engine for GpuEngine {
             if energy {
                 let t = run.sums(true)?.thermo(&state.params, state.atoms(), step);
                 if !(t.etotal.is_finite() && t.press.is_finite()) {
-                    return Err(KernelError::Unstable {
-                        step,
-                        message: "energy is not finite".into(),
-                    });
+                    return Err(KernelError::Unstable { step, message: "energy is not finite".into() });
                 }
                 thermo.push(t);
                 if observer(Event::Thermo(&t)).is_break() {
@@ -798,11 +675,7 @@ impl Engine for GpuEngine {
             }
         }
         let control: Vec<u32> = bytemuck::pod_collect_to_vec(&run.read(CONTROL)?);
-        Ok(RunOutput {
-            state: run.state(state, end)?,
-            thermo,
-            neighbor_builds: control[4] as u64,
-        })
+        Ok(RunOutput { state: run.state(state, end)?, thermo, neighbor_builds: control[4] as u64 })
     }
 }
 

@@ -23,8 +23,8 @@ pub use state::{Snapshot, SnapshotJob, SnapshotResult};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use upglobe_protocol::messages::{
-    Assignment, Failure, JobKind, JobSpec, JobState, JobStatus, Outcome, Output, Progress,
-    Resources, Task, ToWorker, WorkerStatus,
+    Assignment, Failure, JobKind, JobSpec, JobState, JobStatus, Outcome, Output, Progress, Resources, Task, ToWorker,
+    WorkerStatus,
 };
 use upglobe_protocol::{AssignmentId, BlobHash, ChunkId, Digest, JobId, WorkerId, WorkflowId};
 
@@ -43,12 +43,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Config {
-        Config {
-            lease_timeout_ms: 30_000,
-            attempts_max: 5,
-            extra_replicas_max: 3,
-            disagreements_max: 3,
-        }
+        Config { lease_timeout_ms: 30_000, attempts_max: 5, extra_replicas_max: 3, disagreements_max: 3 }
     }
 }
 
@@ -229,23 +224,15 @@ impl Core {
     ) -> (WorkflowId, Vec<(String, JobId)>) {
         let workflow = WorkflowId(self.next_workflow);
         self.next_workflow += 1;
-        let ids: BTreeMap<String, JobId> = specs
-            .iter()
-            .enumerate()
-            .map(|(k, spec)| (spec.name.clone(), JobId(self.next_job + k as u64)))
-            .collect();
+        let ids: BTreeMap<String, JobId> =
+            specs.iter().enumerate().map(|(k, spec)| (spec.name.clone(), JobId(self.next_job + k as u64))).collect();
         self.next_job += specs.len() as u64;
         let mut jobs = Vec::with_capacity(specs.len());
         for spec in specs {
             let after: Vec<JobId> = spec.after.iter().map(|n| ids[n]).collect();
             jobs.push((ids[&spec.name], spec, after));
         }
-        self.persist(Record::WorkflowSubmitted {
-            id: workflow,
-            name: name.clone(),
-            source,
-            jobs: jobs.clone(),
-        });
+        self.persist(Record::WorkflowSubmitted { id: workflow, name: name.clone(), source, jobs: jobs.clone() });
         self.workflows.insert(workflow, Workflow { name });
         for (id, spec, after) in jobs {
             self.insert_job(workflow, id, spec, after);
@@ -268,10 +255,7 @@ impl Core {
         if self.workers.get(&worker).is_some_and(|w| w.connected) {
             self.handle_worker_left(now, worker, "it joined again");
         }
-        let (completed, disagreements) = self
-            .workers
-            .get(&worker)
-            .map_or((0, 0), |w| (w.completed, w.disagreements));
+        let (completed, disagreements) = self.workers.get(&worker).map_or((0, 0), |w| (w.completed, w.disagreements));
         let entry = Worker {
             name,
             connected: true,
@@ -294,11 +278,7 @@ impl Core {
         entry.connected = false;
         let running: Vec<AssignmentId> = entry.running.iter().copied().collect();
         for assignment in running {
-            self.fail_lease(
-                now,
-                assignment,
-                format!("worker {} left: {reason}", worker.short()),
-            );
+            self.fail_lease(now, assignment, format!("worker {} left: {reason}", worker.short()));
         }
         self.schedule(now);
     }
@@ -310,10 +290,7 @@ impl Core {
         let leases: Vec<AssignmentId> = entry.running.iter().copied().collect();
         let deadline = now + self.config.lease_timeout_ms;
         for assignment in leases {
-            let lease = self
-                .leases
-                .get_mut(&assignment)
-                .expect("a worker's assignment has a lease");
+            let lease = self.leases.get_mut(&assignment).expect("a worker's assignment has a lease");
             self.deadlines.remove(&(lease.deadline_ms, assignment));
             lease.deadline_ms = deadline;
             self.deadlines.insert((deadline, assignment));
@@ -325,13 +302,7 @@ impl Core {
 
     /// A worker's answer for an assignment. Answers for unknown or foreign assignments (duplicates,
     /// answers from before a restart, answers after a lease expired) are ignored.
-    pub fn handle_finished(
-        &mut self,
-        now: u64,
-        worker: WorkerId,
-        assignment: AssignmentId,
-        outcome: Outcome,
-    ) {
+    pub fn handle_finished(&mut self, now: u64, worker: WorkerId, assignment: AssignmentId, outcome: Outcome) {
         let Some(lease) = self.leases.get(&assignment) else {
             return;
         };
@@ -348,9 +319,7 @@ impl Core {
             return;
         }
         match outcome {
-            Outcome::Failed { reason } => {
-                self.attempt_failed(now, chunk_id, Some(worker), truncate(reason))
-            }
+            Outcome::Failed { reason } => self.attempt_failed(now, chunk_id, Some(worker), truncate(reason)),
             Outcome::Completed(output) => match self.check_output(chunk_id, &output) {
                 Ok(()) => {
                     if let Some(w) = self.workers.get_mut(&worker) {
@@ -372,20 +341,11 @@ impl Core {
             }
             let worker = self.leases[&assignment].worker;
             let seconds = self.config.lease_timeout_ms as f64 / 1000.0;
-            self.send(
-                worker,
-                ToWorker::Cancel {
-                    assignment,
-                    reason: "lease expired".into(),
-                },
-            );
+            self.send(worker, ToWorker::Cancel { assignment, reason: "lease expired".into() });
             self.fail_lease(
                 now,
                 assignment,
-                format!(
-                    "lease expired: no heartbeat from worker {} for {seconds}s",
-                    worker.short()
-                ),
+                format!("lease expired: no heartbeat from worker {} for {seconds}s", worker.short()),
             );
         }
         self.schedule(now);
@@ -428,31 +388,17 @@ impl Core {
     fn start_jobs(&mut self, now: u64) {
         loop {
             let mut changed = false;
-            let waiting: Vec<JobId> = self
-                .jobs
-                .iter()
-                .filter(|(_, j)| j.state == JobState::Waiting)
-                .map(|(id, _)| *id)
-                .collect();
+            let waiting: Vec<JobId> =
+                self.jobs.iter().filter(|(_, j)| j.state == JobState::Waiting).map(|(id, _)| *id).collect();
             for id in waiting {
                 let after = self.jobs[&id].after.clone();
-                let blocked = after.iter().find(|a| {
-                    matches!(
-                        self.jobs[a].state,
-                        JobState::Failed { .. } | JobState::Cancelled
-                    )
-                });
+                let blocked =
+                    after.iter().find(|a| matches!(self.jobs[a].state, JobState::Failed { .. } | JobState::Cancelled));
                 if let Some(blocker) = blocked {
-                    let reason = format!(
-                        "job '{}' it runs after did not complete",
-                        self.jobs[blocker].name
-                    );
+                    let reason = format!("job '{}' it runs after did not complete", self.jobs[blocker].name);
                     self.finish_job(id, JobState::Failed { reason });
                     changed = true;
-                } else if after
-                    .iter()
-                    .all(|a| self.jobs[a].state == JobState::Completed)
-                {
+                } else if after.iter().all(|a| self.jobs[a].state == JobState::Completed) {
                     self.start_job(now, id);
                     changed = true;
                 }
@@ -473,9 +419,7 @@ impl Core {
         }
         let indexes: Vec<u32> = match &job.spec.kind {
             JobKind::Md(_) => vec![job.verified.len() as u32],
-            _ => (0..job.chunks_total as u32)
-                .filter(|k| !job.verified.contains(k))
-                .collect(),
+            _ => (0..job.chunks_total as u32).filter(|k| !job.verified.contains(k)).collect(),
         };
         for index in indexes {
             self.open_chunk(ChunkId { job: id, index });
@@ -503,12 +447,7 @@ impl Core {
         self.persist(Record::JobFinished { job: id, state });
         let open: Vec<ChunkId> = self
             .chunks
-            .range(
-                ChunkId { job: id, index: 0 }..=ChunkId {
-                    job: id,
-                    index: u32::MAX,
-                },
-            )
+            .range(ChunkId { job: id, index: 0 }..=ChunkId { job: id, index: u32::MAX })
             .map(|(c, _)| *c)
             .collect();
         for chunk_id in open {
@@ -516,13 +455,7 @@ impl Core {
             self.ready.remove(&chunk_id);
             for (assignment, worker) in chunk.running {
                 self.release(assignment);
-                self.send(
-                    worker,
-                    ToWorker::Cancel {
-                        assignment,
-                        reason: format!("job {id} finished"),
-                    },
-                );
+                self.send(worker, ToWorker::Cancel { assignment, reason: format!("job {id} finished") });
             }
         }
     }
@@ -539,10 +472,7 @@ impl Core {
                 | (JobKind::Empty { .. }, Output::Empty { .. })
         );
         if !matches {
-            return Err(format!(
-                "the worker returned a result of the wrong kind for a {} job",
-                kind.name()
-            ));
+            return Err(format!("the worker returned a result of the wrong kind for a {} job", kind.name()));
         }
         if let (JobKind::Md(md), Output::Md { thermo, .. }) = (kind, output) {
             let end = (chunk_id.index as u64 + 1) * md.chunk_steps;
@@ -560,43 +490,21 @@ impl Core {
         let quorum = self.jobs[&chunk_id.job].spec.replicas;
         let bound = quorum + self.config.extra_replicas_max;
         let digest = output.digest();
-        let chunk = self
-            .chunks
-            .get_mut(&chunk_id)
-            .expect("results arrive for open chunks");
-        assert!(
-            chunk.results.iter().all(|(w, _, _)| *w != worker),
-            "a worker produced two results for {chunk_id}"
-        );
+        let chunk = self.chunks.get_mut(&chunk_id).expect("results arrive for open chunks");
+        assert!(chunk.results.iter().all(|(w, _, _)| *w != worker), "a worker produced two results for {chunk_id}");
         chunk.results.push((worker, digest, output.clone()));
-        let votes = chunk
-            .results
-            .iter()
-            .filter(|(_, d, _)| *d == digest)
-            .count() as u32;
+        let votes = chunk.results.iter().filter(|(_, d, _)| *d == digest).count() as u32;
         if votes >= quorum {
             self.verify(now, chunk_id, digest);
             return;
         }
-        self.persist(Record::ResultReported {
-            chunk: chunk_id,
-            worker,
-            digest,
-            output,
-        });
+        self.persist(Record::ResultReported { chunk: chunk_id, worker, digest, output });
         let chunk = self.chunks.get_mut(&chunk_id).expect("still open");
         let best = best_votes(&chunk.results);
-        let distinct = chunk
-            .results
-            .iter()
-            .map(|(_, d, _)| *d)
-            .collect::<BTreeSet<_>>()
-            .len();
+        let distinct = chunk.results.iter().map(|(_, d, _)| *d).collect::<BTreeSet<_>>().len();
         if distinct > 1 {
             // Disagreement: ask for enough further results to let the leading digest reach a quorum.
-            chunk.target = (chunk.results.len() as u32 + quorum - best)
-                .min(bound)
-                .max(chunk.target);
+            chunk.target = (chunk.results.len() as u32 + quorum - best).min(bound).max(chunk.target);
         }
         if chunk.results.len() as u32 >= bound {
             let reason = format!(
@@ -610,38 +518,15 @@ impl Core {
     }
 
     fn verify(&mut self, now: u64, chunk_id: ChunkId, digest: Digest) {
-        let chunk = self
-            .chunks
-            .remove(&chunk_id)
-            .expect("verifying an open chunk");
+        let chunk = self.chunks.remove(&chunk_id).expect("verifying an open chunk");
         self.ready.remove(&chunk_id);
-        let job = self
-            .jobs
-            .get_mut(&chunk_id.job)
-            .expect("chunk of a known job");
-        assert!(
-            job.verified.insert(chunk_id.index),
-            "chunk {chunk_id} verified twice"
-        );
-        let output = chunk
-            .results
-            .iter()
-            .find(|(_, d, _)| *d == digest)
-            .expect("a quorum digest")
-            .2
-            .clone();
-        let agreeing: Vec<WorkerId> = chunk
-            .results
-            .iter()
-            .filter(|(_, d, _)| *d == digest)
-            .map(|(w, _, _)| *w)
-            .collect();
-        let disagreeing: Vec<WorkerId> = chunk
-            .results
-            .iter()
-            .filter(|(_, d, _)| *d != digest)
-            .map(|(w, _, _)| *w)
-            .collect();
+        let job = self.jobs.get_mut(&chunk_id.job).expect("chunk of a known job");
+        assert!(job.verified.insert(chunk_id.index), "chunk {chunk_id} verified twice");
+        let output = chunk.results.iter().find(|(_, d, _)| *d == digest).expect("a quorum digest").2.clone();
+        let agreeing: Vec<WorkerId> =
+            chunk.results.iter().filter(|(_, d, _)| *d == digest).map(|(w, _, _)| *w).collect();
+        let disagreeing: Vec<WorkerId> =
+            chunk.results.iter().filter(|(_, d, _)| *d != digest).map(|(w, _, _)| *w).collect();
         job.disagreements += disagreeing.len() as u64;
         if matches!(job.spec.kind, JobKind::Md(_)) {
             job.last_output = Some(output.clone());
@@ -661,22 +546,13 @@ impl Core {
         // Replicas still running are no longer needed.
         for (assignment, worker) in chunk.running {
             self.release(assignment);
-            self.send(
-                worker,
-                ToWorker::Cancel {
-                    assignment,
-                    reason: format!("chunk {chunk_id} already verified"),
-                },
-            );
+            self.send(worker, ToWorker::Cancel { assignment, reason: format!("chunk {chunk_id} already verified") });
         }
         if complete {
             self.finish_job(chunk_id.job, JobState::Completed);
             self.start_jobs(now);
         } else if next_md {
-            self.open_chunk(ChunkId {
-                job: chunk_id.job,
-                index: chunk_id.index + 1,
-            });
+            self.open_chunk(ChunkId { job: chunk_id.job, index: chunk_id.index + 1 });
         }
     }
 
@@ -687,25 +563,11 @@ impl Core {
         }
     }
 
-    fn attempt_failed(
-        &mut self,
-        now: u64,
-        chunk_id: ChunkId,
-        worker: Option<WorkerId>,
-        reason: String,
-    ) {
-        self.persist(Record::AttemptFailed {
-            chunk: chunk_id,
-            worker,
-            reason: reason.clone(),
-        });
+    fn attempt_failed(&mut self, now: u64, chunk_id: ChunkId, worker: Option<WorkerId>, reason: String) {
+        self.persist(Record::AttemptFailed { chunk: chunk_id, worker, reason: reason.clone() });
         let job = self.jobs.get_mut(&chunk_id.job).expect("known job");
         if job.failures.len() < FAILURES_KEPT_MAX {
-            job.failures.push(Failure {
-                chunk: chunk_id.index,
-                worker,
-                reason: reason.clone(),
-            });
+            job.failures.push(Failure { chunk: chunk_id.index, worker, reason: reason.clone() });
         }
         let Some(chunk) = self.chunks.get_mut(&chunk_id) else {
             return;
@@ -716,10 +578,7 @@ impl Core {
             self.fail_job_for_chunk(
                 now,
                 chunk_id,
-                format!(
-                    "chunk {} failed {attempts} times; last: {reason}",
-                    chunk_id.index
-                ),
+                format!("chunk {} failed {attempts} times; last: {reason}", chunk_id.index),
             );
         } else {
             self.refresh_ready(chunk_id);
@@ -736,10 +595,7 @@ impl Core {
     // Leases and dispatch
 
     fn release(&mut self, assignment: AssignmentId) {
-        let lease = self
-            .leases
-            .remove(&assignment)
-            .expect("releasing a known lease");
+        let lease = self.leases.remove(&assignment).expect("releasing a known lease");
         self.deadlines.remove(&(lease.deadline_ms, assignment));
         if let Some(worker) = self.workers.get_mut(&lease.worker) {
             worker.running.remove(&assignment);
@@ -754,11 +610,7 @@ impl Core {
         let lease = self.leases.get(&assignment).expect("failing a known lease");
         let (chunk, worker) = (lease.chunk, lease.worker);
         self.release(assignment);
-        if self
-            .jobs
-            .get(&chunk.job)
-            .is_some_and(|j| j.state == JobState::Running)
-        {
+        if self.jobs.get(&chunk.job).is_some_and(|j| j.state == JobState::Running) {
             self.attempt_failed(now, chunk, Some(worker), reason);
         }
     }
@@ -779,11 +631,7 @@ impl Core {
         // once, however many chunks wait.
         let mut cursor = self.ready.first().copied();
         while let Some(chunk_id) = cursor {
-            if !self
-                .workers
-                .values()
-                .any(|w| w.connected && w.free.cpus > 0)
-            {
+            if !self.workers.values().any(|w| w.connected && w.free.cpus > 0) {
                 return;
             }
             while wanted(&self.chunks[&chunk_id]) > 0 {
@@ -793,14 +641,8 @@ impl Core {
                 self.assign(now, chunk_id, worker);
             }
             self.refresh_ready(chunk_id);
-            cursor = self
-                .ready
-                .range((
-                    std::ops::Bound::Excluded(chunk_id),
-                    std::ops::Bound::Unbounded,
-                ))
-                .next()
-                .copied();
+            cursor =
+                self.ready.range((std::ops::Bound::Excluded(chunk_id), std::ops::Bound::Unbounded)).next().copied();
         }
     }
 
@@ -830,37 +672,13 @@ impl Core {
         let task = self.task(chunk_id);
         let resources = self.jobs[&chunk_id.job].spec.resources;
         let deadline_ms = now + self.config.lease_timeout_ms;
-        let w = self
-            .workers
-            .get_mut(&worker)
-            .expect("assigning to a known worker");
+        let w = self.workers.get_mut(&worker).expect("assigning to a known worker");
         w.free = w.free.minus(&resources);
         w.running.insert(id);
-        self.chunks
-            .get_mut(&chunk_id)
-            .expect("assigning an open chunk")
-            .running
-            .insert(id, worker);
-        self.leases.insert(
-            id,
-            Lease {
-                chunk: chunk_id,
-                worker,
-                resources,
-                deadline_ms,
-                steps_done: 0,
-            },
-        );
+        self.chunks.get_mut(&chunk_id).expect("assigning an open chunk").running.insert(id, worker);
+        self.leases.insert(id, Lease { chunk: chunk_id, worker, resources, deadline_ms, steps_done: 0 });
         self.deadlines.insert((deadline_ms, id));
-        self.send(
-            worker,
-            ToWorker::Assign(Assignment {
-                id,
-                chunk: chunk_id,
-                task,
-                resources,
-            }),
-        );
+        self.send(worker, ToWorker::Assign(Assignment { id, chunk: chunk_id, task, resources }));
     }
 
     fn task(&self, chunk_id: ChunkId) -> Task {
@@ -890,9 +708,7 @@ impl Core {
                     timeout_s: command.timeout_s,
                 }
             }
-            JobKind::Empty { .. } => Task::Empty {
-                value: chunk_id.index as u64,
-            },
+            JobKind::Empty { .. } => Task::Empty { value: chunk_id.index as u64 },
         }
     }
 
@@ -914,22 +730,12 @@ impl Core {
 
     pub fn job_status(&self, now: u64, id: JobId) -> Option<JobStatus> {
         let job = self.jobs.get(&id)?;
-        let open = self.chunks.range(
-            ChunkId { job: id, index: 0 }..=ChunkId {
-                job: id,
-                index: u32::MAX,
-            },
-        );
+        let open = self.chunks.range(ChunkId { job: id, index: 0 }..=ChunkId { job: id, index: u32::MAX });
         let mut running = 0;
         let mut steps_in_flight = 0;
         for (_, chunk) in open {
             running += (!chunk.running.is_empty()) as u64;
-            steps_in_flight += chunk
-                .running
-                .keys()
-                .map(|a| self.leases[a].steps_done)
-                .max()
-                .unwrap_or(0);
+            steps_in_flight += chunk.running.keys().map(|a| self.leases[a].steps_done).max().unwrap_or(0);
         }
         Some(JobStatus {
             id,
@@ -949,10 +755,7 @@ impl Core {
     }
 
     pub fn job_statuses(&self, now: u64) -> Vec<JobStatus> {
-        self.jobs
-            .keys()
-            .filter_map(|id| self.job_status(now, *id))
-            .collect()
+        self.jobs.keys().filter_map(|id| self.job_status(now, *id)).collect()
     }
 
     pub fn job_spec(&self, id: JobId) -> Option<&JobSpec> {
@@ -980,71 +783,34 @@ impl Core {
     /// event).
     pub fn check_invariants(&self) {
         for (id, lease) in &self.leases {
-            assert!(
-                self.deadlines.contains(&(lease.deadline_ms, *id)),
-                "lease {id} without deadline"
-            );
-            assert!(
-                self.workers[&lease.worker].running.contains(id),
-                "lease {id} unknown to its worker"
-            );
-            let chunk = self
-                .chunks
-                .get(&lease.chunk)
-                .unwrap_or_else(|| panic!("lease {id} of a closed chunk"));
+            assert!(self.deadlines.contains(&(lease.deadline_ms, *id)), "lease {id} without deadline");
+            assert!(self.workers[&lease.worker].running.contains(id), "lease {id} unknown to its worker");
+            let chunk = self.chunks.get(&lease.chunk).unwrap_or_else(|| panic!("lease {id} of a closed chunk"));
             assert_eq!(chunk.running.get(id), Some(&lease.worker));
         }
         assert_eq!(self.deadlines.len(), self.leases.len());
         for (id, worker) in &self.workers {
-            let used = worker.running.iter().fold(Resources::default(), |sum, a| {
-                sum.plus(&self.leases[a].resources)
-            });
-            assert_eq!(
-                worker.free.plus(&used),
-                worker.capacity,
-                "worker {} resources",
-                id.short()
-            );
+            let used = worker.running.iter().fold(Resources::default(), |sum, a| sum.plus(&self.leases[a].resources));
+            assert_eq!(worker.free.plus(&used), worker.capacity, "worker {} resources", id.short());
             assert!(worker.connected || worker.running.is_empty());
         }
         for (chunk_id, chunk) in &self.chunks {
             let job = &self.jobs[&chunk_id.job];
-            assert_eq!(
-                job.state,
-                JobState::Running,
-                "open chunk {chunk_id} of a job that is not running"
-            );
-            assert!(
-                !job.verified.contains(&chunk_id.index),
-                "open chunk {chunk_id} already verified"
-            );
-            assert_eq!(
-                self.ready.contains(chunk_id),
-                wanted(chunk) > 0,
-                "ready set out of step for {chunk_id}"
-            );
-            let mut workers: Vec<WorkerId> = chunk
-                .results
-                .iter()
-                .map(|r| r.0)
-                .chain(chunk.running.values().copied())
-                .collect();
+            assert_eq!(job.state, JobState::Running, "open chunk {chunk_id} of a job that is not running");
+            assert!(!job.verified.contains(&chunk_id.index), "open chunk {chunk_id} already verified");
+            assert_eq!(self.ready.contains(chunk_id), wanted(chunk) > 0, "ready set out of step for {chunk_id}");
+            let mut workers: Vec<WorkerId> =
+                chunk.results.iter().map(|r| r.0).chain(chunk.running.values().copied()).collect();
             let count = workers.len();
             workers.sort();
             workers.dedup();
-            assert_eq!(
-                workers.len(),
-                count,
-                "chunk {chunk_id} has two replicas on one worker"
-            );
+            assert_eq!(workers.len(), count, "chunk {chunk_id} has two replicas on one worker");
         }
     }
 }
 
 fn wanted(chunk: &Chunk) -> u32 {
-    chunk
-        .target
-        .saturating_sub(chunk.results.len() as u32 + chunk.running.len() as u32)
+    chunk.target.saturating_sub(chunk.results.len() as u32 + chunk.running.len() as u32)
 }
 
 fn best_votes(results: &[(WorkerId, Digest, Output)]) -> u32 {

@@ -72,9 +72,7 @@ impl Core {
                 continue;
             };
             job.verified.insert(chunk.index);
-            if matches!(job.spec.kind, JobKind::Md(_))
-                && latest.get(&chunk.job).is_none_or(|(k, _)| *k < chunk.index)
-            {
+            if matches!(job.spec.kind, JobKind::Md(_)) && latest.get(&chunk.job).is_none_or(|(k, _)| *k < chunk.index) {
                 latest.insert(chunk.job, (chunk.index, output));
             }
         }
@@ -84,21 +82,14 @@ impl Core {
     }
 
     /// Failure history per job, and the failed-attempt count of each chunk not yet verified.
-    fn restore_failures(
-        &mut self,
-        failed: &[(ChunkId, Option<WorkerId>, String)],
-    ) -> BTreeMap<ChunkId, u32> {
+    fn restore_failures(&mut self, failed: &[(ChunkId, Option<WorkerId>, String)]) -> BTreeMap<ChunkId, u32> {
         let mut attempts = BTreeMap::new();
         for (chunk, worker, reason) in failed {
             let Some(job) = self.jobs.get_mut(&chunk.job) else {
                 continue;
             };
             if job.failures.len() < FAILURES_KEPT_MAX {
-                job.failures.push(Failure {
-                    chunk: chunk.index,
-                    worker: *worker,
-                    reason: reason.clone(),
-                });
+                job.failures.push(Failure { chunk: chunk.index, worker: *worker, reason: reason.clone() });
             }
             if !job.verified.contains(&chunk.index) {
                 *attempts.entry(*chunk).or_insert(0) += 1;
@@ -107,19 +98,13 @@ impl Core {
         attempts
     }
 
-    fn restore_open_chunks(
-        &mut self,
-        pending: Vec<SnapshotResult>,
-        attempts: BTreeMap<ChunkId, u32>,
-    ) {
+    fn restore_open_chunks(&mut self, pending: Vec<SnapshotResult>, attempts: BTreeMap<ChunkId, u32>) {
         for result in pending {
             let Some(chunk) = self.chunks.get_mut(&result.chunk) else {
                 continue;
             };
             if chunk.results.iter().all(|(w, _, _)| *w != result.worker) {
-                chunk
-                    .results
-                    .push((result.worker, result.digest, result.output));
+                chunk.results.push((result.worker, result.digest, result.output));
             }
         }
         let open: Vec<ChunkId> = self.chunks.keys().copied().collect();
@@ -128,17 +113,10 @@ impl Core {
             let bound = quorum + self.config.extra_replicas_max;
             let chunk = self.chunks.get_mut(&chunk_id).expect("listed");
             chunk.attempts_failed = attempts.get(&chunk_id).copied().unwrap_or(0);
-            let distinct = chunk
-                .results
-                .iter()
-                .map(|(_, d, _)| *d)
-                .collect::<BTreeSet<_>>()
-                .len();
+            let distinct = chunk.results.iter().map(|(_, d, _)| *d).collect::<BTreeSet<_>>().len();
             if distinct > 1 {
                 let best = best_votes(&chunk.results);
-                chunk.target = (chunk.results.len() as u32 + quorum - best)
-                    .min(bound)
-                    .max(chunk.target);
+                chunk.target = (chunk.results.len() as u32 + quorum - best).min(bound).max(chunk.target);
             }
             self.refresh_ready(chunk_id);
         }

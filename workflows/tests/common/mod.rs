@@ -37,8 +37,7 @@ tasks = [1, 2]
 "#;
 
 pub fn parse_in(base_dir: &Path, source: &str) -> Result<Workflow, Vec<String>> {
-    parse("w.toml", base_dir, source)
-        .map_err(|diagnostics| diagnostics.iter().map(|d| d.to_string()).collect())
+    parse("w.toml", base_dir, source).map_err(|diagnostics| diagnostics.iter().map(|d| d.to_string()).collect())
 }
 
 /// Every diagnostic of a source that must fail, as printed.
@@ -52,12 +51,7 @@ pub fn errors(source: &str) -> Vec<String> {
 /// The one diagnostic of a source that must fail with exactly one.
 pub fn error(source: &str) -> String {
     let errors = errors(source);
-    assert_eq!(
-        errors.len(),
-        1,
-        "expected one diagnostic, got:\n{}",
-        errors.join("\n")
-    );
+    assert_eq!(errors.len(), 1, "expected one diagnostic, got:\n{}", errors.join("\n"));
     errors.into_iter().next().unwrap()
 }
 

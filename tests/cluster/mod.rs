@@ -1,0 +1,202 @@
+//! A scheduler and workers as real `upglobe` processes on loopback, for end-to-end tests.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const UPGLOBE: &str = env!("CARGO_BIN_EXE_upglobe");
+
+/// A UDP port that was free a moment ago (so a restarted scheduler can listen on the same one).
+pub fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Process {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn kill_hard(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub worker_token: String,
+    pub client_token: String,
+    pub scheduler: Option<Process>,
+    pub workers: Vec<Process>,
+}
+
+pub fn spawn(dir: &Path, name: &str, args: &[&str], stdout: Stdio) -> Process {
+    let log = dir.join(format!("{name}.log"));
+    let child = Command::new(UPGLOBE)
+        .args(args)
+        .env_remove("UPGLOBE_HOME")
+        .env_remove("UPGLOBE_CONNECT")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Process { name: name.into(), child, log }
+}
+
+impl Cluster {
+    pub fn start(dir: &Path, workers: usize) -> Cluster {
+        let mut cluster = Cluster {
+            dir: dir.to_path_buf(),
+            port: free_port(),
+            worker_token: String::new(),
+            client_token: String::new(),
+            scheduler: None,
+            workers: Vec::new(),
+        };
+        cluster.start_scheduler();
+        for _ in 0..workers {
+            cluster.add_worker(&[]);
+        }
+        cluster
+    }
+
+    /// Starts (or restarts) the scheduler on the cluster's port and data directory.
+    pub fn start_scheduler(&mut self) {
+        let data = self.dir.join("scheduler");
+        let listen = format!("127.0.0.1:{}", self.port);
+        let restarts = self
+            .dir
+            .read_dir()
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("scheduler"))
+            .count();
+        let args = [
+            "scheduler",
+            "--data-dir",
+            &data.to_string_lossy(),
+            "--listen",
+            &listen,
+            "--output",
+            "json",
+            "--lease-timeout",
+            "4",
+            "--idle-timeout",
+            "3",
+            "--heartbeat",
+            "0.3",
+        ];
+        let mut process = spawn(&self.dir, &format!("scheduler-{restarts}"), &args, Stdio::piped());
+        let mut line = String::new();
+        BufReader::new(process.child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let started: Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("scheduler did not start: {}", process.log()));
+        self.worker_token = started["worker_token"].as_str().unwrap().to_string();
+        self.client_token = started["client_token"].as_str().unwrap().to_string();
+        self.scheduler = Some(process);
+    }
+
+    pub fn add_worker(&mut self, extra: &[&str]) {
+        let name = format!("worker-{}", self.workers.len() + 1);
+        let data = self.dir.join(&name);
+        let mut args =
+            vec!["worker", "--join", &self.worker_token, "--data-dir", data.to_str().unwrap(), "--name", &name];
+        args.extend_from_slice(&["--cpus", "1", "--idle-timeout", "3"]);
+        args.extend_from_slice(extra);
+        let process = spawn(&self.dir, &name, &args, Stdio::null());
+        self.workers.push(process);
+    }
+
+    /// Runs a client command against this cluster.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(UPGLOBE)
+            .args(args)
+            .arg("--home")
+            .arg(self.dir.join("home"))
+            .env("UPGLOBE_CONNECT", &self.client_token)
+            .env_remove("UPGLOBE_HOME")
+            .output()
+            .unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--output", "json"]);
+        let output = self.run(&all);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "upglobe {args:?} failed: {}{}",
+            stdout,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_str(stdout.lines().last().unwrap_or("null")).unwrap()
+    }
+
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut done: impl FnMut(&Cluster) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if done(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "timed out waiting for {what}; scheduler log:\n{}",
+            self.scheduler.as_ref().map(|s| s.log()).unwrap_or_default()
+        );
+    }
+
+    pub fn connected_workers(&self) -> usize {
+        let output = self.run(&["workers", "--output", "json"]);
+        if !output.status.success() {
+            return 0;
+        }
+        let workers: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        workers.as_array().map_or(0, |w| w.iter().filter(|w| w["connected"] == true).count())
+    }
+
+    pub fn job(&self, job: &str) -> Value {
+        self.json(&["status", job])[0].clone()
+    }
+
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+}
+
+/// The final state hash of a single-process run of the same system.
+pub fn single_process_hash(lattice_args: &[&str], steps: u64) -> String {
+    let mut args = vec!["md", "run", "--lattice", "fcc", "--steps"];
+    let steps = steps.to_string();
+    args.push(&steps);
+    args.extend_from_slice(lattice_args);
+    args.extend_from_slice(&["--output", "json"]);
+    let output = Command::new(UPGLOBE).args(&args).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let last: Value = serde_json::from_str(String::from_utf8_lossy(&output.stdout).lines().last().unwrap()).unwrap();
+    last["state_hash"].as_str().unwrap().to_string()
+}

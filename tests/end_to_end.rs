@@ -1,0 +1,266 @@
+//! End-to-end: a scheduler and workers as separate `upglobe` processes on loopback, with real
+//! kill -9s. Run with `cargo nextest run -p upglobe-cli --test end_to_end`.
+
+mod cluster;
+
+use std::time::Duration;
+
+use cluster::{Cluster, single_process_hash};
+
+const MELT: &str = r#"
+name = "e2e"
+
+[jobs.melt]
+kind = "md"
+replicas = 2
+
+[jobs.melt.system]
+lattice = "fcc"
+cells = [10, 10, 10]
+density = 0.8442
+temperature = 1.44
+seed = 4242
+
+[jobs.melt.potential]
+cutoff = 2.5
+
+[jobs.melt.run]
+steps = 4000
+chunk_steps = 500
+thermo = 100
+"#;
+
+const MELT_ARGS: [&str; 6] = ["--cells", "10", "--temperature", "1.44", "--seed", "4242"];
+
+fn submit(cluster: &Cluster, workflow: &str) -> String {
+    let path = cluster.write("workflow.toml", workflow);
+    let submitted = cluster.json(&["submit", path.to_str().unwrap()]);
+    submitted["jobs"][0]["id"].to_string()
+}
+
+fn wait_completed(cluster: &Cluster, job: &str) -> serde_json::Value {
+    cluster.wait_for("the job to finish", Duration::from_secs(240), |c| {
+        c.job(job)["state"] != "running" && c.job(job)["state"] != "waiting"
+    });
+    let status = cluster.job(job);
+    assert_eq!(status["state"], "completed", "{status}");
+    assert_eq!(status["chunks_verified"], status["chunks_total"]);
+    status
+}
+
+fn final_hash(cluster: &Cluster, job: &str) -> String {
+    let out = cluster.dir.join("results");
+    let results = cluster.json(&["results", job, "--out", out.to_str().unwrap()]);
+    assert!(std::path::Path::new(results["written"].as_str().unwrap()).exists());
+    results["final_state_hash"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn killing_a_worker_mid_chunk_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3);
+    cluster.wait_for("three workers", Duration::from_secs(30), |c| c.connected_workers() == 3);
+    let job = submit(&cluster, MELT);
+
+    // Find a worker that is in the middle of a chunk and kill it without warning.
+    let mut victim = None;
+    cluster.wait_for("a running chunk", Duration::from_secs(60), |c| {
+        let workers = c.json(&["workers"]);
+        victim = workers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["running"].as_u64() > Some(0))
+            .map(|w| w["name"].as_str().unwrap().to_string());
+        victim.is_some()
+    });
+    let victim = victim.unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    cluster.workers.iter_mut().find(|w| w.name == victim).unwrap().kill_hard();
+
+    let status = wait_completed(&cluster, &job);
+    let failures = status["failures"].as_array().unwrap();
+    assert!(
+        failures.iter().any(|f| f["reason"].as_str().unwrap().contains("lease expired")
+            || f["reason"].as_str().unwrap().contains("left")),
+        "the lost chunk should be visible as a failure: {status}"
+    );
+    assert_eq!(final_hash(&cluster, &job), single_process_hash(&MELT_ARGS, 4000));
+}
+
+#[test]
+fn killing_the_scheduler_mid_run_loses_nothing_and_verifies_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3);
+    cluster.wait_for("three workers", Duration::from_secs(30), |c| c.connected_workers() == 3);
+    let job = submit(&cluster, MELT);
+    cluster.wait_for("two verified chunks", Duration::from_secs(120), |c| {
+        c.job(&job)["chunks_verified"].as_u64() >= Some(2)
+    });
+
+    cluster.scheduler.as_mut().unwrap().kill_hard();
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.start_scheduler();
+    // The workers find the restarted scheduler by themselves (reconnect with backoff).
+    cluster.wait_for("the workers to reconnect", Duration::from_secs(60), |c| c.connected_workers() == 3);
+    let status = wait_completed(&cluster, &job);
+    assert_eq!(status["chunks_total"], 8);
+    assert_eq!(final_hash(&cluster, &job), single_process_hash(&MELT_ARGS, 4000));
+
+    let database = rusqlite::Connection::open(dir.path().join("scheduler").join("scheduler.db")).unwrap();
+    let (rows, distinct): (i64, i64) = database
+        .query_row(
+            "SELECT COUNT(*), COUNT(DISTINCT chunk) FROM verified WHERE job = ?1",
+            [job.parse::<i64>().unwrap()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((rows, distinct), (8, 8));
+}
+
+#[test]
+fn workers_with_bad_tokens_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 0);
+    let good = cluster.worker_token.clone();
+    let (front, secret) = good.rsplit_once("secret=").unwrap();
+    let wrong_secret = format!("{front}secret={}", "0".repeat(secret.len()));
+    let (before_ca, after_ca) = good.split_once("ca=").unwrap();
+    let wrong_ca = format!("{before_ca}ca={}{}", "f".repeat(64), &after_ca[64..]);
+    let client_secret = cluster.client_token.rsplit_once("secret=").unwrap().1.to_string();
+    let worker_role_client_secret = format!("{front}secret={client_secret}");
+
+    for (token, expected) in [
+        (wrong_secret, "secret is not valid"),
+        (wrong_ca, "does not match the join token"),
+        (worker_role_client_secret, "not a worker token"),
+    ] {
+        cluster.worker_token = token;
+        cluster.add_worker(&[]);
+        let worker = cluster.workers.last_mut().unwrap();
+        let status = wait_exit(&mut worker.child, Duration::from_secs(30));
+        assert!(!status.success());
+        assert!(worker.log().contains(expected), "expected '{expected}' in:\n{}", worker.log());
+    }
+    assert_eq!(cluster.connected_workers(), 0);
+
+    // The command line refuses the wrong kind of token before connecting.
+    let client = cluster.client_token.clone();
+    let output = cluster.run(&["worker", "--join", &client]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--join needs the worker token"));
+}
+
+fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the process did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn malformed_workflows_are_explained_with_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "unknown-key.toml",
+            MELT.replace("chunk_steps = 500", "chunk_step = 500"),
+            "unknown-key.toml:20:1: unknown key 'chunk_step'",
+            "did you mean 'chunk_steps'?",
+        ),
+        (
+            "divide.toml",
+            MELT.replace("chunk_steps = 500", "chunk_steps = 300"),
+            "divide.toml:20:15:",
+            "does not divide",
+        ),
+        ("type.toml", MELT.replace("steps = 4000", "steps = \"many\""), "type.toml:19:9:", "expected an integer"),
+        (
+            "data.toml",
+            MELT.replace(
+                "lattice = \"fcc\"\ncells = [10, 10, 10]\ndensity = 0.8442\ntemperature = 1.44\nseed = 4242",
+                "data = \"missing.data\"",
+            ),
+            "data.toml:9:8:",
+            "missing.data",
+        ),
+        (
+            "cycle.toml",
+            format!(
+                "{MELT}\n[jobs.a]\nkind = \"command\"\nargv = [\"true\"]\nafter = [\"b\"]\n\n[jobs.b]\nkind = \"command\"\nargv = [\"true\"]\nafter = [\"a\"]\n"
+            ),
+            "cycle.toml:",
+            "cycle in 'after'",
+        ),
+    ];
+    for (name, contents, location, message) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        let output = std::process::Command::new(cluster::UPGLOBE)
+            .args(["workflow", "check"])
+            .arg(&path)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{name}: {stderr}");
+        assert!(
+            stderr.contains(location) && stderr.contains(message),
+            "{name}: expected '{location}' and '{message}' in:\n{stderr}"
+        );
+    }
+    // `submit` refuses the same files before contacting anyone.
+    let output = std::process::Command::new(cluster::UPGLOBE)
+        .args(["submit"])
+        .arg(dir.path().join("divide.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn command_jobs_run_after_md_and_return_their_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 0);
+    cluster.add_worker(&["--allow-commands"]);
+    cluster.wait_for("the worker", Duration::from_secs(30), |c| c.connected_workers() == 1);
+    let workflow = r#"
+name = "pipeline"
+
+[jobs.small]
+kind = "md"
+replicas = 1
+[jobs.small.system]
+lattice = "fcc"
+cells = 4
+density = 0.8442
+temperature = 1.0
+seed = 1
+[jobs.small.potential]
+cutoff = 2.5
+[jobs.small.run]
+steps = 200
+chunk_steps = 100
+
+[jobs.report]
+kind = "command"
+after = ["small"]
+argv = ["sh", "-c", "echo task {task} > out-{task}.txt"]
+tasks = "1-3"
+outputs = ["*.txt"]
+"#;
+    let path = cluster.write("pipeline.toml", workflow);
+    let output = cluster.run(&["submit", path.to_str().unwrap(), "--watch"]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let out = dir.path().join("out");
+    cluster.json(&["results", "pipeline.report", "--out", out.to_str().unwrap()]);
+    for task in 1..=3 {
+        let text =
+            std::fs::read_to_string(out.join("pipeline.report").join(task.to_string()).join(format!("out-{task}.txt")))
+                .unwrap();
+        assert_eq!(text, format!("task {task}\n"));
+    }
+}
