@@ -14,7 +14,10 @@ use upglobe_kernels::{Device, RunOptions, State, Thermo, engine};
 
 fn lmp() -> &'static str {
     let found = Command::new("lmp").arg("-h").output().is_ok_and(|o| o.status.success());
-    assert!(found, "these tests compare with LAMMPS: install it (Debian: apt-get install lammps), which provides `lmp`");
+    assert!(
+        found,
+        "these tests compare with LAMMPS: install it (Debian: apt-get install lammps), which provides `lmp`"
+    );
     "lmp"
 }
 
@@ -25,7 +28,12 @@ type Line = [f64; 6];
 fn run_lammps(dir: &Path, input: &str) -> Vec<Line> {
     std::fs::write(dir.join("in.test"), input).unwrap();
     let output = Command::new(lmp()).args(["-in", "in.test", "-log", "log.lammps"]).current_dir(dir).output().unwrap();
-    assert!(output.status.success(), "lammps failed: {}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "lammps failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     let log = std::fs::read_to_string(dir.join("log.lammps")).unwrap();
     let mut lines = Vec::new();
     let mut inside = false;
@@ -103,7 +111,12 @@ fn compare(case: &Case) {
     for (line, thermo) in reference.iter().zip(&ours) {
         assert_eq!(line[0] as u64, thermo.step);
         let tolerance = if thermo.step == 0 { 1e-6 } else { 1e-3 };
-        for (name, theirs, mine) in [("temp", line[1], thermo.temp), ("pe", line[2], thermo.pe), ("etotal", line[4], thermo.etotal), ("press", line[5], thermo.press)] {
+        for (name, theirs, mine) in [
+            ("temp", line[1], thermo.temp),
+            ("pe", line[2], thermo.pe),
+            ("etotal", line[4], thermo.etotal),
+            ("press", line[5], thermo.press),
+        ] {
             assert!(
                 relative(mine, theirs) <= tolerance,
                 "step {}: {name} {mine} vs LAMMPS {theirs} (relative {:.2e} > {tolerance:e})",
@@ -117,23 +130,55 @@ fn compare(case: &Case) {
 #[test]
 fn in_lj_benchmark_matches_lammps() {
     // LAMMPS' classic in.lj: 32 000 atoms, fcc 0.8442, T 1.44, seed 87287, cutoff 2.5, 100 steps.
-    compare(&Case { density: 0.8442, temperature: 1.44, cutoff: 2.5, shift: false, cells: 20, setup: "", pair_coeffs: ONE_TYPE });
+    compare(&Case {
+        density: 0.8442,
+        temperature: 1.44,
+        cutoff: 2.5,
+        shift: false,
+        cells: 20,
+        setup: "",
+        pair_coeffs: ONE_TYPE,
+    });
 }
 
 #[test]
 fn dilute_hot_long_cutoff_matches_lammps() {
-    compare(&Case { density: 0.6, temperature: 2.5, cutoff: 3.5, shift: false, cells: 8, setup: "", pair_coeffs: ONE_TYPE });
+    compare(&Case {
+        density: 0.6,
+        temperature: 2.5,
+        cutoff: 3.5,
+        shift: false,
+        cells: 8,
+        setup: "",
+        pair_coeffs: ONE_TYPE,
+    });
 }
 
 #[test]
 fn dense_cold_shifted_matches_lammps() {
-    compare(&Case { density: 1.0, temperature: 0.7, cutoff: 2.5, shift: true, cells: 8, setup: "", pair_coeffs: ONE_TYPE });
+    compare(&Case {
+        density: 1.0,
+        temperature: 0.7,
+        cutoff: 2.5,
+        shift: true,
+        cells: 8,
+        setup: "",
+        pair_coeffs: ONE_TYPE,
+    });
 }
 
 #[test]
 fn wca_repulsive_matches_lammps() {
     // Weeks-Chandler-Andersen: cut at the minimum 2^(1/6), shifted.
-    compare(&Case { density: 0.8, temperature: 1.0, cutoff: 1.122_462_048_309_373, shift: true, cells: 8, setup: "", pair_coeffs: ONE_TYPE });
+    compare(&Case {
+        density: 0.8,
+        temperature: 1.0,
+        cutoff: 1.122_462_048_309_373,
+        shift: true,
+        cells: 8,
+        setup: "",
+        pair_coeffs: ONE_TYPE,
+    });
 }
 
 #[test]
@@ -153,7 +198,15 @@ fn binary_mixture_matches_lammps() {
 /// settings (safe neighbour lists on both sides).
 #[test]
 fn energy_is_conserved_as_well_as_lammps() {
-    let case = Case { density: 0.8442, temperature: 1.44, cutoff: 2.5, shift: true, cells: 10, setup: "", pair_coeffs: ONE_TYPE };
+    let case = Case {
+        density: 0.8442,
+        temperature: 1.44,
+        cutoff: 2.5,
+        shift: true,
+        cells: 10,
+        setup: "",
+        pair_coeffs: ONE_TYPE,
+    };
     let dir = tempfile::tempdir().unwrap();
     let steps = 10_000;
     let reference = run_lammps(dir.path(), &case.script(steps, 100, SAFE_NEIGHBOR));
@@ -164,7 +217,9 @@ fn energy_is_conserved_as_well_as_lammps() {
     let mine: Vec<f64> = ours.iter().skip(10).map(|t| t.etotal).collect();
     let (their_drift, their_spread) = drift_and_spread(&theirs);
     let (my_drift, my_spread) = drift_and_spread(&mine);
-    eprintln!("energy drift per 1000 steps: ours {my_drift:.3e}, lammps {their_drift:.3e}; spread ours {my_spread:.3e}, lammps {their_spread:.3e}");
+    eprintln!(
+        "energy drift per 1000 steps: ours {my_drift:.3e}, lammps {their_drift:.3e}; spread ours {my_spread:.3e}, lammps {their_spread:.3e}"
+    );
     // Both are dominated by the same integrator error; allow the statistical wobble of one run.
     let allowance = 0.25 * their_spread;
     assert!(my_drift.abs() <= their_drift.abs() + allowance, "drift {my_drift:e} vs LAMMPS {their_drift:e}");
@@ -182,6 +237,7 @@ fn drift_and_spread(values: &[f64]) -> (f64, f64) {
         sxx += (i as f64 - mean_x) * (i as f64 - mean_x);
     }
     let slope = sxy / sxx;
-    let residual = values.iter().enumerate().map(|(i, y)| (y - mean_y - slope * (i as f64 - mean_x)).powi(2)).sum::<f64>();
+    let residual =
+        values.iter().enumerate().map(|(i, y)| (y - mean_y - slope * (i as f64 - mean_x)).powi(2)).sum::<f64>();
     (slope * 10.0, (residual / n).sqrt())
 }

@@ -15,7 +15,9 @@ use crate::thermo::{Sums, Thermo};
 use crate::{KernelError, Result};
 
 mod pairs;
+mod scan;
 use pairs::Pairs;
+use scan::{Coordinates, Scanner};
 
 pub struct CpuEngine {
     threads: usize,
@@ -140,6 +142,8 @@ struct Simulation<'m> {
     force: Vec<[i64; 3]>,
     /// High position words at the last list build.
     reference: Vec<[u32; 3]>,
+    /// The same, one array per axis, for the list build.
+    coordinates: Coordinates,
     lists: Vec<ListChunk>,
     /// Per-thread force buffers (unused with one thread).
     buffers: Vec<Vec<[i64; 3]>>,
@@ -174,6 +178,7 @@ impl<'m> Simulation<'m> {
             velocity: state.velocities.clone(),
             force: vec![[0; 3]; atoms],
             reference: vec![[0; 3]; atoms],
+            coordinates: Coordinates::default(),
             lists: Vec::new(),
             buffers: if threads > 1 { vec![vec![[0; 3]; atoms]; threads] } else { Vec::new() },
             grid: Grid::new(state.params.box_length, list_radius),
@@ -271,6 +276,11 @@ impl<'m> Simulation<'m> {
             self.sort_by_cell();
         }
         let atoms = self.position.len();
+        self.coordinates = Coordinates {
+            x: self.high.iter().map(|h| h[0]).collect(),
+            y: self.high.iter().map(|h| h[1]).collect(),
+            z: self.high.iter().map(|h| h[2]).collect(),
+        };
         let ranges = split(atoms, self.threads * 4);
         let this = &*self;
         let lists: Vec<ListChunk> =
@@ -314,58 +324,45 @@ impl<'m> Simulation<'m> {
     fn build_chunk(&self, start: usize, end: usize) -> ListChunk {
         let mut chunk = ListChunk { start, end, offsets: Vec::with_capacity(end - start + 1), neighbors: Vec::new() };
         chunk.offsets.push(0);
-        let mut cells = Vec::new();
+        let scanner = Scanner::new(self.model, &self.coordinates, self.list_squared);
+        let mut home_cell = usize::MAX;
+        let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
         for i in start..end {
             match &self.grid {
                 Some(grid) => {
                     let home = grid.coordinates(&self.high[i]);
                     let own = grid.index(home);
-                    self.scan(i, i + 1..self.cell_start[own + 1] as usize, &mut chunk.neighbors);
-                    if cells.is_empty() || cells[0] != own {
-                        cells.clear();
-                        cells.push(own);
-                        cells.extend(grid.stencil.iter().map(|offset| grid.shifted(home, *offset)));
+                    scanner.scan(i, i + 1..self.cell_start[own + 1] as usize, &mut chunk.neighbors);
+                    if own != home_cell {
+                        home_cell = own;
+                        ranges = self.stencil_ranges(grid, home);
                     }
-                    for &cell in &cells[1..] {
-                        self.scan(
-                            i,
-                            self.cell_start[cell] as usize..self.cell_start[cell + 1] as usize,
-                            &mut chunk.neighbors,
-                        );
+                    for range in &ranges {
+                        scanner.scan(i, range.clone(), &mut chunk.neighbors);
                     }
                 }
-                None => self.scan(i, i + 1..self.high.len(), &mut chunk.neighbors),
+                None => scanner.scan(i, i + 1..self.high.len(), &mut chunk.neighbors),
             }
             chunk.offsets.push(chunk.neighbors.len() as u32);
         }
+        // Padding, so that the pair loop can always read a whole block of indices.
+        chunk.neighbors.extend([start as u32; pairs::LANES]);
         chunk
     }
 
-    /// Appends the atoms of `candidates` within the list radius of atom `i`, branch-free.
-    #[inline]
-    fn scan(&self, i: usize, candidates: std::ops::Range<usize>, out: &mut Vec<u32>) {
-        let a = self.high[i];
-        let model = self.model;
-        out.reserve(candidates.len());
-        let mut length = out.len();
-        let spare = out.spare_capacity_mut().as_mut_ptr();
-        let base = length;
-        for j in candidates.clone() {
-            let b = &self.high[j];
-            let mut r2 = 0u64;
-            let mut far = 0u64;
-            for d in 0..3 {
-                let p = model.separation[d].apply(a[d].wrapping_sub(b[d]) as i32);
-                far |= p;
-                r2 = r2.wrapping_add((p as u32 as u64) * (p as u32 as u64));
+    /// Atom ranges of the forward stencil cells around `home`, adjacent cells merged into one range.
+    fn stencil_ranges(&self, grid: &Grid, home: [usize; 3]) -> Vec<std::ops::Range<usize>> {
+        let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+        for offset in &grid.stencil {
+            let cell = grid.shifted(home, *offset);
+            let range = self.cell_start[cell] as usize..self.cell_start[cell + 1] as usize;
+            match ranges.last_mut() {
+                Some(last) if last.end == range.start => last.end = range.end,
+                _ if range.is_empty() => {}
+                _ => ranges.push(range),
             }
-            let keep = (far >> crate::model::SEPARATION_BITS == 0) & (r2 < self.list_squared);
-            // SAFETY: `reserve` made room for every candidate; only kept ones are counted.
-            unsafe { (*spare.add(length - base)).write(j as u32) };
-            length += keep as usize;
         }
-        // SAFETY: the first `length` elements are initialised.
-        unsafe { out.set_len(length) };
+        ranges
     }
 
     /// Computes forces (and, if asked, the pair energy and virial sums) from the current positions.

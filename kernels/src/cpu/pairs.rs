@@ -12,8 +12,11 @@ use crate::thermo::Sums;
 
 use super::ListChunk;
 
-/// Neighbours per block of the vectorised pass.
-const BLOCK: usize = 64;
+/// Neighbours per block of the vectorised pass. A block's length is rounded up to whole vectors
+/// (lists are padded at their end and the extra lanes masked), so no scalar remainder loop runs.
+pub(super) const BLOCK: usize = 64;
+/// Lanes of one vector; blocks are rounded up to a multiple of it.
+pub(super) const LANES: usize = 8;
 
 pub(super) struct Pairs<'a> {
     pub tables: &'a FlatTables,
@@ -84,8 +87,13 @@ impl<'a> Pairs<'a> {
             let first = chunk.offsets[i - chunk.start] as usize;
             let last = chunk.offsets[i - chunk.start + 1] as usize;
             let mut total = [0i64; 3];
-            for js in chunk.neighbors[first..last].chunks(BLOCK) {
-                self.block::<MULTI>(a, js, high, &mut block);
+            for start in (first..last).step_by(BLOCK) {
+                // The list is padded at its end, so a block may read past this atom's neighbours;
+                // lanes beyond `count` are masked off.
+                let count = (last - start).min(BLOCK);
+                let lanes = count.div_ceil(LANES) * LANES;
+                self.block::<MULTI>(a, &chunk.neighbors[start..start + lanes], count, high, &mut block);
+                let js = &chunk.neighbors[start..start + count];
                 for (k, &j) in js.iter().enumerate() {
                     let fj = &mut force[j as usize];
                     for d in 0..3 {
@@ -103,16 +111,27 @@ impl<'a> Pairs<'a> {
 
     /// The force on atom `a` from each neighbour in `js`, branch-free so that it vectorises.
     #[inline(always)]
-    fn block<const MULTI: bool>(&self, a: [u32; 4], js: &[u32], high: &[[u32; 4]], out: &mut [[i64; BLOCK]; 3]) {
+    fn block<const MULTI: bool>(
+        &self,
+        a: [u32; 4],
+        js: &[u32],
+        count: usize,
+        high: &[[u32; 4]],
+        out: &mut [[i64; BLOCK]; 3],
+    ) {
         let tables = self.tables;
         let segments: &[Segment] = &tables.force;
-        let n = js.len().min(BLOCK);
         let row = (a[3] * self.types) as usize;
-        for k in 0..n {
+        for k in 0..js.len().min(BLOCK) {
             let j = js[k] as usize;
             // SAFETY: neighbour indices are built from `high`'s range.
-            let b = unsafe { high.get_unchecked(j) };
-            let pair_type = if MULTI { row + b[3] as usize } else { 0 };
+            // Read x and y as one 64-bit word (one gather instead of two once vectorised).
+            let (xy, bz, bt) = unsafe {
+                let atom = high.as_ptr().add(j);
+                ((atom as *const u64).read_unaligned(), (*atom)[2], (*atom)[3])
+            };
+            let b = [xy as u32, (xy >> 32) as u32, bz];
+            let pair_type = if MULTI { row + bt as usize } else { 0 };
             let cutoff = tables.cutoff_squared[pair_type];
             let clamp = tables.clamp_squared[pair_type];
             let first_octave = tables.first_octave[pair_type];
@@ -123,7 +142,7 @@ impl<'a> Pairs<'a> {
             let far = (p[0] | p[1] | p[2]) >> SEPARATION_BITS != 0;
             let q: [u64; 3] = std::array::from_fn(|d| p[d] as u32 as u64);
             let r2 = (q[0] * q[0]).wrapping_add(q[1] * q[1]).wrapping_add(q[2] * q[2]);
-            let active = !far & (r2 < cutoff);
+            let active = !far & (r2 < cutoff) & (k < count);
             let u = r2.max(clamp).min(cutoff - 1);
             let octave = 63 - u.leading_zeros();
             let below = octave - SEGMENT_BITS;
@@ -135,15 +154,20 @@ impl<'a> Pairs<'a> {
                 remainder.wrapping_shl(FRACTION_BITS.wrapping_sub(below))
             };
             // SAFETY: `u` is clamped into the table's range, so the segment exists.
-            let s = unsafe { segments.get_unchecked((offset + index) as usize) };
+            // Coefficients as two 64-bit words: two gathers instead of four.
+            let (c01, c23, shift) = unsafe {
+                let segment = segments.as_ptr().add((offset + index) as usize);
+                let words = segment as *const i64;
+                (words.read(), words.add(1).read(), (*segment).shift)
+            };
+            let c = [c01 as i32, (c01 >> 32) as i32, c23 as i32, (c23 >> 32) as i32];
             let t = t as i32 as i64;
-            let c = s.coefficients;
             let mut y = c[3] as i64;
             y = c[2] as i64 + ((y as i32 as i64 * t) >> FRACTION_BITS);
             y = c[1] as i64 + ((y as i32 as i64 * t) >> FRACTION_BITS);
             y = c[0] as i64 + ((y as i32 as i64 * t) >> FRACTION_BITS);
             for d in 0..3 {
-                let magnitude = (y as i32 as i64 * q[d] as i32 as i64) >> s.shift;
+                let magnitude = (y as i32 as i64 * q[d] as i32 as i64) >> shift;
                 let sign = (dx[d] >> 31) as i64;
                 out[d][k] = if active { (magnitude ^ sign) - sign } else { 0 };
             }
