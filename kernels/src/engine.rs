@@ -57,6 +57,9 @@ pub const DEFAULT_SKIN: f64 = 0.3;
 /// What an engine reports while it runs.
 #[derive(Debug, Clone, Copy)]
 pub enum Event<'a> {
+    /// Set-up is done (tables, first neighbour list, first forces): the step loop starts. Benchmarks
+    /// time from here, as LAMMPS' "Loop time" does.
+    Ready,
     Thermo(&'a Thermo),
     /// The global step just completed.
     Step(u64),

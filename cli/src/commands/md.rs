@@ -149,9 +149,11 @@ pub fn run(context: &Context, command: Command) -> Result<i32> {
     }
     let start = state.step;
     let mut header = false;
-    let started = Instant::now();
+    let mut started = Instant::now();
     let result = engine.run(&state, &options, &mut |event| {
         match event {
+            // Time the steps, not the set-up, as LAMMPS' "Loop time" does.
+            Event::Ready => started = Instant::now(),
             Event::Thermo(t) => match context.format {
                 Format::Json => output::json(&thermo_json(t)),
                 Format::Text => match &bar {

@@ -199,6 +199,9 @@ impl<'m> Simulation<'m> {
         if energy {
             self.record_thermo(sums, observer)?;
         }
+        if observer(Event::Ready).is_break() {
+            return Err(cancelled(self.step));
+        }
         for _ in 0..options.steps {
             self.kick_and_drift();
             if self.moved_too_far() {

@@ -647,6 +647,9 @@ impl Engine for GpuEngine {
                 return Err(cancelled(start));
             }
         }
+        if observer(Event::Ready).is_break() {
+            return Err(cancelled(start));
+        }
         let end = start + options.steps;
         let mut step = start;
         while step < end {
