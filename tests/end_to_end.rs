@@ -51,8 +51,28 @@ fn wait_completed(cluster: &Cluster, job: &str) -> serde_json::Value {
 fn final_hash(cluster: &Cluster, job: &str) -> String {
     let out = cluster.dir.join("results");
     let results = cluster.json(&["results", job, "--out", out.to_str().unwrap()]);
-    assert!(std::path::Path::new(results["written"].as_str().unwrap()).exists());
-    results["final_state_hash"].as_str().unwrap().to_string()
+    let h5md = results["written"].as_str().unwrap();
+    let hash = results["final_state_hash"].as_str().unwrap().to_string();
+    check_h5md_readers(h5md, &hash);
+    hash
+}
+
+/// h5dump and h5py must read what `results` writes.
+fn check_h5md_readers(path: &str, final_hash: &str) {
+    let dump = std::process::Command::new("h5dump").args(["-H", path]).output().expect("h5dump (Debian: hdf5-tools)");
+    assert!(dump.status.success(), "h5dump failed: {}", String::from_utf8_lossy(&dump.stderr));
+    assert!(String::from_utf8_lossy(&dump.stdout).contains("GROUP \"particles\""));
+    let script = "import h5py, sys\n\
+        f = h5py.File(sys.argv[1], 'r')\n\
+        print(f['particles/all/position/value'].shape[0], f['observables/temperature/value'].shape[0], \
+        f['parameters/upglobe/state_hash'][-1].decode())\n";
+    // Debian's python3-h5py lives with the system interpreter.
+    let python = if std::path::Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    let read = std::process::Command::new(python).args(["-c", script, path]).output().expect("python3 with h5py");
+    let stdout = String::from_utf8_lossy(&read.stdout);
+    assert!(read.status.success(), "h5py failed: {}", String::from_utf8_lossy(&read.stderr));
+    let fields: Vec<&str> = stdout.split_whitespace().collect();
+    assert_eq!(fields, ["9", "41", final_hash], "frames (initial + 8 chunks), thermo lines, provenance");
 }
 
 #[test]
