@@ -14,6 +14,8 @@ use crate::system::State;
 use crate::thermo::{Sums, Thermo};
 use crate::{KernelError, Result};
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod pairs;
 mod scan;
 use pairs::Pairs;
@@ -203,8 +205,7 @@ impl<'m> Simulation<'m> {
             return Err(cancelled(self.step));
         }
         for _ in 0..options.steps {
-            self.kick_and_drift();
-            if self.moved_too_far() {
+            if self.kick_and_drift() {
                 self.rebuild();
             }
             let energy = options.wants_thermo(start, self.step + 1);
@@ -237,17 +238,25 @@ impl<'m> Simulation<'m> {
         Ok(())
     }
 
-    fn kick_and_drift(&mut self) {
+    /// The first half kick and the drift; returns whether any atom has now moved more than half the
+    /// skin since the list was built (checked in the same pass over memory).
+    fn kick_and_drift(&mut self) -> bool {
         let model = self.model;
+        let limit = self.drift_limit_squared;
         self.pool.install(|| {
-            (&mut self.velocity, &mut self.position, &mut self.high, &self.force).into_par_iter().for_each(
-                |(v, x, h, f)| {
+            (&mut self.velocity, &mut self.position, &mut self.high, &self.force, &self.reference)
+                .into_par_iter()
+                .map(|(v, x, h, f, r)| {
                     half_kick(v, f, &model.kick[h[3] as usize]);
                     drift(x, v);
                     *h = high_words(x, h[3]);
-                },
-            )
-        });
+                    match model.separation([h[0], h[1], h[2]], *r) {
+                        Some((_, _, r2)) => r2 > limit,
+                        None => true,
+                    }
+                })
+                .reduce(|| false, |a, b| a | b)
+        })
     }
 
     fn kick_and_thermostat(&mut self, step: u64) {
@@ -260,18 +269,6 @@ impl<'m> Simulation<'m> {
                 }
             })
         });
-    }
-
-    /// Has any atom moved more than half the skin since the list was built?
-    fn moved_too_far(&self) -> bool {
-        let model = self.model;
-        let limit = self.drift_limit_squared;
-        self.pool.install(|| {
-            self.high.par_iter().zip(&self.reference).any(|(h, r)| match model.separation([h[0], h[1], h[2]], *r) {
-                Some((_, _, r2)) => r2 > limit,
-                None => true,
-            })
-        })
     }
 
     fn rebuild(&mut self) {
@@ -335,16 +332,15 @@ impl<'m> Simulation<'m> {
                 Some(grid) => {
                     let home = grid.coordinates(&self.high[i]);
                     let own = grid.index(home);
-                    scanner.scan(i, i + 1..self.cell_start[own + 1] as usize, &mut chunk.neighbors);
                     if own != home_cell {
                         home_cell = own;
                         ranges = self.stencil_ranges(grid, home);
                     }
-                    for range in &ranges {
-                        scanner.scan(i, range.clone(), &mut chunk.neighbors);
-                    }
+                    // The atom's own cell, after it; then the forward stencil.
+                    ranges[0] = i + 1..self.cell_start[own + 1] as usize;
+                    scanner.scan(i, &ranges, &mut chunk.neighbors);
                 }
-                None => scanner.scan(i, i + 1..self.high.len(), &mut chunk.neighbors),
+                None => scanner.scan(i, &[i + 1..self.high.len()], &mut chunk.neighbors),
             }
             chunk.offsets.push(chunk.neighbors.len() as u32);
         }
@@ -354,15 +350,17 @@ impl<'m> Simulation<'m> {
     }
 
     /// Atom ranges of the forward stencil cells around `home`, adjacent cells merged into one range.
+    /// The first range is a placeholder for the atom's own cell.
     fn stencil_ranges(&self, grid: &Grid, home: [usize; 3]) -> Vec<std::ops::Range<usize>> {
-        let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut ranges: Vec<std::ops::Range<usize>> = vec![0..0];
         for offset in &grid.stencil {
             let cell = grid.shifted(home, *offset);
             let range = self.cell_start[cell] as usize..self.cell_start[cell + 1] as usize;
-            match ranges.last_mut() {
-                Some(last) if last.end == range.start => last.end = range.end,
-                _ if range.is_empty() => {}
-                _ => ranges.push(range),
+            let mergeable = ranges.len() > 1 && ranges.last().is_some_and(|last| last.end == range.start);
+            if mergeable {
+                ranges.last_mut().expect("checked").end = range.end;
+            } else if !range.is_empty() {
+                ranges.push(range);
             }
         }
         ranges

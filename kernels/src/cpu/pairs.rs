@@ -47,8 +47,14 @@ impl<'a> Pairs<'a> {
                 && std::arch::is_x86_feature_detected!("avx512vl")
                 && std::arch::is_x86_feature_detected!("avx512bw")
             {
-                // SAFETY: the CPU has the features the function was compiled for.
-                return unsafe { self.forces_avx512(high, chunk, force) };
+                // SAFETY: the CPU has the features the functions were compiled for.
+                return unsafe {
+                    if self.types == 1 {
+                        self.forces_avx512_single(high, chunk, force)
+                    } else {
+                        self.forces_avx512(high, chunk, force)
+                    }
+                };
             }
             if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("lzcnt") {
                 // SAFETY: as above.

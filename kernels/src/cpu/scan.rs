@@ -37,16 +37,18 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Appends to `out` the atoms of `candidates` within the list radius of atom `i`.
+    /// Appends to `out` the atoms of each candidate range within the list radius of atom `i`.
     #[inline]
-    pub fn scan(&self, i: usize, candidates: std::ops::Range<usize>, out: &mut Vec<u32>) {
+    pub fn scan(&self, i: usize, ranges: &[std::ops::Range<usize>], out: &mut Vec<u32>) {
         #[cfg(target_arch = "x86_64")]
         if self.avx512 {
             // SAFETY: the CPU has AVX-512F and VL (checked in `new`).
-            unsafe { self.scan_avx512(i, candidates, out) };
+            unsafe { self.scan_avx512(i, ranges, out) };
             return;
         }
-        self.scan_scalar(i, candidates, out)
+        for range in ranges {
+            self.scan_scalar(i, range.clone(), out);
+        }
     }
 
     fn scan_scalar(&self, i: usize, candidates: std::ops::Range<usize>, out: &mut Vec<u32>) {
@@ -70,16 +72,21 @@ impl<'a> Scanner<'a> {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512vl,popcnt")]
-    unsafe fn scan_avx512(&self, i: usize, candidates: std::ops::Range<usize>, out: &mut Vec<u32>) {
+    unsafe fn scan_avx512(&self, i: usize, ranges: &[std::ops::Range<usize>], out: &mut Vec<u32>) {
         use std::arch::x86_64::*;
         let c = self.coordinates;
-        let count = candidates.len();
+        let count: usize = ranges.iter().map(|r| r.len()).sum();
         out.reserve(count + 8);
         let mut length = out.len();
         let target = out.as_mut_ptr();
         let axes = [&c.x, &c.y, &c.z];
         let limit = _mm512_set1_epi64(1 << SEPARATION_BITS);
         let list = _mm512_set1_epi64(self.list_squared as i64);
+        let multiplier: [__m512i; 3] = std::array::from_fn(|d| _mm512_set1_epi64(self.multiplier[d] as i64));
+        let shift: [__m512i; 3] = std::array::from_fn(|d| _mm512_set1_epi64(self.shift[d] as i64));
+        let home: [__m256i; 3] = std::array::from_fn(|d| _mm256_set1_epi32(axes[d][i] as i32));
+        let lanes_up = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        for candidates in ranges {
         let mut start = candidates.start;
         while start < candidates.end {
             let lanes = (candidates.end - start).min(8);
@@ -89,17 +96,16 @@ impl<'a> Scanner<'a> {
             for d in 0..3 {
                 // SAFETY: lanes past the end are masked off and not read.
                 let b = unsafe { _mm256_maskz_loadu_epi32(valid, axes[d].as_ptr().add(start) as *const i32) };
-                let a = _mm256_set1_epi32(axes[d][i] as i32);
-                let dx = _mm256_abs_epi32(_mm256_sub_epi32(a, b));
+                let dx = _mm256_abs_epi32(_mm256_sub_epi32(home[d], b));
                 let wide = _mm512_cvtepu32_epi64(dx);
-                let product = _mm512_mul_epu32(wide, _mm512_set1_epi64(self.multiplier[d] as i64));
-                let p = _mm512_srlv_epi64(product, _mm512_set1_epi64(self.shift[d] as i64));
+                let product = _mm512_mul_epu32(wide, multiplier[d]);
+                let p = _mm512_srlv_epi64(product, shift[d]);
                 far = _mm512_or_si512(far, p);
                 r2 = _mm512_add_epi64(r2, _mm512_mul_epu32(p, p));
             }
             let near = _mm512_cmplt_epu64_mask(far, limit);
             let keep = near & _mm512_cmplt_epu64_mask(r2, list) & valid;
-            let indexes = _mm256_add_epi32(_mm256_set1_epi32(start as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            let indexes = _mm256_add_epi32(_mm256_set1_epi32(start as i32), lanes_up);
             // Compress in a register and store all eight lanes: a compressing store to memory is
             // microcoded and slow on some CPUs (AMD Zen 4). Lanes past the kept ones are overwritten
             // by the next store or cut off by `set_len`.
@@ -108,6 +114,7 @@ impl<'a> Scanner<'a> {
             unsafe { _mm256_storeu_si256(target.add(length) as *mut __m256i, packed) };
             length += keep.count_ones() as usize;
             start += 8;
+        }
         }
         // SAFETY: the compressed stores initialised the first `length` elements.
         unsafe { out.set_len(length) };
@@ -131,11 +138,13 @@ mod tests {
         };
         let scanner = Scanner::new(&model, &coordinates, model.squared(2.8));
         for i in [0, 17, 250, 499] {
-            for range in [0..500, 3..11, 100..101, 499..500, 7..7] {
+            for ranges in [vec![0..500], vec![3..11, 100..101, 499..500], vec![7..7, 20..37]] {
                 let mut fast = Vec::new();
                 let mut slow = Vec::new();
-                scanner.scan(i, range.clone(), &mut fast);
-                scanner.scan_scalar(i, range, &mut slow);
+                scanner.scan(i, &ranges, &mut fast);
+                for range in ranges {
+                    scanner.scan_scalar(i, range, &mut slow);
+                }
                 assert_eq!(fast, slow);
             }
         }
