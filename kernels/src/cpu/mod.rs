@@ -372,7 +372,7 @@ impl<'m> Simulation<'m> {
         let pairs = Pairs::new(model, &self.tables);
         let high = &self.high;
         let run = |chunk: &ListChunk, buffer: &mut [[i64; 3]], sums: &mut Sums| {
-            if energy { pairs.forces_with_energy(high, chunk, buffer, sums) } else { pairs.forces(high, chunk, buffer) }
+            pairs.forces(high, chunk, buffer, energy.then_some(sums))
         };
         if self.threads == 1 {
             let mut sums = Sums::new(model.types);

@@ -24,6 +24,20 @@ pub(super) struct Pairs<'a> {
     pub types: u32,
     pub multiplier: [u32; 3],
     pub shift: [u32; 3],
+    avx512: bool,
+}
+
+fn avx512_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512cd")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 impl<'a> Pairs<'a> {
@@ -34,30 +48,36 @@ impl<'a> Pairs<'a> {
             types: model.types as u32,
             multiplier: std::array::from_fn(|d| model.separation[d].multiplier as u32),
             shift: std::array::from_fn(|d| model.separation[d].shift),
+            avx512: avx512_available(),
         }
     }
 
-    /// Forces of one chunk of the half list, added into `force`.
-    pub fn forces(&self, high: &[[u32; 4]], chunk: &ListChunk, force: &mut [[i64; 3]]) {
+    /// Forces of one chunk of the half list, added into `force`; with `sums`, also the pair energy and
+    /// virial.
+    pub fn forces(&self, high: &[[u32; 4]], chunk: &ListChunk, force: &mut [[i64; 3]], sums: Option<&mut Sums>) {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512dq")
-                && std::arch::is_x86_feature_detected!("avx512cd")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-            {
-                // SAFETY: the CPU has the features the functions were compiled for.
+            if self.avx512 && self.types == 1 {
+                // SAFETY: the CPU has the features the functions were compiled for (checked in `new`).
                 return unsafe {
-                    if self.types == 1 {
-                        self.forces_avx512_single(high, chunk, force)
-                    } else {
-                        self.forces_avx512(high, chunk, force)
+                    match sums {
+                        Some(sums) => self.forces_avx512_single::<true>(high, chunk, force, sums),
+                        None => self.forces_avx512_single::<false>(high, chunk, force, &mut Sums::new(1)),
                     }
                 };
             }
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("lzcnt") {
+        }
+        if let Some(sums) = sums {
+            return self.forces_with_energy(high, chunk, force, sums);
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            if self.avx512 {
                 // SAFETY: as above.
+                return unsafe { self.forces_avx512(high, chunk, force) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("lzcnt") {
+                // SAFETY: the CPU has the features the function was compiled for.
                 return unsafe { self.forces_avx2(high, chunk, force) };
             }
         }
@@ -181,7 +201,7 @@ impl<'a> Pairs<'a> {
     }
 
     /// Forces plus the pair energy and virial sums: the scalar reference, used at thermo steps.
-    pub fn forces_with_energy(&self, high: &[[u32; 4]], chunk: &ListChunk, force: &mut [[i64; 3]], sums: &mut Sums) {
+    fn forces_with_energy(&self, high: &[[u32; 4]], chunk: &ListChunk, force: &mut [[i64; 3]], sums: &mut Sums) {
         let model = self.model;
         for i in chunk.start..chunk.end {
             let a = high[i];

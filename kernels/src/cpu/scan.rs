@@ -87,34 +87,34 @@ impl<'a> Scanner<'a> {
         let home: [__m256i; 3] = std::array::from_fn(|d| _mm256_set1_epi32(axes[d][i] as i32));
         let lanes_up = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         for candidates in ranges {
-        let mut start = candidates.start;
-        while start < candidates.end {
-            let lanes = (candidates.end - start).min(8);
-            let valid: __mmask8 = if lanes == 8 { 0xff } else { (1u8 << lanes) - 1 };
-            let mut r2 = _mm512_setzero_si512();
-            let mut far = _mm512_setzero_si512();
-            for d in 0..3 {
-                // SAFETY: lanes past the end are masked off and not read.
-                let b = unsafe { _mm256_maskz_loadu_epi32(valid, axes[d].as_ptr().add(start) as *const i32) };
-                let dx = _mm256_abs_epi32(_mm256_sub_epi32(home[d], b));
-                let wide = _mm512_cvtepu32_epi64(dx);
-                let product = _mm512_mul_epu32(wide, multiplier[d]);
-                let p = _mm512_srlv_epi64(product, shift[d]);
-                far = _mm512_or_si512(far, p);
-                r2 = _mm512_add_epi64(r2, _mm512_mul_epu32(p, p));
+            let mut start = candidates.start;
+            while start < candidates.end {
+                let lanes = (candidates.end - start).min(8);
+                let valid: __mmask8 = if lanes == 8 { 0xff } else { (1u8 << lanes) - 1 };
+                let mut r2 = _mm512_setzero_si512();
+                let mut far = _mm512_setzero_si512();
+                for d in 0..3 {
+                    // SAFETY: lanes past the end are masked off and not read.
+                    let b = unsafe { _mm256_maskz_loadu_epi32(valid, axes[d].as_ptr().add(start) as *const i32) };
+                    let dx = _mm256_abs_epi32(_mm256_sub_epi32(home[d], b));
+                    let wide = _mm512_cvtepu32_epi64(dx);
+                    let product = _mm512_mul_epu32(wide, multiplier[d]);
+                    let p = _mm512_srlv_epi64(product, shift[d]);
+                    far = _mm512_or_si512(far, p);
+                    r2 = _mm512_add_epi64(r2, _mm512_mul_epu32(p, p));
+                }
+                let near = _mm512_cmplt_epu64_mask(far, limit);
+                let keep = near & _mm512_cmplt_epu64_mask(r2, list) & valid;
+                let indexes = _mm256_add_epi32(_mm256_set1_epi32(start as i32), lanes_up);
+                // Compress in a register and store all eight lanes: a compressing store to memory is
+                // microcoded and slow on some CPUs (AMD Zen 4). Lanes past the kept ones are overwritten
+                // by the next store or cut off by `set_len`.
+                let packed = _mm256_maskz_compress_epi32(keep, indexes);
+                // SAFETY: `reserve` made room for every candidate plus one vector.
+                unsafe { _mm256_storeu_si256(target.add(length) as *mut __m256i, packed) };
+                length += keep.count_ones() as usize;
+                start += 8;
             }
-            let near = _mm512_cmplt_epu64_mask(far, limit);
-            let keep = near & _mm512_cmplt_epu64_mask(r2, list) & valid;
-            let indexes = _mm256_add_epi32(_mm256_set1_epi32(start as i32), lanes_up);
-            // Compress in a register and store all eight lanes: a compressing store to memory is
-            // microcoded and slow on some CPUs (AMD Zen 4). Lanes past the kept ones are overwritten
-            // by the next store or cut off by `set_len`.
-            let packed = _mm256_maskz_compress_epi32(keep, indexes);
-            // SAFETY: `reserve` made room for every candidate plus one vector.
-            unsafe { _mm256_storeu_si256(target.add(length) as *mut __m256i, packed) };
-            length += keep.count_ones() as usize;
-            start += 8;
-        }
         }
         // SAFETY: the compressed stores initialised the first `length` elements.
         unsafe { out.set_len(length) };
