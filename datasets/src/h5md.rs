@@ -122,7 +122,8 @@ fn write_h5(path: &Path, t: &Trajectory) -> hdf5::Result<()> {
     let observables = file.create_group("observables")?;
     let steps: Vec<i64> = t.observables.iter().map(|o| o.step).collect();
     let times: Vec<f64> = t.observables.iter().map(|o| o.time).collect();
-    let series: [(&str, fn(&Observable) -> f64); 5] = [
+    type Series = (&'static str, fn(&Observable) -> f64);
+    let series: [Series; 5] = [
         ("temperature", |o| o.temperature),
         ("potential_energy", |o| o.potential_energy),
         ("kinetic_energy", |o| o.kinetic_energy),

@@ -240,7 +240,7 @@ impl<'a> Reader<'a> {
         Ok(f64::from_le_bytes(self.take(8)?.try_into().unwrap()))
     }
     fn array<T: bytemuck::Pod>(&mut self, count: usize) -> Result<Vec<T>> {
-        let bytes = self.take(count.checked_mul(size_of::<T>()).unwrap_or(usize::MAX))?;
+        let bytes = self.take(count.saturating_mul(size_of::<T>()))?;
         Ok(bytemuck::pod_collect_to_vec(bytes))
     }
 }

@@ -46,7 +46,7 @@ impl RunOptions {
     }
 
     pub fn wants_thermo(&self, start: u64, step: u64) -> bool {
-        (self.thermo_every > 0 && step % self.thermo_every == 0 && step != start)
+        (self.thermo_every > 0 && step.is_multiple_of(self.thermo_every) && step != start)
             || (step == start && self.thermo_at_start)
             || (step == start + self.steps && self.thermo_at_end && step != start)
     }

@@ -205,7 +205,7 @@ impl DataFile {
             let [low, high] = bound.ok_or_else(|| {
                 parser.error(1, format!("the header has no '{0}lo {0}hi' box bounds", ['x', 'y', 'z'][d]))
             })?;
-            if !(high > low) {
+            if high <= low {
                 return Err(parser.error(1, format!("box bounds {low} {high} are empty")));
             }
             self.box_low[d] = low;

@@ -20,6 +20,9 @@
 //! - [`thermo`]: observables computed from exact integer sums.
 //! - [`checkpoint`]: the versioned binary format and its hash.
 
+// Axis loops index parallel per-axis arrays (positions, scales, kicks); an index reads best there.
+#![allow(clippy::needless_range_loop)]
+
 pub mod checkpoint;
 pub mod cpu;
 pub mod engine;

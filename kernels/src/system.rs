@@ -172,7 +172,7 @@ impl State {
         let PhysicalSystem { params, step, ids, types, positions, velocities } = system;
         params.validate()?;
         let atoms = ids.len();
-        if atoms < 2 || atoms > ATOMS_MAX {
+        if !(2..=ATOMS_MAX).contains(&atoms) {
             return Err(KernelError::InvalidSystem(format!("{atoms} atoms; between 2 and {ATOMS_MAX} are supported")));
         }
         assert!(types.len() == atoms && positions.len() == atoms && velocities.len() == atoms);

@@ -43,10 +43,11 @@ fn run_lammps(dir: &Path, input: &str) -> Vec<Line> {
             inside = true;
         } else if line.starts_with("Loop time") {
             inside = false;
-        } else if inside && fields.len() == 6 {
-            if let Ok(values) = fields.iter().map(|f| f.parse::<f64>()).collect::<Result<Vec<_>, _>>() {
-                lines.push(values.try_into().unwrap());
-            }
+        } else if inside
+            && fields.len() == 6
+            && let Ok(values) = fields.iter().map(|f| f.parse::<f64>()).collect::<Result<Vec<_>, _>>()
+        {
+            lines.push(values.try_into().unwrap());
         }
     }
     lines

@@ -230,10 +230,10 @@ impl LatencyProbe {
         }
         let mut latencies = self.latencies.lock().expect("latency list");
         for record in records {
-            if let Record::ChunkVerified { chunk, .. } = record {
-                if let Some(assigned) = self.assigned.remove(chunk) {
-                    latencies.push((now - assigned).as_secs_f64());
-                }
+            if let Record::ChunkVerified { chunk, .. } = record
+                && let Some(assigned) = self.assigned.remove(chunk)
+            {
+                latencies.push((now - assigned).as_secs_f64());
             }
         }
     }
@@ -317,12 +317,12 @@ impl Owner {
 
     /// A result may only name blobs the scheduler holds (workers upload them first).
     fn check_blobs(&self, outcome: Outcome) -> Outcome {
-        if let Outcome::Completed(output) = &outcome {
-            if let Some(missing) = output.blobs().iter().find(|b| !self.blobs.contains(b)) {
-                return Outcome::Failed {
-                    reason: format!("the result names blob {} that was never uploaded", missing.short()),
-                };
-            }
+        if let Outcome::Completed(output) = &outcome
+            && let Some(missing) = output.blobs().iter().find(|b| !self.blobs.contains(b))
+        {
+            return Outcome::Failed {
+                reason: format!("the result names blob {} that was never uploaded", missing.short()),
+            };
         }
         outcome
     }

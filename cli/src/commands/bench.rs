@@ -284,10 +284,10 @@ async fn bench_scheduler(args: &SchedulerArgs) -> Result<Value> {
 
 async fn wait_for_workers(client: &Client, count: u32) -> Result<()> {
     for _ in 0..200 {
-        if let ClientResponse::Workers(workers) = client.request(ClientRequest::Workers).await? {
-            if workers.iter().filter(|w| w.connected).count() as u32 >= count {
-                return Ok(());
-            }
+        if let ClientResponse::Workers(workers) = client.request(ClientRequest::Workers).await?
+            && workers.iter().filter(|w| w.connected).count() as u32 >= count
+        {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

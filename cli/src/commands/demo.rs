@@ -142,8 +142,7 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
     let names = wait_for_workers(&client, args.workers).await?;
 
     println!(
-        "2/5  submitting {}: {} atoms, {} steps in chunks of {}, each chunk run by {} different workers",
-        "workflows/examples/lj-melt.toml",
+        "2/5  submitting workflows/examples/lj-melt.toml: {} atoms, {} steps in chunks of {}, each chunk run by {} different workers",
         md.system.ids.len(),
         md.total_steps,
         md.chunk_steps,
@@ -199,10 +198,10 @@ async fn wait_for_workers(
     count: u32,
 ) -> Result<std::collections::HashMap<upglobe_protocol::WorkerId, String>> {
     for _ in 0..300 {
-        if let ClientResponse::Workers(workers) = client.request(ClientRequest::Workers).await? {
-            if workers.iter().filter(|w| w.connected).count() as u32 >= count {
-                return Ok(workers.into_iter().map(|w| (w.id, w.name)).collect());
-            }
+        if let ClientResponse::Workers(workers) = client.request(ClientRequest::Workers).await?
+            && workers.iter().filter(|w| w.connected).count() as u32 >= count
+        {
+            return Ok(workers.into_iter().map(|w| (w.id, w.name)).collect());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -340,7 +340,7 @@ impl<'m> Simulation<'m> {
                     ranges[0] = i + 1..self.cell_start[own + 1] as usize;
                     scanner.scan(i, &ranges, &mut chunk.neighbors);
                 }
-                None => scanner.scan(i, &[i + 1..self.high.len()], &mut chunk.neighbors),
+                None => scanner.scan(i, std::slice::from_ref(&(i + 1..self.high.len())), &mut chunk.neighbors),
             }
             chunk.offsets.push(chunk.neighbors.len() as u32);
         }
@@ -352,7 +352,7 @@ impl<'m> Simulation<'m> {
     /// Atom ranges of the forward stencil cells around `home`, adjacent cells merged into one range.
     /// The first range is a placeholder for the atom's own cell.
     fn stencil_ranges(&self, grid: &Grid, home: [usize; 3]) -> Vec<std::ops::Range<usize>> {
-        let mut ranges: Vec<std::ops::Range<usize>> = vec![0..0];
+        let mut ranges: Vec<std::ops::Range<usize>> = vec![std::ops::Range::default()];
         for offset in &grid.stencil {
             let cell = grid.shifted(home, *offset);
             let range = self.cell_start[cell] as usize..self.cell_start[cell + 1] as usize;

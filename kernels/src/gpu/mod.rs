@@ -685,9 +685,8 @@ impl Engine for GpuEngine {
 /// The end of the next batch: the next thermo step, the end, or a bounded number of steps.
 fn next_stop(options: &RunOptions, start: u64, step: u64, end: u64) -> u64 {
     let mut last = (step + BATCH_STEPS_MAX).min(end);
-    if options.thermo_every > 0 {
-        let next_thermo = (step / options.thermo_every + 1) * options.thermo_every;
-        last = last.min(next_thermo);
+    if let Some(done) = step.checked_div(options.thermo_every) {
+        last = last.min((done + 1) * options.thermo_every);
     }
     debug_assert!(last > step && last <= end && (last == end || last > start));
     last
