@@ -315,3 +315,12 @@ fn every_error_is_reported_in_file_order() {
         "{errors:#?}"
     );
 }
+
+#[test]
+fn task_placeholder_without_tasks() {
+    let source = "[jobs.report]\nkind = \"command\"\nargv = [\"echo\", \"{task}\"]\n";
+    let diagnostics = upglobe_workflows::parse("w.toml", std::path::Path::new("."), source).unwrap_err();
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:?}");
+    assert_eq!((diagnostics[0].line, diagnostics[0].column), (3, 8));
+    assert_eq!(diagnostics[0].message, "'argv' uses {task}, but the job has no 'tasks'");
+}
