@@ -62,6 +62,29 @@ impl BlobStore {
         Ok((self.put(&bytes)?, bytes.len() as u64))
     }
 
+    /// The last `count` bytes of a blob (a checkpoint's trailing state hash), without reading it all.
+    pub fn tail(&self, hash: &BlobHash, count: u64) -> Result<Vec<u8>> {
+        use std::io::{Seek, SeekFrom};
+        let (mut file, size) = self.open_blob(hash)?;
+        let path = self.path(hash);
+        let start = size.saturating_sub(count);
+        file.seek(SeekFrom::Start(start)).map_err(io(format!("cannot seek in {}", path.display())))?;
+        let mut bytes = Vec::with_capacity((size - start) as usize);
+        file.read_to_end(&mut bytes).map_err(io(format!("cannot read {}", path.display())))?;
+        Ok(bytes)
+    }
+
+    /// Removes a blob (one found corrupt, so that it can be fetched again).
+    pub fn remove(&self, hash: &BlobHash) -> Result<()> {
+        let path = self.path(hash);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io(format!("cannot remove {}", path.display()))(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Reads a whole blob, verifying its hash.
     pub fn get(&self, hash: &BlobHash) -> Result<Vec<u8>> {
         let path = self.path(hash);
@@ -157,13 +180,15 @@ impl BlobWriter {
         if actual != self.expected {
             return Err(DatasetError::Corrupt { hash: self.expected.to_hex(), actual: actual.to_hex() });
         }
-        let file = self.file.take().expect("finish once");
+        // On any error below, dropping `self` still removes the temporary file: `file` stays set
+        // until the rename has succeeded.
+        let file = self.file.as_ref().expect("finish once");
         file.sync_all().map_err(io(format!("cannot sync {}", self.temporary.display())))?;
-        drop(file);
         let parent = self.target.parent().expect("blob paths have a parent");
         std::fs::create_dir_all(parent).map_err(io(format!("cannot create {}", parent.display())))?;
         std::fs::rename(&self.temporary, &self.target)
             .map_err(io(format!("cannot move a blob into {}", self.target.display())))?;
+        self.file = None;
         Ok(actual)
     }
 }

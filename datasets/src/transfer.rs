@@ -9,6 +9,8 @@ use upglobe_protocol::{BlobHash, frame};
 use crate::{BlobStore, DatasetError, Result};
 
 const BUFFER_BYTES: usize = 1 << 20;
+/// A transfer that receives nothing for this long has stalled.
+const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn failed(hash: &BlobHash, message: impl Into<String>) -> DatasetError {
     DatasetError::Transfer { hash: hash.short(), message: message.into() }
@@ -56,7 +58,10 @@ async fn receive(recv: &mut quinn::RecvStream, store: &BlobStore, hash: BlobHash
     let mut buffer = vec![0u8; BUFFER_BYTES];
     while writer.received() < size {
         let wanted = (size - writer.received()).min(BUFFER_BYTES as u64) as usize;
-        let read = recv.read(&mut buffer[..wanted]).await.map_err(|e| failed(&hash, e.to_string()))?;
+        let read = tokio::time::timeout(STALL_TIMEOUT, recv.read(&mut buffer[..wanted]))
+            .await
+            .map_err(|_| failed(&hash, format!("no data for {} s", STALL_TIMEOUT.as_secs())))?
+            .map_err(|e| failed(&hash, e.to_string()))?;
         match read {
             Some(n) => writer.write(&buffer[..n])?,
             None => break,

@@ -219,6 +219,7 @@ fn fit_pair(params: &Params, a: usize, b: usize, length_bits: u32) -> FittedPair
     let clamp_squared = to_fixed(clamp).max(1 << (SEGMENT_BITS + 1));
     let first_octave = 63 - clamp_squared.leading_zeros();
     let last_octave = 63 - (cutoff_squared - 1).leading_zeros();
+    assert!(clamp_squared < cutoff_squared, "validated parameters give every table a range");
     let sigma_squared = coeff.sigma * coeff.sigma;
     let energy_shift = if params.shift {
         let s = sigma_squared / (coeff.cutoff * coeff.cutoff);

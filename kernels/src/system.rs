@@ -40,6 +40,9 @@ pub struct Params {
 
 /// Upper bound on atom types, so tables and per-type factors stay small.
 pub const TYPES_MAX: usize = 64;
+/// The smallest pair cutoff is at least the largest divided by this, so every table has segments at
+/// the length resolution the largest cutoff allows.
+pub const CUTOFF_RANGE_MAX: f64 = 1024.0;
 
 impl Params {
     pub fn types(&self) -> usize {
@@ -104,6 +107,14 @@ impl Params {
                     ));
                 }
             }
+        }
+        if let Some(p) = self.pair_coeffs.iter().find(|p| p.cutoff < self.cutoff_max() / CUTOFF_RANGE_MAX) {
+            return invalid(format!(
+                "pair cutoff {} is more than {CUTOFF_RANGE_MAX} times smaller than the largest, {}; \
+                 for pairs that should not interact, set epsilon to 0",
+                p.cutoff,
+                self.cutoff_max()
+            ));
         }
         let half_box = self.box_length.iter().copied().fold(f64::INFINITY, f64::min) / 2.0;
         if self.cutoff_max() >= half_box {

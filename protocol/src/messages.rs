@@ -115,13 +115,16 @@ pub enum Output {
 
 impl Output {
     /// The digest replicas must agree on: everything the result asserts, nothing about how or where
-    /// it was computed.
+    /// it was computed. For MD that includes the checkpoint blob: honest replicas encode identical
+    /// states into identical bytes, so a replica cannot pair a correct state hash with another file.
     pub fn digest(&self) -> Digest {
         let mut hasher = blake3::Hasher::new();
         match self {
-            Output::Md { state_hash, thermo, .. } => {
+            Output::Md { state_hash, checkpoint, checkpoint_bytes, thermo } => {
                 hasher.update(b"md");
                 hasher.update(state_hash);
+                hasher.update(&checkpoint.0);
+                hasher.update(&checkpoint_bytes.to_le_bytes());
                 for line in thermo {
                     hasher.update(&line.step.to_le_bytes());
                     for value in [line.temp, line.pe, line.ke, line.etotal, line.press] {
@@ -437,7 +440,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn digest_ignores_where_blobs_live_but_not_what_they_say() {
+    fn digest_covers_state_checkpoint_and_thermo() {
         let line = ThermoLine { step: 10, temp: 1.0, pe: -5.0, ke: 1.5, etotal: -3.5, press: 0.1 };
         let output = |state: u8, temp: f64, checkpoint: u8| Output::Md {
             state_hash: [state; 32],
@@ -445,7 +448,8 @@ mod tests {
             checkpoint_bytes: 10,
             thermo: vec![ThermoLine { temp, ..line }],
         };
-        assert_eq!(output(1, 1.0, 7).digest(), output(1, 1.0, 8).digest());
+        assert_eq!(output(1, 1.0, 7).digest(), output(1, 1.0, 7).digest());
+        assert_ne!(output(1, 1.0, 7).digest(), output(1, 1.0, 8).digest());
         assert_ne!(output(1, 1.0, 7).digest(), output(2, 1.0, 7).digest());
         assert_ne!(output(1, 1.0, 7).digest(), output(1, 1.0000001, 7).digest());
         assert_ne!(Output::Empty { value: 1 }.digest(), Output::Empty { value: 2 }.digest());

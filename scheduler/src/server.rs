@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use upglobe_datasets::{BlobStore, transfer};
 use upglobe_protocol::messages::limits::{CHUNKS_PER_JOB_MAX, JOBS_PER_WORKFLOW_MAX, REPLICAS_MAX};
 use upglobe_protocol::messages::{
-    ClientRequest, ClientResponse, ClientWelcome, FromWorker, Greeting, Hello, JobKind, JobResults, Outcome,
+    ClientRequest, ClientResponse, ClientWelcome, FromWorker, Greeting, Hello, JobKind, JobResults, Outcome, Output,
     StreamRequest, Submission, ToWorker, Welcome,
 };
 use upglobe_protocol::tls::{SchedulerIdentity, peer_id, random_secret};
@@ -206,6 +206,13 @@ struct Session {
     outbox: mpsc::UnboundedSender<ToWorker>,
 }
 
+/// What one batch decided, waiting for its records to be committed.
+#[derive(Default)]
+struct Pending {
+    records: Vec<Record>,
+    sends: Vec<(WorkerId, Option<mpsc::UnboundedSender<ToWorker>>, ToWorker)>,
+}
+
 struct Owner {
     core: Core,
     store: Store,
@@ -221,9 +228,9 @@ struct LatencyProbe {
 }
 
 impl LatencyProbe {
-    fn observe(&mut self, records: &[Record], sends: &[(WorkerId, ToWorker)]) {
+    fn observe(&mut self, records: &[Record], sends: &[(WorkerId, Option<mpsc::UnboundedSender<ToWorker>>, ToWorker)]) {
         let now = Instant::now();
-        for (_, message) in sends {
+        for (_, _, message) in sends {
             if let ToWorker::Assign(assignment) = message {
                 self.assigned.entry(assignment.chunk).or_insert(now);
             }
@@ -246,7 +253,9 @@ impl Owner {
 
     async fn run(mut self, mut inputs: mpsc::Receiver<Input>, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         // Records from restoring (jobs whose fate was decided by what was already stored).
-        self.commit(Vec::new())?;
+        let mut pending = Pending::default();
+        self.collect(&mut pending);
+        self.commit(pending, Vec::new())?;
         let mut batch = Vec::with_capacity(BATCH_MAX);
         loop {
             let deadline = self.core.poll_timeout().map(|ms| self.clock + Duration::from_millis(ms));
@@ -263,14 +272,17 @@ impl Owner {
                 }
             }
             let mut replies = Vec::new();
+            let mut pending = Pending::default();
             for input in batch.drain(..) {
                 self.handle(input, &mut replies);
+                self.collect(&mut pending);
             }
             let now = self.now();
             if self.core.poll_timeout().is_some_and(|t| t <= now) {
                 self.core.handle_timeout(now);
+                self.collect(&mut pending);
             }
-            self.commit(replies)?;
+            self.commit(pending, replies)?;
         }
     }
 
@@ -315,14 +327,23 @@ impl Owner {
         }
     }
 
-    /// A result may only name blobs the scheduler holds (workers upload them first).
+    /// A result may only name blobs the scheduler holds (workers upload them first), and an MD
+    /// checkpoint must be the state the result claims: its size, and the hash it ends with.
     fn check_blobs(&self, outcome: Outcome) -> Outcome {
-        if let Outcome::Completed(output) = &outcome
-            && let Some(missing) = output.blobs().iter().find(|b| !self.blobs.contains(b))
-        {
+        let Outcome::Completed(output) = &outcome else { return outcome };
+        if let Some(missing) = output.blobs().iter().find(|b| !self.blobs.contains(b)) {
             return Outcome::Failed {
                 reason: format!("the result names blob {} that was never uploaded", missing.short()),
             };
+        }
+        if let Output::Md { state_hash, checkpoint, checkpoint_bytes, .. } = output {
+            let size = self.blobs.size(checkpoint);
+            let tail = self.blobs.tail(checkpoint, 32).unwrap_or_default();
+            if size != Some(*checkpoint_bytes) || tail != state_hash {
+                return Outcome::Failed {
+                    reason: format!("checkpoint {} is not the state the result claims", checkpoint.short()),
+                };
+            }
         }
         outcome
     }
@@ -370,24 +391,36 @@ impl Owner {
         })
     }
 
-    /// Persists what the core decided, then sends its messages and the replies.
-    fn commit(&mut self, replies: Vec<(oneshot::Sender<ClientResponse>, ClientResponse)>) -> Result<()> {
-        let mut records: Vec<Record> = Vec::new();
-        let mut sends = Vec::new();
+    /// Takes the core's actions after one input. A message is bound to the worker's session of this
+    /// moment: if the worker joins again later in the batch, the old session's messages must not
+    /// reach the new one.
+    fn collect(&mut self, pending: &mut Pending) {
         while let Some(action) = self.core.poll_action() {
             match action {
-                Action::Persist(record) => records.push(record),
-                Action::Send { worker, message } => sends.push((worker, message)),
+                Action::Persist(record) => pending.records.push(record),
+                Action::Send { worker, message } => {
+                    let outbox = self.sessions.get(&worker).map(|s| s.outbox.clone());
+                    pending.sends.push((worker, outbox, message));
+                }
             }
         }
+    }
+
+    /// Persists what the core decided, then sends its messages and the replies.
+    fn commit(
+        &mut self,
+        pending: Pending,
+        replies: Vec<(oneshot::Sender<ClientResponse>, ClientResponse)>,
+    ) -> Result<()> {
+        let Pending { records, sends } = pending;
         log_records(&records);
         self.store.apply(&records)?;
         if let Some(probe) = &mut self.probe {
             probe.observe(&records, &sends);
         }
-        for (worker, message) in sends {
-            if let Some(session) = self.sessions.get(&worker) {
-                let _ = session.outbox.send(message);
+        for (_, outbox, message) in sends {
+            if let Some(outbox) = outbox {
+                let _ = outbox.send(message);
             }
         }
         for (reply, response) in replies {

@@ -50,3 +50,101 @@ async fn another_major_version_fails_at_the_handshake() {
     assert!(net::describe_connection_error(&error).contains("protocol"), "{error}");
     scheduler.shutdown().await.unwrap();
 }
+
+/// A raw client: submits one MD job (replicas 1) whose initial state is `initial`.
+async fn submit_md(scheduler: &Scheduler, initial: &[u8]) {
+    use upglobe_protocol::messages::{
+        ClientHello, ClientRequest, ClientResponse, ClientWelcome, JobKind, JobSpec, MdJob, StreamRequest, Submission,
+    };
+    let identity = PeerIdentity::generate("client").unwrap();
+    let connection = net::connect(&scheduler.client_token, &identity, Duration::from_secs(5)).await.unwrap();
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    let hello = ClientHello {
+        protocol: upglobe_protocol::PROTOCOL_VERSION,
+        secret: scheduler.client_token.secret.clone(),
+        software: "test".into(),
+    };
+    frame::write(&mut send, &Greeting::Client(hello)).await.unwrap();
+    assert!(matches!(frame::expect::<ClientWelcome, _>(&mut recv).await.unwrap(), ClientWelcome::Welcome { .. }));
+    let dir = tempfile::tempdir().unwrap();
+    let store = upglobe_datasets::BlobStore::open(dir.path()).unwrap();
+    let hash = store.put(initial).unwrap();
+    upglobe_datasets::transfer::upload(&connection, &store, hash).await.unwrap();
+    let job = JobSpec {
+        name: "md".into(),
+        after: vec![],
+        replicas: 1,
+        resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
+        kind: JobKind::Md(MdJob { initial: hash, atoms: 2, total_steps: 10, chunk_steps: 10, thermo_every: 10 }),
+    };
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    let submission = Submission { name: "w".into(), source: String::new(), jobs: vec![job] };
+    frame::write(&mut send, &StreamRequest::Client(ClientRequest::Submit(submission))).await.unwrap();
+    send.finish().unwrap();
+    assert!(matches!(frame::expect::<ClientResponse, _>(&mut recv).await.unwrap(), ClientResponse::Submitted { .. }));
+}
+
+#[tokio::test]
+async fn a_checkpoint_that_is_not_the_claimed_state_is_refused() {
+    use upglobe_protocol::messages::{FromWorker, Outcome, Output, Task};
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler =
+        Scheduler::start(ServerConfig::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap())).await.unwrap();
+    submit_md(&scheduler, b"initial state").await;
+
+    let identity = PeerIdentity::generate("worker").unwrap();
+    let connection = net::connect(&scheduler.worker_token, &identity, Duration::from_secs(5)).await.unwrap();
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    let hello = Hello {
+        protocol: upglobe_protocol::PROTOCOL_VERSION,
+        secret: scheduler.worker_token.secret.clone(),
+        software: "test".into(),
+        name: "cheat".into(),
+        resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
+        allow_commands: false,
+        device: "cpu".into(),
+    };
+    frame::write(&mut send, &Greeting::Worker(hello)).await.unwrap();
+    assert!(matches!(frame::expect::<ToWorker, _>(&mut recv).await.unwrap(), ToWorker::Welcome(_)));
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = upglobe_datasets::BlobStore::open(store_dir.path()).unwrap();
+    // A "checkpoint" ends with the hash of the state it encodes.
+    let claimed = [5u8; 32];
+    let mut honest = b"some state".to_vec();
+    honest.extend_from_slice(&claimed);
+    let mut other = b"another state".to_vec();
+    other.extend_from_slice(&[6u8; 32]);
+    // The refused attempt comes back to this worker (the only one), which then answers honestly.
+    for bytes in [other, honest] {
+        let assignment = loop {
+            match frame::expect::<ToWorker, _>(&mut recv).await.unwrap() {
+                ToWorker::Assign(a) => break a,
+                _ => continue,
+            }
+        };
+        assert!(matches!(assignment.task, Task::Md { .. }));
+        let blob = store.put(&bytes).unwrap();
+        upglobe_datasets::transfer::upload(&connection, &store, blob).await.unwrap();
+        let output =
+            Output::Md { state_hash: claimed, checkpoint: blob, checkpoint_bytes: bytes.len() as u64, thermo: vec![] };
+        let finished =
+            FromWorker::Finished { assignment: assignment.id, outcome: Outcome::Completed(output), elapsed_ms: 1 };
+        frame::write(&mut send, &finished).await.unwrap();
+    }
+    // The first (mismatched) result was refused as a failure; the second verified the chunk.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count_outcomes(dir.path()), (1, 1), "one verified chunk, one refused attempt");
+    scheduler.shutdown().await.unwrap();
+}
+
+/// (verified chunks, failed attempts) in the scheduler's database.
+fn count_outcomes(dir: &std::path::Path) -> (i64, i64) {
+    let connection = rusqlite::Connection::open(dir.join("scheduler.db")).unwrap();
+    let verified = connection.query_row("SELECT COUNT(*) FROM verified", [], |r| r.get(0)).unwrap();
+    let failures: i64 = connection
+        .query_row("SELECT COUNT(*) FROM failures WHERE reason LIKE '%is not the state the result claims%'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    (verified, failures)
+}

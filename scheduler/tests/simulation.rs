@@ -382,3 +382,162 @@ fn dishonest_worker_is_outvoted_and_quarantined() {
         assert_eq!(output, &honest_output(&task), "a wrong result was verified for {chunk}");
     }
 }
+
+/// With few attempts allowed, jobs may fail; nothing else may go wrong (a worker leaving while its
+/// chunks' job fails must not trip the core).
+#[test]
+fn simulations_with_few_attempts_keep_the_invariants() {
+    for seed in 100..120 {
+        let mut sim = Simulation::new(seed);
+        sim.config.attempts_max = 2;
+        sim.core = Core::new(sim.config.clone(), 1);
+        sim.submit();
+        for _ in 0..3_000 {
+            sim.step();
+        }
+        sim.faults = false;
+        for _ in 0..20_000 {
+            if sim.all_finished() {
+                break;
+            }
+            sim.step();
+        }
+        assert!(sim.all_finished(), "seed {seed}: jobs left unfinished");
+    }
+}
+
+fn md_spec(name: &str, chunks: u64, after: Vec<String>) -> JobSpec {
+    JobSpec {
+        name: name.into(),
+        after,
+        replicas: 1,
+        resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
+        kind: JobKind::Md(MdJob {
+            initial: BlobHash([9; 32]),
+            atoms: 10,
+            total_steps: chunks * 10,
+            chunk_steps: 10,
+            thermo_every: 10,
+        }),
+    }
+}
+
+fn assignments(core: &mut Core) -> Vec<(WorkerId, upglobe_protocol::messages::Assignment)> {
+    let mut out = Vec::new();
+    while let Some(action) = core.poll_action() {
+        if let Action::Send { worker, message: ToWorker::Assign(a) } = action {
+            out.push((worker, a));
+        }
+    }
+    out
+}
+
+#[test]
+fn cancelling_a_job_fails_the_jobs_after_it() {
+    let mut core = Core::new(Config::default(), 1);
+    let (_, ids) = core.handle_submit(
+        0,
+        "w".into(),
+        String::new(),
+        vec![md_spec("a", 3, vec![]), md_spec("b", 1, vec!["a".into()])],
+    );
+    let id = |name: &str| ids.iter().find(|(n, _)| n == name).unwrap().1;
+    assert!(core.handle_cancel(1, id("a")));
+    let b = core.job_status(1, id("b")).unwrap();
+    assert!(matches!(b.state, JobState::Failed { .. }), "{:?}", b.state);
+    assert!(!core.handle_cancel(2, id("a")), "cancelling twice");
+}
+
+#[test]
+fn a_broken_worker_does_not_use_up_the_attempts() {
+    let config = Config { attempts_max: 3, ..Config::default() };
+    let mut core = Core::new(config, 1);
+    let (broken, healthy) = (WorkerId([1; 32]), WorkerId([2; 32]));
+    let resources = Resources { cpus: 1, memory_bytes: 0, gpus: 0 };
+    core.handle_worker_joined(0, broken, "broken".into(), resources, false, "cpu".into());
+    core.handle_worker_joined(0, healthy, "healthy".into(), resources, false, "cpu".into());
+    let (_, ids) = core.handle_submit(0, "w".into(), String::new(), vec![md_spec("a", 2, vec![])]);
+    let mut now = 1;
+    // The broken worker fails whatever it gets at once; the healthy one is slow but succeeds.
+    let mut healthy_task = None;
+    for _ in 0..20 {
+        for (worker, assignment) in assignments(&mut core) {
+            if worker == broken {
+                core.handle_finished(now, broken, assignment.id, Outcome::Failed { reason: "no GPU".into() });
+            } else {
+                healthy_task = Some(assignment);
+            }
+        }
+        if let Some(assignment) = healthy_task.take() {
+            core.handle_finished(now, healthy, assignment.id, Outcome::Completed(honest_output(&assignment.task)));
+        }
+        now += 1;
+        core.check_invariants();
+    }
+    let status = core.job_status(now, ids[0].1).unwrap();
+    assert_eq!(status.state, JobState::Completed, "{:?}", status.failures);
+}
+
+#[test]
+fn heartbeats_renew_only_the_leases_they_report() {
+    let config = Config { lease_timeout_ms: 1_000, ..Config::default() };
+    let mut core = Core::new(config, 1);
+    let worker = WorkerId([1; 32]);
+    core.handle_worker_joined(
+        0,
+        worker,
+        "w".into(),
+        Resources { cpus: 2, memory_bytes: 0, gpus: 0 },
+        false,
+        "cpu".into(),
+    );
+    core.handle_submit(0, "w".into(), String::new(), vec![md_spec("a", 1, vec![]), md_spec("b", 1, vec![])]);
+    let given = assignments(&mut core);
+    assert_eq!(given.len(), 2);
+    // The worker only knows about the first assignment (the second was lost on the way).
+    for t in (200..=2_000).step_by(200) {
+        core.handle_heartbeat(t, worker, &[Progress { assignment: given[0].1.id, steps_done: 1 }]);
+        core.handle_timeout(t);
+    }
+    let statuses = core.job_statuses(2_000);
+    assert_eq!(statuses[0].failures.len(), 0, "the reported lease stays alive");
+    // It expired (and, given again to the same worker that still does not report it, expired again).
+    assert!(!statuses[1].failures.is_empty(), "the unreported lease expired");
+    assert!(statuses[1].failures[0].reason.contains("lease expired"));
+}
+
+#[test]
+fn a_worker_leaving_while_its_job_fails_is_handled() {
+    let config = Config { attempts_max: 2, ..Config::default() };
+    let mut core = Core::new(config, 1);
+    let worker = WorkerId([1; 32]);
+    core.handle_worker_joined(
+        0,
+        worker,
+        "w".into(),
+        Resources { cpus: 2, memory_bytes: 0, gpus: 0 },
+        false,
+        "cpu".into(),
+    );
+    let sweep = JobSpec {
+        name: "sweep".into(),
+        after: vec![],
+        replicas: 1,
+        resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
+        kind: JobKind::Empty { chunks: 3 },
+    };
+    let (_, ids) = core.handle_submit(0, "w".into(), String::new(), vec![sweep]);
+    let first = assignments(&mut core);
+    assert_eq!(first.len(), 2, "chunks 0 and 1");
+    // Chunk 0 fails once and comes straight back; chunk 1 completes, which lets chunk 2 in. The worker
+    // now holds chunk 0 (one failure left) and, with a later id, chunk 2.
+    core.handle_finished(1, worker, first[0].1.id, Outcome::Failed { reason: "flaky".into() });
+    assert_eq!(assignments(&mut core).len(), 1);
+    core.handle_finished(2, worker, first[1].1.id, Outcome::Completed(Output::Empty { value: 1 }));
+    assert_eq!(assignments(&mut core).len(), 1);
+    // Leaving fails chunk 0 a second time, which fails the job and releases chunk 2's lease while the
+    // worker's leases are still being failed one by one.
+    core.handle_worker_left(3, worker, "connection lost");
+    core.check_invariants();
+    assert!(matches!(core.job_status(3, ids[0].1).unwrap().state, JobState::Failed { .. }));
+}

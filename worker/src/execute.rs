@@ -25,13 +25,14 @@ pub async fn run(
     match assignment.task {
         Task::Empty { value } => Ok(Output::Empty { value }),
         Task::Md { input, steps, thermo_every, thermo_at_start } => {
-            transfer::download(connection, blobs, input).await.map_err(|e| format!("fetching the input state: {e}"))?;
+            let bytes =
+                fetch_verified(connection, blobs, input).await.map_err(|e| format!("fetching the input state: {e}"))?;
             let device = match &config.device {
                 Device::Cpu { threads: 0 } => Device::Cpu { threads: assignment.resources.cpus.max(1) as usize },
                 other => other.clone(),
             };
             let blobs = blobs.clone();
-            let md = MdChunk { input, steps, thermo_every, thermo_at_start };
+            let md = MdChunk { input: bytes, steps, thermo_every, thermo_at_start };
             tokio::task::spawn_blocking(move || run_md(&blobs, &md, &device, &cancel, &steps_done))
                 .await
                 .map_err(|e| format!("the MD task panicked: {e}"))?
@@ -49,8 +50,27 @@ pub async fn run(
     }
 }
 
+/// A blob's bytes, fetched if missing, and fetched again if the local copy is corrupt (a cached copy
+/// that rotted would otherwise fail every attempt on this worker).
+async fn fetch_verified(
+    connection: &quinn::Connection,
+    blobs: &BlobStore,
+    hash: BlobHash,
+) -> Result<Vec<u8>, upglobe_datasets::DatasetError> {
+    transfer::download(connection, blobs, hash).await?;
+    match blobs.get(&hash) {
+        Err(upglobe_datasets::DatasetError::Corrupt { .. }) => {
+            tracing::warn!(blob = %hash.short(), "cached blob is corrupt; fetching it again");
+            blobs.remove(&hash)?;
+            transfer::download(connection, blobs, hash).await?;
+            blobs.get(&hash)
+        }
+        other => other,
+    }
+}
+
 struct MdChunk {
-    input: BlobHash,
+    input: Vec<u8>,
     steps: u64,
     thermo_every: u64,
     thermo_at_start: bool,
@@ -63,8 +83,7 @@ fn run_md(
     cancel: &AtomicBool,
     steps_done: &AtomicU64,
 ) -> Result<Output, String> {
-    let bytes = blobs.get(&md.input).map_err(|e| e.to_string())?;
-    let state = Checkpoint::decode(&bytes).map_err(|e| format!("the input state: {e}"))?;
+    let state = Checkpoint::decode(&md.input).map_err(|e| format!("the input state: {e}"))?;
     let mut engine = engine(device).map_err(|e| e.to_string())?;
     let options =
         RunOptions { thermo_every: md.thermo_every, thermo_at_start: md.thermo_at_start, ..RunOptions::new(md.steps) };

@@ -28,16 +28,17 @@ pub(crate) fn read(reporter: &mut Reporter, job: &Section, base_dir: &Path) -> O
     let inputs = inputs(reporter, job, base_dir).or(Vec::new());
     let outputs = outputs(reporter, job).or(Vec::new());
     let timeout_s = timeout(reporter, job).or(TIMEOUT_S_DEFAULT);
-    if let (Some(argv), Some(tasks)) = (&argv, &tasks) {
-        if tasks.is_empty() && argv.value.iter().any(|a| a.contains("{task}")) {
-            // Without tasks nothing replaces the placeholder, and the program would see it literally.
-            reporter.error_with_hint(
-                argv.at,
-                "'argv' uses {task}, but the job has no 'tasks'",
-                "add tasks = [1, 2, 3] or a range \"1-10\", or remove {task} from argv",
-            );
-            return None;
-        }
+    if let (Some(argv), Some(tasks)) = (&argv, &tasks)
+        && tasks.is_empty()
+        && argv.value.iter().any(|a| a.contains("{task}"))
+    {
+        // Without tasks nothing replaces the placeholder, and the program would see it literally.
+        reporter.error_with_hint(
+            argv.at,
+            "'argv' uses {task}, but the job has no 'tasks'",
+            "add tasks = [1, 2, 3] or a range \"1-10\", or remove {task} from argv",
+        );
+        return None;
     }
     Some(CommandJob { argv: argv?.value, tasks: tasks?, inputs: inputs?, outputs: outputs?, timeout_s: timeout_s? })
 }

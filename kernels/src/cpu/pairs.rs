@@ -76,7 +76,12 @@ impl<'a> Pairs<'a> {
                 // SAFETY: as above.
                 return unsafe { self.forces_avx512(high, chunk, force) };
             }
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("lzcnt") {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("lzcnt")
+                && std::arch::is_x86_feature_detected!("bmi2")
+                && std::arch::is_x86_feature_detected!("popcnt")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
                 // SAFETY: the CPU has the features the function was compiled for.
                 return unsafe { self.forces_avx2(high, chunk, force) };
             }

@@ -456,7 +456,7 @@ fn build(@builtin(global_invocation_id) id: vec3<u32>) {
         }
     }
     if (count > params.max_neighbors) {
-        atomicStore(&control[OVERFLOW], max(count, atomicLoad(&control[OVERFLOW])));
+        atomicMax(&control[OVERFLOW], count);
     }
     neighbor_count[i] = min(count, params.max_neighbors);
     reference[i] = a;

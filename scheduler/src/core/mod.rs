@@ -49,6 +49,8 @@ impl Default for Config {
 
 /// Failure reasons are kept per job, up to this many.
 const FAILURES_KEPT_MAX: usize = 100;
+/// Assignment ids are `epoch << ASSIGNMENT_COUNTER_BITS | counter`: a trillion assignments per start.
+const ASSIGNMENT_COUNTER_BITS: u32 = 40;
 
 /// What the core asks the shell to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,6 +133,8 @@ struct Chunk {
     results: Vec<(WorkerId, Digest, Output)>,
     running: BTreeMap<AssignmentId, WorkerId>,
     attempts_failed: u32,
+    /// Workers on which an attempt failed; others are preferred.
+    failed_by: BTreeSet<WorkerId>,
     /// How many results this chunk should collect (grows on disagreement).
     target: u32,
 }
@@ -162,7 +166,7 @@ pub struct Core {
     deadlines: BTreeSet<(u64, AssignmentId)>,
     next_workflow: u64,
     next_job: u64,
-    /// Assignment ids are `epoch << 32 | counter`, so ids from before a restart never match new ones.
+    /// Assignment ids carry the epoch, so ids from before a restart never match new ones.
     next_assignment: u64,
     actions: VecDeque<Action>,
 }
@@ -181,7 +185,10 @@ impl Core {
             deadlines: BTreeSet::new(),
             next_workflow: 1,
             next_job: 1,
-            next_assignment: (epoch as u64) << 32,
+            next_assignment: {
+                assert!(epoch < 1 << (64 - ASSIGNMENT_COUNTER_BITS), "epoch {epoch} out of range");
+                (epoch as u64) << ASSIGNMENT_COUNTER_BITS
+            },
             actions: VecDeque::new(),
         }
     }
@@ -283,20 +290,19 @@ impl Core {
         self.schedule(now);
     }
 
+    /// Renews the leases the worker reports as running. A lease it does not mention (a task that died
+    /// without an answer, an assignment that never arrived) is not renewed and expires in its time.
     pub fn handle_heartbeat(&mut self, now: u64, worker: WorkerId, running: &[Progress]) {
-        let Some(entry) = self.workers.get(&worker) else {
-            return;
-        };
-        let leases: Vec<AssignmentId> = entry.running.iter().copied().collect();
         let deadline = now + self.config.lease_timeout_ms;
-        for assignment in leases {
-            let lease = self.leases.get_mut(&assignment).expect("a worker's assignment has a lease");
-            self.deadlines.remove(&(lease.deadline_ms, assignment));
-            lease.deadline_ms = deadline;
-            self.deadlines.insert((deadline, assignment));
-            if let Some(progress) = running.iter().find(|p| p.assignment == assignment) {
-                lease.steps_done = progress.steps_done;
+        for progress in running {
+            let Some(lease) = self.leases.get_mut(&progress.assignment) else { continue };
+            if lease.worker != worker {
+                continue;
             }
+            self.deadlines.remove(&(lease.deadline_ms, progress.assignment));
+            lease.deadline_ms = deadline;
+            lease.steps_done = progress.steps_done;
+            self.deadlines.insert((deadline, progress.assignment));
         }
     }
 
@@ -358,6 +364,8 @@ impl Core {
             return false;
         }
         self.finish_job(job, JobState::Cancelled);
+        // Jobs that run after it can no longer run.
+        self.start_jobs(now);
         self.schedule(now);
         true
     }
@@ -573,6 +581,7 @@ impl Core {
             return;
         };
         chunk.attempts_failed += 1;
+        chunk.failed_by.extend(worker);
         if chunk.attempts_failed >= self.config.attempts_max {
             let attempts = chunk.attempts_failed;
             self.fail_job_for_chunk(
@@ -606,8 +615,10 @@ impl Core {
         }
     }
 
+    /// Fails a lease; one already released (its job finished while others of its worker failed) is
+    /// left alone.
     fn fail_lease(&mut self, now: u64, assignment: AssignmentId, reason: String) {
-        let lease = self.leases.get(&assignment).expect("failing a known lease");
+        let Some(lease) = self.leases.get(&assignment) else { return };
         let (chunk, worker) = (lease.chunk, lease.worker);
         self.release(assignment);
         if self.jobs.get(&chunk.job).is_some_and(|j| j.state == JobState::Running) {
@@ -641,34 +652,55 @@ impl Core {
                 self.assign(now, chunk_id, worker);
             }
             self.refresh_ready(chunk_id);
-            cursor =
-                self.ready.range((std::ops::Bound::Excluded(chunk_id), std::ops::Bound::Unbounded)).next().copied();
+            // A job no worker has room for: skip the rest of its chunks in one step.
+            let next = if self.placeable(chunk_id.job) {
+                std::ops::Bound::Excluded(chunk_id)
+            } else {
+                std::ops::Bound::Included(ChunkId { job: JobId(chunk_id.job.0 + 1), index: 0 })
+            };
+            cursor = self.ready.range((next, std::ops::Bound::Unbounded)).next().copied();
         }
+    }
+
+    /// Whether a worker may run a job's chunks at all (not counting its free resources).
+    fn may_run(&self, worker: &Worker, kind: &JobKind) -> bool {
+        worker.connected
+            && worker.disagreements < self.config.disagreements_max
+            && (!matches!(kind, JobKind::Command(_)) || worker.allow_commands)
     }
 
     fn pick_worker(&self, chunk_id: ChunkId) -> Option<WorkerId> {
         let job = &self.jobs[&chunk_id.job];
         let chunk = &self.chunks[&chunk_id];
         let needs = &job.spec.resources;
-        let command = matches!(job.spec.kind, JobKind::Command(_));
+        let eligible = |id: &WorkerId, w: &Worker| {
+            self.may_run(w, &job.spec.kind)
+                && !chunk.results.iter().any(|(r, _, _)| r == id)
+                && !chunk.running.values().any(|r| r == id)
+        };
+        // A worker that failed this chunk runs it again only when no other could: otherwise one broken
+        // worker, freed at once by its failures, would use up every attempt while healthy ones are busy.
+        let others_exist = self.workers.iter().any(|(id, w)| eligible(id, w) && !chunk.failed_by.contains(id));
         self.workers
             .iter()
             .filter(|(id, w)| {
-                w.connected
-                    && w.disagreements < self.config.disagreements_max
-                    && needs.fits_in(&w.free)
-                    && (!command || w.allow_commands)
-                    && !chunk.results.iter().any(|(r, _, _)| r == *id)
-                    && !chunk.running.values().any(|r| r == *id)
+                eligible(id, w) && needs.fits_in(&w.free) && (!others_exist || !chunk.failed_by.contains(id))
             })
             // The emptiest worker first; ties by id, so the choice is deterministic.
             .max_by_key(|(id, w)| (w.free.cpus, std::cmp::Reverse(**id)))
             .map(|(id, _)| *id)
     }
 
+    /// Whether some worker has room for a job's chunks right now.
+    fn placeable(&self, job: JobId) -> bool {
+        let spec = &self.jobs[&job].spec;
+        self.workers.values().any(|w| self.may_run(w, &spec.kind) && spec.resources.fits_in(&w.free))
+    }
+
     fn assign(&mut self, now: u64, chunk_id: ChunkId, worker: WorkerId) {
         let id = AssignmentId(self.next_assignment);
         self.next_assignment += 1;
+        assert!(self.next_assignment & ((1 << ASSIGNMENT_COUNTER_BITS) - 1) != 0, "assignment counter exhausted");
         let task = self.task(chunk_id);
         let resources = self.jobs[&chunk_id.job].spec.resources;
         let deadline_ms = now + self.config.lease_timeout_ms;

@@ -7,6 +7,9 @@ use upglobe_protocol::{ChunkId, Digest, JobId, WorkerId, WorkflowId};
 
 use super::{Config, Core, FAILURES_KEPT_MAX, Worker, Workflow, best_votes};
 
+/// Failed attempts of a chunk: how many, and on which workers.
+type Attempts = (u32, BTreeSet<WorkerId>);
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct SnapshotJob {
     pub id: JobId,
@@ -82,7 +85,7 @@ impl Core {
     }
 
     /// Failure history per job, and the failed-attempt count of each chunk not yet verified.
-    fn restore_failures(&mut self, failed: &[(ChunkId, Option<WorkerId>, String)]) -> BTreeMap<ChunkId, u32> {
+    fn restore_failures(&mut self, failed: &[(ChunkId, Option<WorkerId>, String)]) -> BTreeMap<ChunkId, Attempts> {
         let mut attempts = BTreeMap::new();
         for (chunk, worker, reason) in failed {
             let Some(job) = self.jobs.get_mut(&chunk.job) else {
@@ -92,13 +95,15 @@ impl Core {
                 job.failures.push(Failure { chunk: chunk.index, worker: *worker, reason: reason.clone() });
             }
             if !job.verified.contains(&chunk.index) {
-                *attempts.entry(*chunk).or_insert(0) += 1;
+                let entry: &mut Attempts = attempts.entry(*chunk).or_default();
+                entry.0 += 1;
+                entry.1.extend(*worker);
             }
         }
         attempts
     }
 
-    fn restore_open_chunks(&mut self, pending: Vec<SnapshotResult>, attempts: BTreeMap<ChunkId, u32>) {
+    fn restore_open_chunks(&mut self, pending: Vec<SnapshotResult>, attempts: BTreeMap<ChunkId, Attempts>) {
         for result in pending {
             let Some(chunk) = self.chunks.get_mut(&result.chunk) else {
                 continue;
@@ -112,7 +117,10 @@ impl Core {
             let quorum = self.jobs[&chunk_id.job].spec.replicas;
             let bound = quorum + self.config.extra_replicas_max;
             let chunk = self.chunks.get_mut(&chunk_id).expect("listed");
-            chunk.attempts_failed = attempts.get(&chunk_id).copied().unwrap_or(0);
+            if let Some((count, workers)) = attempts.get(&chunk_id) {
+                chunk.attempts_failed = *count;
+                chunk.failed_by = workers.clone();
+            }
             let distinct = chunk.results.iter().map(|(_, d, _)| *d).collect::<BTreeSet<_>>().len();
             if distinct > 1 {
                 let best = best_votes(&chunk.results);
