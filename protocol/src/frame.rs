@@ -46,6 +46,24 @@ pub async fn read<T: DeserializeOwned, R: AsyncRead + Unpin>(reader: &mut R) -> 
     postcard::from_bytes(&bytes).map(Some).map_err(|e| ProtocolError::Malformed(e.to_string()))
 }
 
+/// Writes the messages that arrive on `messages` to `send` until either side closes, several frames
+/// per write when they pile up (a busy control stream then costs one packet, not one per message).
+pub async fn pump<T: Serialize>(mut send: quinn::SendStream, mut messages: tokio::sync::mpsc::UnboundedReceiver<T>) {
+    let mut bytes = Vec::new();
+    let mut batch = Vec::new();
+    while messages.recv_many(&mut batch, 256).await > 0 {
+        bytes.clear();
+        for message in batch.drain(..) {
+            if let Err(e) = encode_into(&message, &mut bytes) {
+                tracing::error!(error = %e, "a message could not be encoded");
+            }
+        }
+        if send.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Reads one frame that must be there.
 pub async fn expect<T: DeserializeOwned, R: AsyncRead + Unpin>(reader: &mut R) -> Result<T> {
     read(reader).await?.ok_or(ProtocolError::Closed)

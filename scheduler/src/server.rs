@@ -661,7 +661,7 @@ async fn serve_worker(
     let (outbox, messages) = mpsc::unbounded_channel();
     let joined = Input::WorkerJoined { worker, session, hello, outbox };
     shared.inputs.send(joined).await.map_err(|_| SchedulerError::Invalid("scheduler stopped".into()))?;
-    tokio::spawn(write_messages(send, messages));
+    tokio::spawn(frame::pump(send, messages));
     tokio::spawn(serve_streams(connection.clone(), shared.clone(), false));
     let reason = loop {
         match frame::read::<FromWorker, _>(&mut recv).await {
@@ -679,23 +679,6 @@ async fn serve_worker(
     };
     let _ = shared.inputs.send(Input::WorkerGone { worker, session, reason }).await;
     Ok(())
-}
-
-/// Sends a worker's messages, several per write when they pile up.
-async fn write_messages(mut send: quinn::SendStream, mut messages: mpsc::UnboundedReceiver<ToWorker>) {
-    let mut bytes = Vec::new();
-    let mut batch = Vec::new();
-    while messages.recv_many(&mut batch, 256).await > 0 {
-        bytes.clear();
-        for message in batch.drain(..) {
-            if frame::encode_into(&message, &mut bytes).is_err() {
-                tracing::error!("a message to a worker could not be encoded");
-            }
-        }
-        if send.write_all(&bytes).await.is_err() {
-            return;
-        }
-    }
 }
 
 async fn serve_client(

@@ -147,7 +147,7 @@ async fn session(config: &Arc<WorkerConfig>, identity: &PeerIdentity, blobs: &Bl
     tracing::info!(scheduler = %config.token.address, id = %welcome.peer.short(), "joined");
     let running: RunningMap = Arc::default();
     let (outbox, messages) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_frames(send, messages));
+    let writer = tokio::spawn(frame::pump(send, messages));
     let heartbeat = tokio::spawn(heartbeats(
         outbox.clone(),
         running.clone(),
@@ -192,22 +192,6 @@ pub fn describe_device(device: &Device) -> String {
             Some(adapter) => format!("wgpu: {adapter}"),
             None => "wgpu (no adapter found)".into(),
         },
-    }
-}
-
-async fn write_frames(mut send: quinn::SendStream, mut messages: mpsc::UnboundedReceiver<FromWorker>) {
-    let mut bytes = Vec::new();
-    let mut batch = Vec::new();
-    while messages.recv_many(&mut batch, 256).await > 0 {
-        bytes.clear();
-        for message in batch.drain(..) {
-            if let Err(e) = frame::encode_into(&message, &mut bytes) {
-                tracing::error!(error = %e, "a message to the scheduler could not be encoded");
-            }
-        }
-        if send.write_all(&bytes).await.is_err() {
-            return;
-        }
     }
 }
 
