@@ -284,3 +284,44 @@ outputs = ["*.txt"]
         assert_eq!(text, format!("task {task}\n"));
     }
 }
+
+/// The point of determinism: a CPU worker and a wgpu worker (lavapipe in CI) are replicas of each
+/// other, and every chunk verifies because their state hashes agree bit for bit.
+#[test]
+fn cpu_and_gpu_workers_agree_as_replicas() {
+    if upglobe_kernels::gpu::adapters().is_empty() {
+        assert!(
+            std::env::var_os("UPGLOBE_REQUIRE_GPU").is_none(),
+            "UPGLOBE_REQUIRE_GPU is set but no wgpu adapter exists"
+        );
+        eprintln!("no wgpu adapter: skipping (install mesa-vulkan-drivers)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 0);
+    cluster.add_worker(&["--device", "cpu"]);
+    cluster.add_worker(&["--device", "wgpu"]);
+    cluster.wait_for("two workers", Duration::from_secs(30), |c| c.connected_workers() == 2);
+    let workflow = MELT
+        .replace("cells = [10, 10, 10]", "cells = [5, 5, 5]")
+        .replace("steps = 4000", "steps = 400")
+        .replace("chunk_steps = 500", "chunk_steps = 100");
+    let job = submit(&cluster, &workflow);
+    let status = wait_completed(&cluster, &job);
+    assert_eq!(status["disagreements"], 0, "{status}");
+    let workers = cluster.json(&["workers"]);
+    let devices: Vec<&str> = workers.as_array().unwrap().iter().map(|w| w["device"].as_str().unwrap()).collect();
+    assert!(
+        devices.iter().any(|d| d.starts_with("wgpu")) && devices.iter().any(|d| d.starts_with("cpu")),
+        "{devices:?}"
+    );
+    assert!(workers.as_array().unwrap().iter().all(|w| w["completed"] == 4), "both ran every chunk: {workers}");
+    let args = ["--cells", "5", "--temperature", "1.44", "--seed", "4242"];
+    assert_eq!(final_hash_without_readers(&cluster, &job), single_process_hash(&args, 400));
+}
+
+fn final_hash_without_readers(cluster: &Cluster, job: &str) -> String {
+    let out = cluster.dir.join("results");
+    let results = cluster.json(&["results", job, "--out", out.to_str().unwrap()]);
+    results["final_state_hash"].as_str().unwrap().to_string()
+}
