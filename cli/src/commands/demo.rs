@@ -76,7 +76,7 @@ fn spawn(name: &str, args: &[&str], log: &Path, stdout: Stdio) -> Result<Child> 
         .with_context(|| format!("cannot start the {name}"))
 }
 
-pub async fn run(context: &Context, args: Args) -> Result<i32> {
+pub async fn run(_context: &Context, args: Args) -> Result<i32> {
     let started = Instant::now();
     let temporary = tempfile::Builder::new().prefix("upglobe-demo-").tempdir()?;
     let dir = temporary.path().to_path_buf();
@@ -180,7 +180,6 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
     client.close();
     println!("5/5  wrote {} (H5MD: positions, velocities, box, thermo, provenance)", h5.display());
     processes.stop();
-    let _ = context;
     println!(
         "done in {:.0} s; scheduler and workers stopped{}",
         started.elapsed().as_secs_f64(),
