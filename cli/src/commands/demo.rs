@@ -76,7 +76,12 @@ fn spawn(name: &str, args: &[&str], log: &Path, stdout: Stdio) -> Result<Child> 
         .with_context(|| format!("cannot start the {name}"))
 }
 
-pub async fn run(_context: &Context, args: Args) -> Result<i32> {
+pub async fn run(context: &Context, args: Args) -> Result<i32> {
+    let text = context.format == Format::Text;
+    // Narration for people; with --output json, one summary object at the end instead.
+    macro_rules! say {
+        ($($arg:tt)*) => { if text { println!($($arg)*); } };
+    }
     let started = Instant::now();
     let temporary = tempfile::Builder::new().prefix("upglobe-demo-").tempdir()?;
     let dir = temporary.path().to_path_buf();
@@ -87,7 +92,7 @@ pub async fn run(_context: &Context, args: Args) -> Result<i32> {
     let job = &workflow.jobs[0];
     let upglobe_workflows::JobKind::Md(md) = &job.kind else { bail!("the example workflow starts with an MD job") };
 
-    println!("1/5  starting a scheduler and {} workers as separate processes in {}", args.workers, dir.display());
+    say!("1/5  starting a scheduler and {} workers as separate processes in {}", args.workers, dir.display());
     let mut processes = Processes(Vec::new());
     let scheduler_dir = dir.join("scheduler");
     let mut scheduler = spawn(
@@ -141,7 +146,7 @@ pub async fn run(_context: &Context, args: Args) -> Result<i32> {
     let client = Client::connect(&client_token, &dir.join("client")).await?;
     let names = wait_for_workers(&client, args.workers).await?;
 
-    println!(
+    say!(
         "2/5  submitting workflows/examples/lj-melt.toml: {} atoms, {} steps in chunks of {}, each chunk run by {} different workers",
         md.system.ids.len(),
         md.total_steps,
@@ -149,13 +154,13 @@ pub async fn run(_context: &Context, args: Args) -> Result<i32> {
         job.replicas
     );
     let (_, jobs) = submit(&client, &workflow).await?;
-    let code = watch(&client, &[jobs[0].1], Format::Text).await?;
+    let code = watch(&client, &[jobs[0].1], if text { Format::Text } else { Format::Json }).await?;
     let results = fetch(&client, &jobs[0].1.0.to_string()).await?;
     if code != 0 || results.status.state != JobState::Completed {
         bail!("the demo job did not complete: {:?}; logs are in {}", results.status.state, keep(temporary));
     }
 
-    println!("3/5  verified: every chunk's output state hash was agreed on by {} workers", job.replicas);
+    say!("3/5  verified: every chunk's output state hash was agreed on by {} workers", job.replicas);
     for chunk in &results.chunks {
         let who: Vec<String> =
             chunk.agreeing.iter().map(|w| names.get(w).cloned().unwrap_or_else(|| w.short())).collect();
@@ -163,28 +168,41 @@ pub async fn run(_context: &Context, args: Args) -> Result<i32> {
             upglobe_protocol::messages::Output::Md { state_hash, .. } => hex::encode(&state_hash[..8]),
             _ => String::new(),
         };
-        println!("       chunk {}  state {hash}…  agreed by {}", chunk.index, who.join(", "));
+        say!("       chunk {}  state {hash}…  agreed by {}", chunk.index, who.join(", "));
     }
 
     let distributed = final_state_hash(&results).context("no final state")?;
-    println!("4/5  checking against one process on this machine running all {} steps in one go…", md.total_steps);
+    say!("4/5  checking against one process on this machine running all {} steps in one go…", md.total_steps);
     let local = local_run(md.system.clone(), md.total_steps).await?;
     if local != distributed {
         bail!("the local run ended in state {local}, the distributed run in {distributed}");
     }
-    println!("       same final state hash: {distributed}");
+    say!("       same final state hash: {distributed}");
 
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let h5 = args.out.join(format!("{}.{}.h5", workflow.name, job.name));
     write_md(&client, &results, &h5).await?;
     client.close();
-    println!("5/5  wrote {} (H5MD: positions, velocities, box, thermo, provenance)", h5.display());
+    say!("5/5  wrote {} (H5MD: positions, velocities, box, thermo, provenance)", h5.display());
     processes.stop();
-    println!(
-        "done in {:.0} s; scheduler and workers stopped{}",
-        started.elapsed().as_secs_f64(),
-        if args.keep { format!(", state kept in {}", keep(temporary)) } else { String::new() }
-    );
+    let seconds = started.elapsed().as_secs_f64();
+    let kept = args.keep.then(|| keep(temporary));
+    if text {
+        let kept = kept.map_or(String::new(), |dir| format!(", state kept in {dir}"));
+        println!("done in {seconds:.0} s; scheduler and workers stopped{kept}");
+    } else {
+        crate::output::json(&serde_json::json!({
+            "h5md": h5,
+            "final_state_hash": distributed,
+            "single_process_state_hash": local,
+            "chunks": results.chunks.iter().map(|c| serde_json::json!({
+                "index": c.index,
+                "agreeing": c.agreeing.iter().map(|w| names.get(w).cloned().unwrap_or_else(|| w.to_hex())).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "seconds": seconds,
+            "kept": kept,
+        }));
+    }
     Ok(0)
 }
 
