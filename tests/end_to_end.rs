@@ -325,3 +325,23 @@ fn final_hash_without_readers(cluster: &Cluster, job: &str) -> String {
     let results = cluster.json(&["results", job, "--out", out.to_str().unwrap()]);
     results["final_state_hash"].as_str().unwrap().to_string()
 }
+
+/// The README's first command, as a new user runs it (after the build).
+#[test]
+fn the_demo_runs_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let output = std::process::Command::new(cluster::UPGLOBE)
+        .args(["demo", "--output", "json", "--out", out.to_str().unwrap()])
+        .env_remove("UPGLOBE_HOME")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["final_state_hash"], summary["single_process_state_hash"]);
+    assert_eq!(summary["chunks"].as_array().unwrap().len(), 6);
+    assert!(summary["chunks"].as_array().unwrap().iter().all(|c| c["agreeing"].as_array().unwrap().len() == 2));
+    assert!(out.join("lj-melt.melt.h5").exists());
+}
