@@ -18,7 +18,7 @@ pub struct BlobStore {
 }
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> DatasetError {
-    move |source| DatasetError::Io { context, source }
+    move |source| DatasetError::Io { context, cause: source }
 }
 
 impl BlobStore {
@@ -108,7 +108,7 @@ impl BlobStore {
         let path = self.path(hash);
         let file = File::open(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => DatasetError::Missing(hash.to_hex()),
-            _ => DatasetError::Io { context: format!("cannot open {}", path.display()), source: e },
+            _ => DatasetError::Io { context: format!("cannot open {}", path.display()), cause: e },
         })?;
         let size = file.metadata().map_err(io(format!("cannot stat {}", path.display())))?.len();
         Ok((file, size))

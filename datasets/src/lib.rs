@@ -10,8 +10,9 @@ pub use blobs::{BlobStore, BlobWriter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
-    #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    /// The cause is part of the message, not a `source`, so a printed chain does not repeat it.
+    #[error("{context}: {cause}")]
+    Io { context: String, cause: std::io::Error },
     #[error("blob {hash} is corrupt: its contents hash to {actual}")]
     Corrupt { hash: String, actual: String },
     #[error("blob {expected} did not arrive whole: {received} of {size} bytes")]

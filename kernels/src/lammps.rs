@@ -111,7 +111,7 @@ fn parse_index(text: &str) -> Option<u64> {
 impl DataFile {
     pub fn read(path: &Path) -> Result<DataFile> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| KernelError::Io { path: path.display().to_string(), source })?;
+            .map_err(|source| KernelError::Io { path: path.display().to_string(), cause: source })?;
         DataFile::parse(&path.display().to_string(), &text)
     }
 
@@ -434,7 +434,7 @@ pub fn write(path: &Path, state: &crate::system::State) -> Result<()> {
         let v = state.velocity(i);
         let _ = writeln!(out, "{} {:.17e} {:.17e} {:.17e}", state.ids[i], v[0], v[1], v[2]);
     }
-    std::fs::write(path, out).map_err(|source| KernelError::Io { path: path.display().to_string(), source })
+    std::fs::write(path, out).map_err(|source| KernelError::Io { path: path.display().to_string(), cause: source })
 }
 
 #[cfg(test)]

@@ -45,8 +45,9 @@ pub use thermo::Thermo;
 pub enum KernelError {
     #[error("{path}:{line}: {message}")]
     DataFile { path: String, line: usize, message: String },
-    #[error("cannot read {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    /// The cause is part of the message, not a `source`, so a printed chain does not repeat it.
+    #[error("cannot read {path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
     #[error("invalid system: {0}")]
     InvalidSystem(String),
     #[error("invalid checkpoint: {0}")]

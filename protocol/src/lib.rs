@@ -46,8 +46,9 @@ pub enum ProtocolError {
     Closed,
     #[error("refused by {peer}: {reason}")]
     Refused { peer: String, reason: String },
-    #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    /// The cause is part of the message, not a `source`, so a printed chain does not repeat it.
+    #[error("{context}: {cause}")]
+    Io { context: String, cause: std::io::Error },
 }
 
 pub type Result<T, E = ProtocolError> = std::result::Result<T, E>;

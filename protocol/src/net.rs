@@ -36,7 +36,7 @@ pub fn server_endpoint(
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport(idle_timeout));
     quinn::Endpoint::server(config, listen)
-        .map_err(|source| ProtocolError::Io { context: format!("cannot listen on {listen}"), source })
+        .map_err(|source| ProtocolError::Io { context: format!("cannot listen on {listen}"), cause: source })
 }
 
 /// Connects to the scheduler named by `token`, verifying its certificate against the pinned CA.
@@ -50,7 +50,7 @@ pub async fn connect(token: &Token, identity: &PeerIdentity, idle_timeout: Durat
         .ok_or_else(|| failed("the name resolves to no address".into()))?;
     let bind: SocketAddr = if address.is_ipv6() { "[::]:0".parse().unwrap() } else { "0.0.0.0:0".parse().unwrap() };
     let mut endpoint = quinn::Endpoint::client(bind)
-        .map_err(|source| ProtocolError::Io { context: "cannot open a UDP socket".into(), source })?;
+        .map_err(|source| ProtocolError::Io { context: "cannot open a UDP socket".into(), cause: source })?;
     let crypto = QuicClientConfig::try_from(identity.client_config(token.ca_fingerprint)?)
         .map_err(|e| ProtocolError::Tls(format!("quic client config: {e}")))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));

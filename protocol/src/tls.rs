@@ -29,7 +29,7 @@ fn tls_error(context: &str, e: impl std::fmt::Display) -> ProtocolError {
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<()> {
-    let io = |source| ProtocolError::Io { context: format!("cannot write {}", path.display()), source };
+    let io = |source| ProtocolError::Io { context: format!("cannot write {}", path.display()), cause: source };
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -40,7 +40,7 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
 
 fn write_public(path: &Path, contents: &str) -> Result<()> {
     std::fs::write(path, contents)
-        .map_err(|source| ProtocolError::Io { context: format!("cannot write {}", path.display()), source })
+        .map_err(|source| ProtocolError::Io { context: format!("cannot write {}", path.display()), cause: source })
 }
 
 fn read_certificate(path: &Path) -> Result<CertificateDer<'static>> {
@@ -90,8 +90,10 @@ impl SchedulerIdentity {
             };
             return Ok((identity, false));
         }
-        std::fs::create_dir_all(&tls)
-            .map_err(|source| ProtocolError::Io { context: format!("cannot create {}", tls.display()), source })?;
+        std::fs::create_dir_all(&tls).map_err(|source| ProtocolError::Io {
+            context: format!("cannot create {}", tls.display()),
+            cause: source,
+        })?;
         let ca_key = rcgen::KeyPair::generate().map_err(|e| tls_error("generating the CA key", e))?;
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| tls_error("CA", e))?;
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -168,8 +170,10 @@ impl PeerIdentity {
         if certificate_path.exists() {
             return Ok(PeerIdentity { certificate: read_certificate(&certificate_path)?, key: read_key(&key_path)? });
         }
-        std::fs::create_dir_all(dir)
-            .map_err(|source| ProtocolError::Io { context: format!("cannot create {}", dir.display()), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| ProtocolError::Io {
+            context: format!("cannot create {}", dir.display()),
+            cause: source,
+        })?;
         let (identity, certificate_pem, key_pem) = Self::create(name)?;
         write_private(&key_path, &key_pem)?;
         write_public(&certificate_path, &certificate_pem)?;

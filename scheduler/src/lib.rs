@@ -13,8 +13,9 @@ pub enum SchedulerError {
     Protocol(#[from] upglobe_protocol::ProtocolError),
     #[error(transparent)]
     Dataset(#[from] upglobe_datasets::DatasetError),
-    #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    /// The cause is part of the message, not a `source`, so a printed chain does not repeat it.
+    #[error("{context}: {cause}")]
+    Io { context: String, cause: std::io::Error },
     #[error("{0}")]
     Invalid(String),
 }

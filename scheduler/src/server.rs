@@ -86,7 +86,7 @@ struct Secrets {
 
 fn load_or_create_secrets(dir: &Path) -> Result<Secrets> {
     let path = dir.join("secrets");
-    let io = |context: String| move |source| SchedulerError::Io { context, source };
+    let io = |context: String| move |source| SchedulerError::Io { context, cause: source };
     if !path.exists() {
         let contents = format!("worker {}\nclient {}\n", random_secret()?, random_secret()?);
         let mut options = std::fs::OpenOptions::new();
@@ -117,8 +117,10 @@ impl Scheduler {
     /// Opens (or creates) the data directory, restores the core, and starts listening.
     pub async fn start(config: ServerConfig) -> Result<Scheduler> {
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir)
-            .map_err(|source| SchedulerError::Io { context: format!("cannot create {}", dir.display()), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| SchedulerError::Io {
+            context: format!("cannot create {}", dir.display()),
+            cause: source,
+        })?;
         let (identity, created) = SchedulerIdentity::load_or_create(dir)?;
         let secrets = load_or_create_secrets(dir)?;
         let blobs = BlobStore::open(dir.join("blobs"))?;
@@ -130,7 +132,7 @@ impl Scheduler {
         let endpoint = net::server_endpoint(&identity, config.listen, config.idle_timeout)?;
         let address = endpoint
             .local_addr()
-            .map_err(|source| SchedulerError::Io { context: "listening socket".into(), source })?;
+            .map_err(|source| SchedulerError::Io { context: "listening socket".into(), cause: source })?;
         let advertised = config.advertise.clone().unwrap_or_else(|| advertised_address(address));
         let token = |role, secret: &str| Token {
             address: advertised.clone(),
@@ -188,7 +190,7 @@ fn advertised_address(address: SocketAddr) -> String {
 
 fn write_token(path: &Path, token: &Token) -> Result<()> {
     std::fs::write(path, format!("{token}\n"))
-        .map_err(|source| SchedulerError::Io { context: format!("cannot write {}", path.display()), source })
+        .map_err(|source| SchedulerError::Io { context: format!("cannot write {}", path.display()), cause: source })
 }
 
 // ---------------------------------------------------------------------------------------------
