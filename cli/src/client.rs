@@ -22,6 +22,9 @@ pub fn parse_token(text: &str) -> Result<Token> {
         return Ok(text.parse()?);
     }
     let path = Path::new(text.strip_prefix('@').unwrap_or(text));
+    if !path.exists() {
+        bail!("'{text}' is neither a token (upglobe://HOST:PORT/ROLE?ca=…&secret=…) nor a file holding one");
+    }
     let contents =
         std::fs::read_to_string(path).with_context(|| format!("cannot read token file {}", path.display()))?;
     contents.trim().parse().with_context(|| format!("token file {}", path.display()))
