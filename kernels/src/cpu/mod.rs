@@ -442,3 +442,70 @@ fn split(n: usize, parts: usize) -> Vec<(usize, usize)> {
     let parts = parts.clamp(1, n.max(1));
     (0..parts).map(|k| (n * k / parts, n * (k + 1) / parts)).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lattice::FccLattice;
+    use crate::rng::SplitMix64;
+
+    /// Every compiled version of the pair loop (scalar reference, baseline, AVX2, AVX-512 generic and
+    /// hand-written) gives the same forces, whichever of them this CPU would pick by itself.
+    #[test]
+    fn every_pair_loop_gives_the_same_forces() {
+        let mut system = FccLattice { cells: [6, 6, 6], ..FccLattice::in_lj(6) }.build();
+        // Jitter the lattice so that pairs fall into many table segments.
+        let mut rng = SplitMix64::new(3);
+        for p in &mut system.positions {
+            p.iter_mut().for_each(|x| *x += 0.3 * (rng.next_f64() - 0.5));
+        }
+        let state = State::from_physical(system).unwrap();
+        let model = Model::new(&state.params);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let simulation = Simulation::new(&state, &model, 0.3, 1, &pool);
+        let pairs = Pairs::new(&model, &simulation.tables);
+        let run = |path: &dyn Fn(&ListChunk, &mut [[i64; 3]])| {
+            let mut force = vec![[0i64; 3]; state.atoms()];
+            for chunk in &simulation.lists {
+                path(chunk, &mut force);
+            }
+            force
+        };
+        let high = &simulation.high;
+        let reference = run(&|chunk, force| pairs.forces_with_energy(high, chunk, force, &mut Sums::new(1)));
+        assert!(reference.iter().any(|f| f[0] != 0), "forces are not all zero");
+        assert_eq!(run(&|chunk, force| pairs.forces_body(high, chunk, force)), reference, "baseline");
+        assert_eq!(run(&|chunk, force| pairs.forces(high, chunk, force, None)), reference, "dispatched");
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("lzcnt")
+                && std::arch::is_x86_feature_detected!("bmi2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: the features are present.
+                assert_eq!(run(&|chunk, force| unsafe { pairs.forces_avx2(high, chunk, force) }), reference, "avx2");
+            }
+            if pairs.avx512 {
+                // SAFETY: as above.
+                assert_eq!(
+                    run(&|chunk, force| unsafe { pairs.forces_avx512(high, chunk, force) }),
+                    reference,
+                    "avx512"
+                );
+                let single = run(&|chunk, force| unsafe {
+                    pairs.forces_avx512_single::<false>(high, chunk, force, &mut Sums::new(1))
+                });
+                assert_eq!(single, reference, "hand-written avx512");
+                let mut sums = Sums::new(1);
+                let mut reference_sums = Sums::new(1);
+                for chunk in &simulation.lists {
+                    let mut scratch = vec![[0i64; 3]; state.atoms()];
+                    unsafe { pairs.forces_avx512_single::<true>(high, chunk, &mut scratch, &mut sums) };
+                    pairs.forces_with_energy(high, chunk, &mut scratch, &mut reference_sums);
+                }
+                assert_eq!(sums, reference_sums, "energy and virial of the hand-written loop");
+            }
+        }
+    }
+}

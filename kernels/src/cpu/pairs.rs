@@ -24,7 +24,7 @@ pub(super) struct Pairs<'a> {
     pub types: u32,
     pub multiplier: [u32; 3],
     pub shift: [u32; 3],
-    avx512: bool,
+    pub(super) avx512: bool,
 }
 
 fn avx512_available() -> bool {
@@ -91,18 +91,18 @@ impl<'a> Pairs<'a> {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512dq,avx512cd,avx512vl,avx512bw,bmi2,lzcnt,popcnt")]
-    unsafe fn forces_avx512(&self, high: &[[u32; 4]], chunk: &ListChunk, force: &mut [[i64; 3]]) {
+    pub(super) unsafe fn forces_avx512(&self, high: &[[u32; 4]], chunk: &ListChunk, force: &mut [[i64; 3]]) {
         self.forces_body(high, chunk, force)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,bmi2,lzcnt,popcnt,fma")]
-    unsafe fn forces_avx2(&self, high: &[[u32; 4]], chunk: &ListChunk, force: &mut [[i64; 3]]) {
+    pub(super) unsafe fn forces_avx2(&self, high: &[[u32; 4]], chunk: &ListChunk, force: &mut [[i64; 3]]) {
         self.forces_body(high, chunk, force)
     }
 
     #[inline(always)]
-    fn forces_body(&self, high: &[[u32; 4]], chunk: &ListChunk, force: &mut [[i64; 3]]) {
+    pub(super) fn forces_body(&self, high: &[[u32; 4]], chunk: &ListChunk, force: &mut [[i64; 3]]) {
         if self.types == 1 {
             self.forces_typed::<false>(high, chunk, force)
         } else {
@@ -206,7 +206,13 @@ impl<'a> Pairs<'a> {
     }
 
     /// Forces plus the pair energy and virial sums: the scalar reference, used at thermo steps.
-    fn forces_with_energy(&self, high: &[[u32; 4]], chunk: &ListChunk, force: &mut [[i64; 3]], sums: &mut Sums) {
+    pub(super) fn forces_with_energy(
+        &self,
+        high: &[[u32; 4]],
+        chunk: &ListChunk,
+        force: &mut [[i64; 3]],
+        sums: &mut Sums,
+    ) {
         let model = self.model;
         for i in chunk.start..chunk.end {
             let a = high[i];
