@@ -472,10 +472,16 @@ mod tests {
             force
         };
         let high = &simulation.high;
+        // Names the first atom that differs rather than printing thousands of forces.
+        let same = |forces: Vec<[i64; 3]>, reference: &[[i64; 3]], what: &str| {
+            if let Some(atom) = (0..reference.len()).find(|&k| forces[k] != reference[k]) {
+                panic!("{what}: atom slot {atom} gets {:?}, the reference {:?}", forces[atom], reference[atom]);
+            }
+        };
         let reference = run(&|chunk, force| pairs.forces_with_energy(high, chunk, force, &mut Sums::new(1)));
         assert!(reference.iter().any(|f| f[0] != 0), "forces are not all zero");
-        assert_eq!(run(&|chunk, force| pairs.forces_body(high, chunk, force)), reference, "baseline");
-        assert_eq!(run(&|chunk, force| pairs.forces(high, chunk, force, None)), reference, "dispatched");
+        same(run(&|chunk, force| pairs.forces_body(high, chunk, force)), &reference, "baseline");
+        same(run(&|chunk, force| pairs.forces(high, chunk, force, None)), &reference, "dispatched");
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx2")
@@ -484,7 +490,7 @@ mod tests {
                 && std::arch::is_x86_feature_detected!("fma")
             {
                 // SAFETY: the features are present.
-                assert_eq!(run(&|chunk, force| unsafe { pairs.forces_avx2(high, chunk, force) }), reference, "avx2");
+                same(run(&|chunk, force| unsafe { pairs.forces_avx2(high, chunk, force) }), &reference, "avx2");
             }
             if pairs.avx512 {
                 // SAFETY: as above.
@@ -496,7 +502,7 @@ mod tests {
                 let single = run(&|chunk, force| unsafe {
                     pairs.forces_avx512_single::<false>(high, chunk, force, &mut Sums::new(1))
                 });
-                assert_eq!(single, reference, "hand-written avx512");
+                same(single, &reference, "hand-written avx512");
                 let mut sums = Sums::new(1);
                 let mut reference_sums = Sums::new(1);
                 for chunk in &simulation.lists {
