@@ -508,12 +508,7 @@ impl Core {
         }
         self.persist(Record::ResultReported { chunk: chunk_id, worker, digest, output });
         let chunk = self.chunks.get_mut(&chunk_id).expect("still open");
-        let best = best_votes(&chunk.results);
-        let distinct = chunk.results.iter().map(|(_, d, _)| *d).collect::<BTreeSet<_>>().len();
-        if distinct > 1 {
-            // Disagreement: ask for enough further results to let the leading digest reach a quorum.
-            chunk.target = (chunk.results.len() as u32 + quorum - best).min(bound).max(chunk.target);
-        }
+        let distinct = chunk.widen_on_disagreement(quorum, bound);
         if chunk.results.len() as u32 >= bound {
             let reason = format!(
                 "no quorum: {} results with {distinct} different digests, none reached {quorum}",
@@ -838,6 +833,19 @@ impl Core {
             workers.dedup();
             assert_eq!(workers.len(), count, "chunk {chunk_id} has two replicas on one worker");
         }
+    }
+}
+
+impl Chunk {
+    /// On disagreement, asks for enough further results to let the leading digest reach a quorum
+    /// (never beyond `bound`, never fewer than already asked). Returns how many digests differ.
+    fn widen_on_disagreement(&mut self, quorum: u32, bound: u32) -> usize {
+        let distinct = self.results.iter().map(|(_, d, _)| *d).collect::<BTreeSet<_>>().len();
+        if distinct > 1 {
+            let best = best_votes(&self.results);
+            self.target = (self.results.len() as u32 + quorum - best).min(bound).max(self.target);
+        }
+        distinct
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use upglobe_protocol::messages::{Failure, JobKind, JobSpec, JobState, Output};
 use upglobe_protocol::{ChunkId, Digest, JobId, WorkerId, WorkflowId};
 
-use super::{Config, Core, FAILURES_KEPT_MAX, Worker, Workflow, best_votes};
+use super::{Config, Core, FAILURES_KEPT_MAX, Worker, Workflow};
 
 /// Failed attempts of a chunk: how many, and on which workers.
 type Attempts = (u32, BTreeSet<WorkerId>);
@@ -121,11 +121,7 @@ impl Core {
                 chunk.attempts_failed = *count;
                 chunk.failed_by = workers.clone();
             }
-            let distinct = chunk.results.iter().map(|(_, d, _)| *d).collect::<BTreeSet<_>>().len();
-            if distinct > 1 {
-                let best = best_votes(&chunk.results);
-                chunk.target = (chunk.results.len() as u32 + quorum - best).min(bound).max(chunk.target);
-            }
+            chunk.widen_on_disagreement(quorum, bound);
             self.refresh_ready(chunk_id);
         }
     }
