@@ -114,6 +114,26 @@ impl Client {
         Ok(self.blobs.get(&hash)?)
     }
 
+    /// Waits until at least `count` workers are connected; returns the workers the scheduler knows.
+    pub async fn wait_for_workers(
+        &self,
+        count: u32,
+        timeout: Duration,
+    ) -> Result<Vec<upglobe_protocol::messages::WorkerStatus>> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let ClientResponse::Workers(workers) = self.request(ClientRequest::Workers).await?
+                && workers.iter().filter(|w| w.connected).count() as u32 >= count
+            {
+                return Ok(workers);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("{count} workers did not join within {} s", timeout.as_secs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn close(&self) {
         self.connection.close(0u32.into(), b"done");
     }

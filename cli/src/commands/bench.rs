@@ -233,7 +233,7 @@ async fn bench_scheduler(args: &SchedulerArgs) -> Result<Value> {
         })));
     }
     let client = Client::connect(&scheduler.client_token, &dir.path().join("client")).await?;
-    wait_for_workers(&client, args.workers).await?;
+    client.wait_for_workers(args.workers, Duration::from_secs(10)).await?;
     let job = JobSpec {
         name: "empty".into(),
         after: vec![],
@@ -280,18 +280,6 @@ async fn bench_scheduler(args: &SchedulerArgs) -> Result<Value> {
         "p99_ms": percentile(0.99),
         "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
     }))
-}
-
-async fn wait_for_workers(client: &Client, count: u32) -> Result<()> {
-    for _ in 0..200 {
-        if let ClientResponse::Workers(workers) = client.request(ClientRequest::Workers).await?
-            && workers.iter().filter(|w| w.connected).count() as u32 >= count
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("the in-process workers did not join within 10 s")
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use upglobe_kernels::{Checkpoint, RunOptions, State};
-use upglobe_protocol::messages::{ClientRequest, ClientResponse, JobState};
+use upglobe_protocol::messages::JobState;
 use upglobe_protocol::{Role, Token};
 
 use super::Context;
@@ -144,7 +144,12 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
         processes.0.push((name, child));
     }
     let client = Client::connect(&client_token, &dir.join("client")).await?;
-    let names = wait_for_workers(&client, args.workers).await?;
+    let names: std::collections::HashMap<_, _> = client
+        .wait_for_workers(args.workers, Duration::from_secs(30))
+        .await?
+        .into_iter()
+        .map(|w| (w.id, w.name))
+        .collect();
 
     say!(
         "2/5  submitting workflows/examples/lj-melt.toml: {} atoms, {} steps in chunks of {}, each chunk run by {} different workers",
@@ -208,21 +213,6 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
 
 fn keep(temporary: tempfile::TempDir) -> String {
     temporary.keep().display().to_string()
-}
-
-async fn wait_for_workers(
-    client: &Client,
-    count: u32,
-) -> Result<std::collections::HashMap<upglobe_protocol::WorkerId, String>> {
-    for _ in 0..300 {
-        if let ClientResponse::Workers(workers) = client.request(ClientRequest::Workers).await?
-            && workers.iter().filter(|w| w.connected).count() as u32 >= count
-        {
-            return Ok(workers.into_iter().map(|w| (w.id, w.name)).collect());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("the workers did not join within 30 s")
 }
 
 async fn local_run(system: upglobe_kernels::system::PhysicalSystem, steps: u64) -> Result<String> {

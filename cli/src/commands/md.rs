@@ -7,12 +7,13 @@ use std::time::Instant;
 use anyhow::{Context as _, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use upglobe_datasets::h5md::{Frame, Observable, Trajectory};
+use upglobe_datasets::h5md::{Observable, Trajectory};
 use upglobe_kernels::lammps::{DataFile, Settings};
 use upglobe_kernels::lattice::FccLattice;
 use upglobe_kernels::{Checkpoint, Device, Event, PairCoeff, RunOptions, State, Thermo, engine};
 
 use super::Context;
+use super::results::frame;
 use super::worker::parse_device;
 use crate::output::{self, Format};
 
@@ -199,12 +200,6 @@ fn write_outputs(args: &RunArgs, initial: &State, last: &State, thermo: &[Thermo
         upglobe_kernels::lammps::write(path, last)?;
     }
     if let Some(path) = &args.h5md {
-        let frame = |s: &State| Frame {
-            step: s.step as i64,
-            time: s.time(),
-            positions: (0..s.atoms()).map(|i| s.position(i)).collect(),
-            velocities: (0..s.atoms()).map(|i| s.velocity(i)).collect(),
-        };
         let trajectory = Trajectory {
             box_origin: initial.params.box_origin,
             box_edges: initial.params.box_length,

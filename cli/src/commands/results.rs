@@ -83,7 +83,8 @@ pub fn final_state_hash(results: &JobResults) -> Option<String> {
     })
 }
 
-fn frame(state: &State) -> Frame {
+/// One H5MD frame of a state: physical positions and velocities in atom-id order.
+pub fn frame(state: &State) -> Frame {
     Frame {
         step: state.step as i64,
         time: state.time(),
