@@ -647,8 +647,10 @@ impl Core {
                 self.assign(now, chunk_id, worker);
             }
             self.refresh_ready(chunk_id);
-            // A job no worker has room for: skip the rest of its chunks in one step.
-            let next = if self.placeable(chunk_id.job) {
+            // A chunk left wanting may mean no worker has room for its job: then skip the rest of the
+            // job's chunks in one step.
+            let stuck = self.chunks.get(&chunk_id).is_some_and(|c| wanted(c) > 0);
+            let next = if !stuck || self.placeable(chunk_id.job) {
                 std::ops::Bound::Excluded(chunk_id)
             } else {
                 std::ops::Bound::Included(ChunkId { job: JobId(chunk_id.job.0 + 1), index: 0 })
