@@ -31,6 +31,15 @@ pub async fn write<T: Serialize, W: AsyncWrite + Unpin>(writer: &mut W, message:
 
 /// Reads one frame; `Ok(None)` at a clean end of stream.
 pub async fn read<T: DeserializeOwned, R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<T>> {
+    read_limited(reader, FRAME_BYTES_MAX).await
+}
+
+/// Reads one frame of at most `limit` bytes (a greeting, before the peer has proven anything);
+/// `Ok(None)` at a clean end of stream. Nothing is allocated for a frame over the limit.
+pub async fn read_limited<T: DeserializeOwned, R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limit: usize,
+) -> Result<Option<T>> {
     let mut length = [0u8; 4];
     match reader.read_exact(&mut length).await {
         Ok(_) => {}
@@ -38,12 +47,21 @@ pub async fn read<T: DeserializeOwned, R: AsyncRead + Unpin>(reader: &mut R) -> 
         Err(_) => return Err(ProtocolError::Closed),
     }
     let size = u32::from_le_bytes(length) as usize;
-    if size > FRAME_BYTES_MAX {
-        return Err(ProtocolError::FrameTooLarge { size, limit: FRAME_BYTES_MAX });
+    if size > limit.min(FRAME_BYTES_MAX) {
+        return Err(ProtocolError::FrameTooLarge { size, limit: limit.min(FRAME_BYTES_MAX) });
     }
     let mut bytes = vec![0u8; size];
     reader.read_exact(&mut bytes).await.map_err(|_| ProtocolError::Closed)?;
-    postcard::from_bytes(&bytes).map(Some).map_err(|e| ProtocolError::Malformed(e.to_string()))
+    decode(&bytes).map(Some)
+}
+
+/// Decodes one frame's body. The whole body must be the message: trailing bytes are malformed.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    match postcard::take_from_bytes(bytes) {
+        Ok((message, [])) => Ok(message),
+        Ok((_, rest)) => Err(ProtocolError::Malformed(format!("{} bytes after the message", rest.len()))),
+        Err(e) => Err(ProtocolError::Malformed(e.to_string())),
+    }
 }
 
 /// Writes the messages that arrive on `messages` to `send` until either side closes, several frames
@@ -95,5 +113,26 @@ mod tests {
         assert!(matches!(read::<FromWorker, _>(&mut &huge[..]).await, Err(ProtocolError::FrameTooLarge { .. })));
         let garbage = [3u8, 0, 0, 0, 0xff, 0xff, 0xff];
         assert!(matches!(read::<FromWorker, _>(&mut &garbage[..]).await, Err(ProtocolError::Malformed(_))));
+        let mut trailing = Vec::new();
+        encode_into(&FromWorker::Heartbeat { running: vec![] }, &mut trailing).unwrap();
+        trailing[0] += 1;
+        trailing.push(0);
+        assert!(matches!(read::<FromWorker, _>(&mut &trailing[..]).await, Err(ProtocolError::Malformed(_))));
+    }
+
+    #[tokio::test]
+    async fn a_greeting_over_its_limit_is_refused_before_it_is_read() {
+        let mut bytes = Vec::new();
+        encode_into(
+            &FromWorker::Heartbeat {
+                running: vec![Progress { assignment: AssignmentId(u64::MAX), steps_done: u64::MAX }; 600],
+            },
+            &mut bytes,
+        )
+        .unwrap();
+        assert!(bytes.len() > 4096);
+        let result = read_limited::<FromWorker, _>(&mut &bytes[..], 4096).await;
+        assert!(matches!(result, Err(ProtocolError::FrameTooLarge { limit: 4096, .. })), "{result:?}");
+        assert!(read_limited::<FromWorker, _>(&mut &bytes[..], 1 << 20).await.unwrap().is_some());
     }
 }

@@ -11,16 +11,106 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{AssignmentId, BlobHash, ChunkId, Digest, JobId, WorkerId, WorkflowId};
 
-/// Upper bounds, so that no message can make a peer allocate without limit.
+/// Upper bounds, so that no message can make a peer allocate without limit. These are the one set of
+/// limits: clients and workers check them to fail early, the scheduler enforces them.
 pub mod limits {
-    /// Largest frame on any stream.
+    /// Largest frame on any stream after a peer has proven its secret.
     pub const FRAME_BYTES_MAX: usize = 64 << 20;
+    /// Largest first frame of a connection, read before the peer has proven anything.
+    pub const GREETING_BYTES_MAX: usize = 4 << 10;
+    /// Connections that have not yet proven their secret, at once; more are refused.
+    pub const UNAUTHENTICATED_CONNECTIONS_MAX: usize = 256;
     /// Largest blob (checkpoint, input or output file).
     pub const BLOB_BYTES_MAX: u64 = 16 << 30;
     pub const REPLICAS_MAX: u32 = 7;
     pub const JOBS_PER_WORKFLOW_MAX: usize = 10_000;
     pub const CHUNKS_PER_JOB_MAX: u64 = 10_000_000;
+    /// Chunks of one workflow, all jobs together.
+    pub const CHUNKS_PER_WORKFLOW_MAX: u64 = 10_000_000;
     pub const REASON_BYTES_MAX: usize = 4096;
+    /// Names of workflows, jobs and workers.
+    pub const NAME_BYTES_MAX: usize = 64;
+    /// Free text a peer describes itself with: software versions, devices.
+    pub const DESCRIPTION_BYTES_MAX: usize = 256;
+    pub const SECRET_BYTES_MAX: usize = 256;
+    /// A job given by id or `WORKFLOW.JOB` in a client request.
+    pub const QUERY_BYTES_MAX: usize = 2 * NAME_BYTES_MAX + 1;
+    /// The workflow file kept for provenance.
+    pub const SOURCE_BYTES_MAX: usize = 4 << 20;
+    /// A relative file path (input, output, pattern).
+    pub const PATH_BYTES_MAX: usize = 1024;
+    /// Directories a relative file path may descend.
+    pub const PATH_DEPTH_MAX: usize = 32;
+    pub const ARGUMENTS_MAX: usize = 4096;
+    pub const ARGUMENTS_BYTES_MAX: usize = 256 << 10;
+    /// Input files, output patterns and output files of one command task, each.
+    pub const FILES_PER_TASK_MAX: usize = 1000;
+    /// Thermo lines in one chunk's result.
+    pub const THERMO_LINES_MAX: u64 = 100_000;
+    /// Atoms in one MD system.
+    pub const ATOMS_MAX: u64 = 1 << 32;
+    /// Steps of one MD job.
+    pub const STEPS_MAX: u64 = 1 << 40;
+    /// Wall time of one command task.
+    pub const TIMEOUT_S_MAX: u64 = 7 * 24 * 3600;
+    /// Resources of one worker or one job.
+    pub const CPUS_MAX: u32 = 1 << 16;
+    pub const GPUS_MAX: u32 = 1 << 10;
+    pub const MEMORY_BYTES_MAX: u64 = 1 << 50;
+    /// Results of one assignment a worker may leave unclaimed on the scheduler: uploaded blobs that
+    /// no accepted result names yet.
+    pub const UNCLAIMED_UPLOAD_BYTES_MAX: u64 = 4 * BLOB_BYTES_MAX;
+    /// Inputs of one workflow, all blobs together.
+    pub const WORKFLOW_INPUT_BYTES_MAX: u64 = 256 << 30;
+}
+
+/// Checks a workflow or job name. Jobs are addressed as `WORKFLOW.JOB`, so names are plain: the
+/// problem is returned as a phrase to follow the name ("is empty", "contains '.'; …").
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty".into());
+    }
+    if name.len() > limits::NAME_BYTES_MAX {
+        return Err(format!("is {} bytes long; at most {} are allowed", name.len(), limits::NAME_BYTES_MAX));
+    }
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
+        return Err(format!("contains {bad:?}; only letters, digits, '-' and '_' are allowed"));
+    }
+    Ok(())
+}
+
+/// Checks a file name a peer sends: a plain relative path that stays inside the directory it is
+/// joined to. No `..`, `.` or empty components, no absolute paths, no backslashes or control
+/// characters; bounded in bytes and depth. The scheduler, the worker and the client all apply it.
+pub fn check_relative_path(name: &str) -> Result<(), String> {
+    use limits::{PATH_BYTES_MAX, PATH_DEPTH_MAX};
+    if name.is_empty() {
+        return Err("an empty file name".into());
+    }
+    let shown = || {
+        let mut end = name.len().min(80);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{:?}{}", &name[..end], if end < name.len() { "…" } else { "" })
+    };
+    if name.len() > PATH_BYTES_MAX {
+        return Err(format!("file name {} is {} bytes; at most {PATH_BYTES_MAX} are allowed", shown(), name.len()));
+    }
+    if name.chars().any(|c| c.is_control() || c == '\\') {
+        return Err(format!("file name {} contains a control character or a backslash", shown()));
+    }
+    if name.starts_with('/') {
+        return Err(format!("file name {} is absolute; it must be relative to the task's directory", shown()));
+    }
+    let components: Vec<&str> = name.split('/').collect();
+    if components.iter().any(|c| c.is_empty() || *c == "." || *c == "..") {
+        return Err(format!("file name {} must not contain '..', '.' or empty components", shown()));
+    }
+    if components.len() > PATH_DEPTH_MAX {
+        return Err(format!("file name {} is more than {PATH_DEPTH_MAX} directories deep", shown()));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -453,6 +543,28 @@ mod tests {
         assert_ne!(output(1, 1.0, 7).digest(), output(2, 1.0, 7).digest());
         assert_ne!(output(1, 1.0, 7).digest(), output(1, 1.0000001, 7).digest());
         assert_ne!(Output::Empty { value: 1 }.digest(), Output::Empty { value: 2 }.digest());
+    }
+
+    #[test]
+    fn file_names_stay_inside_their_directory() {
+        for good in ["a", "out/b.csv", "x y/z-1.txt", "*.csv", "dir/**/*.h5"] {
+            assert_eq!(check_relative_path(good), Ok(()), "{good}");
+        }
+        let deep = vec!["d"; limits::PATH_DEPTH_MAX + 1].join("/");
+        let long = "a".repeat(limits::PATH_BYTES_MAX + 1);
+        for bad in
+            ["", "/etc/passwd", "../x", "a/../../x", "a/./b", "a//b", "a/", ".", "..", "a\\b", "a\nb", &deep, &long]
+        {
+            assert!(check_relative_path(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn names_are_plain() {
+        assert_eq!(check_name("lj-melt_2"), Ok(()));
+        for bad in ["", "a.b", "a b", "é", &"n".repeat(limits::NAME_BYTES_MAX + 1)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! durable. Blob transfers never pass through the owner: connection tasks serve them from the blob
 //! store directly.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,16 +15,17 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use upglobe_datasets::{BlobStore, transfer};
-use upglobe_protocol::messages::limits::{CHUNKS_PER_JOB_MAX, JOBS_PER_WORKFLOW_MAX, REPLICAS_MAX};
+use upglobe_protocol::messages::limits::{GREETING_BYTES_MAX, UNAUTHENTICATED_CONNECTIONS_MAX};
 use upglobe_protocol::messages::{
-    ClientRequest, ClientResponse, ClientWelcome, FromWorker, Greeting, Hello, JobKind, JobResults, Outcome, Output,
-    StreamRequest, Submission, ToWorker, Welcome,
+    ClientRequest, ClientResponse, ClientWelcome, FromWorker, Greeting, Hello, JobResults, Outcome, StreamRequest,
+    ToWorker, Welcome,
 };
 use upglobe_protocol::tls::{SchedulerIdentity, peer_id, random_secret};
 use upglobe_protocol::token::secrets_match;
 use upglobe_protocol::{PROTOCOL_VERSION, Role, Token, WorkerId, frame, net};
 
-use crate::core::{Action, Config, Core, Record};
+use crate::core::checks::{output_blobs, submission_blobs};
+use crate::core::{Action, BlobFact, Config, Core, Evidence, Record};
 use crate::store::Store;
 use crate::{Result, SchedulerError};
 
@@ -32,7 +33,7 @@ use crate::{Result, SchedulerError};
 const INPUT_QUEUE_MAX: usize = 16_384;
 /// Inputs applied before the records are committed.
 const BATCH_MAX: usize = 4_096;
-/// A new connection must say who it is within this time.
+/// A new connection must finish its handshake and say who it is within this time.
 const GREETING_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub const SOFTWARE: &str = concat!("upglobe ", env!("CARGO_PKG_VERSION"));
@@ -149,6 +150,7 @@ impl Scheduler {
         let (shutdown, watcher) = watch::channel(false);
         let shared = Arc::new(Shared {
             secrets,
+            unauthenticated: Arc::new(tokio::sync::Semaphore::new(UNAUTHENTICATED_CONNECTIONS_MAX)),
             blobs: blobs.clone(),
             inputs,
             heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
@@ -197,10 +199,28 @@ fn write_token(path: &Path, token: &Token) -> Result<()> {
 // The owner of the core
 
 enum Input {
-    WorkerJoined { worker: WorkerId, session: u64, hello: Hello, outbox: mpsc::UnboundedSender<ToWorker> },
-    FromWorker { worker: WorkerId, session: u64, message: FromWorker },
-    WorkerGone { worker: WorkerId, session: u64, reason: String },
-    Client { request: ClientRequest, reply: oneshot::Sender<ClientResponse> },
+    /// A worker whose secret was right; the core answers whether its hello is acceptable.
+    WorkerJoined {
+        worker: WorkerId,
+        session: u64,
+        hello: Hello,
+        outbox: mpsc::UnboundedSender<ToWorker>,
+        reply: oneshot::Sender<std::result::Result<(), String>>,
+    },
+    FromWorker {
+        worker: WorkerId,
+        session: u64,
+        message: FromWorker,
+    },
+    WorkerGone {
+        worker: WorkerId,
+        session: u64,
+        reason: String,
+    },
+    Client {
+        request: ClientRequest,
+        reply: oneshot::Sender<ClientResponse>,
+    },
 }
 
 struct Session {
@@ -291,17 +311,13 @@ impl Owner {
     fn handle(&mut self, input: Input, replies: &mut Vec<(oneshot::Sender<ClientResponse>, ClientResponse)>) {
         let now = self.now();
         match input {
-            Input::WorkerJoined { worker, session, hello, outbox } => {
-                tracing::info!(worker = %worker.short(), name = %hello.name, cpus = hello.resources.cpus, device = %hello.device, "worker joined");
-                self.sessions.insert(worker, Session { id: session, outbox });
-                self.core.handle_worker_joined(
-                    now,
-                    worker,
-                    hello.name,
-                    hello.resources,
-                    hello.allow_commands,
-                    hello.device,
-                );
+            Input::WorkerJoined { worker, session, hello, outbox, reply } => {
+                let joined = self.core.handle_worker_joined(now, worker, &hello);
+                if joined.is_ok() {
+                    tracing::info!(worker = %worker.short(), name = %hello.name, cpus = hello.resources.cpus, device = %hello.device, "worker joined");
+                    self.sessions.insert(worker, Session { id: session, outbox });
+                }
+                let _ = reply.send(joined);
             }
             Input::FromWorker { worker, session, message } => {
                 if self.sessions.get(&worker).is_none_or(|s| s.id != session) {
@@ -310,8 +326,11 @@ impl Owner {
                 match message {
                     FromWorker::Heartbeat { running } => self.core.handle_heartbeat(now, worker, &running),
                     FromWorker::Finished { assignment, outcome, .. } => {
-                        let outcome = self.check_blobs(outcome);
-                        self.core.handle_finished(now, worker, assignment, outcome);
+                        let evidence = match &outcome {
+                            Outcome::Completed(output) => self.evidence(output_blobs(output)),
+                            Outcome::Failed { .. } => Evidence::default(),
+                        };
+                        self.core.handle_finished(now, worker, assignment, outcome, &evidence);
                     }
                 }
             }
@@ -329,39 +348,28 @@ impl Owner {
         }
     }
 
-    /// A result may only name blobs the scheduler holds (workers upload them first), and an MD
-    /// checkpoint must be the state the result claims: its size, and the hash it ends with.
-    fn check_blobs(&self, outcome: Outcome) -> Outcome {
-        let Outcome::Completed(output) = &outcome else { return outcome };
-        if let Some(missing) = output.blobs().iter().find(|b| !self.blobs.contains(b)) {
-            return Outcome::Failed {
-                reason: format!("the result names blob {} that was never uploaded", missing.short()),
-            };
-        }
-        if let Output::Md { state_hash, checkpoint, checkpoint_bytes, .. } = output {
-            let size = self.blobs.size(checkpoint);
-            let tail = self.blobs.tail(checkpoint, 32).unwrap_or_default();
-            if size != Some(*checkpoint_bytes) || tail != state_hash {
-                return Outcome::Failed {
-                    reason: format!("checkpoint {} is not the state the result claims", checkpoint.short()),
-                };
-            }
-        }
-        outcome
+    /// What the blob store holds of the named blobs: the evidence the core decides on.
+    fn evidence(&self, hashes: Vec<upglobe_protocol::BlobHash>) -> Evidence {
+        Evidence::gather(hashes, |hash| {
+            let size = self.blobs.size(hash)?;
+            let tail = self.blobs.tail(hash, 32).ok()?;
+            Some(BlobFact { size, tail })
+        })
     }
 
     fn answer(&mut self, now: u64, request: ClientRequest) -> ClientResponse {
         let error = |message: String| ClientResponse::Error { message };
         match request {
-            ClientRequest::Submit(submission) => match validate(&submission, &self.blobs) {
-                Ok(()) => {
-                    let (workflow, jobs) =
-                        self.core.handle_submit(now, submission.name, submission.source, submission.jobs);
-                    tracing::info!(%workflow, jobs = jobs.len(), "workflow submitted");
-                    ClientResponse::Submitted { workflow, jobs }
+            ClientRequest::Submit(submission) => {
+                let evidence = self.evidence(submission_blobs(&submission));
+                match self.core.handle_submit(now, submission, &evidence) {
+                    Ok((workflow, jobs)) => {
+                        tracing::info!(%workflow, jobs = jobs.len(), "workflow submitted");
+                        ClientResponse::Submitted { workflow, jobs }
+                    }
+                    Err(message) => error(format!("workflow refused: {message}")),
                 }
-                Err(message) => error(format!("workflow refused: {message}")),
-            },
+            }
             ClientRequest::Status { job: None } => ClientResponse::Status { jobs: self.core.job_statuses(now) },
             ClientRequest::Status { job: Some(text) } => match self.core.find_job(&text) {
                 Some(id) => ClientResponse::Status { jobs: self.core.job_status(now, id).into_iter().collect() },
@@ -456,113 +464,13 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Checks a submission from the wire; clients check workflow files far more thoroughly, but the
-/// scheduler trusts no peer with its invariants.
-pub fn validate(submission: &Submission, blobs: &BlobStore) -> std::result::Result<(), String> {
-    let jobs = &submission.jobs;
-    if jobs.is_empty() || jobs.len() > JOBS_PER_WORKFLOW_MAX {
-        return Err(format!("{} jobs; between 1 and {JOBS_PER_WORKFLOW_MAX} are allowed", jobs.len()));
-    }
-    let names: BTreeMap<&str, usize> = jobs.iter().enumerate().map(|(k, j)| (j.name.as_str(), k)).collect();
-    if names.len() != jobs.len() || names.contains_key("") {
-        return Err("job names must be unique and non-empty".into());
-    }
-    for job in jobs {
-        let name = &job.name;
-        if let Some(unknown) = job.after.iter().find(|a| !names.contains_key(a.as_str()) || *a == name) {
-            return Err(format!("job '{name}' runs after '{unknown}', which is not another job of the workflow"));
-        }
-        if !(1..=REPLICAS_MAX).contains(&job.replicas) {
-            return Err(format!("job '{name}' asks for {} replicas; 1 to {REPLICAS_MAX} are allowed", job.replicas));
-        }
-        if job.resources.cpus == 0 {
-            return Err(format!("job '{name}' must ask for at least one cpu"));
-        }
-        let chunks = job.kind.chunks();
-        if chunks == 0 || chunks > CHUNKS_PER_JOB_MAX {
-            return Err(format!("job '{name}' has {chunks} chunks; 1 to {CHUNKS_PER_JOB_MAX} are allowed"));
-        }
-        validate_kind(name, &job.kind, blobs)?;
-    }
-    if let Some(cycle) =
-        find_cycle(jobs.iter().map(|j| (j.name.as_str(), j.after.iter().map(String::as_str).collect())).collect())
-    {
-        return Err(format!("cycle in 'after': {}", cycle.join(" -> ")));
-    }
-    Ok(())
-}
-
-fn validate_kind(name: &str, kind: &JobKind, blobs: &BlobStore) -> std::result::Result<(), String> {
-    match kind {
-        JobKind::Md(md) => {
-            if md.chunk_steps == 0 || md.total_steps % md.chunk_steps != 0 {
-                return Err(format!(
-                    "job '{name}': chunk_steps {} does not divide steps {}",
-                    md.chunk_steps, md.total_steps
-                ));
-            }
-            if md.thermo_every == 0 || md.chunk_steps % md.thermo_every != 0 {
-                return Err(format!(
-                    "job '{name}': thermo {} does not divide chunk_steps {}",
-                    md.thermo_every, md.chunk_steps
-                ));
-            }
-            if !blobs.contains(&md.initial) {
-                return Err(format!("job '{name}': the initial state {} was not uploaded", md.initial.short()));
-            }
-        }
-        JobKind::Command(command) => {
-            if command.argv.is_empty() {
-                return Err(format!("job '{name}' has an empty argv"));
-            }
-            if let Some(input) = command.inputs.iter().find(|f| !blobs.contains(&f.blob)) {
-                return Err(format!("job '{name}': input '{}' was not uploaded", input.name));
-            }
-        }
-        JobKind::Empty { .. } => {}
-    }
-    Ok(())
-}
-
-/// A cycle in a dependency graph, as the names along it, if there is one.
-pub fn find_cycle(graph: BTreeMap<&str, Vec<&str>>) -> Option<Vec<String>> {
-    fn visit<'a>(
-        node: &'a str,
-        graph: &BTreeMap<&'a str, Vec<&'a str>>,
-        path: &mut Vec<&'a str>,
-        done: &mut BTreeSet<&'a str>,
-    ) -> Option<Vec<String>> {
-        if let Some(start) = path.iter().position(|n| *n == node) {
-            let mut cycle: Vec<String> = path[start..].iter().map(|n| n.to_string()).collect();
-            cycle.push(node.to_string());
-            return Some(cycle);
-        }
-        if !done.insert(node) {
-            return None;
-        }
-        path.push(node);
-        for next in graph.get(node).into_iter().flatten() {
-            if let Some(cycle) = visit(next, graph, path, done) {
-                return Some(cycle);
-            }
-        }
-        path.pop();
-        None
-    }
-    let mut done = BTreeSet::new();
-    for node in graph.keys() {
-        if let Some(cycle) = visit(node, &graph, &mut Vec::new(), &mut done) {
-            return Some(cycle);
-        }
-    }
-    None
-}
-
 // ---------------------------------------------------------------------------------------------
 // Connections
 
 struct Shared {
     secrets: Secrets,
+    /// Permits for connections that have not yet proven their secret.
+    unauthenticated: Arc<tokio::sync::Semaphore>,
     blobs: BlobStore,
     inputs: mpsc::Sender<Input>,
     heartbeat_interval_ms: u64,
@@ -573,7 +481,13 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut shutdow
     loop {
         tokio::select! {
             incoming = endpoint.accept() => match incoming {
-                Some(incoming) => { tokio::spawn(serve_connection(incoming, shared.clone())); }
+                Some(incoming) => match shared.unauthenticated.clone().try_acquire_owned() {
+                    Ok(permit) => { tokio::spawn(serve_connection(incoming, shared.clone(), permit)); }
+                    Err(_) => {
+                        tracing::warn!(remote = %incoming.remote_address(), limit = UNAUTHENTICATED_CONNECTIONS_MAX, "too many connections still unauthenticated; refusing");
+                        incoming.refuse();
+                    }
+                },
                 None => return,
             },
             _ = shutdown.changed() => {
@@ -584,30 +498,35 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut shutdow
     }
 }
 
-async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
+/// Serves one connection. Until its greeting carries a valid secret it holds an `unauthenticated`
+/// permit, may send only one small frame, and has [`GREETING_TIMEOUT`] for the handshake and that frame.
+async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, permit: tokio::sync::OwnedSemaphorePermit) {
     let remote = incoming.remote_address();
-    let connection = match incoming.await {
-        Ok(connection) => connection,
-        Err(e) => {
-            tracing::info!(%remote, error = %net::describe_connection_error(&e), "handshake failed");
+    let greeted = tokio::time::timeout(GREETING_TIMEOUT, async {
+        let connection = incoming.await.map_err(|e| SchedulerError::Invalid(net::describe_connection_error(&e)))?;
+        let peer = peer_id(&connection)?;
+        let (send, mut recv) = connection.accept_bi().await.map_err(|e| SchedulerError::Invalid(e.to_string()))?;
+        let greeting: Greeting = frame::read_limited(&mut recv, GREETING_BYTES_MAX)
+            .await?
+            .ok_or_else(|| SchedulerError::Invalid("the connection closed before its greeting".into()))?;
+        Ok::<_, SchedulerError>((connection, peer, send, recv, greeting))
+    })
+    .await;
+    let (connection, peer, send, recv, greeting) = match greeted {
+        Ok(Ok(greeted)) => greeted,
+        Ok(Err(e)) => {
+            tracing::info!(%remote, error = %e, "connection refused before its greeting");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%remote, "no greeting within {} s", GREETING_TIMEOUT.as_secs());
             return;
         }
     };
-    let result = async {
-        let peer = peer_id(&connection)?;
-        let (send, mut recv) = tokio::time::timeout(GREETING_TIMEOUT, connection.accept_bi())
-            .await
-            .map_err(|_| SchedulerError::Invalid("no greeting".into()))?
-            .map_err(|e| SchedulerError::Invalid(e.to_string()))?;
-        let greeting: Greeting = tokio::time::timeout(GREETING_TIMEOUT, frame::expect(&mut recv))
-            .await
-            .map_err(|_| SchedulerError::Invalid("no greeting".into()))??;
-        match greeting {
-            Greeting::Worker(hello) => serve_worker(&connection, peer, hello, send, recv, &shared).await,
-            Greeting::Client(hello) => serve_client(&connection, hello, send, &shared).await,
-        }
-    }
-    .await;
+    let result = match greeting {
+        Greeting::Worker(hello) => serve_worker(&connection, peer, hello, send, recv, &shared, permit).await,
+        Greeting::Client(hello) => serve_client(&connection, hello, send, &shared, permit).await,
+    };
     if let Err(e) = result {
         tracing::info!(%remote, error = %e, "connection ended");
     }
@@ -648,21 +567,32 @@ async fn serve_worker(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     shared: &Arc<Shared>,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<()> {
     if let Some(reason) =
         admission_error(hello.protocol, &hello.secret, &shared.secrets.worker, &shared.secrets.client, "worker")
     {
-        tracing::warn!(worker = %worker.short(), name = %hello.name, %reason, "worker refused");
+        tracing::warn!(worker = %worker.short(), %reason, "worker refused");
         refuse(connection, send, ToWorker::Refused { reason: reason.clone() }, &reason).await;
         return Ok(());
     }
+    drop(permit);
+    let session = shared.sessions.fetch_add(1, Ordering::Relaxed);
+    let (outbox, messages) = mpsc::unbounded_channel();
+    let (reply, answer) = oneshot::channel();
+    let joined = Input::WorkerJoined { worker, session, hello, outbox, reply };
+    let stopped = || SchedulerError::Invalid("scheduler stopped".into());
+    shared.inputs.send(joined).await.map_err(|_| stopped())?;
+    if let Err(reason) = answer.await.map_err(|_| stopped())? {
+        tracing::warn!(worker = %worker.short(), %reason, "worker refused");
+        let reason = format!("the worker's hello was refused: {reason}");
+        refuse(connection, send, ToWorker::Refused { reason: reason.clone() }, &reason).await;
+        return Ok(());
+    }
+    // The welcome goes out before the pump starts, so it precedes every message for this session.
     let welcome =
         Welcome { peer: worker, software: SOFTWARE.into(), heartbeat_interval_ms: shared.heartbeat_interval_ms };
     frame::write(&mut send, &ToWorker::Welcome(welcome)).await?;
-    let session = shared.sessions.fetch_add(1, Ordering::Relaxed);
-    let (outbox, messages) = mpsc::unbounded_channel();
-    let joined = Input::WorkerJoined { worker, session, hello, outbox };
-    shared.inputs.send(joined).await.map_err(|_| SchedulerError::Invalid("scheduler stopped".into()))?;
     tokio::spawn(frame::pump(send, messages));
     tokio::spawn(serve_streams(connection.clone(), shared.clone(), false));
     let reason = loop {
@@ -688,6 +618,7 @@ async fn serve_client(
     hello: upglobe_protocol::messages::ClientHello,
     mut send: quinn::SendStream,
     shared: &Arc<Shared>,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<()> {
     if let Some(reason) =
         admission_error(hello.protocol, &hello.secret, &shared.secrets.client, &shared.secrets.worker, "client")
@@ -695,6 +626,7 @@ async fn serve_client(
         refuse(connection, send, ClientWelcome::Refused { reason: reason.clone() }, &reason).await;
         return Ok(());
     }
+    drop(permit);
     frame::write(&mut send, &ClientWelcome::Welcome { software: SOFTWARE.into() }).await?;
     let _ = send.finish();
     serve_streams(connection.clone(), shared.clone(), true).await;

@@ -12,10 +12,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use upglobe_protocol::messages::{
-    JobKind, JobSpec, JobState, MdJob, Outcome, Output, Progress, Resources, Task, ThermoLine, ToWorker,
+    CommandJob, FileRef, Hello, JobKind, JobSpec, JobState, MdJob, Outcome, Output, Progress, Resources, Submission,
+    Task, ThermoLine, ToWorker,
 };
 use upglobe_protocol::{AssignmentId, BlobHash, ChunkId, JobId, WorkerId};
-use upglobe_scheduler::core::{Action, Config, Core, Record};
+use upglobe_scheduler::core::checks::{check_output, output_blobs};
+use upglobe_scheduler::core::{Action, BlobFact, Config, Core, Evidence, Record};
 use upglobe_scheduler::store::Store;
 
 struct Rng(u64);
@@ -36,16 +38,18 @@ impl Rng {
     }
 }
 
-/// What an honest worker computes: a pure function of the task.
-fn honest_output(task: &Task) -> Output {
+/// What an honest worker computes: a pure function of the task (and the chunk, whose last step the
+/// thermo line is at).
+fn honest_output(chunk: ChunkId, task: &Task) -> Output {
     match task {
         Task::Md { input, steps, .. } => {
             let state = *blake3::hash(&[&input.0[..], &steps.to_le_bytes()].concat()).as_bytes();
+            let step = (chunk.index as u64 + 1) * steps;
             Output::Md {
                 state_hash: state,
                 checkpoint: BlobHash(*blake3::hash(&state).as_bytes()),
                 checkpoint_bytes: 100,
-                thermo: vec![ThermoLine { step: 0, temp: 1.0, pe: -1.0, ke: 1.0, etotal: 0.0, press: 0.0 }],
+                thermo: vec![ThermoLine { step, temp: 1.0, pe: -1.0, ke: 1.0, etotal: 0.0, press: 0.0 }],
             }
         }
         Task::Empty { value } => Output::Empty { value: *value },
@@ -53,22 +57,87 @@ fn honest_output(task: &Task) -> Output {
     }
 }
 
-fn wrong_output(task: &Task, rng: &mut Rng) -> Output {
-    match honest_output(task) {
-        Output::Md { checkpoint, checkpoint_bytes, thermo, .. } => {
-            Output::Md { state_hash: [rng.next() as u8 | 1; 32], checkpoint, checkpoint_bytes, thermo }
+/// A consistent lie: a wrong state, uploaded as a checkpoint that ends with it.
+fn wrong_output(chunk: ChunkId, task: &Task, rng: &mut Rng) -> Output {
+    match honest_output(chunk, task) {
+        Output::Md { checkpoint_bytes, thermo, .. } => {
+            let state_hash = [rng.next() as u8 | 1; 32];
+            let checkpoint = BlobHash(*blake3::hash(&state_hash).as_bytes());
+            Output::Md { state_hash, checkpoint, checkpoint_bytes, thermo }
         }
         Output::Empty { value } => Output::Empty { value: value + 1 + rng.below(5) },
         other => other,
     }
 }
 
+/// A result the core must refuse whatever the votes: a checkpoint never uploaded, or one that is
+/// not the claimed state, thermo outside the chunk, or the wrong kind of result.
+fn malformed_output(chunk: ChunkId, task: &Task, rng: &mut Rng) -> (Output, Evidence) {
+    let honest = honest_output(chunk, task);
+    let consistent = uploaded(&honest);
+    match (honest, rng.below(4)) {
+        (Output::Md { .. }, 0) | (Output::Empty { .. }, _) => (
+            Output::Md { state_hash: [1; 32], checkpoint: BlobHash([2; 32]), checkpoint_bytes: 1, thermo: vec![] },
+            Evidence::default(),
+        ),
+        (Output::Md { state_hash, checkpoint, checkpoint_bytes, thermo }, 1) => {
+            let evidence =
+                Evidence::gather([checkpoint], |_| Some(BlobFact { size: checkpoint_bytes, tail: vec![0; 32] }));
+            (Output::Md { state_hash, checkpoint, checkpoint_bytes, thermo }, evidence)
+        }
+        (Output::Md { state_hash, checkpoint, checkpoint_bytes, mut thermo }, 2) => {
+            thermo[0].step += 1_000_000;
+            (Output::Md { state_hash, checkpoint, checkpoint_bytes, thermo }, consistent)
+        }
+        (_, _) => (Output::Empty { value: 0 }, Evidence::default()),
+    }
+}
+
+/// What the scheduler's blob store holds once a worker has uploaded the blobs of `output` honestly
+/// (an MD checkpoint ends with the state hash).
+fn uploaded(output: &Output) -> Evidence {
+    Evidence::gather(output_blobs(output), |hash| match output {
+        Output::Md { state_hash, checkpoint_bytes, .. } => {
+            Some(BlobFact { size: *checkpoint_bytes, tail: state_hash.to_vec() })
+        }
+        Output::Command { files, stdout, stderr, .. } => files
+            .iter()
+            .chain([stdout, stderr])
+            .find(|f| f.blob == *hash)
+            .map(|f| BlobFact { size: f.size, tail: Vec::new() }),
+        Output::Empty { .. } => None,
+    })
+}
+
+fn hello(name: &str, cpus: u32, allow_commands: bool) -> Hello {
+    Hello {
+        protocol: upglobe_protocol::PROTOCOL_VERSION,
+        secret: String::new(),
+        software: "sim".into(),
+        name: name.into(),
+        resources: Resources { cpus, memory_bytes: 1 << 30, gpus: 0 },
+        allow_commands,
+        device: "sim".into(),
+    }
+}
+
+/// The initial MD state every simulated job starts from, as uploaded.
+const INITIAL: BlobHash = BlobHash([9; 32]);
+
+fn submit(core: &mut Core, now: u64, jobs: Vec<JobSpec>) -> Result<Vec<(String, JobId)>, String> {
+    let submission = Submission { name: "sim".into(), source: "# source".into(), jobs };
+    let evidence = Evidence::gather(upglobe_scheduler::core::checks::submission_blobs(&submission), |hash| {
+        (*hash == INITIAL || hash.0[0] == 0xf1).then_some(BlobFact { size: 100, tail: vec![0; 32] })
+    });
+    core.handle_submit(now, submission, &evidence).map(|(_, ids)| ids)
+}
+
 struct SimWorker {
     id: WorkerId,
     honest: bool,
     connected: bool,
-    /// Assignments in hand: (assignment, task, time it will answer).
-    tasks: Vec<(AssignmentId, Task, u64)>,
+    /// Assignments in hand: (assignment, chunk, task, time it will answer).
+    tasks: Vec<(AssignmentId, ChunkId, Task, u64)>,
 }
 
 struct Simulation {
@@ -78,8 +147,9 @@ struct Simulation {
     core: Core,
     store: Store,
     workers: Vec<SimWorker>,
-    /// Answers in flight: (deliver at, worker, assignment, outcome), possibly from before a restart.
-    network: Vec<(u64, WorkerId, AssignmentId, Outcome)>,
+    /// Answers in flight: (deliver at, worker, assignment, outcome, what it uploaded), possibly from
+    /// before a restart.
+    network: Vec<(u64, WorkerId, AssignmentId, Outcome, Evidence)>,
     jobs: BTreeMap<JobId, JobSpec>,
     verified: BTreeMap<ChunkId, Output>,
     restarts: u32,
@@ -117,7 +187,7 @@ impl Simulation {
             replicas,
             resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
             kind: JobKind::Md(MdJob {
-                initial: BlobHash([9; 32]),
+                initial: INITIAL,
                 atoms: 10,
                 total_steps: chunks * 10,
                 chunk_steps: 10,
@@ -133,7 +203,7 @@ impl Simulation {
         };
         let specs =
             vec![md("melt", 8, 2, vec![]), md("anneal", 5, 3, vec!["melt".into()]), empty, md("solo", 4, 1, vec![])];
-        let (_, ids) = self.core.handle_submit(self.now, "sim".into(), "# source".into(), specs.clone());
+        let ids = submit(&mut self.core, self.now, specs.clone()).unwrap();
         for (name, id) in ids {
             self.jobs.insert(id, specs.iter().find(|s| s.name == name).unwrap().clone());
         }
@@ -169,6 +239,12 @@ impl Simulation {
                 "{chunk} accepted without a quorum"
             );
             assert_eq!(output.digest(), *digest);
+            let kind = &self.jobs[&chunk.job].kind;
+            assert_eq!(
+                check_output(kind, *chunk, output, &uploaded(output)),
+                Ok(()),
+                "{chunk}: a malformed result was verified"
+            );
             assert!(self.verified.insert(*chunk, output.clone()).is_none(), "{chunk} verified twice");
         }
     }
@@ -184,7 +260,7 @@ impl Simulation {
             ToWorker::Assign(assignment) => {
                 if let Task::Md { input, .. } = &assignment.task {
                     let expected = match assignment.chunk.index {
-                        0 => BlobHash([9; 32]),
+                        0 => INITIAL,
                         k => match &self.verified[&ChunkId { job: assignment.chunk.job, index: k - 1 }] {
                             Output::Md { checkpoint, .. } => *checkpoint,
                             _ => unreachable!(),
@@ -192,9 +268,9 @@ impl Simulation {
                     };
                     assert_eq!(*input, expected, "{} did not start from the verified checkpoint", assignment.chunk);
                 }
-                w.tasks.push((assignment.id, assignment.task, answer_at));
+                w.tasks.push((assignment.id, assignment.chunk, assignment.task, answer_at));
             }
-            ToWorker::Cancel { assignment, .. } => w.tasks.retain(|(a, _, _)| *a != assignment),
+            ToWorker::Cancel { assignment, .. } => w.tasks.retain(|(a, _, _, _)| *a != assignment),
             ToWorker::Welcome(_) | ToWorker::Refused { .. } => {}
         }
     }
@@ -203,8 +279,7 @@ impl Simulation {
         let id = self.workers[k].id;
         self.workers[k].connected = true;
         self.workers[k].tasks.clear();
-        let resources = Resources { cpus: 1 + (k as u32 % 3), memory_bytes: 1 << 30, gpus: 0 };
-        self.core.handle_worker_joined(self.now, id, format!("w{k}"), resources, false, "sim".into());
+        self.core.handle_worker_joined(self.now, id, &hello(&format!("w{k}"), 1 + (k as u32 % 3), false)).unwrap();
     }
 
     fn step(&mut self) {
@@ -245,35 +320,44 @@ impl Simulation {
             }
             let stalled = self.faults && self.rng.chance(3);
             if !stalled {
-                let running: Vec<Progress> =
-                    self.workers[k].tasks.iter().map(|(a, _, _)| Progress { assignment: *a, steps_done: 1 }).collect();
+                let running: Vec<Progress> = self.workers[k]
+                    .tasks
+                    .iter()
+                    .map(|(a, _, _, _)| Progress { assignment: *a, steps_done: 1 })
+                    .collect();
                 self.core.handle_heartbeat(self.now, self.workers[k].id, &running);
             }
             let (due, later): (Vec<_>, Vec<_>) =
-                self.workers[k].tasks.drain(..).partition(|(_, _, at)| *at <= self.now);
+                self.workers[k].tasks.drain(..).partition(|(_, _, _, at)| *at <= self.now);
             self.workers[k].tasks = later;
-            for (assignment, task, _) in due {
-                let outcome = if self.faults && self.rng.chance(5) {
-                    Outcome::Failed { reason: "simulated failure".into() }
+            for (assignment, chunk, task, _) in due {
+                let (outcome, evidence) = if self.faults && self.rng.chance(5) {
+                    (Outcome::Failed { reason: "simulated failure".into() }, Evidence::default())
                 } else if !self.workers[k].honest && self.rng.chance(60) {
-                    Outcome::Completed(wrong_output(&task, &mut self.rng))
+                    let output = wrong_output(chunk, &task, &mut self.rng);
+                    (Outcome::Completed(output.clone()), uploaded(&output))
+                } else if !self.workers[k].honest && self.rng.chance(20) {
+                    let (output, evidence) = malformed_output(chunk, &task, &mut self.rng);
+                    (Outcome::Completed(output), evidence)
                 } else {
-                    Outcome::Completed(honest_output(&task))
+                    let output = honest_output(chunk, &task);
+                    (Outcome::Completed(output.clone()), uploaded(&output))
                 };
                 let delay = if self.faults && self.rng.chance(10) { 8_000 } else { 0 };
                 let copies = if self.faults && self.rng.chance(5) { 2 } else { 1 };
                 for _ in 0..copies {
-                    self.network.push((self.now + delay, self.workers[k].id, assignment, outcome.clone()));
+                    let message = (self.now + delay, self.workers[k].id, assignment, outcome.clone(), evidence.clone());
+                    self.network.push(message);
                 }
             }
         }
     }
 
     fn deliver_network(&mut self) {
-        let (due, later): (Vec<_>, Vec<_>) = self.network.drain(..).partition(|(at, _, _, _)| *at <= self.now);
+        let (due, later): (Vec<_>, Vec<_>) = self.network.drain(..).partition(|(at, _, _, _, _)| *at <= self.now);
         self.network = later;
-        for (_, worker, assignment, outcome) in due {
-            self.core.handle_finished(self.now, worker, assignment, outcome);
+        for (_, worker, assignment, outcome, evidence) in due {
+            self.core.handle_finished(self.now, worker, assignment, outcome, &evidence);
             self.drain();
         }
     }
@@ -379,7 +463,7 @@ fn dishonest_worker_is_outvoted_and_quarantined() {
             }
             _ => Task::Empty { value: chunk.index as u64 },
         };
-        assert_eq!(output, &honest_output(&task), "a wrong result was verified for {chunk}");
+        assert_eq!(output, &honest_output(*chunk, &task), "a wrong result was verified for {chunk}");
     }
 }
 
@@ -413,7 +497,7 @@ fn md_spec(name: &str, chunks: u64, after: Vec<String>) -> JobSpec {
         replicas: 1,
         resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
         kind: JobKind::Md(MdJob {
-            initial: BlobHash([9; 32]),
+            initial: INITIAL,
             atoms: 10,
             total_steps: chunks * 10,
             chunk_steps: 10,
@@ -435,12 +519,7 @@ fn assignments(core: &mut Core) -> Vec<(WorkerId, upglobe_protocol::messages::As
 #[test]
 fn cancelling_a_job_fails_the_jobs_after_it() {
     let mut core = Core::new(Config::default(), 1);
-    let (_, ids) = core.handle_submit(
-        0,
-        "w".into(),
-        String::new(),
-        vec![md_spec("a", 3, vec![]), md_spec("b", 1, vec!["a".into()])],
-    );
+    let ids = submit(&mut core, 0, vec![md_spec("a", 3, vec![]), md_spec("b", 1, vec!["a".into()])]).unwrap();
     let id = |name: &str| ids.iter().find(|(n, _)| n == name).unwrap().1;
     assert!(core.handle_cancel(1, id("a")));
     let b = core.job_status(1, id("b")).unwrap();
@@ -453,23 +532,25 @@ fn a_broken_worker_does_not_use_up_the_attempts() {
     let config = Config { attempts_max: 3, ..Config::default() };
     let mut core = Core::new(config, 1);
     let (broken, healthy) = (WorkerId([1; 32]), WorkerId([2; 32]));
-    let resources = Resources { cpus: 1, memory_bytes: 0, gpus: 0 };
-    core.handle_worker_joined(0, broken, "broken".into(), resources, false, "cpu".into());
-    core.handle_worker_joined(0, healthy, "healthy".into(), resources, false, "cpu".into());
-    let (_, ids) = core.handle_submit(0, "w".into(), String::new(), vec![md_spec("a", 2, vec![])]);
+    core.handle_worker_joined(0, broken, &hello("broken", 1, false)).unwrap();
+    core.handle_worker_joined(0, healthy, &hello("healthy", 1, false)).unwrap();
+    let ids = submit(&mut core, 0, vec![md_spec("a", 2, vec![])]).unwrap();
     let mut now = 1;
     // The broken worker fails whatever it gets at once; the healthy one is slow but succeeds.
     let mut healthy_task = None;
     for _ in 0..20 {
         for (worker, assignment) in assignments(&mut core) {
             if worker == broken {
-                core.handle_finished(now, broken, assignment.id, Outcome::Failed { reason: "no GPU".into() });
+                let failed = Outcome::Failed { reason: "no GPU".into() };
+                core.handle_finished(now, broken, assignment.id, failed, &Evidence::default());
             } else {
                 healthy_task = Some(assignment);
             }
         }
         if let Some(assignment) = healthy_task.take() {
-            core.handle_finished(now, healthy, assignment.id, Outcome::Completed(honest_output(&assignment.task)));
+            let output = honest_output(assignment.chunk, &assignment.task);
+            let evidence = uploaded(&output);
+            core.handle_finished(now, healthy, assignment.id, Outcome::Completed(output), &evidence);
         }
         now += 1;
         core.check_invariants();
@@ -483,15 +564,8 @@ fn heartbeats_renew_only_the_leases_they_report() {
     let config = Config { lease_timeout_ms: 1_000, ..Config::default() };
     let mut core = Core::new(config, 1);
     let worker = WorkerId([1; 32]);
-    core.handle_worker_joined(
-        0,
-        worker,
-        "w".into(),
-        Resources { cpus: 2, memory_bytes: 0, gpus: 0 },
-        false,
-        "cpu".into(),
-    );
-    core.handle_submit(0, "w".into(), String::new(), vec![md_spec("a", 1, vec![]), md_spec("b", 1, vec![])]);
+    core.handle_worker_joined(0, worker, &hello("w", 2, false)).unwrap();
+    submit(&mut core, 0, vec![md_spec("a", 1, vec![]), md_spec("b", 1, vec![])]).unwrap();
     let given = assignments(&mut core);
     assert_eq!(given.len(), 2);
     // The worker only knows about the first assignment (the second was lost on the way).
@@ -511,14 +585,7 @@ fn a_worker_leaving_while_its_job_fails_is_handled() {
     let config = Config { attempts_max: 2, ..Config::default() };
     let mut core = Core::new(config, 1);
     let worker = WorkerId([1; 32]);
-    core.handle_worker_joined(
-        0,
-        worker,
-        "w".into(),
-        Resources { cpus: 2, memory_bytes: 0, gpus: 0 },
-        false,
-        "cpu".into(),
-    );
+    core.handle_worker_joined(0, worker, &hello("w", 2, false)).unwrap();
     let sweep = JobSpec {
         name: "sweep".into(),
         after: vec![],
@@ -526,18 +593,197 @@ fn a_worker_leaving_while_its_job_fails_is_handled() {
         resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
         kind: JobKind::Empty { chunks: 3 },
     };
-    let (_, ids) = core.handle_submit(0, "w".into(), String::new(), vec![sweep]);
+    let ids = submit(&mut core, 0, vec![sweep]).unwrap();
     let first = assignments(&mut core);
     assert_eq!(first.len(), 2, "chunks 0 and 1");
     // Chunk 0 fails once and comes straight back; chunk 1 completes, which lets chunk 2 in. The worker
     // now holds chunk 0 (one failure left) and, with a later id, chunk 2.
-    core.handle_finished(1, worker, first[0].1.id, Outcome::Failed { reason: "flaky".into() });
+    core.handle_finished(1, worker, first[0].1.id, Outcome::Failed { reason: "flaky".into() }, &Evidence::default());
     assert_eq!(assignments(&mut core).len(), 1);
-    core.handle_finished(2, worker, first[1].1.id, Outcome::Completed(Output::Empty { value: 1 }));
+    core.handle_finished(
+        2,
+        worker,
+        first[1].1.id,
+        Outcome::Completed(Output::Empty { value: 1 }),
+        &Evidence::default(),
+    );
     assert_eq!(assignments(&mut core).len(), 1);
     // Leaving fails chunk 0 a second time, which fails the job and releases chunk 2's lease while the
     // worker's leases are still being failed one by one.
     core.handle_worker_left(3, worker, "connection lost");
     core.check_invariants();
     assert!(matches!(core.job_status(3, ids[0].1).unwrap().state, JobState::Failed { .. }));
+}
+
+fn command_spec(name: &str, tasks: Vec<i64>) -> JobSpec {
+    JobSpec {
+        name: name.into(),
+        after: vec![],
+        replicas: 1,
+        resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
+        kind: JobKind::Command(CommandJob {
+            argv: vec!["echo".into(), "{task}".into()],
+            tasks,
+            inputs: vec![],
+            outputs: vec!["out/*.csv".into()],
+            timeout_s: 60,
+        }),
+    }
+}
+
+fn file(name: &str, seed: u8) -> FileRef {
+    FileRef { name: name.into(), blob: BlobHash([seed; 32]), size: seed as u64 }
+}
+
+/// A worker may name the files of a command's result anything; the core accepts only plain relative
+/// paths, so `upglobe results` can never be made to write outside the task's directory.
+#[test]
+fn command_results_with_escaping_file_names_are_refused() {
+    let mut core = Core::new(Config { attempts_max: 100, ..Config::default() }, 1);
+    let worker = WorkerId([1; 32]);
+    core.handle_worker_joined(0, worker, &hello("w", 1, true)).unwrap();
+    let ids = submit(&mut core, 0, vec![command_spec("c", vec![])]).unwrap();
+    let hostile = ["../../x", "/etc/x", "out/../../x", "a\\..\\x", "", "out//x", "./x", "stdout"];
+    for (k, name) in hostile.iter().enumerate() {
+        let (_, assignment) = assignments(&mut core).pop().expect("the chunk is given out again");
+        let output = Output::Command {
+            exit_code: 0,
+            files: vec![file(name, 3)],
+            stdout: file("stdout", 4),
+            stderr: file("stderr", 5),
+        };
+        let evidence = uploaded(&output);
+        core.handle_finished(k as u64 + 1, worker, assignment.id, Outcome::Completed(output), &evidence);
+        core.check_invariants();
+        let status = core.job_status(k as u64 + 1, ids[0].1).unwrap();
+        assert_eq!(status.chunks_verified, 0, "{name:?} was accepted");
+        assert!(status.failures[k].reason.contains("file"), "{name:?}: {}", status.failures[k].reason);
+    }
+    // A well-formed result with the sizes it claims is accepted.
+    let (_, assignment) = assignments(&mut core).pop().unwrap();
+    let output = Output::Command {
+        exit_code: 0,
+        files: vec![file("out/a.csv", 3)],
+        stdout: file("stdout", 4),
+        stderr: file("stderr", 5),
+    };
+    let mut lying = output.clone();
+    if let Output::Command { files, .. } = &mut lying {
+        files[0].size = 1 << 40;
+    }
+    core.handle_finished(20, worker, assignment.id, Outcome::Completed(lying), &uploaded(&output));
+    assert_eq!(core.job_status(20, ids[0].1).unwrap().chunks_verified, 0, "a file size that is not the upload's");
+    let (_, assignment) = assignments(&mut core).pop().unwrap();
+    let evidence = uploaded(&output);
+    core.handle_finished(21, worker, assignment.id, Outcome::Completed(output), &evidence);
+    assert_eq!(core.job_status(21, ids[0].1).unwrap().state, JobState::Completed);
+}
+
+/// Submissions come from the network: every one the core refuses changes nothing, and none panics.
+#[test]
+fn hostile_submissions_are_refused_whole() {
+    let md = |name: &str| md_spec(name, 2, vec![]);
+    let with = |mut spec: JobSpec, change: &dyn Fn(&mut JobSpec)| {
+        change(&mut spec);
+        spec
+    };
+    let md_with = |change: &dyn Fn(&mut MdJob)| {
+        with(md("m"), &|spec| {
+            if let JobKind::Md(m) = &mut spec.kind {
+                change(m)
+            }
+        })
+    };
+    let command_with = |change: &dyn Fn(&mut CommandJob)| {
+        with(command_spec("c", vec![1, 2]), &|spec| {
+            if let JobKind::Command(c) = &mut spec.kind {
+                change(c)
+            }
+        })
+    };
+    let cases: Vec<(Vec<JobSpec>, &str)> = vec![
+        (vec![], "0 jobs"),
+        (vec![md("a"), md("a")], "unique"),
+        (vec![md("a.b")], "contains '.'"),
+        (vec![md("")], "is empty"),
+        (vec![md(&"x".repeat(65))], "bytes long"),
+        (vec![with(md("a"), &|s| s.after = vec!["a".into()])], "not another job"),
+        (vec![with(md("a"), &|s| s.after = vec!["zz".into()])], "not another job"),
+        (vec![with(md("a"), &|s| s.after = vec!["b".into()]), with(md("b"), &|s| s.after = vec!["a".into()])], "cycle"),
+        (vec![with(md("a"), &|s| s.replicas = 0)], "replicas"),
+        (vec![with(md("a"), &|s| s.replicas = u32::MAX)], "replicas"),
+        (vec![with(md("a"), &|s| s.resources.cpus = 0)], "cpus"),
+        (vec![with(md("a"), &|s| s.resources.memory_bytes = u64::MAX)], "memory"),
+        (vec![md_with(&|m| m.chunk_steps = 0)], "does not divide"),
+        (vec![md_with(&|m| m.chunk_steps = 3)], "does not divide"),
+        (vec![md_with(&|m| m.thermo_every = 0)], "does not divide"),
+        (vec![md_with(&|m| m.total_steps = u64::MAX)], "chunks"),
+        (vec![md_with(&|m| (m.total_steps, m.chunk_steps, m.thermo_every) = (1 << 30, 1 << 30, 1))], "thermo"),
+        (vec![md_with(&|m| (m.total_steps, m.chunk_steps) = (100_000_000, 1))], "chunks"),
+        (vec![md_with(&|m| m.initial = BlobHash([7; 32]))], "was not uploaded"),
+        (vec![md_with(&|m| m.atoms = 0)], "atoms"),
+        (vec![with(md("e"), &|s| s.kind = JobKind::Empty { chunks: 0 })], "chunks"),
+        (vec![command_with(&|c| c.argv.clear())], "arguments"),
+        (vec![command_with(&|c| c.argv = vec!["x".repeat(300 << 10)])], "arguments"),
+        (vec![command_with(&|c| c.tasks = vec![1, 1])], "unique"),
+        (vec![command_with(&|c| c.timeout_s = 0)], "timeout"),
+        (vec![command_with(&|c| c.outputs = vec!["../*".into()])], "output pattern"),
+        (vec![command_with(&|c| c.inputs = vec![file("/etc/passwd", 0xf1)])], "absolute"),
+        (vec![command_with(&|c| c.inputs = vec![file("a", 0xf1), file("a", 0xf1)])], "twice"),
+        (vec![command_with(&|c| c.inputs = vec![file("a", 0xf2)])], "was not uploaded"),
+        (vec![command_with(&|c| c.inputs = vec![FileRef { size: 5, ..file("a", 0xf1) }])], "bytes"),
+    ];
+    for (jobs, expected) in cases {
+        let mut core = Core::new(Config::default(), 1);
+        let error = submit(&mut core, 0, jobs.clone()).expect_err(&format!("{jobs:?} was accepted"));
+        assert!(error.contains(expected), "expected {expected:?} in {error:?}");
+        assert!(core.poll_action().is_none(), "a refused submission left a record");
+        assert!(core.job_statuses(0).is_empty());
+    }
+    let mut core = Core::new(Config::default(), 1);
+    let long_name = Submission { name: "w.x".into(), source: String::new(), jobs: vec![md("a")] };
+    assert!(core.handle_submit(0, long_name, &Evidence::default()).unwrap_err().contains("workflow name"));
+}
+
+#[test]
+fn hostile_hellos_are_refused() {
+    let mut core = Core::new(Config::default(), 1);
+    let worker = WorkerId([1; 32]);
+    let cases = [
+        Hello { name: "n".repeat(65), ..hello("w", 1, false) },
+        Hello { device: "d".repeat(1000), ..hello("w", 1, false) },
+        Hello { name: "w\u{1b}[2J".into(), ..hello("w", 1, false) },
+        hello("w", 0, false),
+        Hello { resources: Resources { cpus: 1, memory_bytes: u64::MAX, gpus: 0 }, ..hello("w", 1, false) },
+    ];
+    for case in cases {
+        assert!(core.handle_worker_joined(0, worker, &case).is_err(), "{case:?}");
+    }
+    assert!(core.workers().is_empty());
+}
+
+/// Every capable worker gets work: with more workers than replicas, the chunks of a chain rotate
+/// over all of them rather than going to the same two.
+#[test]
+fn replicas_spread_over_every_capable_worker() {
+    let mut core = Core::new(Config::default(), 1);
+    let workers: Vec<WorkerId> = (1..=3).map(|k| WorkerId([k; 32])).collect();
+    for (k, worker) in workers.iter().enumerate() {
+        core.handle_worker_joined(0, *worker, &hello(&format!("w{k}"), 4, false)).unwrap();
+    }
+    let mut spec = md_spec("chain", 6, vec![]);
+    spec.replicas = 2;
+    submit(&mut core, 0, vec![spec]).unwrap();
+    let mut given: BTreeMap<WorkerId, u32> = BTreeMap::new();
+    for now in 1..=6 {
+        for (worker, assignment) in assignments(&mut core) {
+            *given.entry(worker).or_default() += 1;
+            let output = honest_output(assignment.chunk, &assignment.task);
+            let evidence = uploaded(&output);
+            core.handle_finished(now, worker, assignment.id, Outcome::Completed(output), &evidence);
+        }
+    }
+    assert_eq!(given.values().sum::<u32>(), 12);
+    assert_eq!(given.len(), 3, "a worker got nothing: {given:?}");
+    assert!(given.values().all(|&n| n == 4), "uneven: {given:?}");
 }

@@ -1,7 +1,7 @@
 //! Running one task: an MD chunk on the kernels, a command in a scratch directory, or nothing.
 
 use std::ops::ControlFlow;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -124,11 +124,8 @@ struct CommandTask {
 
 /// A relative path that stays inside the scratch directory.
 fn contained(name: &str) -> Result<PathBuf, String> {
-    let path = Path::new(name);
-    if name.is_empty() || !path.components().all(|c| matches!(c, Component::Normal(_))) {
-        return Err(format!("'{name}' must be a relative path inside the task's directory"));
-    }
-    Ok(path.to_path_buf())
+    upglobe_protocol::messages::check_relative_path(name)?;
+    Ok(PathBuf::from(name))
 }
 
 async fn run_command(
@@ -203,11 +200,16 @@ async fn run_command(
 /// Files matching the output patterns, stored as blobs.
 fn collect_outputs(blobs: &BlobStore, files: &Path, patterns: &[String]) -> Result<Vec<FileRef>, String> {
     let mut found = std::collections::BTreeMap::new();
+    let root = files.canonicalize().map_err(|e| format!("cannot resolve {}: {e}", files.display()))?;
     for pattern in patterns {
         contained(pattern.trim_start_matches("./")).map_err(|e| format!("output pattern {e}"))?;
         let full = files.join(pattern);
         let matches = glob::glob(&full.to_string_lossy()).map_err(|e| format!("output pattern '{pattern}': {e}"))?;
-        for path in matches.flatten().filter(|p| p.is_file()) {
+        // Only regular files that are inside the scratch directory: a task must not be able to
+        // publish a worker's file (/etc/shadow, its key) through a symbolic link.
+        let inside = |p: &Path| p.canonicalize().is_ok_and(|real| real.starts_with(&root));
+        let regular = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
+        for path in matches.flatten().filter(|p| regular(p) && inside(p)) {
             let name = path.strip_prefix(files).expect("matches are inside").to_string_lossy().replace('\\', "/");
             if !found.contains_key(&name) {
                 let (blob, size) = blobs.put_file(&path).map_err(|e| e.to_string())?;
@@ -243,5 +245,23 @@ mod tests {
         let names: Vec<&str> = found.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["b.csv", "out/a.csv"]);
         assert!(collect_outputs(&blobs, &files, &["../*".into()]).is_err());
+    }
+
+    #[test]
+    fn outputs_never_follow_links_out_of_the_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
+        let files = dir.path().join("files");
+        let secret = dir.path().join("secret");
+        std::fs::create_dir_all(secret.join("deep")).unwrap();
+        std::fs::write(secret.join("key.csv"), "private").unwrap();
+        std::fs::write(secret.join("deep/key.csv"), "private").unwrap();
+        std::fs::create_dir_all(&files).unwrap();
+        std::fs::write(files.join("real.csv"), "1").unwrap();
+        std::os::unix::fs::symlink(secret.join("key.csv"), files.join("stolen.csv")).unwrap();
+        std::os::unix::fs::symlink(secret.join("deep"), files.join("linked")).unwrap();
+        let found = collect_outputs(&blobs, &files, &["*.csv".into(), "linked/*.csv".into()]).unwrap();
+        let names: Vec<&str> = found.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["real.csv"]);
     }
 }

@@ -10,13 +10,13 @@ use crate::{CommandJob, InputFile};
 pub(crate) const KEYS: &[&str] = &["argv", "tasks", "inputs", "outputs", "timeout"];
 
 /// Array tasks per job; each becomes a chunk the scheduler tracks.
-pub const TASKS_MAX: usize = 100_000;
+pub const TASKS_MAX: usize = upglobe_protocol::messages::limits::CHUNKS_PER_JOB_MAX as usize;
 pub const TIMEOUT_S_DEFAULT: u64 = 3600;
+pub use upglobe_protocol::messages::limits::ARGUMENTS_MAX;
 /// A week: longer runs should be split into tasks or checkpointed md chunks.
-pub const TIMEOUT_S_MAX: u64 = 7 * 24 * 3600;
-pub const ARGUMENTS_MAX: usize = 4096;
-pub const INPUTS_MAX: usize = 1000;
-pub const OUTPUTS_MAX: usize = 1000;
+pub use upglobe_protocol::messages::limits::TIMEOUT_S_MAX;
+pub const INPUTS_MAX: usize = upglobe_protocol::messages::limits::FILES_PER_TASK_MAX;
+pub const OUTPUTS_MAX: usize = upglobe_protocol::messages::limits::FILES_PER_TASK_MAX;
 
 const RANGE_HINT: &str =
     "write a range as \"first-last\" with whole numbers, e.g. \"1-10\" (both included), or list ids as [1, 2, 3]";
@@ -257,7 +257,7 @@ mod tests {
         assert_eq!(message("-1-3"), "cannot read tasks range '-1-3'");
         assert_eq!(message("a-3"), "cannot read tasks range 'a-3'");
         assert_eq!(message("3-1"), "tasks range '3-1' is empty: 3 is more than 1");
-        assert_eq!(message("0-100000"), "tasks range '0-100000' has 100001 ids; at most 100000 are allowed");
+        assert_eq!(message("0-10000000"), "tasks range '0-10000000' has 10000001 ids; at most 10000000 are allowed");
         assert_eq!(message("1-99999999999999999999"), "cannot read tasks range '1-99999999999999999999'");
     }
 }

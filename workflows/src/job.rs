@@ -17,7 +17,7 @@ const KINDS: &[&str] = &["md", "command"];
 pub const MD_REPLICAS_DEFAULT: u32 = 2;
 pub const COMMAND_REPLICAS_DEFAULT: u32 = 1;
 /// Job and workflow names: short enough for status tables and logs.
-pub const NAME_BYTES_MAX: usize = 64;
+pub use upglobe_protocol::messages::limits::NAME_BYTES_MAX;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
@@ -140,14 +140,5 @@ fn after<'t>(reporter: &mut Reporter, job: &Section<'t>) -> Option<Vec<Located<&
 
 /// Names address jobs as `workflow.job` in the scheduler and on the command line, so they are plain.
 pub(crate) fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("is empty".into());
-    }
-    if name.len() > NAME_BYTES_MAX {
-        return Err(format!("is {} bytes long; at most {NAME_BYTES_MAX} are allowed", name.len()));
-    }
-    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
-        return Err(format!("contains '{bad}'; only letters, digits, '-' and '_' are allowed"));
-    }
-    Ok(())
+    upglobe_protocol::messages::check_name(name)
 }

@@ -28,7 +28,7 @@ pub use job::{COMMAND_REPLICAS_DEFAULT, MD_REPLICAS_DEFAULT, NAME_BYTES_MAX};
 pub use resources::parse_memory;
 
 /// Largest workflow file read, so a mistaken path (a trajectory, a data set) fails fast.
-pub const SOURCE_BYTES_MAX: u64 = 4 << 20;
+pub const SOURCE_BYTES_MAX: u64 = upglobe_protocol::messages::limits::SOURCE_BYTES_MAX as u64;
 
 /// A checked workflow: every job is complete and valid, and `after` forms a DAG.
 #[derive(Debug, Clone)]

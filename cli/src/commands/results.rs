@@ -155,14 +155,74 @@ async fn write_command(client: &Client, results: &JobResults, dir: &Path) -> Res
         };
         let task = command.tasks.get(chunk.index as usize).map_or(chunk.index.to_string(), |t| t.to_string());
         let task_dir = dir.join(task);
+        std::fs::create_dir_all(&task_dir).with_context(|| format!("cannot create {}", task_dir.display()))?;
         for file in files.iter().chain([stdout, stderr]) {
-            let target = task_dir.join(&file.name);
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-            }
+            // The scheduler accepts only safe names; this client trusts no peer, so it checks again.
+            upglobe_protocol::messages::check_relative_path(&file.name)
+                .map_err(|e| anyhow::anyhow!("chunk {}: refusing to write {e}", chunk.index))?;
             let bytes = client.download(file.blob).await?;
-            std::fs::write(&target, bytes).with_context(|| format!("cannot write {}", target.display()))?;
+            place_file(&task_dir, &file.name, &bytes)?;
         }
     }
     Ok(())
+}
+
+/// Writes `bytes` at the relative path `name` inside `dir`, creating directories on the way, and
+/// never through a symbolic link: a link planted inside `dir` (by an earlier output, or anyone else)
+/// cannot redirect the write elsewhere. `name` must have passed `check_relative_path`.
+pub fn place_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+    let mut path = dir.to_path_buf();
+    let mut components = name.split('/').peekable();
+    while let Some(component) = components.next() {
+        path.push(component);
+        if components.peek().is_none() {
+            break;
+        }
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                bail!("{} is a symbolic link; not writing {name:?} through it", path.display())
+            }
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => bail!("cannot write {name:?}: {} is not a directory", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(&path).with_context(|| format!("cannot create {}", path.display()))?
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
+        }
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+    let mut file = options.open(&path).with_context(|| {
+        let link = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+        format!("cannot write {}{}", path.display(), if link { " (it is a symbolic link)" } else { "" })
+    })?;
+    std::io::Write::write_all(&mut file, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_land_inside_the_directory_and_never_through_links() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("task");
+        let outside = root.path().join("outside");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        let written = place_file(&dir, "out/deep/a.csv", b"1,2").unwrap();
+        assert_eq!(written, dir.join("out/deep/a.csv"));
+        assert_eq!(std::fs::read(&written).unwrap(), b"1,2");
+
+        std::os::unix::fs::symlink(&outside, dir.join("linked")).unwrap();
+        let error = place_file(&dir, "linked/x", b"no").unwrap_err();
+        assert!(format!("{error:#}").contains("symbolic link"), "{error:#}");
+        std::os::unix::fs::symlink(outside.join("target"), dir.join("file-link")).unwrap();
+        let error = place_file(&dir, "file-link", b"no").unwrap_err();
+        assert!(format!("{error:#}").contains("symbolic link"), "{error:#}");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "something was written outside");
+    }
 }

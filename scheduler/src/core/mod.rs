@@ -16,15 +16,17 @@
 //! verified exactly once. Disagreement asks for further replicas up to a bound; failures and expired
 //! leases put the chunk back, up to a bounded number of attempts.
 
+pub mod checks;
 mod state;
 
+pub use checks::{BlobFact, Evidence};
 pub use state::{Snapshot, SnapshotJob, SnapshotResult};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use upglobe_protocol::messages::{
-    Assignment, Failure, JobKind, JobSpec, JobState, JobStatus, Outcome, Output, Progress, Resources, Task, ToWorker,
-    WorkerStatus,
+    Assignment, Failure, Hello, JobKind, JobSpec, JobState, JobStatus, Outcome, Output, Progress, Resources,
+    Submission, Task, ToWorker, WorkerStatus,
 };
 use upglobe_protocol::{AssignmentId, BlobHash, ChunkId, Digest, JobId, WorkerId, WorkflowId};
 
@@ -108,6 +110,9 @@ struct Worker {
     running: BTreeSet<AssignmentId>,
     completed: u64,
     disagreements: u64,
+    /// The id of the last assignment it was given (0: none since it joined): among equally loaded
+    /// workers the one that waited longest goes first, so every capable worker gets work.
+    last_assigned: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -220,15 +225,17 @@ impl Core {
     // -----------------------------------------------------------------------------------------
     // Events
 
-    /// A new workflow. Jobs are checked by the caller (names unique, `after` names known, no cycles);
-    /// here they are only assigned ids. Returns the ids.
+    /// A new workflow from a client. It is checked whole ([`checks::check_submission`]: names,
+    /// bounds, dependencies, and the uploaded blobs it names as `evidence` shows them); a refused
+    /// one changes nothing. Returns the ids.
     pub fn handle_submit(
         &mut self,
         now: u64,
-        name: String,
-        source: String,
-        specs: Vec<JobSpec>,
-    ) -> (WorkflowId, Vec<(String, JobId)>) {
+        submission: Submission,
+        evidence: &Evidence,
+    ) -> Result<(WorkflowId, Vec<(String, JobId)>), String> {
+        checks::check_submission(&submission, evidence)?;
+        let Submission { name, source, jobs: specs } = submission;
         let workflow = WorkflowId(self.next_workflow);
         self.next_workflow += 1;
         let ids: BTreeMap<String, JobId> =
@@ -246,36 +253,33 @@ impl Core {
         }
         self.start_jobs(now);
         self.schedule(now);
-        (workflow, ids.into_iter().collect())
+        Ok((workflow, ids.into_iter().collect()))
     }
 
-    pub fn handle_worker_joined(
-        &mut self,
-        now: u64,
-        worker: WorkerId,
-        name: String,
-        resources: Resources,
-        allow_commands: bool,
-        device: String,
-    ) {
+    /// A worker whose secret the shell has checked. Its hello is checked here
+    /// ([`checks::check_hello`]); a refused one changes nothing.
+    pub fn handle_worker_joined(&mut self, now: u64, worker: WorkerId, hello: &Hello) -> Result<(), String> {
+        checks::check_hello(hello)?;
         // A worker that joins again starts clean: whatever it ran is lost with its old session.
         if self.workers.get(&worker).is_some_and(|w| w.connected) {
             self.handle_worker_left(now, worker, "it joined again");
         }
         let (completed, disagreements) = self.workers.get(&worker).map_or((0, 0), |w| (w.completed, w.disagreements));
         let entry = Worker {
-            name,
+            name: hello.name.clone(),
             connected: true,
-            capacity: resources,
-            free: resources,
-            allow_commands,
-            device,
+            capacity: hello.resources,
+            free: hello.resources,
+            allow_commands: hello.allow_commands,
+            device: hello.device.clone(),
             running: BTreeSet::new(),
             completed,
             disagreements,
+            last_assigned: 0,
         };
         self.workers.insert(worker, entry);
         self.schedule(now);
+        Ok(())
     }
 
     pub fn handle_worker_left(&mut self, now: u64, worker: WorkerId, reason: &str) {
@@ -299,16 +303,30 @@ impl Core {
             if lease.worker != worker {
                 continue;
             }
+            let chunk_steps = match self.jobs.get(&lease.chunk.job).map(|j| &j.spec.kind) {
+                Some(JobKind::Md(md)) => md.chunk_steps,
+                _ => 0,
+            };
             self.deadlines.remove(&(lease.deadline_ms, progress.assignment));
             lease.deadline_ms = deadline;
-            lease.steps_done = progress.steps_done;
+            // A worker's count is only a progress hint, so it is bounded by the chunk it is about.
+            lease.steps_done = progress.steps_done.min(chunk_steps);
             self.deadlines.insert((deadline, progress.assignment));
         }
     }
 
-    /// A worker's answer for an assignment. Answers for unknown or foreign assignments (duplicates,
-    /// answers from before a restart, answers after a lease expired) are ignored.
-    pub fn handle_finished(&mut self, now: u64, worker: WorkerId, assignment: AssignmentId, outcome: Outcome) {
+    /// A worker's answer for an assignment, with what the blob store holds of the blobs it names.
+    /// Answers for unknown or foreign assignments (duplicates, answers from before a restart, answers
+    /// after a lease expired) are ignored; a result that fails [`checks::check_output`] is a failed
+    /// attempt with the reason.
+    pub fn handle_finished(
+        &mut self,
+        now: u64,
+        worker: WorkerId,
+        assignment: AssignmentId,
+        outcome: Outcome,
+        evidence: &Evidence,
+    ) {
         let Some(lease) = self.leases.get(&assignment) else {
             return;
         };
@@ -324,17 +342,19 @@ impl Core {
             self.schedule(now);
             return;
         }
-        match outcome {
-            Outcome::Failed { reason } => self.attempt_failed(now, chunk_id, Some(worker), truncate(reason)),
-            Outcome::Completed(output) => match self.check_output(chunk_id, &output) {
-                Ok(()) => {
-                    if let Some(w) = self.workers.get_mut(&worker) {
-                        w.completed += 1;
-                    }
-                    self.add_result(now, chunk_id, worker, output);
+        let checked = match &outcome {
+            Outcome::Completed(output) => checks::check_output(&job.spec.kind, chunk_id, output, evidence),
+            Outcome::Failed { .. } => Ok(()),
+        };
+        match (outcome, checked) {
+            (Outcome::Failed { reason }, _) => self.attempt_failed(now, chunk_id, Some(worker), truncate(reason)),
+            (Outcome::Completed(_), Err(reason)) => self.attempt_failed(now, chunk_id, Some(worker), truncate(reason)),
+            (Outcome::Completed(output), Ok(())) => {
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.completed += 1;
                 }
-                Err(reason) => self.attempt_failed(now, chunk_id, Some(worker), reason),
-            },
+                self.add_result(now, chunk_id, worker, output);
+            }
         }
         self.schedule(now);
     }
@@ -470,29 +490,6 @@ impl Core {
 
     // -----------------------------------------------------------------------------------------
     // Results
-
-    fn check_output(&self, chunk_id: ChunkId, output: &Output) -> Result<(), String> {
-        let kind = &self.jobs[&chunk_id.job].spec.kind;
-        let matches = matches!(
-            (kind, output),
-            (JobKind::Md(_), Output::Md { .. })
-                | (JobKind::Command(_), Output::Command { .. })
-                | (JobKind::Empty { .. }, Output::Empty { .. })
-        );
-        if !matches {
-            return Err(format!("the worker returned a result of the wrong kind for a {} job", kind.name()));
-        }
-        if let (JobKind::Md(md), Output::Md { thermo, .. }) = (kind, output) {
-            let end = (chunk_id.index as u64 + 1) * md.chunk_steps;
-            if thermo.last().is_some_and(|t| t.step > end) {
-                return Err(format!(
-                    "thermo reaches step {} beyond the chunk's end {end}",
-                    thermo.last().unwrap().step
-                ));
-            }
-        }
-        Ok(())
-    }
 
     fn add_result(&mut self, now: u64, chunk_id: ChunkId, worker: WorkerId, output: Output) {
         let quorum = self.jobs[&chunk_id.job].spec.replicas;
@@ -683,8 +680,7 @@ impl Core {
             .filter(|(id, w)| {
                 eligible(id, w) && needs.fits_in(&w.free) && (!others_exist || !chunk.failed_by.contains(id))
             })
-            // The emptiest worker first; ties by id, so the choice is deterministic.
-            .max_by_key(|(id, w)| (w.free.cpus, std::cmp::Reverse(**id)))
+            .min_by(|(a_id, a), (b_id, b)| placement_order(a, b).then(a_id.cmp(b_id)))
             .map(|(id, _)| *id)
     }
 
@@ -704,6 +700,7 @@ impl Core {
         let w = self.workers.get_mut(&worker).expect("assigning to a known worker");
         w.free = w.free.minus(&resources);
         w.running.insert(id);
+        w.last_assigned = id.0;
         self.chunks.get_mut(&chunk_id).expect("assigning an open chunk").running.insert(id, worker);
         self.leases.insert(id, Lease { chunk: chunk_id, worker, resources, deadline_ms, steps_done: 0 });
         self.deadlines.insert((deadline_ms, id));
@@ -746,6 +743,9 @@ impl Core {
 
     /// Resolves a job given by id or by `workflow.job` name (the newest such job).
     pub fn find_job(&self, text: &str) -> Option<JobId> {
+        if text.len() > upglobe_protocol::messages::limits::QUERY_BYTES_MAX {
+            return None;
+        }
         if let Ok(id) = text.parse::<u64>() {
             return self.jobs.contains_key(&JobId(id)).then_some(JobId(id));
         }
@@ -849,6 +849,16 @@ impl Chunk {
         }
         distinct
     }
+}
+
+/// Which of two workers should take the next chunk: the less loaded (the smaller share of its cpus
+/// in use), then the one that has waited longer since its last assignment.
+fn placement_order(a: &Worker, b: &Worker) -> std::cmp::Ordering {
+    let used = |w: &Worker| (w.capacity.cpus - w.free.cpus) as u64;
+    // used_a / capacity_a against used_b / capacity_b, without division.
+    let load_a = used(a) * b.capacity.cpus.max(1) as u64;
+    let load_b = used(b) * a.capacity.cpus.max(1) as u64;
+    load_a.cmp(&load_b).then(a.last_assigned.cmp(&b.last_assigned))
 }
 
 fn wanted(chunk: &Chunk) -> u32 {

@@ -140,6 +140,7 @@ impl Worker {
             running: BTreeSet::new(),
             completed: 0,
             disagreements,
+            last_assigned: 0,
         }
     }
 }
