@@ -131,8 +131,12 @@ async fn a_checkpoint_that_is_not_the_claimed_state_is_refused() {
             FromWorker::Finished { assignment: assignment.id, outcome: Outcome::Completed(output), elapsed_ms: 1 };
         frame::write(&mut send, &finished).await.unwrap();
     }
-    // The first (mismatched) result was refused as a failure; the second verified the chunk.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The first (mismatched) result was refused as a failure; the second verified the chunk. The
+    // database is read until both are there, and must then hold exactly these.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while count_outcomes(dir.path()) != (1, 1) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(count_outcomes(dir.path()), (1, 1), "one verified chunk, one refused attempt");
     scheduler.shutdown().await.unwrap();
 }
@@ -147,4 +151,69 @@ fn count_outcomes(dir: &std::path::Path) -> (i64, i64) {
         })
         .unwrap();
     (verified, failures)
+}
+
+fn worker_hello(scheduler: &Scheduler, name: &str) -> Hello {
+    Hello {
+        protocol: upglobe_protocol::PROTOCOL_VERSION,
+        secret: scheduler.worker_token.secret.clone(),
+        software: "test".into(),
+        name: name.into(),
+        resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
+        allow_commands: false,
+        device: "cpu".into(),
+    }
+}
+
+/// Before a peer has proven its secret it may send one small frame: a greeting that claims to be
+/// large is refused at its length prefix, not waited for.
+#[tokio::test]
+async fn an_oversized_greeting_is_refused_at_its_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler =
+        Scheduler::start(ServerConfig::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap())).await.unwrap();
+    let identity = PeerIdentity::generate("stranger").unwrap();
+    let connection = net::connect(&scheduler.worker_token, &identity, Duration::from_secs(5)).await.unwrap();
+    let (mut send, _recv) = connection.open_bi().await.unwrap();
+    // Claims a 1 MiB greeting, sends 8 KiB of it and waits.
+    send.write_all(&(1u32 << 20).to_le_bytes()).await.unwrap();
+    send.write_all(&[0u8; 8 << 10]).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), connection.closed()).await;
+    assert!(closed.is_ok(), "the scheduler kept waiting for an oversized greeting");
+    scheduler.shutdown().await.unwrap();
+}
+
+/// Connections that never say who they are cannot pile up: past the limit, new ones are refused
+/// until the silent ones time out.
+#[tokio::test]
+async fn unauthenticated_connections_are_bounded() {
+    use upglobe_protocol::messages::limits::UNAUTHENTICATED_CONNECTIONS_MAX;
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler =
+        Scheduler::start(ServerConfig::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap())).await.unwrap();
+    let identity = PeerIdentity::generate("crowd").unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..UNAUTHENTICATED_CONNECTIONS_MAX {
+        silent.push(net::connect(&scheduler.worker_token, &identity, Duration::from_secs(5)).await.unwrap());
+    }
+    let refused = net::connect(&scheduler.worker_token, &identity, Duration::from_secs(5)).await;
+    assert!(refused.is_err(), "connection {} was accepted", UNAUTHENTICATED_CONNECTIONS_MAX + 1);
+    drop(silent);
+    scheduler.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_hello_beyond_the_limits_is_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler =
+        Scheduler::start(ServerConfig::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap())).await.unwrap();
+    let identity = PeerIdentity::generate("long").unwrap();
+    let connection = net::connect(&scheduler.worker_token, &identity, Duration::from_secs(5)).await.unwrap();
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    frame::write(&mut send, &Greeting::Worker(worker_hello(&scheduler, &"n".repeat(100)))).await.unwrap();
+    match frame::expect::<ToWorker, _>(&mut recv).await.unwrap() {
+        ToWorker::Refused { reason } => assert!(reason.contains("worker name is 100 bytes"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    scheduler.shutdown().await.unwrap();
 }
