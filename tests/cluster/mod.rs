@@ -23,6 +23,12 @@ pub struct Process {
 }
 
 impl Process {
+    /// Sends a signal (SIGSTOP to freeze, SIGCONT to thaw).
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+    }
+
     pub fn kill_hard(&mut self) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL) };

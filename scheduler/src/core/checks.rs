@@ -193,10 +193,10 @@ fn check_md(name: &str, md: &MdJob, evidence: &Evidence) -> Result<(), String> {
     if md.total_steps > STEPS_MAX {
         return Err(format!("job '{name}' runs {} steps; at most {STEPS_MAX} are allowed", md.total_steps));
     }
-    if md.chunk_steps == 0 || md.total_steps % md.chunk_steps != 0 {
+    if md.chunk_steps == 0 || !md.total_steps.is_multiple_of(md.chunk_steps) {
         return Err(format!("job '{name}': chunk_steps {} does not divide steps {}", md.chunk_steps, md.total_steps));
     }
-    if md.thermo_every == 0 || md.chunk_steps % md.thermo_every != 0 {
+    if md.thermo_every == 0 || !md.chunk_steps.is_multiple_of(md.thermo_every) {
         return Err(format!("job '{name}': thermo {} does not divide chunk_steps {}", md.thermo_every, md.chunk_steps));
     }
     if md.chunk_steps / md.thermo_every >= THERMO_LINES_MAX {
@@ -309,7 +309,7 @@ fn check_thermo(md: &MdJob, chunk: ChunkId, thermo: &[upglobe_protocol::messages
     }
     let mut previous = None;
     for line in thermo {
-        if line.step < start || line.step > end || line.step % md.thermo_every != 0 {
+        if line.step < start || line.step > end || !line.step.is_multiple_of(md.thermo_every) {
             return Err(format!("thermo at step {} outside the chunk's steps {start} to {end}", line.step));
         }
         if previous.is_some_and(|p| p >= line.step) {
