@@ -3,6 +3,7 @@
 
 mod client;
 mod commands;
+mod flags;
 mod output;
 
 use std::path::PathBuf;

@@ -13,7 +13,7 @@ use std::fmt;
 use std::io::Write;
 
 use crate::model::MODEL_VERSION;
-use crate::system::{Langevin, PairCoeff, Params, State, TYPES_MAX};
+use crate::system::{ATOMS_MAX, ATOMS_MIN, Langevin, PairCoeff, Params, State, TYPES_MAX};
 use crate::{KernelError, Result};
 
 pub const MAGIC: [u8; 4] = *b"UGMD";
@@ -47,6 +47,10 @@ impl std::str::FromStr for StateHash {
         let bytes = text.as_bytes();
         if bytes.len() != 64 {
             return Err(format!("a state hash has 64 hex digits, not {}", bytes.len()));
+        }
+        // `from_str_radix` alone would take a sign ("+f") as a digit.
+        if let Some(position) = bytes.iter().position(|byte| !byte.is_ascii_hexdigit()) {
+            return Err(format!("a state hash has only hex digits; character {} is not", position + 1));
         }
         let mut out = [0u8; 32];
         for (i, chunk) in bytes.chunks(2).enumerate() {
@@ -99,48 +103,72 @@ impl Checkpoint {
             + HASH_BYTES
     }
 
-    /// Decodes and verifies an encoding: format, model version, hash, and the parameters.
+    /// Decodes and verifies an encoding: the hash first (so one flipped bit anywhere is reported as a
+    /// hash mismatch before any field is trusted), then format, model version, the parameters and the
+    /// atoms.
     pub fn decode(bytes: &[u8]) -> Result<State> {
-        let invalid = |m: &str| KernelError::InvalidCheckpoint(m.to_string());
         let Some(body_len) = bytes.len().checked_sub(HASH_BYTES) else {
-            return Err(invalid("shorter than its hash"));
+            return Err(invalid(format!("{} bytes is shorter than its hash ({HASH_BYTES} bytes)", bytes.len())));
         };
         let (body, stored) = bytes.split_at(body_len);
-        if blake3::hash(body).as_bytes() != stored {
-            return Err(invalid("hash does not match the contents (corrupted or truncated)"));
+        let computed = blake3::hash(body);
+        if computed.as_bytes() != stored {
+            return Err(invalid(format!(
+                "state hash mismatch: the file says {}…, its {body_len} bytes hash to {}… (corrupted or truncated)",
+                short_hex(stored),
+                short_hex(computed.as_bytes())
+            )));
         }
         let mut reader = Reader { bytes: body, offset: 0 };
         if reader.take(4)? != MAGIC {
-            return Err(invalid("not an UpGlobe MD checkpoint (bad magic)"));
+            return Err(invalid("not an UpGlobe MD checkpoint (bad magic)".into()));
         }
         let format = reader.u32()?;
         if format != FORMAT_VERSION {
-            return Err(KernelError::InvalidCheckpoint(format!(
-                "format version {format}; this build reads version {FORMAT_VERSION}"
-            )));
+            return Err(invalid(format!("format version {format}; this build reads version {FORMAT_VERSION}")));
         }
         let model = reader.u32()?;
         if model != MODEL_VERSION {
-            return Err(KernelError::InvalidCheckpoint(format!(
+            return Err(invalid(format!(
                 "model version {model}; this build computes version {MODEL_VERSION}, so it cannot continue it bit for bit"
             )));
         }
         let state = read_state(&mut reader)?;
         if reader.offset != body.len() {
-            return Err(invalid("trailing bytes after the atoms"));
+            return Err(invalid(format!(
+                "{} trailing bytes after the atoms, at byte {}",
+                body.len() - reader.offset,
+                reader.offset
+            )));
         }
-        state.params.validate()?;
+        state.validate().map_err(|error| match error {
+            KernelError::InvalidSystem(message) => invalid(message),
+            other => other,
+        })?;
         Ok(state)
     }
 }
 
+/// The first bytes of a hash in hex, enough to tell two hashes apart in a message.
+fn short_hex(bytes: &[u8]) -> String {
+    bytes.iter().take(8).map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn invalid(message: String) -> KernelError {
+    KernelError::InvalidCheckpoint(message)
+}
+
 fn read_state(reader: &mut Reader) -> Result<State> {
     let step = reader.u64()?;
-    let atoms = reader.u64()? as usize;
-    let types = reader.u32()? as usize;
-    if types == 0 || types > TYPES_MAX || atoms > crate::system::ATOMS_MAX {
-        return Err(KernelError::InvalidCheckpoint(format!("{atoms} atoms of {types} types is out of range")));
+    let atoms = reader.u64()?;
+    let types = reader.u32()?;
+    // Bounded before anything is allocated from them; the arrays are also bounded by the bytes present.
+    if !(ATOMS_MIN as u64..=ATOMS_MAX as u64).contains(&atoms) || types == 0 || types as usize > TYPES_MAX {
+        return Err(invalid(format!(
+            "{atoms} atoms of {types} types; between {ATOMS_MIN} and {ATOMS_MAX} atoms of 1 to {TYPES_MAX} types are supported"
+        )));
     }
+    let (atoms, types) = (atoms as usize, types as usize);
     let timestep = reader.f64()?;
     let box_origin = [reader.f64()?, reader.f64()?, reader.f64()?];
     let box_length = [reader.f64()?, reader.f64()?, reader.f64()?];
@@ -148,23 +176,19 @@ fn read_state(reader: &mut Reader) -> Result<State> {
     let pair_coeffs = (0..types * types)
         .map(|_| Ok(PairCoeff { epsilon: reader.f64()?, sigma: reader.f64()?, cutoff: reader.f64()? }))
         .collect::<Result<Vec<_>>>()?;
-    let shift = reader.u8()? != 0;
+    let shift = match reader.u8()? {
+        0 => false,
+        1 => true,
+        other => return Err(invalid(format!("energy shift flag {other}; 0 or 1 expected"))),
+    };
     let langevin = match reader.u8()? {
         0 => None,
         1 => Some(Langevin { temperature: reader.f64()?, damping: reader.f64()?, seed: reader.u64()? }),
-        other => {
-            return Err(KernelError::InvalidCheckpoint(format!("unknown thermostat kind {other}")));
-        }
+        other => return Err(invalid(format!("unknown thermostat kind {other}"))),
     };
     let params = Params { box_origin, box_length, masses, pair_coeffs, shift, timestep, langevin };
     let ids: Vec<u64> = reader.array(atoms)?;
     let types_of_atoms: Vec<u32> = reader.array(atoms)?;
-    if let Some(bad) = types_of_atoms.iter().find(|&&t| t as usize >= types) {
-        return Err(KernelError::InvalidCheckpoint(format!("atom type {} of {types}", bad + 1)));
-    }
-    if ids.windows(2).any(|w| w[0] >= w[1]) {
-        return Err(KernelError::InvalidCheckpoint("atom ids are not strictly ascending".into()));
-    }
     let positions: Vec<[u64; 3]> = reader.array(atoms)?;
     let velocities: Vec<[i64; 3]> = reader.array(atoms)?;
     Ok(State { params, step, ids, types: types_of_atoms, positions, velocities })
@@ -221,7 +245,7 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let end = self.offset.checked_add(n).filter(|&end| end <= self.bytes.len()).ok_or_else(|| {
-            KernelError::InvalidCheckpoint(format!("truncated at byte {} (wanted {n} more)", self.offset))
+            invalid(format!("truncated at byte {} of {} (wanted {n} more)", self.offset, self.bytes.len()))
         })?;
         let slice = &self.bytes[self.offset..end];
         self.offset = end;
@@ -259,6 +283,8 @@ mod tests {
         assert_eq!(Checkpoint::stored_hash(&bytes), Some(Checkpoint::hash(&state)));
         let text = Checkpoint::hash(&state).to_string();
         assert_eq!(text.parse::<StateHash>().unwrap(), Checkpoint::hash(&state));
+        let signed = format!("+f{}", &text[2..]);
+        assert!(signed.parse::<StateHash>().unwrap_err().contains("character 1"));
     }
 
     #[test]
@@ -266,11 +292,11 @@ mod tests {
         let state = State::from_physical(two_atoms(1.2)).unwrap();
         let mut bytes = Checkpoint::encode(&state);
         bytes[100] ^= 1;
-        assert!(Checkpoint::decode(&bytes).unwrap_err().to_string().contains("hash does not match"));
+        assert!(Checkpoint::decode(&bytes).unwrap_err().to_string().contains("state hash mismatch"));
         let error = Checkpoint::decode(&bytes[..10]).unwrap_err().to_string();
         assert!(error.contains("shorter than its hash"), "{error}");
         let error = Checkpoint::decode(&bytes[..200]).unwrap_err().to_string();
-        assert!(error.contains("hash does not match"), "{error}");
+        assert!(error.contains("state hash mismatch"), "{error}");
 
         let mut bytes = Checkpoint::encode(&state);
         bytes[8] = 99; // model version

@@ -2,7 +2,8 @@
 
 use std::ops::ControlFlow;
 
-use crate::system::State;
+use crate::model::Model;
+use crate::system::{STEP_MAX, State};
 use crate::thermo::Thermo;
 use crate::{KernelError, Result};
 
@@ -92,6 +93,22 @@ pub fn engine(device: &Device) -> Result<Box<dyn Engine>> {
         Device::Cpu { threads } => Ok(Box::new(crate::cpu::CpuEngine::new(*threads)?)),
         Device::Wgpu { adapter } => Ok(Box::new(crate::gpu::GpuEngine::new(*adapter)?)),
     }
+}
+
+/// What every engine does before it starts: checks the state (a caller may have built or decoded it
+/// by hand) and that the run ends by [`STEP_MAX`], then derives the model and checks that its factors
+/// fit the integer kernels.
+pub(crate) fn prepare(state: &State, options: &RunOptions) -> Result<Model> {
+    state.validate()?;
+    if options.steps > STEP_MAX - state.step {
+        return Err(KernelError::InvalidSystem(format!(
+            "{} steps from step {} would pass the last supported step {STEP_MAX}",
+            options.steps, state.step
+        )));
+    }
+    let model = Model::new(&state.params);
+    model.check_factors()?;
+    Ok(model)
 }
 
 pub(crate) fn cancelled(step: u64) -> KernelError {

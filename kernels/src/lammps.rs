@@ -7,7 +7,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::system::{PairCoeff, Params, PhysicalSystem};
+use crate::system::{
+    ATOMS_MAX, BOX_LENGTH_RANGE, BOX_ORIGIN_RANGE, CUTOFF_RANGE, EPSILON_RANGE, MASS_RANGE, PairCoeff, Params,
+    PhysicalSystem, SIGMA_RANGE, TYPES_MAX,
+};
 use crate::{KernelError, Result};
 
 /// How to complete a data file into a system: what LAMMPS takes from the input script.
@@ -104,6 +107,42 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// `low high` box bounds of axis `d`, checked on their line.
+fn check_bounds(parser: &Parser, number: usize, fields: &[&str], d: usize) -> Result<[f64; 2]> {
+    let [low, high] = parser.numbers::<2>(number, fields, "box bounds")?;
+    let axis = crate::system::axis(d);
+    for (name, value) in [("lo", low), ("hi", high)] {
+        BOX_ORIGIN_RANGE.check(value).map_err(|reason| parser.error(number, format!("{axis}{name} {reason}")))?;
+    }
+    BOX_LENGTH_RANGE
+        .check(high - low)
+        .map_err(|reason| parser.error(number, format!("box length {axis}hi - {axis}lo {reason}")))?;
+    Ok([low, high])
+}
+
+/// `epsilon sigma [cutoff]` of one `Pair Coeffs` or `PairIJ Coeffs` line, each checked on its own;
+/// sigma against the cutoff when the line gives one (a global cutoff is checked with the system).
+fn read_coefficients(parser: &Parser, number: usize, fields: &[&str]) -> Result<(f64, f64, Option<f64>)> {
+    let [epsilon, sigma] = parser.numbers::<2>(number, fields, "pair coefficient")?;
+    let cutoff = match fields.get(2) {
+        Some(_) => Some(parser.numbers::<1>(number, &fields[2..], "cutoff")?[0]),
+        None => None,
+    };
+    if !(epsilon == 0.0 || EPSILON_RANGE.contains(epsilon)) {
+        let (min, max) = (EPSILON_RANGE.min, EPSILON_RANGE.max);
+        return Err(
+            parser.error(number, format!("epsilon is {epsilon:?}; it must be 0 or between {min:?} and {max:?}"))
+        );
+    }
+    SIGMA_RANGE.check(sigma).map_err(|reason| parser.error(number, format!("sigma {reason}")))?;
+    if let Some(cutoff) = cutoff {
+        CUTOFF_RANGE.check(cutoff).map_err(|reason| parser.error(number, format!("cutoff {reason}")))?;
+        crate::system::check_pair(PairCoeff { epsilon, sigma, cutoff })
+            .map_err(|reason| parser.error(number, reason))?;
+    }
+    Ok((epsilon, sigma, cutoff))
+}
+
 fn parse_index(text: &str) -> Option<u64> {
     text.parse::<u64>().ok()
 }
@@ -160,11 +199,24 @@ impl DataFile {
                 parse_index(fields[0]).ok_or_else(|| parser.error(number, format!("'{}' is not a count", fields[0])))
             };
             match keyword.as_str() {
-                "atoms" => atoms = Some(count()? as usize),
-                "atom types" => self.types = count()? as usize,
+                "atoms" => {
+                    let count = count()?;
+                    if count > ATOMS_MAX as u64 {
+                        return Err(parser.error(number, format!("{count} atoms; at most {ATOMS_MAX} are supported")));
+                    }
+                    atoms = Some(count as usize);
+                }
+                "atom types" => {
+                    let count = count()?;
+                    if !(1..=TYPES_MAX as u64).contains(&count) {
+                        return Err(parser
+                            .error(number, format!("{count} atom types; between 1 and {TYPES_MAX} are supported")));
+                    }
+                    self.types = count as usize;
+                }
                 "xlo xhi" | "ylo yhi" | "zlo zhi" => {
                     let d = (keyword.as_bytes()[0] - b'x') as usize;
-                    bounds[d] = Some(parser.numbers::<2>(number, &fields, "box bounds")?);
+                    bounds[d] = Some(check_bounds(parser, number, &fields, d)?);
                 }
                 "xy xz yz" => return Err(parser.error(number, "triclinic boxes are not supported")),
                 "bonds"
@@ -205,9 +257,6 @@ impl DataFile {
             let [low, high] = bound.ok_or_else(|| {
                 parser.error(1, format!("the header has no '{0}lo {0}hi' box bounds", ['x', 'y', 'z'][d]))
             })?;
-            if high <= low {
-                return Err(parser.error(1, format!("box bounds {low} {high} are empty")));
-            }
             self.box_low[d] = low;
             self.box_high[d] = high;
         }
@@ -229,7 +278,8 @@ impl DataFile {
         columns: &[usize],
         section: &str,
     ) -> Result<Vec<(usize, Vec<&'p str>)>> {
-        let mut out = Vec::with_capacity(count);
+        // A count field cannot make us reserve more than the lines the file has.
+        let mut out = Vec::with_capacity(count.min(parser.lines.len()));
         for k in 0..count {
             let Some((number, text)) = parser.next_line() else {
                 return Err(parser.error(
@@ -253,9 +303,9 @@ impl DataFile {
         for (number, fields) in Self::section_lines(parser, self.types, &[2], "Masses")? {
             let t = self.type_index(parser, number, fields[0])?;
             let [mass] = parser.numbers::<1>(number, &fields[1..], "mass")?;
-            if mass <= 0.0 {
-                return Err(parser.error(number, format!("mass {mass} of type {} must be positive", t + 1)));
-            }
+            MASS_RANGE
+                .check(mass)
+                .map_err(|reason| parser.error(number, format!("mass of type {} {reason}", t + 1)))?;
             self.masses[t] = Some(mass);
         }
         Ok(())
@@ -274,12 +324,8 @@ impl DataFile {
         Self::check_style(parser, header, "Pair Coeffs")?;
         for (number, fields) in Self::section_lines(parser, self.types, &[3, 4], "Pair Coeffs")? {
             let t = self.type_index(parser, number, fields[0])?;
-            let [epsilon, sigma] = parser.numbers::<2>(number, &fields[1..], "pair coefficient")?;
-            let cutoff = match fields.get(3) {
-                Some(_) => Some(parser.numbers::<1>(number, &fields[3..], "cutoff")?[0]),
-                None => None,
-            };
-            self.type_coeffs[t] = Some((epsilon, sigma, cutoff));
+            let coefficients = read_coefficients(parser, number, &fields[1..])?;
+            self.type_coeffs[t] = Some(coefficients);
         }
         Ok(())
     }
@@ -289,12 +335,8 @@ impl DataFile {
         for (number, fields) in Self::section_lines(parser, count, &[4, 5], "PairIJ Coeffs")? {
             let a = self.type_index(parser, number, fields[0])?;
             let b = self.type_index(parser, number, fields[1])?;
-            let [epsilon, sigma] = parser.numbers::<2>(number, &fields[2..], "pair coefficient")?;
-            let cutoff = match fields.get(4) {
-                Some(_) => Some(parser.numbers::<1>(number, &fields[4..], "cutoff")?[0]),
-                None => None,
-            };
-            self.pair_coeffs.insert((a.min(b), a.max(b)), (epsilon, sigma, cutoff));
+            let coefficients = read_coefficients(parser, number, &fields[2..])?;
+            self.pair_coeffs.insert((a.min(b), a.max(b)), coefficients);
         }
         Ok(())
     }

@@ -7,7 +7,8 @@
 
 use crate::numbers::cbrt;
 use crate::rng::SplitMix64;
-use crate::system::{Langevin, PairCoeff, Params, PhysicalSystem};
+use crate::system::{ATOMS_MAX, Langevin, MASS_RANGE, PairCoeff, Params, PhysicalSystem, Range, TEMPERATURE_RANGE};
+use crate::{KernelError, Result};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FccLattice {
@@ -23,6 +24,9 @@ pub struct FccLattice {
     pub timestep: f64,
     pub langevin: Option<Langevin>,
 }
+
+/// Reduced number densities a lattice may have (liquid argon is about 0.8).
+pub const DENSITY_RANGE: Range = Range { min: 1e-6, max: 1e3 };
 
 const BASIS: [[f64; 3]; 4] = [[0.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.5, 0.0, 0.5], [0.0, 0.5, 0.5]];
 
@@ -46,10 +50,41 @@ impl FccLattice {
         4 * self.cells.iter().product::<usize>()
     }
 
+    /// Checks what [`FccLattice::build`] needs before it allocates atoms or takes a cube root; the
+    /// parameters of the built system are checked again by [`State::from_physical`](crate::State).
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |message: String| Err(KernelError::InvalidSystem(message));
+        let [x, y, z] = self.cells;
+        if self.cells.contains(&0) {
+            return invalid(format!("lattice of {x} x {y} x {z} cells has no atoms"));
+        }
+        let atoms = self.cells.iter().try_fold(BASIS.len() as u128, |product, &n| product.checked_mul(n as u128));
+        if atoms.is_none_or(|atoms| atoms > ATOMS_MAX as u128) {
+            return invalid(format!(
+                "lattice of {x} x {y} x {z} cells has more than {ATOMS_MAX} atoms ({} per cell)",
+                BASIS.len()
+            ));
+        }
+        if !DENSITY_RANGE.contains(self.density) {
+            return invalid(format!(
+                "lattice density is {:?}; it must be between {:?} and {:?}",
+                self.density, DENSITY_RANGE.min, DENSITY_RANGE.max
+            ));
+        }
+        if !(self.temperature == 0.0 || TEMPERATURE_RANGE.contains(self.temperature)) {
+            return invalid(format!(
+                "lattice temperature is {:?}; it must be 0 or between {:?} and {:?}",
+                self.temperature, TEMPERATURE_RANGE.min, TEMPERATURE_RANGE.max
+            ));
+        }
+        MASS_RANGE.check(self.mass).or_else(|reason| invalid(format!("lattice mass {reason}")))
+    }
+
     pub fn lattice_constant(&self) -> f64 {
         cbrt(4.0 / self.density)
     }
 
+    /// The atoms; the lattice must have passed [`FccLattice::validate`].
     pub fn build(&self) -> PhysicalSystem {
         let a = self.lattice_constant();
         let mut positions = Vec::with_capacity(self.atoms());
@@ -107,6 +142,29 @@ mod tests {
         assert_eq!(system.ids.len(), 32_000);
         assert!((system.params.box_length[0] - 33.591_923_827_650_15).abs() < 1e-12);
         assert!((system.positions[1][0] - 0.839_798_095_691_253_6).abs() < 1e-15);
+    }
+
+    #[test]
+    fn validate_refuses_what_build_cannot_make() {
+        FccLattice::in_lj(20).validate().unwrap();
+        let error = |lattice: FccLattice| lattice.validate().unwrap_err().to_string();
+        let huge = FccLattice { cells: [usize::MAX, usize::MAX, 2], ..FccLattice::in_lj(1) };
+        assert!(error(huge).contains("cells has more than 1073741824 atoms (4 per cell)"));
+        let just_over = FccLattice { cells: [646, 645, 645], ..FccLattice::in_lj(1) };
+        assert!(error(just_over).contains("646 x 645 x 645 cells has more than"));
+        assert!(
+            error(FccLattice { cells: [4, 0, 4], ..FccLattice::in_lj(1) }).contains("4 x 0 x 4 cells has no atoms")
+        );
+        for density in [0.0, -1.0, f64::NAN, f64::INFINITY, 5e-324, 1e300] {
+            let lattice = FccLattice { density, ..FccLattice::in_lj(5) };
+            assert!(error(lattice).starts_with(&format!("invalid system: lattice density is {density:?}")));
+        }
+        for temperature in [-1.0, f64::NAN, f64::INFINITY, 1e-320] {
+            let lattice = FccLattice { temperature, ..FccLattice::in_lj(5) };
+            assert!(error(lattice).starts_with(&format!("invalid system: lattice temperature is {temperature:?}")));
+        }
+        let lattice = FccLattice { mass: 0.0, ..FccLattice::in_lj(5) };
+        assert_eq!(error(lattice), "invalid system: lattice mass is 0.0; it must be between 1e-6 and 1000000.0");
     }
 
     #[test]

@@ -35,6 +35,11 @@ pub const SEPARATION_BITS: u32 = 30;
 /// Fraction bits of pair energies and virials.
 pub const ENERGY_BITS: i32 = 32;
 
+/// Shifts of the per-type factors (kick, friction, noise) that the integer kernels support: the GPU
+/// shifts 64-bit words right by 0 to 63 bits, and the CPU accepts the same, so both engines refuse the
+/// same systems.
+pub const FACTOR_SHIFT_RANGE: std::ops::Range<i32> = 0..64;
+
 /// One table segment: cubic coefficients in `t` (c0 + c1 t + c2 t² + c3 t³) and the shift that scales
 /// the result. 32 bytes, so a table segment never straddles two cache lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -284,6 +289,43 @@ impl Model {
             LangevinModel { seed: l.seed, friction: Factor::new(c1), noise }
         });
         Model { types, length_bits, force_bits, separation, kick, tables, langevin }
+    }
+
+    /// Checks that every factor's shift is in [`FACTOR_SHIFT_RANGE`]. Validated parameters keep the
+    /// factors finite and normal, but a combination of extreme timestep, mass, box and forces can still
+    /// ask for a kick or a noise the integers cannot carry.
+    pub fn check_factors(&self) -> crate::Result<()> {
+        let out_of_range = |what: String, factor: Factor| {
+            Err(crate::KernelError::InvalidSystem(format!(
+                "the {what} factor needs a shift of {}, outside the supported {}..{}; \
+                 the timestep, masses, box or pair coefficients are too extreme for the fixed-point model",
+                factor.shift, FACTOR_SHIFT_RANGE.start, FACTOR_SHIFT_RANGE.end
+            )))
+        };
+        for (t, kicks) in self.kick.iter().enumerate() {
+            for d in 0..3 {
+                if !FACTOR_SHIFT_RANGE.contains(&kicks[d].shift) {
+                    return out_of_range(format!("kick of type {} along {}", t + 1, crate::system::axis(d)), kicks[d]);
+                }
+            }
+        }
+        let Some(langevin) = &self.langevin else {
+            return Ok(());
+        };
+        if !FACTOR_SHIFT_RANGE.contains(&langevin.friction.shift) {
+            return out_of_range("langevin friction".into(), langevin.friction);
+        }
+        for (t, noises) in langevin.noise.iter().enumerate() {
+            for d in 0..3 {
+                if let Some(noise) = noises[d].filter(|noise| !FACTOR_SHIFT_RANGE.contains(&noise.shift)) {
+                    return out_of_range(
+                        format!("langevin noise of type {} along {}", t + 1, crate::system::axis(d)),
+                        noise,
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     #[inline(always)]

@@ -44,6 +44,60 @@ pub const TYPES_MAX: usize = 64;
 /// the length resolution the largest cutoff allows.
 pub const CUTOFF_RANGE_MAX: f64 = 1024.0;
 
+/// A closed range of accepted values for one parameter. The bounds below are far outside what any
+/// simulation uses; they exist so that the model's number formats (`model.rs`) stay inside `f64`'s
+/// normal range and its assertions stay true for every system that passes [`Params::validate`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Range {
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Range {
+    /// Whether `value` is inside; NaN never is.
+    pub fn contains(&self, value: f64) -> bool {
+        self.min <= value && value <= self.max
+    }
+
+    /// `Err("is NaN; it must be between 0.001 and 10000.0")` for a value outside, to follow a name.
+    pub fn check(&self, value: f64) -> Result<(), String> {
+        if self.contains(value) {
+            Ok(())
+        } else {
+            Err(format!("is {value:?}; it must be between {:?} and {:?}", self.min, self.max))
+        }
+    }
+}
+
+/// Pair cutoffs: the length resolution is `2^-F` with `F = 29 - ceil(log2(cutoff))`, so the largest
+/// cutoff sets it; these bounds keep `F` between 15 and 39.
+pub const CUTOFF_RANGE: Range = Range { min: 1e-3, max: 1e4 };
+/// Sigma relative to its pair's cutoff, so table values neither overflow at the clamp distance nor
+/// underflow at the cutoff.
+pub const SIGMA_OVER_CUTOFF_RANGE: Range = Range { min: 1e-3, max: 16.0 };
+/// Sigma on its own, as the cutoff and ratio bounds allow (the ratio is checked where the cutoff is known).
+pub const SIGMA_RANGE: Range =
+    Range { min: CUTOFF_RANGE.min * SIGMA_OVER_CUTOFF_RANGE.min, max: CUTOFF_RANGE.max * SIGMA_OVER_CUTOFF_RANGE.max };
+/// Epsilon of an interacting pair (0 turns a pair off).
+pub const EPSILON_RANGE: Range = Range { min: 1e-6, max: 1e6 };
+/// Atom masses.
+pub const MASS_RANGE: Range = Range { min: 1e-6, max: 1e6 };
+/// The timestep.
+pub const TIMESTEP_RANGE: Range = Range { min: 1e-9, max: 1e3 };
+/// Box edges, absolutely; each edge is also more than twice the largest cutoff.
+pub const BOX_LENGTH_RANGE: Range = Range { min: 2e-3, max: 1e9 };
+/// A box edge is at most this many largest cutoffs, so separations keep their 30-bit format and the
+/// engines' cell grids stay small.
+pub const BOX_OVER_CUTOFF_MAX: f64 = 1e6;
+/// The lower box corner, per axis.
+pub const BOX_ORIGIN_RANGE: Range = Range { min: -1e9, max: 1e9 };
+/// Langevin temperature when it is not zero.
+pub const TEMPERATURE_RANGE: Range = Range { min: 1e-9, max: 1e9 };
+/// Langevin damping time; it is also at least the timestep divided by [`DAMPING_STEPS_MIN`].
+pub const DAMPING_RANGE: Range = Range { min: 1e-9, max: 1e9 };
+/// The damping time is at least this fraction of a timestep (beyond it, friction would be `exp(-40)`).
+pub const DAMPING_STEPS_MIN: f64 = 1.0 / 40.0;
+
 impl Params {
     pub fn types(&self) -> usize {
         self.masses.len()
@@ -61,84 +115,139 @@ impl Params {
         self.box_length[0] * self.box_length[1] * self.box_length[2]
     }
 
-    /// Checks the parameters once, so the engines can assert instead of re-checking.
+    /// Checks the parameters once, so the engines can assert instead of re-checking. Every bound is a
+    /// named constant above; errors name the parameter and its value.
     pub fn validate(&self) -> Result<()> {
-        let invalid = |m: String| Err(KernelError::InvalidSystem(m));
+        self.validate_counts()?;
+        for (t, &mass) in self.masses.iter().enumerate() {
+            MASS_RANGE.check(mass).map_err(|reason| invalid(format!("mass of type {} {reason}", t + 1)))?;
+        }
+        self.validate_pairs()?;
+        self.validate_box()?;
+        TIMESTEP_RANGE.check(self.timestep).map_err(|reason| invalid(format!("timestep {reason}")))?;
+        if let Some(langevin) = self.langevin {
+            validate_langevin(&langevin, self.timestep)?;
+        }
+        Ok(())
+    }
+
+    fn validate_counts(&self) -> Result<()> {
         let types = self.types();
         if types == 0 || types > TYPES_MAX {
-            return invalid(format!("{types} atom types; between 1 and {TYPES_MAX} are supported"));
+            return Err(invalid(format!("{types} atom types; between 1 and {TYPES_MAX} are supported")));
         }
         if self.pair_coeffs.len() != types * types {
-            return invalid(format!("{} pair coefficients for {types} types", self.pair_coeffs.len()));
+            return Err(invalid(format!("{} pair coefficients for {types} types", self.pair_coeffs.len())));
         }
-        for (d, &length) in self.box_length.iter().enumerate() {
-            if !(length.is_finite() && length > 0.0 && length < 1e9) {
-                return invalid(format!("box length {length} along {} is not a positive finite number", axis(d)));
-            }
-            if !self.box_origin[d].is_finite() {
-                return invalid(format!("box origin along {} is not finite", axis(d)));
-            }
-        }
-        for (t, &mass) in self.masses.iter().enumerate() {
-            if !(mass.is_finite() && mass > 0.0) {
-                return invalid(format!("mass of type {} is {mass}; it must be positive", t + 1));
-            }
-        }
+        Ok(())
+    }
+
+    fn validate_pairs(&self) -> Result<()> {
+        let types = self.types();
         for a in 0..types {
             for b in 0..types {
                 let p = self.pair(a, b);
+                check_pair(p).map_err(|reason| invalid(format!("pair {} {}: {reason}", a + 1, b + 1)))?;
                 if p != self.pair(b, a) {
-                    return invalid(format!("pair coefficients of types {} and {} are not symmetric", a + 1, b + 1));
-                }
-                let ok = p.epsilon.is_finite()
-                    && p.epsilon >= 0.0
-                    && p.sigma.is_finite()
-                    && p.sigma > 0.0
-                    && p.cutoff.is_finite()
-                    && p.cutoff > 0.0;
-                if !ok {
-                    return invalid(format!(
-                        "pair {} {}: epsilon {} sigma {} cutoff {} (need epsilon >= 0, sigma > 0, cutoff > 0)",
+                    return Err(invalid(format!(
+                        "pair coefficients of types {} and {} are not symmetric",
                         a + 1,
-                        b + 1,
-                        p.epsilon,
-                        p.sigma,
-                        p.cutoff
-                    ));
+                        b + 1
+                    )));
                 }
             }
         }
         if let Some(p) = self.pair_coeffs.iter().find(|p| p.cutoff < self.cutoff_max() / CUTOFF_RANGE_MAX) {
-            return invalid(format!(
+            return Err(invalid(format!(
                 "pair cutoff {} is more than {CUTOFF_RANGE_MAX} times smaller than the largest, {}; \
                  for pairs that should not interact, set epsilon to 0",
                 p.cutoff,
                 self.cutoff_max()
-            ));
-        }
-        let half_box = self.box_length.iter().copied().fold(f64::INFINITY, f64::min) / 2.0;
-        if self.cutoff_max() >= half_box {
-            return invalid(format!(
-                "cutoff {} is not smaller than half the shortest box edge ({half_box}); the minimum image would be ambiguous",
-                self.cutoff_max()
-            ));
-        }
-        if !(self.timestep.is_finite() && self.timestep > 0.0) {
-            return invalid(format!("timestep {} must be positive", self.timestep));
-        }
-        if let Some(l) = self.langevin {
-            if !(l.temperature.is_finite() && l.temperature >= 0.0 && l.damping.is_finite() && l.damping > 0.0) {
-                return invalid(format!(
-                    "langevin temperature {} and damping {} must be non-negative and positive",
-                    l.temperature, l.damping
-                ));
-            }
-            if self.timestep / l.damping > 40.0 {
-                return invalid("langevin damping is far shorter than the timestep".into());
-            }
+            )));
         }
         Ok(())
     }
+
+    fn validate_box(&self) -> Result<()> {
+        let cutoff = self.cutoff_max();
+        for d in 0..3 {
+            let length = self.box_length[d];
+            BOX_LENGTH_RANGE
+                .check(length)
+                .map_err(|reason| invalid(format!("box length along {} {reason}", axis(d))))?;
+            if length > BOX_OVER_CUTOFF_MAX * cutoff {
+                return Err(invalid(format!(
+                    "box length along {} is {length:?}, more than {BOX_OVER_CUTOFF_MAX:?} times the largest cutoff {cutoff:?}",
+                    axis(d)
+                )));
+            }
+            BOX_ORIGIN_RANGE
+                .check(self.box_origin[d])
+                .map_err(|reason| invalid(format!("box origin along {} {reason}", axis(d))))?;
+        }
+        let half_box = self.box_length.iter().copied().fold(f64::INFINITY, f64::min) / 2.0;
+        if cutoff >= half_box {
+            return Err(invalid(format!(
+                "cutoff {cutoff} is not smaller than half the shortest box edge ({half_box}); the minimum image would be ambiguous"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Checks one pair's coefficients on their own (the LAMMPS reader calls it per line).
+pub fn check_pair(p: PairCoeff) -> Result<(), String> {
+    if !(p.epsilon == 0.0 || EPSILON_RANGE.contains(p.epsilon)) {
+        return Err(format!(
+            "epsilon is {:?}; it must be 0 or between {:?} and {:?}",
+            p.epsilon, EPSILON_RANGE.min, EPSILON_RANGE.max
+        ));
+    }
+    SIGMA_RANGE.check(p.sigma).map_err(|reason| format!("sigma {reason}"))?;
+    CUTOFF_RANGE.check(p.cutoff).map_err(|reason| format!("cutoff {reason}"))?;
+    if !SIGMA_OVER_CUTOFF_RANGE.contains(p.sigma / p.cutoff) {
+        return Err(format!(
+            "sigma is {:?}; with cutoff {:?} it must be between {:?} and {:?}",
+            p.sigma,
+            p.cutoff,
+            SIGMA_OVER_CUTOFF_RANGE.min * p.cutoff,
+            SIGMA_OVER_CUTOFF_RANGE.max * p.cutoff
+        ));
+    }
+    Ok(())
+}
+
+fn validate_langevin(langevin: &Langevin, timestep: f64) -> Result<()> {
+    let temperature = langevin.temperature;
+    if !(temperature == 0.0 || TEMPERATURE_RANGE.contains(temperature)) {
+        return Err(invalid(format!(
+            "langevin temperature is {temperature:?}; it must be 0 or between {:?} and {:?}",
+            TEMPERATURE_RANGE.min, TEMPERATURE_RANGE.max
+        )));
+    }
+    DAMPING_RANGE.check(langevin.damping).map_err(|reason| invalid(format!("langevin damping {reason}")))?;
+    if langevin.damping < timestep * DAMPING_STEPS_MIN {
+        return Err(invalid(format!(
+            "langevin damping {:?} is far shorter than the timestep {timestep:?} (at least {:?} is needed)",
+            langevin.damping,
+            timestep * DAMPING_STEPS_MIN
+        )));
+    }
+    Ok(())
+}
+
+fn invalid(message: String) -> KernelError {
+    KernelError::InvalidSystem(message)
+}
+
+fn check_counts(atoms: usize, step: u64) -> Result<()> {
+    if !(ATOMS_MIN..=ATOMS_MAX).contains(&atoms) {
+        return Err(invalid(format!("{atoms} atoms; between {ATOMS_MIN} and {ATOMS_MAX} are supported")));
+    }
+    if step > STEP_MAX {
+        return Err(invalid(format!("step {step} is beyond the last supported step {STEP_MAX}")));
+    }
+    Ok(())
 }
 
 pub fn axis(d: usize) -> char {
@@ -172,6 +281,13 @@ pub struct State {
 
 /// Upper bound on atoms in one system (indices are 32-bit on the GPU).
 pub const ATOMS_MAX: usize = 1 << 30;
+/// Atoms may lie outside the box (LAMMPS image flags put them there) but no further than this many box
+/// lengths, where a coordinate would have lost most of its bits of the position inside the box.
+pub const IMAGES_MAX: f64 = 1e6;
+/// Lower bound on atoms: temperature has `3N - 3` degrees of freedom.
+pub const ATOMS_MIN: usize = 2;
+/// Upper bound on the step counter, far beyond any run, so `step + steps` never wraps around.
+pub const STEP_MAX: u64 = 1 << 62;
 
 impl State {
     pub fn atoms(&self) -> usize {
@@ -183,9 +299,7 @@ impl State {
         let PhysicalSystem { params, step, ids, types, positions, velocities } = system;
         params.validate()?;
         let atoms = ids.len();
-        if !(2..=ATOMS_MAX).contains(&atoms) {
-            return Err(KernelError::InvalidSystem(format!("{atoms} atoms; between 2 and {ATOMS_MAX} are supported")));
-        }
+        check_counts(atoms, step)?;
         assert!(types.len() == atoms && positions.len() == atoms && velocities.len() == atoms);
         let mut order: Vec<usize> = (0..atoms).collect();
         order.sort_unstable_by_key(|&i| ids[i]);
@@ -205,19 +319,19 @@ impl State {
                 return Err(KernelError::InvalidSystem(format!(
                     "atom {} has type {}, but there are {} types",
                     ids[i],
-                    types[i] + 1,
+                    types[i] as u64 + 1,
                     state.params.types()
                 )));
             }
             let mut position = [0u64; 3];
             let mut velocity = [0i64; 3];
             for d in 0..3 {
-                position[d] = state.position_to_fraction(d, positions[i][d]).ok_or_else(|| {
-                    KernelError::InvalidSystem(format!("atom {} has a non-finite {} coordinate", ids[i], axis(d)))
+                position[d] = state.position_to_fraction(d, positions[i][d]).map_err(|reason| {
+                    KernelError::InvalidSystem(format!("atom {} has {} coordinate {reason}", ids[i], axis(d)))
                 })?;
                 velocity[d] = state.velocity_to_fixed(d, velocities[i][d]).ok_or_else(|| {
                     KernelError::InvalidSystem(format!(
-                        "atom {} has {} velocity {} that moves it more than half the box in one step",
+                        "atom {} has {} velocity {:?} that moves it more than half the box in one step",
                         ids[i],
                         axis(d),
                         velocities[i][d]
@@ -232,14 +346,45 @@ impl State {
         Ok(state)
     }
 
-    fn position_to_fraction(&self, d: usize, x: f64) -> Option<u64> {
+    /// Checks what the parameters do not cover: the atom and step counts, the parallel arrays, the
+    /// canonical id order and the atom types. A decoded checkpoint passes through here.
+    pub fn validate(&self) -> Result<()> {
+        self.params.validate()?;
+        let atoms = self.atoms();
+        check_counts(atoms, self.step)?;
+        if self.types.len() != atoms || self.positions.len() != atoms || self.velocities.len() != atoms {
+            return Err(invalid(format!(
+                "{atoms} ids but {} types, {} positions and {} velocities",
+                self.types.len(),
+                self.positions.len(),
+                self.velocities.len()
+            )));
+        }
+        if let Some(pair) = self.ids.windows(2).find(|pair| pair[0] >= pair[1]) {
+            return Err(invalid(format!("atom ids are not strictly ascending: {} then {}", pair[0], pair[1])));
+        }
+        if let Some(index) = self.types.iter().position(|&t| t as usize >= self.params.types()) {
+            return Err(invalid(format!(
+                "atom {} has type {}, but there are {} types",
+                self.ids[index],
+                self.types[index] as u64 + 1,
+                self.params.types()
+            )));
+        }
+        Ok(())
+    }
+
+    fn position_to_fraction(&self, d: usize, x: f64) -> Result<u64, String> {
         if !x.is_finite() {
-            return None;
+            return Err(format!("{x:?}, which is not finite"));
         }
         let scaled = (x - self.params.box_origin[d]) / self.params.box_length[d];
+        if scaled.abs() > IMAGES_MAX {
+            return Err(format!("{x:?}, more than {IMAGES_MAX:?} box lengths from the box"));
+        }
         let fraction = scaled - scaled.floor();
         // A fraction that rounds up to 1.0 is the periodic image of 0.
-        Some(if fraction >= 1.0 { 0 } else { (fraction * exp2i(64)) as u64 })
+        Ok(if fraction >= 1.0 { 0 } else { (fraction * exp2i(64)) as u64 })
     }
 
     fn velocity_to_fixed(&self, d: usize, v: f64) -> Option<i64> {
@@ -322,6 +467,6 @@ pub(crate) mod tests {
         let mut system = two_atoms(1.1);
         system.positions[0][1] = f64::NAN;
         let error = State::from_physical(system).unwrap_err().to_string();
-        assert!(error.contains("atom 2 has a non-finite y"), "{error}");
+        assert!(error.contains("atom 2 has y coordinate NaN, which is not finite"), "{error}");
     }
 }

@@ -7,15 +7,19 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 use upglobe_kernels::lattice::FccLattice;
+use upglobe_kernels::system::STEP_MAX;
 use upglobe_kernels::{Checkpoint, Device, RunOptions, State, engine};
+use upglobe_protocol::messages::limits::{CHUNKS_PER_JOB_MAX, REPLICAS_MAX};
 use upglobe_protocol::messages::{ClientRequest, ClientResponse, JobKind, JobSpec, Resources, Submission};
 use upglobe_protocol::tls::PeerIdentity;
 use upglobe_scheduler::server::{Scheduler, ServerConfig};
 use upglobe_worker::WorkerConfig;
 
 use super::Context;
+use super::md::LATTICE_CELLS;
 use super::status::fetch;
 use crate::client::Client;
+use crate::flags;
 use crate::output::{self, Format};
 
 #[derive(clap::Subcommand)]
@@ -29,9 +33,9 @@ pub enum Command {
 #[derive(clap::Args)]
 pub struct MdArgs {
     /// fcc unit cells per edge for each size (20 = in.lj's 32 000 atoms; 40 = 256 000; 80 = 2 048 000).
-    #[arg(long, value_delimiter = ',', default_value = "20")]
+    #[arg(long, value_delimiter = ',', default_value = "20", value_parser = flags::integer(LATTICE_CELLS))]
     cells: Vec<usize>,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = flags::integer(1..=STEP_MAX))]
     steps: u64,
     /// Skip LAMMPS even if `lmp` is installed.
     #[arg(long)]
@@ -44,20 +48,28 @@ pub struct MdArgs {
     cpu_first_size_only: bool,
     /// Runs of each engine; the fastest counts (for UpGlobe and LAMMPS alike), which filters out
     /// interference from other work on the machine.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = flags::integer(1..=REPEAT_MAX))]
     repeat: u32,
 }
 
+/// Runs of each engine in `bench md`.
+const REPEAT_MAX: u32 = 1000;
+/// In-process workers of `bench scheduler`, each with its own QUIC connection.
+const WORKERS_MAX: u32 = 1024;
+/// Concurrent chunks per in-process worker.
+const SLOTS_MAX: u32 = 65_536;
+
 #[derive(clap::Args)]
 pub struct SchedulerArgs {
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 20_000, value_parser = flags::integer(1..=CHUNKS_PER_JOB_MAX as u32))]
     chunks: u32,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = flags::integer(1..=WORKERS_MAX))]
     workers: u32,
     /// Concurrent chunks per worker.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = flags::integer(1..=SLOTS_MAX))]
     slots: u32,
-    #[arg(long, default_value_t = 1)]
+    /// Replicas of each chunk, at most the workers.
+    #[arg(long, default_value_t = 1, value_parser = flags::integer(1..=REPLICAS_MAX))]
     replicas: u32,
 }
 
@@ -215,6 +227,9 @@ pub fn loop_rate(log: &str) -> Option<f64> {
 }
 
 async fn bench_scheduler(args: &SchedulerArgs) -> Result<Value> {
+    if args.replicas > args.workers {
+        bail!("--replicas {} needs at least as many --workers, not {}", args.replicas, args.workers);
+    }
     let dir = tempfile::tempdir()?;
     let mut config = ServerConfig::new(dir.path().join("scheduler"), "127.0.0.1:0".parse()?);
     config.measure_latency = true;

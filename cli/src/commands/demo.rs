@@ -18,6 +18,9 @@ use super::submit::submit;
 use crate::client::Client;
 use crate::output::Format;
 
+/// Workers the demo starts as processes: the example workflow needs two replicas of each chunk.
+const DEMO_WORKERS: std::ops::RangeInclusive<u32> = 2..=16;
+
 const WORKFLOW: &str = include_str!("../../../workflows/examples/lj-melt.toml");
 
 #[derive(clap::Args)]
@@ -25,8 +28,8 @@ pub struct Args {
     /// Directory for the H5MD result.
     #[arg(long, default_value = "upglobe-demo")]
     out: PathBuf,
-    /// Workers to start.
-    #[arg(long, default_value_t = 3)]
+    /// Workers to start (2 to 16: the example workflow runs each chunk on 2 of them).
+    #[arg(long, default_value_t = 3, value_parser = crate::flags::integer(DEMO_WORKERS))]
     workers: u32,
     /// Keep the temporary directory with the scheduler's and workers' state and logs.
     #[arg(long)]

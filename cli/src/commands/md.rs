@@ -8,14 +8,28 @@ use anyhow::{Context as _, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use upglobe_datasets::h5md::{Observable, Trajectory};
+use upglobe_kernels::cpu::THREADS_MAX;
 use upglobe_kernels::lammps::{DataFile, Settings};
+use upglobe_kernels::lattice::DENSITY_RANGE;
 use upglobe_kernels::lattice::FccLattice;
+use upglobe_kernels::system::{ATOMS_MAX, CUTOFF_RANGE, Range, STEP_MAX, TEMPERATURE_RANGE, TIMESTEP_RANGE};
 use upglobe_kernels::{Checkpoint, Device, Event, PairCoeff, RunOptions, State, Thermo, engine};
 
 use super::Context;
 use super::results::frame;
 use super::worker::parse_device;
+use crate::flags;
 use crate::output::{self, Format};
+
+/// Lattice cells per edge: 4 atoms per cell and at most [`ATOMS_MAX`] atoms.
+pub const LATTICE_CELLS: std::ops::RangeInclusive<usize> = 1..=LATTICE_CELLS_MAX;
+const LATTICE_CELLS_MAX: usize = 645;
+const _: () = assert!(4 * LATTICE_CELLS_MAX * LATTICE_CELLS_MAX * LATTICE_CELLS_MAX <= ATOMS_MAX);
+
+/// A kernels' parameter range as the flag parser's range.
+fn inclusive(range: Range) -> std::ops::RangeInclusive<f64> {
+    range.min..=range.max
+}
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -31,14 +45,14 @@ pub struct RunArgs {
     /// Generate a lattice instead (only fcc).
     #[arg(long, value_parser = ["fcc"], conflicts_with = "checkpoint")]
     lattice: Option<String>,
-    /// Lattice unit cells per edge.
-    #[arg(long, default_value_t = 20)]
+    /// Lattice unit cells per edge (1 to 645, so at most 2^30 atoms).
+    #[arg(long, default_value_t = 20, value_parser = flags::integer(LATTICE_CELLS))]
     cells: usize,
     /// Lattice reduced density.
-    #[arg(long, default_value_t = 0.8442)]
+    #[arg(long, default_value_t = 0.8442, value_parser = flags::number(inclusive(DENSITY_RANGE)))]
     density: f64,
     /// Lattice initial temperature.
-    #[arg(long, default_value_t = 1.44)]
+    #[arg(long, default_value_t = 1.44, value_parser = flags::number(0.0..=TEMPERATURE_RANGE.max))]
     temperature: f64,
     /// Lattice velocity seed.
     #[arg(long, default_value_t = 87287)]
@@ -47,15 +61,15 @@ pub struct RunArgs {
     #[arg(long)]
     checkpoint: Option<PathBuf>,
     /// Global lj/cut cutoff.
-    #[arg(long, default_value_t = 2.5)]
+    #[arg(long, default_value_t = 2.5, value_parser = flags::number(inclusive(CUTOFF_RANGE)))]
     cutoff: f64,
     /// Shift pair energies to zero at the cutoff.
     #[arg(long)]
     shift: bool,
     /// Timestep (lj units).
-    #[arg(long, default_value_t = 0.005)]
+    #[arg(long, default_value_t = 0.005, value_parser = flags::number(inclusive(TIMESTEP_RANGE)))]
     dt: f64,
-    #[arg(long)]
+    #[arg(long, value_parser = flags::integer(0..=STEP_MAX))]
     steps: u64,
     /// Thermo interval; 0 prints the first and last step only.
     #[arg(long, default_value_t = 0)]
@@ -64,10 +78,10 @@ pub struct RunArgs {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// CPU threads (0: all cores).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = flags::integer(0..=THREADS_MAX))]
     threads: usize,
     /// Neighbour-list skin (speed only; results do not depend on it).
-    #[arg(long, default_value_t = upglobe_kernels::engine::DEFAULT_SKIN)]
+    #[arg(long, default_value_t = upglobe_kernels::engine::DEFAULT_SKIN, value_parser = flags::number(0.0..=CUTOFF_RANGE.max))]
     skin: f64,
     /// Write the final state as an UpGlobe checkpoint.
     #[arg(long)]
@@ -90,18 +104,21 @@ fn initial_state(args: &RunArgs) -> Result<State> {
             let settings = Settings { cutoff: args.cutoff, shift: args.shift, timestep: args.dt };
             DataFile::read(path)?.to_system(&path.display().to_string(), &settings)?
         }
-        (None, Some(_)) => FccLattice {
-            cells: [args.cells; 3],
-            density: args.density,
-            temperature: args.temperature,
-            seed: args.seed,
-            mass: 1.0,
-            pair: PairCoeff { epsilon: 1.0, sigma: 1.0, cutoff: args.cutoff },
-            shift: args.shift,
-            timestep: args.dt,
-            langevin: None,
+        (None, Some(_)) => {
+            let lattice = FccLattice {
+                cells: [args.cells; 3],
+                density: args.density,
+                temperature: args.temperature,
+                seed: args.seed,
+                mass: 1.0,
+                pair: PairCoeff { epsilon: 1.0, sigma: 1.0, cutoff: args.cutoff },
+                shift: args.shift,
+                timestep: args.dt,
+                langevin: None,
+            };
+            lattice.validate()?;
+            lattice.build()
         }
-        .build(),
         (None, None) => bail!("give --lammps-data FILE, --lattice fcc or --checkpoint FILE"),
     };
     Ok(State::from_physical(system)?)
@@ -227,4 +244,50 @@ fn write_outputs(args: &RunArgs, initial: &State, last: &State, thermo: &[Thermo
         upglobe_datasets::h5md::write(path, &trajectory)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::RunArgs;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        args: RunArgs,
+    }
+
+    #[test]
+    fn numeric_flags_are_checked() {
+        let ok = Command::try_parse_from(["run", "--lattice", "fcc", "--steps", "10"]).unwrap().args;
+        assert_eq!((ok.cells, ok.steps, ok.dt), (20, 10, 0.005));
+        let cases: &[(&str, &str, &str)] = &[
+            ("--cells", "0", "must be between 1 and 645"),
+            ("--cells", "100000000000", "must be between 1 and 645"),
+            ("--density", "0", "must be between 1e-6 and 1000.0"),
+            ("--density", "NaN", "must be between 1e-6 and 1000.0"),
+            ("--temperature", "-1", "must be between 0.0 and 1000000000.0"),
+            ("--temperature", "inf", "must be between 0.0 and 1000000000.0"),
+            ("--dt", "0", "must be between 1e-9 and 1000.0"),
+            ("--dt", "inf", "must be between 1e-9 and 1000.0"),
+            ("--cutoff", "1e300", "must be between 0.001 and 10000.0"),
+            ("--cutoff", "-2.5", "must be between 0.001 and 10000.0"),
+            ("--steps", "18446744073709551615", "must be between 0 and 4611686018427387904"),
+            ("--threads", "1000000000000", "must be between 0 and 1024"),
+            ("--skin", "NaN", "must be between 0.0 and 10000.0"),
+            ("--thermo", "-1", "invalid value '-1' for '--thermo <THERMO>'"),
+        ];
+        for (flag, value, expected) in cases {
+            let flag_and_value = format!("{flag}={value}");
+            let mut flags = vec!["run", "--lattice", "fcc", &flag_and_value];
+            if *flag != "--steps" {
+                flags.extend(["--steps", "10"]);
+            }
+            let error = Command::try_parse_from(flags).err().unwrap_or_else(|| panic!("{flag} {value} was accepted"));
+            let error = error.to_string();
+            assert!(error.contains(expected), "{flag} {value}: {error}");
+            assert!(error.contains(flag), "{flag} {value}: {error}");
+        }
+    }
 }

@@ -1,14 +1,26 @@
 //! `upglobe scheduler`
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use upglobe_scheduler::server::{Scheduler, ServerConfig};
 
 use super::{Context, stop_signal};
+use crate::flags;
 use crate::output::{Format, json};
+
+/// Worker heartbeats: more often than 20 a second is load without information, rarer than hourly
+/// leaves a lost worker's chunks waiting for no reason.
+pub const HEARTBEAT_SECONDS: RangeInclusive<f64> = 0.05..=3600.0;
+/// A lease can last from a second to a week.
+pub const LEASE_TIMEOUT_SECONDS: RangeInclusive<f64> = 1.0..=604_800.0;
+/// Connection silence from a second to a day (QUIC's limit is far beyond).
+pub const IDLE_TIMEOUT_SECONDS: RangeInclusive<f64> = 1.0..=86_400.0;
+/// Failed attempts of one chunk before its job fails.
+pub const ATTEMPTS: RangeInclusive<u32> = 1..=1000;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -21,28 +33,44 @@ pub struct Args {
     /// HOST:PORT that workers should dial, written into the tokens. Default: the listening address.
     #[arg(long)]
     advertise: Option<String>,
-    /// Seconds without a heartbeat after which a running chunk is given to another worker.
-    #[arg(long, default_value_t = 30)]
-    lease_timeout: u64,
-    /// Seconds of silence after which a connection is considered dead.
-    #[arg(long, default_value_t = 15)]
-    idle_timeout: u64,
-    /// Seconds between worker heartbeats.
-    #[arg(long, default_value_t = 2.0)]
-    heartbeat: f64,
-    /// Failed attempts of one chunk before its job fails.
-    #[arg(long, default_value_t = 5)]
+    /// Seconds without a heartbeat after which a running chunk is given to another worker (1 to 604800).
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = flags::seconds(LEASE_TIMEOUT_SECONDS))]
+    lease_timeout: Duration,
+    /// Seconds of silence after which a connection is considered dead (1 to 86400).
+    #[arg(long, value_name = "SECONDS", default_value = "15", value_parser = flags::seconds(IDLE_TIMEOUT_SECONDS))]
+    idle_timeout: Duration,
+    /// Seconds between worker heartbeats (0.05 to 3600), shorter than the lease timeout.
+    #[arg(long, value_name = "SECONDS", default_value = "2", value_parser = flags::seconds(HEARTBEAT_SECONDS))]
+    heartbeat: Duration,
+    /// Failed attempts of one chunk before its job fails (1 to 1000).
+    #[arg(long, default_value_t = 5, value_parser = flags::integer(ATTEMPTS))]
     attempts: u32,
 }
 
+impl Args {
+    /// Checks what one flag's range cannot: a heartbeat must come before the lease it renews expires.
+    fn check(&self) -> Result<()> {
+        if self.heartbeat >= self.lease_timeout {
+            bail!(
+                "--heartbeat ({} s) must be shorter than --lease-timeout ({} s), or every lease expires between two heartbeats",
+                self.heartbeat.as_secs_f64(),
+                self.lease_timeout.as_secs_f64()
+            );
+        }
+        Ok(())
+    }
+}
+
 pub async fn run(context: &Context, args: Args) -> Result<i32> {
+    args.check()?;
     let data_dir = args.data_dir.unwrap_or_else(|| context.home.join("scheduler"));
     let mut config = ServerConfig::new(data_dir.clone(), args.listen);
     config.advertise = args.advertise;
-    config.core.lease_timeout_ms = args.lease_timeout * 1000;
-    config.core.attempts_max = args.attempts.max(1);
-    config.idle_timeout = Duration::from_secs(args.idle_timeout.max(1));
-    config.heartbeat_interval = Duration::from_secs_f64(args.heartbeat.max(0.05));
+    // At most a week in milliseconds: far from overflowing.
+    config.core.lease_timeout_ms = args.lease_timeout.as_millis() as u64;
+    config.core.attempts_max = args.attempts;
+    config.idle_timeout = args.idle_timeout;
+    config.heartbeat_interval = args.heartbeat;
     let scheduler = Scheduler::start(config).await?;
     match context.format {
         Format::Json => json(&serde_json::json!({
@@ -66,4 +94,56 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
     }
     scheduler.wait_for(stop_signal()).await?;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Args;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(flags: &[&str]) -> Result<Args, String> {
+        let command = Command::try_parse_from(std::iter::once("scheduler").chain(flags.iter().copied()))
+            .map_err(|error| error.to_string())?;
+        command.args.check().map_err(|error| error.to_string())?;
+        Ok(command.args)
+    }
+
+    #[test]
+    fn durations_are_checked() {
+        let args = parse(&[]).unwrap();
+        assert_eq!((args.lease_timeout.as_secs(), args.idle_timeout.as_secs(), args.attempts), (30, 15, 5));
+        let args = parse(&["--heartbeat", "0.3", "--lease-timeout", "4", "--idle-timeout", "3"]).unwrap();
+        assert_eq!(args.heartbeat.as_millis(), 300);
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--heartbeat", "inf"],
+                "invalid value 'inf' for '--heartbeat <SECONDS>': must be between 0.05 and 3600 seconds",
+            ),
+            (&["--heartbeat", "NaN"], "must be between 0.05 and 3600 seconds"),
+            (&["--heartbeat", "1e300"], "must be between 0.05 and 3600 seconds"),
+            (&["--heartbeat=-1"], "must be between 0.05 and 3600 seconds"),
+            (
+                &["--idle-timeout", "18446744073709551615"],
+                "'--idle-timeout <SECONDS>': must be between 1 and 86400 seconds",
+            ),
+            (
+                &["--lease-timeout", "18446744073709551615"],
+                "'--lease-timeout <SECONDS>': must be between 1 and 604800 seconds",
+            ),
+            (&["--lease-timeout", "0"], "must be between 1 and 604800 seconds"),
+            (&["--attempts", "0"], "'--attempts <ATTEMPTS>': must be between 1 and 1000"),
+            (&["--heartbeat", "40"], "--heartbeat (40 s) must be shorter than --lease-timeout (30 s)"),
+        ];
+        for (flags, expected) in cases {
+            let error = parse(flags).err().unwrap_or_else(|| panic!("{flags:?} was accepted"));
+            assert!(error.contains(expected), "{flags:?}: {error}");
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! `upglobe worker`
 
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -8,8 +9,10 @@ use upglobe_kernels::Device;
 use upglobe_protocol::Role;
 use upglobe_worker::{WorkerConfig, describe_device};
 
+use super::scheduler::IDLE_TIMEOUT_SECONDS;
 use super::{Context, stop_signal};
 use crate::client::parse_token;
+use crate::flags;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -22,8 +25,8 @@ pub struct Args {
     /// Name shown to the scheduler's operator. Default: the host name.
     #[arg(long)]
     name: Option<String>,
-    /// Cores to offer. Default: all.
-    #[arg(long)]
+    /// Cores to offer (1 to 65536). Default: all.
+    #[arg(long, value_parser = flags::integer(CPUS))]
     cpus: Option<u32>,
     /// Memory to offer, in bytes. Default: all.
     #[arg(long)]
@@ -34,10 +37,13 @@ pub struct Args {
     /// What runs MD chunks: cpu, wgpu, or wgpu:N for the N-th adapter.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Seconds of silence after which the connection is considered dead.
-    #[arg(long, default_value_t = 15)]
-    idle_timeout: u64,
+    /// Seconds of silence after which the connection is considered dead (1 to 86400).
+    #[arg(long, value_name = "SECONDS", default_value = "15", value_parser = flags::seconds(IDLE_TIMEOUT_SECONDS))]
+    idle_timeout: Duration,
 }
+
+/// Cores a worker may offer.
+pub const CPUS: RangeInclusive<u32> = 1..=65_536;
 
 pub fn parse_device(text: &str) -> Result<Device> {
     Ok(match text {
@@ -63,15 +69,45 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
         config.name = name;
     }
     if let Some(cpus) = args.cpus {
-        config.resources.cpus = cpus.max(1);
+        config.resources.cpus = cpus;
     }
     if let Some(memory) = args.memory {
         config.resources.memory_bytes = memory;
     }
     config.allow_commands = args.allow_commands;
     config.device = parse_device(&args.device)?;
-    config.idle_timeout = Duration::from_secs(args.idle_timeout.max(1));
+    config.idle_timeout = args.idle_timeout;
     tracing::info!(name = %config.name, cpus = config.resources.cpus, device = %describe_device(&config.device), "worker starting");
     upglobe_worker::run(config, None, stop_signal()).await?;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Args;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn error(flags: &[&str]) -> String {
+        let all = ["worker", "--join", "token"].into_iter().chain(flags.iter().copied());
+        Command::try_parse_from(all)
+            .err()
+            .map(|error| error.to_string())
+            .unwrap_or_else(|| panic!("{flags:?} was accepted"))
+    }
+
+    #[test]
+    fn flags_are_checked() {
+        let args = Command::try_parse_from(["worker", "--join", "token", "--idle-timeout", "3"]).unwrap().args;
+        assert_eq!(args.idle_timeout.as_secs(), 3);
+        assert!(error(&["--idle-timeout", "18446744073709551615"]).contains("must be between 1 and 86400 seconds"));
+        assert!(error(&["--idle-timeout", "inf"]).contains("must be between 1 and 86400 seconds"));
+        assert!(error(&["--cpus", "0"]).contains("'--cpus <CPUS>': must be between 1 and 65536"));
+    }
 }

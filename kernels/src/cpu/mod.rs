@@ -8,7 +8,7 @@ use std::ops::ControlFlow;
 
 use rayon::prelude::*;
 
-use crate::engine::{Engine, Event, RunOptions, RunOutput, cancelled, effective_skin};
+use crate::engine::{Engine, Event, RunOptions, RunOutput, cancelled, effective_skin, prepare};
 use crate::model::{FlatTables, Model, drift, half_kick};
 use crate::system::State;
 use crate::thermo::{Sums, Thermo};
@@ -21,6 +21,9 @@ mod scan;
 use pairs::Pairs;
 use scan::{Coordinates, Scanner};
 
+/// Upper bound on CPU threads: each has a force buffer the size of the system.
+pub const THREADS_MAX: usize = 1024;
+
 pub struct CpuEngine {
     threads: usize,
     pool: rayon::ThreadPool,
@@ -30,6 +33,9 @@ impl CpuEngine {
     /// An engine with `threads` threads (0: one per available core).
     pub fn new(threads: usize) -> Result<CpuEngine> {
         let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+        if threads > THREADS_MAX {
+            return Err(KernelError::InvalidSystem(format!("{threads} threads; at most {THREADS_MAX} are supported")));
+        }
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("md-cpu-{i}"))
@@ -54,8 +60,7 @@ impl Engine for CpuEngine {
         options: &RunOptions,
         observer: &mut dyn FnMut(Event) -> ControlFlow<()>,
     ) -> Result<RunOutput> {
-        state.params.validate()?;
-        let model = Model::new(&state.params);
+        let model = prepare(state, options)?;
         let mut simulation = Simulation::new(state, &model, options.skin, self.threads, &self.pool);
         simulation.run(options, observer)?;
         Ok(RunOutput {
@@ -76,6 +81,10 @@ struct ListChunk {
     neighbors: Vec<u32>,
 }
 
+/// Upper bound on grid cells, so a dilute system in a large box does not allocate a cell index far
+/// larger than its atoms.
+const GRID_CELLS_MAX: usize = 1 << 22;
+
 /// Cells of at least half the list radius; a pair within the list radius is at most `reach` cells apart.
 struct Grid {
     cells: [usize; 3],
@@ -88,8 +97,14 @@ impl Grid {
         // Cells of half the radius look at fewer candidates (62.5 cell volumes instead of 13.5 of
         // eight times the size); fall back to full-radius cells for small boxes.
         for reach in [2usize, 1] {
-            let cells: [usize; 3] =
+            let mut cells: [usize; 3] =
                 std::array::from_fn(|d| (box_length[d] / (list_radius / reach as f64)).floor() as usize);
+            // Coarser cells are still at least `list_radius / reach` wide, so they only cost time.
+            while cells.iter().try_fold(1usize, |product, &n| product.checked_mul(n)).is_none_or(|n| n > GRID_CELLS_MAX)
+            {
+                let widest = (0..3).max_by_key(|&d| cells[d]).expect("three axes");
+                cells[widest] /= 2;
+            }
             if cells.iter().all(|&n| n > 2 * reach) {
                 let r = reach as isize;
                 let mut stencil = Vec::new();

@@ -11,8 +11,8 @@ use std::ops::ControlFlow;
 
 use wgpu::util::DeviceExt;
 
-use crate::engine::{Engine, Event, RunOptions, RunOutput, cancelled, effective_skin};
-use crate::model::Model;
+use crate::engine::{Engine, Event, RunOptions, RunOutput, cancelled, effective_skin, prepare};
+use crate::model::{FACTOR_SHIFT_RANGE, Model};
 use crate::numbers::Factor;
 use crate::system::State;
 use crate::thermo::Sums;
@@ -246,7 +246,7 @@ fn split64(v: u64) -> [u32; 2] {
 }
 
 fn factor_words(factor: Factor, what: &str) -> Result<[u32; 2]> {
-    if !(0..64).contains(&factor.shift) {
+    if !FACTOR_SHIFT_RANGE.contains(&factor.shift) {
         return Err(KernelError::Gpu(format!(
             "the {what} factor needs a shift of {}, outside the GPU kernel's range 0..63 (extreme timestep or mass)",
             factor.shift
@@ -627,8 +627,7 @@ impl Engine for GpuEngine {
         options: &RunOptions,
         observer: &mut dyn FnMut(Event) -> ControlFlow<()>,
     ) -> Result<RunOutput> {
-        state.params.validate()?;
-        let model = Model::new(&state.params);
+        let model = prepare(state, options)?;
         let mut run = Run::new(self, state, &model, options.skin)?;
         let start = state.step;
         let mut thermo = Vec::new();
