@@ -56,8 +56,21 @@ enum Source<'t> {
 
 /// The atoms before the potential and run settings complete them into a system.
 enum Atoms {
-    Lattice { cells: [usize; 3], density: f64, temperature: f64, seed: u64, mass: f64 },
-    Data { file: Box<DataFile>, label: String, at: usize, velocities: Option<(f64, u64)> },
+    /// `at`: the system table, where errors about the lattice as a whole are reported.
+    Lattice {
+        cells: [usize; 3],
+        density: f64,
+        temperature: f64,
+        seed: u64,
+        mass: f64,
+        at: usize,
+    },
+    Data {
+        file: Box<DataFile>,
+        label: String,
+        at: usize,
+        velocities: Option<(f64, u64)>,
+    },
 }
 
 pub(crate) fn read(reporter: &mut Reporter, job: &Section, base_dir: &Path) -> Option<MdJob> {
@@ -305,6 +318,7 @@ fn lattice_atoms(reporter: &mut Reporter, system: &Section) -> Option<Atoms> {
     let mass = system.positive_number(reporter, "mass").or(1.0);
     Some(Atoms::Lattice {
         cells: cells?.value,
+        at: system.table.at,
         density: density?.value,
         temperature: temperature?.value,
         seed: seed?.value,
@@ -315,7 +329,7 @@ fn lattice_atoms(reporter: &mut Reporter, system: &Section) -> Option<Atoms> {
 /// Completes the atoms with the potential and run settings.
 fn build(reporter: &mut Reporter, atoms: Atoms, potential: &Potential, run: &Run) -> Option<PhysicalSystem> {
     match atoms {
-        Atoms::Lattice { cells, density, temperature, seed, mass } => {
+        Atoms::Lattice { cells, density, temperature, seed, mass, at } => {
             let pair = PairCoeff { epsilon: potential.epsilon, sigma: potential.sigma, cutoff: potential.cutoff.value };
             let lattice = FccLattice {
                 cells,
@@ -328,6 +342,12 @@ fn build(reporter: &mut Reporter, atoms: Atoms, potential: &Potential, run: &Run
                 timestep: run.timestep,
                 langevin: None,
             };
+            // The kernels bound every physical setting; a lattice outside them is an error here, at
+            // the lattice, rather than a panic while it is built.
+            if let Err(error) = lattice.validate() {
+                reporter.error(at, error.to_string());
+                return None;
+            }
             Some(lattice.build())
         }
         Atoms::Data { file, label, at, velocities } => {

@@ -288,7 +288,7 @@ fn the_kernels_check_the_built_system() {
             "w.toml:14:10: cutoff 2.5 is not smaller than half the shortest box edge ({lattice_constant})\n  hint: make the box larger (more cells) or the cutoff smaller, so each atom sees one image of every other"
         )
     );
-    let too_hot = error(&melt_with("temperature = 1.44", "temperature = 1e12"));
+    let too_hot = error(&melt_with("temperature = 1.44", "temperature = 1e8"));
     assert!(too_hot.starts_with("w.toml:6:1: job 'melt': invalid system: atom "), "{too_hot}");
     assert!(too_hot.ends_with("that moves it more than half the box in one step"), "{too_hot}");
 }
@@ -323,4 +323,13 @@ fn task_placeholder_without_tasks() {
     assert_eq!(diagnostics.len(), 1, "{diagnostics:?}");
     assert_eq!((diagnostics[0].line, diagnostics[0].column), (3, 8));
     assert_eq!(diagnostics[0].message, "'argv' uses {task}, but the job has no 'tasks'");
+}
+
+#[test]
+fn a_lattice_outside_the_kernels_bounds_is_an_error_not_a_panic() {
+    for density in ["1e-320", "1e300"] {
+        let message = error(&melt_with("density = 0.8442", &format!("density = {density}")));
+        assert!(message.starts_with("w.toml:6:1: invalid system: lattice density"), "{message}");
+        assert!(message.contains("density"), "{message}");
+    }
 }
