@@ -2,20 +2,34 @@
 //!
 //! WAL with `synchronous = NORMAL` survives a killed process (kill -9) without losing committed
 //! transactions; only a power loss may drop the last few. Values the core defines (job specs,
-//! outputs) are stored as postcard blobs next to the columns queries need.
+//! outputs) are stored as postcard blobs of the store's own types ([`records`]) next to the columns
+//! queries need, so a change to the wire types cannot silently change what a database means.
+//!
+//! The format version is SQLite's `user_version`. A database of an older version is migrated on
+//! open, in one transaction, by the steps in [`MIGRATIONS`]; a newer one is refused.
+
+mod records;
 
 use std::path::Path;
 
+use records::{StoredJobIds, StoredJobSpec, StoredJobState, StoredOutput, StoredWorkerIds};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use upglobe_protocol::messages::{JobSpec, JobState, Output, VerifiedChunk};
+use upglobe_protocol::messages::{JobState, VerifiedChunk};
 use upglobe_protocol::{ChunkId, Digest, JobId, WorkerId, WorkflowId};
 
 use crate::core::{Record, Snapshot, SnapshotJob, SnapshotResult};
 use crate::{Result, SchedulerError};
 
-const SCHEMA_VERSION: i64 = 1;
+/// The format this scheduler writes.
+const FORMAT_VERSION: i64 = 2;
+
+/// `MIGRATIONS[k]` takes a database from format `k + 1` to `k + 2`.
+/// - 1 -> 2: values are the store's own types (the same bytes as format 1's wire types); failures
+///   are indexed by job, for a job's failures without a scan.
+const MIGRATIONS: [&str; (FORMAT_VERSION - 1) as usize] =
+    ["CREATE INDEX IF NOT EXISTS failures_by_job ON failures (job, chunk);"];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -34,6 +48,7 @@ CREATE TABLE IF NOT EXISTS verified (
 CREATE TABLE IF NOT EXISTS failures (
     id INTEGER PRIMARY KEY, job INTEGER NOT NULL, chunk INTEGER NOT NULL, worker BLOB, reason TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS disagreements (worker BLOB PRIMARY KEY, count INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS failures_by_job ON failures (job, chunk);
 ";
 
 pub struct Store {
@@ -59,23 +74,43 @@ impl Store {
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         connection.pragma_update(None, "foreign_keys", "ON")?;
-        let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
-        if version > SCHEMA_VERSION {
-            return Err(SchedulerError::Store(format!(
-                "{} has schema version {version}; this scheduler knows version {SCHEMA_VERSION} (use a newer upglobe)",
-                path.display()
-            )));
-        }
-        connection.execute_batch(SCHEMA)?;
-        connection.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        Ok(Store { connection })
+        let mut store = Store { connection };
+        store.upgrade(&path.display().to_string())?;
+        Ok(store)
     }
 
     /// An in-memory store (simulation tests).
     pub fn in_memory() -> Result<Store> {
-        let connection = Connection::open_in_memory()?;
-        connection.execute_batch(SCHEMA)?;
-        Ok(Store { connection })
+        let mut store = Store { connection: Connection::open_in_memory()? };
+        store.upgrade("the in-memory store")?;
+        Ok(store)
+    }
+
+    /// Creates the tables of a new database, or migrates an older one to [`FORMAT_VERSION`].
+    fn upgrade(&mut self, name: &str) -> Result<()> {
+        let version: i64 = self.connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if version > FORMAT_VERSION {
+            return Err(SchedulerError::Store(format!(
+                "{name} has format version {version}; this scheduler knows up to {FORMAT_VERSION} (use a newer upglobe)"
+            )));
+        }
+        if version == FORMAT_VERSION {
+            return Ok(());
+        }
+        let transaction = self.connection.transaction()?;
+        if version == 0 {
+            transaction.execute_batch(SCHEMA)?;
+        } else {
+            for (step, migration) in MIGRATIONS.iter().enumerate().skip(version as usize - 1) {
+                transaction
+                    .execute_batch(migration)
+                    .map_err(|e| SchedulerError::Store(format!("migrating {name} to format {}: {e}", step + 2)))?;
+            }
+            tracing::info!(database = name, from = version, to = FORMAT_VERSION, "database migrated");
+        }
+        transaction.pragma_update(None, "user_version", FORMAT_VERSION)?;
+        transaction.commit()?;
+        Ok(())
     }
 
     /// Counts this start and returns its number (the core's epoch).
@@ -124,9 +159,11 @@ impl Store {
             snapshot.jobs.push(SnapshotJob {
                 id: JobId(id),
                 workflow: WorkflowId(workflow),
-                spec: decode(&spec, "job spec")?,
-                after: decode(&after, "job dependencies")?,
-                finished: finished.map(|f| decode(&f, "job state")).transpose()?,
+                spec: decode::<StoredJobSpec>(&spec, "job spec")?.into(),
+                after: decode::<StoredJobIds>(&after, "job dependencies")?.into(),
+                finished: finished
+                    .map(|f| decode::<StoredJobState>(&f, "job state").map(JobState::from))
+                    .transpose()?,
             });
         }
         let mut statement = c.prepare("SELECT job, chunk, output FROM verified")?;
@@ -134,7 +171,8 @@ impl Store {
             .query_map([], |row| Ok((row.get::<_, u64>(0)?, row.get::<_, u32>(1)?, row.get::<_, Vec<u8>>(2)?)))?;
         for row in rows {
             let (job, index, output) = row?;
-            snapshot.verified.push((ChunkId { job: JobId(job), index }, decode(&output, "chunk output")?));
+            let output = decode::<StoredOutput>(&output, "chunk output")?.into();
+            snapshot.verified.push((ChunkId { job: JobId(job), index }, output));
         }
         let mut statement = c.prepare("SELECT job, chunk, worker, digest, output FROM pending_results")?;
         let rows = statement.query_map([], |row| {
@@ -152,7 +190,7 @@ impl Store {
                 chunk: ChunkId { job: JobId(job), index },
                 worker: WorkerId(hash_of(&worker, "worker id")?),
                 digest: Digest(hash_of(&digest, "digest")?),
-                output: decode(&output, "result output")?,
+                output: decode::<StoredOutput>(&output, "result output")?.into(),
             });
         }
         let mut statement = c.prepare("SELECT job, chunk, worker, reason FROM failures ORDER BY id")?;
@@ -198,9 +236,9 @@ impl Store {
             chunks.push(VerifiedChunk {
                 index,
                 digest: Digest(hash_of(&digest, "digest")?),
-                output: decode(&output, "chunk output")?,
-                agreeing: decode(&agreeing, "agreeing workers")?,
-                disagreeing: decode(&disagreeing, "disagreeing workers")?,
+                output: decode::<StoredOutput>(&output, "chunk output")?.into(),
+                agreeing: decode::<StoredWorkerIds>(&agreeing, "agreeing workers")?.into(),
+                disagreeing: decode::<StoredWorkerIds>(&disagreeing, "disagreeing workers")?.into(),
             });
         }
         Ok(chunks)
@@ -225,14 +263,26 @@ fn apply_one(t: &rusqlite::Transaction, record: &Record) -> Result<()> {
             for (job, spec, after) in jobs {
                 t.execute(
                     "INSERT INTO jobs (id, workflow, name, spec, after) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![job.0, id.0, spec.name, encode::<JobSpec>(spec), encode(after)],
+                    params![
+                        job.0,
+                        id.0,
+                        spec.name,
+                        encode(&StoredJobSpec::from(spec)),
+                        encode(&StoredJobIds::from(&after[..]))
+                    ],
                 )?;
             }
         }
         Record::ResultReported { chunk, worker, digest, output } => {
             t.execute(
                 "INSERT OR REPLACE INTO pending_results (job, chunk, worker, digest, output) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![chunk.job.0, chunk.index, worker.0.as_slice(), digest.0.as_slice(), encode::<Output>(output)],
+                params![
+                    chunk.job.0,
+                    chunk.index,
+                    worker.0.as_slice(),
+                    digest.0.as_slice(),
+                    encode(&StoredOutput::from(output))
+                ],
             )?;
         }
         Record::AttemptFailed { chunk, worker, reason } => {
@@ -245,13 +295,23 @@ fn apply_one(t: &rusqlite::Transaction, record: &Record) -> Result<()> {
             // The primary key makes a second verification of one chunk an error, never a silent overwrite.
             t.execute(
                 "INSERT INTO verified (job, chunk, digest, output, agreeing, disagreeing) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![chunk.job.0, chunk.index, digest.0.as_slice(), encode::<Output>(output), encode(agreeing), encode(disagreeing)],
+                params![
+                    chunk.job.0,
+                    chunk.index,
+                    digest.0.as_slice(),
+                    encode(&StoredOutput::from(output)),
+                    encode(&StoredWorkerIds::from(&agreeing[..])),
+                    encode(&StoredWorkerIds::from(&disagreeing[..]))
+                ],
             )
             .map_err(|e| SchedulerError::Store(format!("recording chunk {chunk} as verified: {e}")))?;
             t.execute("DELETE FROM pending_results WHERE job = ?1 AND chunk = ?2", params![chunk.job.0, chunk.index])?;
         }
         Record::JobFinished { job, state } => {
-            t.execute("UPDATE jobs SET finished = ?1 WHERE id = ?2", params![encode::<JobState>(state), job.0])?;
+            t.execute(
+                "UPDATE jobs SET finished = ?1 WHERE id = ?2",
+                params![encode(&StoredJobState::from(state)), job.0],
+            )?;
         }
         Record::WorkerDisagreed { worker } => {
             t.execute(

@@ -1,0 +1,208 @@
+//! The store's on-disk format: a database written by an earlier format version opens, migrates and
+//! restores the same state as one written now.
+//!
+//! `fixtures/store-v1.db` was written by format version 1 (the scheduler of December 2026) from
+//! [`scenario`]. To write a fixture for a new format version, run
+//! `UPGLOBE_WRITE_STORE_FIXTURE=path cargo nextest run -p upglobe-scheduler --test store_format`.
+
+use upglobe_protocol::messages::{
+    CommandJob, FileRef, Hello, JobKind, JobSpec, MdJob, Outcome, Output, Resources, Submission, Task, ThermoLine,
+    ToWorker,
+};
+use upglobe_protocol::{BlobHash, WorkerId};
+use upglobe_scheduler::core::checks::{output_blobs, submission_blobs};
+use upglobe_scheduler::core::{Action, BlobFact, Config, Core, Evidence, Record};
+use upglobe_scheduler::store::Store;
+
+fn hello(name: &str) -> Hello {
+    Hello {
+        protocol: upglobe_protocol::PROTOCOL_VERSION,
+        secret: String::new(),
+        software: "fixture".into(),
+        name: name.into(),
+        resources: Resources { cpus: 2, memory_bytes: 1 << 30, gpus: 0 },
+        allow_commands: true,
+        device: "cpu".into(),
+    }
+}
+
+fn file(name: &str, seed: u8) -> FileRef {
+    FileRef { name: name.into(), blob: BlobHash([seed; 32]), size: 10 + seed as u64 }
+}
+
+/// The output a worker gives; worker 3 lies about MD states (consistently: its checkpoint ends with
+/// its wrong state).
+fn output(worker: WorkerId, chunk: upglobe_protocol::ChunkId, task: &Task) -> Output {
+    match task {
+        Task::Md { input, steps, .. } => {
+            let mut state = *blake3::hash(&input.0).as_bytes();
+            if worker == WorkerId([3; 32]) {
+                state[0] ^= 1;
+            }
+            let step = (chunk.index as u64 + 1) * steps;
+            Output::Md {
+                state_hash: state,
+                checkpoint: BlobHash(*blake3::hash(&state).as_bytes()),
+                checkpoint_bytes: 1000,
+                thermo: vec![ThermoLine { step, temp: 1.5, pe: -6.25, ke: 2.25, etotal: -4.0, press: 0.5 }],
+            }
+        }
+        Task::Command { .. } => Output::Command {
+            exit_code: 0,
+            files: vec![file("out/a.csv", chunk.index as u8 + 1)],
+            stdout: file("stdout", 40),
+            stderr: file("stderr", 41),
+        },
+        Task::Empty { value } => Output::Empty { value: *value },
+    }
+}
+
+fn uploaded(output: &Output) -> Evidence {
+    Evidence::gather(output_blobs(output), |hash| match output {
+        Output::Md { state_hash, checkpoint_bytes, .. } => {
+            Some(BlobFact { size: *checkpoint_bytes, tail: state_hash.to_vec() })
+        }
+        Output::Command { files, stdout, stderr, .. } => files
+            .iter()
+            .chain([stdout, stderr])
+            .find(|f| f.blob == *hash)
+            .map(|f| BlobFact { size: f.size, tail: Vec::new() }),
+        Output::Empty { .. } => None,
+    })
+}
+
+/// Every kind of record: a workflow of three jobs, verified and pending results, a disagreement,
+/// a failed attempt, a completed job, and a cancelled one (waiting on the MD job, which stays open).
+fn scenario() -> Vec<Record> {
+    let mut core = Core::new(Config::default(), 1);
+    let workers: Vec<WorkerId> = (1..=3).map(|k| WorkerId([k; 32])).collect();
+    for (k, worker) in workers.iter().enumerate() {
+        core.handle_worker_joined(0, *worker, &hello(&format!("w{k}"))).unwrap();
+    }
+    let resources = Resources { cpus: 1, memory_bytes: 1 << 20, gpus: 0 };
+    let jobs = vec![
+        JobSpec {
+            name: "melt".into(),
+            after: vec![],
+            replicas: 2,
+            resources,
+            kind: JobKind::Md(MdJob {
+                initial: BlobHash([9; 32]),
+                atoms: 4000,
+                total_steps: 30,
+                chunk_steps: 10,
+                thermo_every: 10,
+            }),
+        },
+        JobSpec {
+            name: "sweep".into(),
+            after: vec![],
+            replicas: 1,
+            resources,
+            kind: JobKind::Command(CommandJob {
+                argv: vec!["run".into(), "{task}".into()],
+                tasks: vec![7, 8],
+                inputs: vec![file("in.txt", 50)],
+                outputs: vec!["out/*.csv".into()],
+                timeout_s: 600,
+            }),
+        },
+        JobSpec {
+            name: "later".into(),
+            after: vec!["melt".into()],
+            replicas: 1,
+            resources,
+            kind: JobKind::Empty { chunks: 2 },
+        },
+    ];
+    let submission = Submission { name: "fixture".into(), source: "name = \"fixture\"\n".into(), jobs };
+    let evidence = Evidence::gather(submission_blobs(&submission), |hash| {
+        Some(BlobFact { size: hash.0[0] as u64 + 10, tail: vec![] })
+    });
+    let (_, ids) = core.handle_submit(0, submission, &evidence).unwrap();
+    let mut records = Vec::new();
+    let mut failed_once = false;
+    for now in 1..40 {
+        let mut given = Vec::new();
+        while let Some(action) = core.poll_action() {
+            match action {
+                Action::Persist(record) => records.push(record),
+                Action::Send { worker, message: ToWorker::Assign(assignment) } => given.push((worker, assignment)),
+                Action::Send { .. } => {}
+            }
+        }
+        for (worker, assignment) in given {
+            if matches!(assignment.task, Task::Command { .. }) && !failed_once {
+                failed_once = true;
+                let failed = Outcome::Failed { reason: "exit 3: disk full".into() };
+                core.handle_finished(now, worker, assignment.id, failed, &Evidence::default());
+                continue;
+            }
+            // Worker 1 never answers for the last MD chunk, so the others' results stay pending.
+            if matches!(assignment.task, Task::Md { .. }) && assignment.chunk.index == 2 && worker == workers[0] {
+                continue;
+            }
+            let result = output(worker, assignment.chunk, &assignment.task);
+            let evidence = uploaded(&result);
+            core.handle_finished(now, worker, assignment.id, Outcome::Completed(result), &evidence);
+        }
+    }
+    let later = ids.iter().find(|(name, _)| name == "later").unwrap().1;
+    core.handle_cancel(50, later);
+    while let Some(action) = core.poll_action() {
+        if let Action::Persist(record) = action {
+            records.push(record);
+        }
+    }
+    records
+}
+
+#[test]
+fn the_scenario_covers_every_record() {
+    let records = scenario();
+    let has = |f: fn(&Record) -> bool| records.iter().any(f);
+    assert!(has(|r| matches!(r, Record::WorkflowSubmitted { .. })));
+    assert!(has(|r| matches!(r, Record::ResultReported { .. })));
+    assert!(has(|r| matches!(r, Record::AttemptFailed { .. })));
+    assert!(has(|r| matches!(r, Record::ChunkVerified { disagreeing, .. } if !disagreeing.is_empty())));
+    assert!(has(|r| matches!(r, Record::JobFinished { .. })));
+    assert!(has(|r| matches!(r, Record::WorkerDisagreed { .. })));
+}
+
+#[test]
+fn a_database_of_the_previous_format_restores_the_same_state() {
+    if let Ok(path) = std::env::var("UPGLOBE_WRITE_STORE_FIXTURE") {
+        let mut store = Store::open(std::path::Path::new(&path)).unwrap();
+        store.next_epoch().unwrap();
+        store.apply(&scenario()).unwrap();
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.db");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/store-v1.db"), &old).unwrap();
+    let mut migrated = Store::open(&old).unwrap();
+    let mut fresh = Store::open(&dir.path().join("new.db")).unwrap();
+    fresh.next_epoch().unwrap();
+    fresh.apply(&scenario()).unwrap();
+    let epoch = migrated.next_epoch().unwrap();
+    assert_eq!(epoch, 2, "the fixture was written by one start");
+    assert_eq!(migrated.load(epoch).unwrap(), fresh.load(epoch).unwrap());
+    for job in 1..=3 {
+        let job = upglobe_protocol::JobId(job);
+        assert_eq!(migrated.verified_chunks(job).unwrap(), fresh.verified_chunks(job).unwrap());
+    }
+    // A second open finds the migrated format and changes nothing.
+    drop(migrated);
+    let again = Store::open(&old).unwrap();
+    assert_eq!(again.load(epoch).unwrap(), fresh.load(epoch).unwrap());
+}
+
+#[test]
+fn a_database_of_a_newer_format_is_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("future.db");
+    drop(Store::open(&path).unwrap());
+    rusqlite::Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+    let error = Store::open(&path).err().expect("a newer format was opened").to_string();
+    assert!(error.contains("format version 99"), "{error}");
+}
