@@ -130,6 +130,99 @@ impl BlobStore {
     }
 }
 
+/// What one garbage collection removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Collected {
+    pub blobs: u64,
+    pub bytes: u64,
+    /// Temporary files of transfers that never finished.
+    pub temporary: u64,
+}
+
+impl BlobStore {
+    /// Marks a blob as just used: garbage collection spares blobs modified within its grace period,
+    /// so a blob that an upload found already stored survives until the result naming it is recorded.
+    pub fn touch(&self, hash: &BlobHash) -> Result<()> {
+        let path = self.path(hash);
+        let file = File::options().write(true).open(&path).map_err(io(format!("cannot open {}", path.display())))?;
+        file.set_modified(std::time::SystemTime::now()).map_err(io(format!("cannot touch {}", path.display())))
+    }
+
+    /// Every blob in the store with its size and when it was last stored or touched.
+    pub fn list(&self) -> Result<Vec<(BlobHash, u64, std::time::SystemTime)>> {
+        let mut found = Vec::new();
+        let entries = std::fs::read_dir(&self.root).map_err(io(format!("cannot list {}", self.root.display())))?;
+        for entry in entries {
+            let entry = entry.map_err(io(format!("cannot list {}", self.root.display())))?;
+            let prefix = entry.file_name().to_string_lossy().into_owned();
+            if prefix.len() != 2 || !entry.path().is_dir() {
+                continue;
+            }
+            let dir = entry.path();
+            for blob in std::fs::read_dir(&dir).map_err(io(format!("cannot list {}", dir.display())))? {
+                let blob = blob.map_err(io(format!("cannot list {}", dir.display())))?;
+                let Some(hash) = BlobHash::from_hex(&format!("{prefix}{}", blob.file_name().to_string_lossy())) else {
+                    continue;
+                };
+                let meta = blob.metadata().map_err(io(format!("cannot stat {}", blob.path().display())))?;
+                let modified = meta.modified().map_err(io(format!("cannot stat {}", blob.path().display())))?;
+                found.push((hash, meta.len(), modified));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Removes every blob that `keep` does not name and that has not been stored or touched since
+    /// `spare_after`, and temporary files older than that (transfers that died).
+    pub fn collect_garbage(
+        &self,
+        keep: impl Fn(&BlobHash) -> bool,
+        spare_after: std::time::SystemTime,
+    ) -> Result<Collected> {
+        let mut collected = Collected::default();
+        for (hash, size, modified) in self.list()? {
+            if modified < spare_after && !keep(&hash) {
+                self.remove(&hash)?;
+                collected.blobs += 1;
+                collected.bytes += size;
+            }
+        }
+        let temporary = self.root.join("tmp");
+        for entry in std::fs::read_dir(&temporary).map_err(io(format!("cannot list {}", temporary.display())))? {
+            let entry = entry.map_err(io(format!("cannot list {}", temporary.display())))?;
+            let stale = entry.metadata().and_then(|m| m.modified()).is_ok_and(|m| m < spare_after);
+            if stale && std::fs::remove_file(entry.path()).is_ok() {
+                collected.temporary += 1;
+            }
+        }
+        Ok(collected)
+    }
+}
+
+impl BlobStore {
+    /// Keeps a cache within `bytes_max`: removes the least recently stored or touched blobs that
+    /// `pinned` does not name (what running tasks use) until the rest fit. Pinned blobs stay even
+    /// if they alone exceed the limit.
+    pub fn evict_to(&self, bytes_max: u64, pinned: impl Fn(&BlobHash) -> bool) -> Result<Collected> {
+        let mut blobs = self.list()?;
+        let mut total: u64 = blobs.iter().map(|(_, size, _)| size).sum();
+        blobs.sort_by_key(|(hash, _, modified)| (*modified, *hash));
+        let mut collected = Collected::default();
+        for (hash, size, _) in blobs {
+            if total <= bytes_max {
+                break;
+            }
+            if !pinned(&hash) {
+                self.remove(&hash)?;
+                total -= size;
+                collected.blobs += 1;
+                collected.bytes += size;
+            }
+        }
+        Ok(collected)
+    }
+}
+
 fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -215,6 +308,47 @@ mod tests {
         std::fs::write(store.path(&hash), b"hellO").unwrap();
         assert!(matches!(store.get(&hash), Err(DatasetError::Corrupt { .. })));
         assert!(matches!(store.get(&BlobHash([0; 32])), Err(DatasetError::Missing(_))));
+    }
+
+    #[test]
+    fn garbage_collection_keeps_what_is_named_or_recent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let (kept, orphan, recent) =
+            (store.put(b"kept").unwrap(), store.put(b"orphan").unwrap(), store.put(b"new").unwrap());
+        let stale_writer = store.writer(BlobHash::of(b"never"), 5).unwrap();
+        std::mem::forget(stale_writer);
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
+        store.touch(&recent).unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for hash in [kept, orphan] {
+            File::options().write(true).open(store.path(&hash)).unwrap().set_modified(old).unwrap();
+        }
+        let collected = store.collect_garbage(|h| *h == kept, later - std::time::Duration::from_secs(60)).unwrap();
+        assert_eq!((collected.blobs, collected.bytes), (1, 6));
+        assert!(store.contains(&kept) && store.contains(&recent) && !store.contains(&orphan));
+        assert_eq!(collected.temporary, 0, "a transfer in progress is spared");
+        let collected = store.collect_garbage(|_| true, later).unwrap();
+        assert_eq!((collected.blobs, collected.temporary), (0, 1));
+        assert_eq!(store.list().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn eviction_removes_the_least_recently_used_and_never_what_is_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let now = std::time::SystemTime::now();
+        let hashes: Vec<BlobHash> = (0..4u8).map(|k| store.put(&[k; 100]).unwrap()).collect();
+        for (age, hash) in hashes.iter().enumerate() {
+            let when = now - std::time::Duration::from_secs(100 - age as u64);
+            File::options().write(true).open(store.path(hash)).unwrap().set_modified(when).unwrap();
+        }
+        // The oldest is pinned (a running task's input); the next oldest goes first.
+        let collected = store.evict_to(250, |h| *h == hashes[0]).unwrap();
+        assert_eq!((collected.blobs, collected.bytes), (2, 200));
+        assert!(store.contains(&hashes[0]) && !store.contains(&hashes[1]) && !store.contains(&hashes[2]));
+        assert!(store.contains(&hashes[3]));
+        assert_eq!(store.evict_to(0, |_| true).unwrap().blobs, 0, "pinned blobs stay over the limit");
     }
 
     #[test]

@@ -34,10 +34,11 @@ pub async fn upload(connection: &quinn::Connection, store: &BlobStore, hash: Blo
     }
 }
 
-/// Fetches a blob from the peer into the local store (a no-op if it is already there).
+/// Fetches a blob from the peer into the local store. One already there is only touched, so a cache
+/// evicts it last.
 pub async fn download(connection: &quinn::Connection, store: &BlobStore, hash: BlobHash) -> Result<()> {
     if store.contains(&hash) {
-        return Ok(());
+        return store.touch(&hash);
     }
     let (mut send, mut recv) = connection.open_bi().await.map_err(|e| failed(&hash, e.to_string()))?;
     frame::write(&mut send, &StreamRequest::GetBlob { hash }).await.map_err(|e| failed(&hash, e.to_string()))?;
@@ -95,6 +96,13 @@ pub async fn serve_get(send: &mut quinn::SendStream, store: &BlobStore, hash: Bl
     Ok(())
 }
 
+/// Refuses a [`StreamRequest::PutBlob`] without reading it (a quota, say), with the reason.
+pub async fn refuse_put(send: &mut quinn::SendStream, hash: BlobHash, reason: String) -> Result<()> {
+    frame::write(send, &BlobReply::Rejected { reason }).await.map_err(|e| failed(&hash, e.to_string()))?;
+    let _ = send.finish();
+    Ok(())
+}
+
 /// Answers a [`StreamRequest::PutBlob`]: receives, verifies, stores, and says so.
 pub async fn serve_put(
     send: &mut quinn::SendStream,
@@ -106,10 +114,14 @@ pub async fn serve_put(
     let reply = if size > BLOB_BYTES_MAX {
         BlobReply::Rejected { reason: format!("{size} bytes exceeds the limit of {BLOB_BYTES_MAX}") }
     } else if store.contains(&hash) {
-        // Drain what is sent; the copy we hold is already verified.
+        // Drain what is sent; the copy we hold is already verified. Touching it tells garbage
+        // collection that it is wanted again.
         let mut sink = tokio::io::sink();
         let _ = tokio::io::copy(&mut recv.take(size), &mut sink).await;
-        BlobReply::Stored
+        match store.touch(&hash) {
+            Ok(()) => BlobReply::Stored,
+            Err(e) => BlobReply::Rejected { reason: e.to_string() },
+        }
     } else {
         match receive(recv, store, hash, size).await {
             Ok(()) => BlobReply::Stored,

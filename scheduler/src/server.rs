@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use upglobe_datasets::{BlobStore, transfer};
-use upglobe_protocol::messages::limits::{GREETING_BYTES_MAX, UNAUTHENTICATED_CONNECTIONS_MAX};
+use upglobe_protocol::messages::limits::{
+    GREETING_BYTES_MAX, UNAUTHENTICATED_CONNECTIONS_MAX, UNCLAIMED_UPLOAD_BYTES_MAX, WORKFLOW_INPUT_BYTES_MAX,
+};
 use upglobe_protocol::messages::{
     ClientRequest, ClientResponse, ClientWelcome, FromWorker, Greeting, Hello, JobResults, Outcome, StreamRequest,
     ToWorker, Welcome,
@@ -36,6 +38,12 @@ const BATCH_MAX: usize = 4_096;
 /// A new connection must finish its handshake and say who it is within this time.
 const GREETING_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Blobs that nothing needs are looked for this often ...
+const GARBAGE_INTERVAL: Duration = Duration::from_secs(600);
+/// ... and removed once they have not been stored or touched for this long (an upload whose result
+/// has not been recorded yet is younger).
+const GARBAGE_GRACE: Duration = Duration::from_secs(3600);
+
 pub const SOFTWARE: &str = concat!("upglobe ", env!("CARGO_PKG_VERSION"));
 
 #[derive(Debug, Clone)]
@@ -49,6 +57,13 @@ pub struct ServerConfig {
     pub heartbeat_interval: Duration,
     /// Record how long each chunk takes from its first assignment to its verification (benchmarks).
     pub measure_latency: bool,
+    /// Bytes a worker may have uploaded that no result of its own names yet.
+    pub worker_unclaimed_bytes_max: u64,
+    /// Bytes one client connection may upload.
+    pub client_upload_bytes_max: u64,
+    /// How often blobs that nothing needs are removed, and how old they must be.
+    pub garbage_interval: Duration,
+    pub garbage_grace: Duration,
 }
 
 /// Dispatch-to-verification latencies, in seconds, when [`ServerConfig::measure_latency`] is set.
@@ -64,6 +79,10 @@ impl ServerConfig {
             idle_timeout: net::IDLE_TIMEOUT_DEFAULT,
             heartbeat_interval: Duration::from_secs(2),
             measure_latency: false,
+            worker_unclaimed_bytes_max: UNCLAIMED_UPLOAD_BYTES_MAX,
+            client_upload_bytes_max: WORKFLOW_INPUT_BYTES_MAX,
+            garbage_interval: GARBAGE_INTERVAL,
+            garbage_grace: GARBAGE_GRACE,
         }
     }
 }
@@ -148,7 +167,11 @@ impl Scheduler {
 
         let (inputs, receiver) = mpsc::channel(INPUT_QUEUE_MAX);
         let (shutdown, watcher) = watch::channel(false);
+        let uploads = Arc::new(Uploads::default());
         let shared = Arc::new(Shared {
+            uploads: uploads.clone(),
+            worker_unclaimed_bytes_max: config.worker_unclaimed_bytes_max,
+            client_upload_bytes_max: config.client_upload_bytes_max,
             secrets,
             unauthenticated: Arc::new(tokio::sync::Semaphore::new(UNAUTHENTICATED_CONNECTIONS_MAX)),
             blobs: blobs.clone(),
@@ -160,7 +183,14 @@ impl Scheduler {
         let latencies = Latencies::default();
         let probe =
             config.measure_latency.then(|| LatencyProbe { assigned: HashMap::new(), latencies: latencies.clone() });
-        let owner = Owner { core, store, blobs, clock, sessions: HashMap::new(), probe };
+        tokio::spawn(collect_garbage(
+            dir.join("scheduler.db"),
+            blobs.clone(),
+            config.garbage_interval,
+            config.garbage_grace,
+            watcher.clone(),
+        ));
+        let owner = Owner { core, store, blobs, clock, sessions: HashMap::new(), probe, uploads };
         let owner = tokio::spawn(owner.run(receiver, watcher));
         tracing::info!(%address, epoch, "scheduler listening");
         Ok(Scheduler { worker_token, client_token, address, created, latencies, shutdown, owner })
@@ -236,6 +266,7 @@ struct Pending {
 }
 
 struct Owner {
+    uploads: Arc<Uploads>,
     core: Core,
     store: Store,
     blobs: BlobStore,
@@ -330,6 +361,9 @@ impl Owner {
                             Outcome::Completed(output) => self.evidence(output_blobs(output)),
                             Outcome::Failed { .. } => Evidence::default(),
                         };
+                        // Whatever the verdict, these uploads are accounted for: kept if the result
+                        // is, garbage otherwise.
+                        self.uploads.claim(worker, evidence.sizes().sum());
                         self.core.handle_finished(now, worker, assignment, outcome, &evidence);
                     }
                 }
@@ -457,6 +491,69 @@ fn log_records(records: &[Record]) {
     }
 }
 
+/// Bytes each worker has uploaded that no result of its own has named yet: bounded, so a worker
+/// cannot fill the scheduler's disk with blobs nothing will ever use (garbage collection removes
+/// those; the bound keeps the pile small until it does).
+#[derive(Default)]
+struct Uploads {
+    unclaimed: std::sync::Mutex<HashMap<WorkerId, u64>>,
+}
+
+impl Uploads {
+    fn reserve(&self, worker: WorkerId, bytes: u64, limit: u64) -> std::result::Result<(), String> {
+        let mut unclaimed = self.unclaimed.lock().expect("upload accounts");
+        let held = unclaimed.entry(worker).or_default();
+        if held.saturating_add(bytes) > limit {
+            return Err(format!(
+                "this worker has {held} bytes of uploads that no result names; {bytes} more would pass the limit of {limit}"
+            ));
+        }
+        *held += bytes;
+        Ok(())
+    }
+
+    fn claim(&self, worker: WorkerId, bytes: u64) {
+        let mut unclaimed = self.unclaimed.lock().expect("upload accounts");
+        if let Some(held) = unclaimed.get_mut(&worker) {
+            *held = held.saturating_sub(bytes);
+        }
+    }
+}
+
+/// Removes, every `interval`, the blobs that no job spec and no pending or verified result names
+/// and that have not been stored or touched for `grace`. It reads the database through its own
+/// read-only connection, off the owner task.
+async fn collect_garbage(
+    database: PathBuf,
+    blobs: BlobStore,
+    interval: Duration,
+    grace: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+        let (database, blobs) = (database.clone(), blobs.clone());
+        let collected = tokio::task::spawn_blocking(move || {
+            // Anything younger than this may be an upload whose result is still on its way.
+            let spare_after = std::time::SystemTime::now() - grace;
+            let referenced = Store::open_read_only(&database)?.referenced_blobs()?;
+            Ok::<_, SchedulerError>(blobs.collect_garbage(|hash| referenced.contains(hash), spare_after)?)
+        })
+        .await;
+        match collected {
+            Ok(Ok(c)) if c.blobs + c.temporary > 0 => {
+                tracing::info!(blobs = c.blobs, bytes = c.bytes, temporary = c.temporary, "removed blobs nothing needs")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "garbage collection failed"),
+            Err(e) => tracing::warn!(error = %e, "garbage collection panicked"),
+        }
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
@@ -468,6 +565,9 @@ async fn sleep_until(deadline: Option<Instant>) {
 // Connections
 
 struct Shared {
+    uploads: Arc<Uploads>,
+    worker_unclaimed_bytes_max: u64,
+    client_upload_bytes_max: u64,
     secrets: Secrets,
     /// Permits for connections that have not yet proven their secret.
     unauthenticated: Arc<tokio::sync::Semaphore>,
@@ -594,7 +694,7 @@ async fn serve_worker(
         Welcome { peer: worker, software: SOFTWARE.into(), heartbeat_interval_ms: shared.heartbeat_interval_ms };
     frame::write(&mut send, &ToWorker::Welcome(welcome)).await?;
     tokio::spawn(frame::pump(send, messages));
-    tokio::spawn(serve_streams(connection.clone(), shared.clone(), false));
+    tokio::spawn(serve_streams(connection.clone(), shared.clone(), Peer::Worker(worker)));
     let reason = loop {
         match frame::read::<FromWorker, _>(&mut recv).await {
             Ok(Some(message)) => {
@@ -629,20 +729,72 @@ async fn serve_client(
     drop(permit);
     frame::write(&mut send, &ClientWelcome::Welcome { software: SOFTWARE.into() }).await?;
     let _ = send.finish();
-    serve_streams(connection.clone(), shared.clone(), true).await;
+    serve_streams(connection.clone(), shared.clone(), Peer::Client(Arc::new(AtomicU64::new(0)))).await;
     Ok(())
 }
 
 /// Streams after the first: blob transfers for everyone, requests for clients.
-async fn serve_streams(connection: quinn::Connection, shared: Arc<Shared>, client: bool) {
+/// Who is on the other end of a connection's further streams.
+#[derive(Clone)]
+enum Peer {
+    Worker(WorkerId),
+    /// A client, with the bytes its connection has uploaded.
+    Client(Arc<AtomicU64>),
+}
+
+/// Receives an upload within the peer's allowance: a worker's unclaimed uploads, a client
+/// connection's total. A blob already held costs nothing.
+async fn receive_upload(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    shared: &Shared,
+    peer: &Peer,
+    hash: upglobe_protocol::BlobHash,
+    size: u64,
+) -> std::result::Result<(), upglobe_datasets::DatasetError> {
+    if shared.blobs.contains(&hash) {
+        return transfer::serve_put(send, recv, &shared.blobs, hash, size).await;
+    }
+    let allowed = match peer {
+        Peer::Worker(worker) => shared.uploads.reserve(*worker, size, shared.worker_unclaimed_bytes_max),
+        Peer::Client(uploaded) => {
+            let total = uploaded.fetch_add(size, Ordering::Relaxed).saturating_add(size);
+            if total > shared.client_upload_bytes_max {
+                uploaded.fetch_sub(size, Ordering::Relaxed);
+                Err(format!(
+                    "this connection's uploads would pass the limit of {} bytes",
+                    shared.client_upload_bytes_max
+                ))
+            } else {
+                Ok(())
+            }
+        }
+    };
+    if let Err(reason) = allowed {
+        return transfer::refuse_put(send, hash, reason).await;
+    }
+    let result = transfer::serve_put(send, recv, &shared.blobs, hash, size).await;
+    // A transfer that stored nothing (broken, or not the promised bytes) costs nothing.
+    if !shared.blobs.contains(&hash) {
+        match peer {
+            Peer::Worker(worker) => shared.uploads.claim(*worker, size),
+            Peer::Client(uploaded) => _ = uploaded.fetch_sub(size, Ordering::Relaxed),
+        }
+    }
+    result
+}
+
+async fn serve_streams(connection: quinn::Connection, shared: Arc<Shared>, peer: Peer) {
+    let client = matches!(peer, Peer::Client(_));
     while let Ok((mut send, mut recv)) = connection.accept_bi().await {
         let shared = shared.clone();
+        let peer = peer.clone();
         tokio::spawn(async move {
             let result = async {
                 match frame::expect::<StreamRequest, _>(&mut recv).await? {
                     StreamRequest::GetBlob { hash } => transfer::serve_get(&mut send, &shared.blobs, hash).await?,
                     StreamRequest::PutBlob { hash, size } => {
-                        transfer::serve_put(&mut send, &mut recv, &shared.blobs, hash, size).await?
+                        receive_upload(&mut send, &mut recv, &shared, &peer, hash, size).await?
                     }
                     StreamRequest::Client(request) => {
                         let response = if client {

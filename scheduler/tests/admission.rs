@@ -217,3 +217,66 @@ async fn a_hello_beyond_the_limits_is_refused_with_a_reason() {
     }
     scheduler.shutdown().await.unwrap();
 }
+
+/// A connection that has proven its client secret.
+async fn client_connection(scheduler: &Scheduler) -> quinn::Connection {
+    use upglobe_protocol::messages::{ClientHello, ClientWelcome};
+    let identity = PeerIdentity::generate("client").unwrap();
+    let connection = net::connect(&scheduler.client_token, &identity, Duration::from_secs(5)).await.unwrap();
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    let hello = ClientHello {
+        protocol: upglobe_protocol::PROTOCOL_VERSION,
+        secret: scheduler.client_token.secret.clone(),
+        software: "test".into(),
+    };
+    frame::write(&mut send, &Greeting::Client(hello)).await.unwrap();
+    assert!(matches!(frame::expect::<ClientWelcome, _>(&mut recv).await.unwrap(), ClientWelcome::Welcome { .. }));
+    connection
+}
+
+#[tokio::test]
+async fn blobs_that_nothing_needs_are_collected_and_the_rest_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap());
+    config.garbage_interval = Duration::from_millis(100);
+    config.garbage_grace = Duration::from_secs(1);
+    let scheduler = Scheduler::start(config).await.unwrap();
+    let connection = client_connection(&scheduler).await;
+    let local = tempfile::tempdir().unwrap();
+    let store = upglobe_datasets::BlobStore::open(local.path()).unwrap();
+    let orphan = store.put(b"uploaded, never submitted").unwrap();
+    upglobe_datasets::transfer::upload(&connection, &store, orphan).await.unwrap();
+    submit_md(&scheduler, b"the initial state of a submitted job").await;
+    let held = upglobe_datasets::BlobStore::open(dir.path().join("blobs")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while held.contains(&orphan) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!held.contains(&orphan), "an upload nothing names was kept");
+    let initial = upglobe_protocol::BlobHash::of(b"the initial state of a submitted job");
+    assert!(held.contains(&initial), "a submitted job's input was removed");
+    scheduler.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_worker_cannot_pile_up_uploads_that_no_result_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap());
+    config.worker_unclaimed_bytes_max = 100;
+    let scheduler = Scheduler::start(config).await.unwrap();
+    let identity = PeerIdentity::generate("hoarder").unwrap();
+    let connection = net::connect(&scheduler.worker_token, &identity, Duration::from_secs(5)).await.unwrap();
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    frame::write(&mut send, &Greeting::Worker(worker_hello(&scheduler, "hoarder"))).await.unwrap();
+    assert!(matches!(frame::expect::<ToWorker, _>(&mut recv).await.unwrap(), ToWorker::Welcome(_)));
+    let local = tempfile::tempdir().unwrap();
+    let store = upglobe_datasets::BlobStore::open(local.path()).unwrap();
+    let first = store.put(&[1u8; 60]).unwrap();
+    let second = store.put(&[2u8; 60]).unwrap();
+    upglobe_datasets::transfer::upload(&connection, &store, first).await.unwrap();
+    let refused = upglobe_datasets::transfer::upload(&connection, &store, second).await.unwrap_err().to_string();
+    assert!(refused.contains("no result names"), "{refused}");
+    // A blob the scheduler already holds costs nothing.
+    upglobe_datasets::transfer::upload(&connection, &store, first).await.unwrap();
+    scheduler.shutdown().await.unwrap();
+}

@@ -16,9 +16,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use upglobe_datasets::{BlobStore, transfer};
 use upglobe_kernels::Device;
-use upglobe_protocol::messages::{Assignment, FromWorker, Greeting, Hello, Outcome, Progress, Resources, ToWorker};
+use upglobe_protocol::messages::{
+    Assignment, FromWorker, Greeting, Hello, Outcome, Progress, Resources, Task, ToWorker,
+};
 use upglobe_protocol::tls::PeerIdentity;
-use upglobe_protocol::{AssignmentId, PROTOCOL_VERSION, Token, frame, net};
+use upglobe_protocol::{AssignmentId, BlobHash, PROTOCOL_VERSION, Token, frame, net};
 
 pub const SOFTWARE: &str = concat!("upglobe ", env!("CARGO_PKG_VERSION"));
 
@@ -49,7 +51,13 @@ pub struct WorkerConfig {
     pub idle_timeout: Duration,
     /// Longest wait between reconnection attempts.
     pub backoff_max: Duration,
+    /// The blob cache (inputs, checkpoints, outputs) is kept within this size, least recently used
+    /// first out; what running tasks use is never evicted.
+    pub cache_bytes_max: u64,
 }
+
+/// A cache large enough for a few large MD systems' checkpoints and their inputs.
+pub const CACHE_BYTES_DEFAULT: u64 = 20 << 30;
 
 impl WorkerConfig {
     pub fn new(data_dir: PathBuf, token: Token) -> WorkerConfig {
@@ -62,6 +70,7 @@ impl WorkerConfig {
             device: Device::Cpu { threads: 0 },
             idle_timeout: net::IDLE_TIMEOUT_DEFAULT,
             backoff_max: Duration::from_secs(10),
+            cache_bytes_max: CACHE_BYTES_DEFAULT,
         }
     }
 }
@@ -111,6 +120,8 @@ pub async fn run(
 struct Running {
     cancel: Arc<AtomicBool>,
     steps_done: Arc<AtomicU64>,
+    /// Blobs the task reads: pinned in the cache while it runs.
+    inputs: Vec<BlobHash>,
 }
 
 type RunningMap = Arc<Mutex<HashMap<AssignmentId, Running>>>;
@@ -224,10 +235,15 @@ fn start_task(
 ) {
     let cancel = Arc::new(AtomicBool::new(false));
     let steps_done = Arc::new(AtomicU64::new(0));
+    let inputs = match &assignment.task {
+        Task::Md { input, .. } => vec![*input],
+        Task::Command { inputs, .. } => inputs.iter().map(|f| f.blob).collect(),
+        Task::Empty { .. } => Vec::new(),
+    };
     running
         .lock()
         .expect("running map")
-        .insert(assignment.id, Running { cancel: cancel.clone(), steps_done: steps_done.clone() });
+        .insert(assignment.id, Running { cancel: cancel.clone(), steps_done: steps_done.clone(), inputs });
     let (config, blobs, connection, running, outbox) =
         (config.clone(), blobs.clone(), connection.clone(), running.clone(), outbox.clone());
     tokio::spawn(async move {
@@ -251,7 +267,22 @@ fn start_task(
         }
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let _ = outbox.send(FromWorker::Finished { assignment: id, outcome, elapsed_ms });
+        evict(&config, &blobs, &running);
     });
+}
+
+/// Keeps the blob cache within its size once a task's results are uploaded, sparing the inputs of
+/// tasks still running.
+fn evict(config: &WorkerConfig, blobs: &BlobStore, running: &RunningMap) {
+    let pinned: std::collections::HashSet<BlobHash> =
+        running.lock().expect("running map").values().flat_map(|r| r.inputs.iter().copied()).collect();
+    match blobs.evict_to(config.cache_bytes_max, |hash| pinned.contains(hash)) {
+        Ok(evicted) if evicted.blobs > 0 => {
+            tracing::info!(blobs = evicted.blobs, bytes = evicted.bytes, "evicted from the blob cache")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot evict from the blob cache"),
+    }
 }
 
 async fn upload_outputs(

@@ -37,10 +37,17 @@ pub struct Args {
     /// What runs MD chunks: cpu, wgpu, or wgpu:N for the N-th adapter.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Size of the blob cache in bytes (1 MiB to 1 PiB); least recently used blobs are evicted
+    /// first, never those of running tasks.
+    #[arg(long, value_name = "BYTES", default_value_t = upglobe_worker::CACHE_BYTES_DEFAULT, value_parser = flags::integer(CACHE_BYTES))]
+    cache_size: u64,
     /// Seconds of silence after which the connection is considered dead (1 to 86400).
     #[arg(long, value_name = "SECONDS", default_value = "15", value_parser = flags::seconds(IDLE_TIMEOUT_SECONDS))]
     idle_timeout: Duration,
 }
+
+/// Sizes the blob cache may be given.
+pub const CACHE_BYTES: RangeInclusive<u64> = 1 << 20..=1 << 50;
 
 /// Cores a worker may offer.
 pub const CPUS: RangeInclusive<u32> = 1..=65_536;
@@ -77,6 +84,7 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
     config.allow_commands = args.allow_commands;
     config.device = parse_device(&args.device)?;
     config.idle_timeout = args.idle_timeout;
+    config.cache_bytes_max = args.cache_size;
     tracing::info!(name = %config.name, cpus = config.resources.cpus, device = %describe_device(&config.device), "worker starting");
     upglobe_worker::run(config, None, stop_signal()).await?;
     Ok(0)
@@ -109,5 +117,7 @@ mod tests {
         assert!(error(&["--idle-timeout", "18446744073709551615"]).contains("must be between 1 and 86400 seconds"));
         assert!(error(&["--idle-timeout", "inf"]).contains("must be between 1 and 86400 seconds"));
         assert!(error(&["--cpus", "0"]).contains("'--cpus <CPUS>': must be between 1 and 65536"));
+        assert_eq!(args.cache_size, upglobe_worker::CACHE_BYTES_DEFAULT);
+        assert!(error(&["--cache-size", "10"]).contains("must be between 1048576 and"));
     }
 }

@@ -47,6 +47,11 @@ impl Evidence {
     pub fn fact(&self, hash: &BlobHash) -> Option<&BlobFact> {
         self.blobs.get(hash)
     }
+
+    /// The sizes of the blobs found, each once.
+    pub fn sizes(&self) -> impl Iterator<Item = u64> + '_ {
+        self.blobs.values().map(|f| f.size)
+    }
 }
 
 /// Every blob a submission names (the shell gathers [`Evidence`] for these).

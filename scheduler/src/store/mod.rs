@@ -79,6 +79,51 @@ impl Store {
         Ok(store)
     }
 
+    /// A second, read-only connection to a database the scheduler has open (WAL lets it read a
+    /// consistent snapshot while the scheduler writes): for garbage collection off the owner task.
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let connection = Connection::open_with_flags(path, flags)
+            .map_err(|e| SchedulerError::Store(format!("cannot open {}: {e}", path.display())))?;
+        let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if version != FORMAT_VERSION {
+            return Err(SchedulerError::Store(format!("{} has format version {version}", path.display())));
+        }
+        Ok(Store { connection })
+    }
+
+    /// Every blob that a job spec, a pending result or a verified result names: what garbage
+    /// collection must keep.
+    pub fn referenced_blobs(&self) -> Result<std::collections::HashSet<upglobe_protocol::BlobHash>> {
+        let mut referenced = std::collections::HashSet::new();
+        let transaction = self.connection.unchecked_transaction()?;
+        let mut statement = transaction.prepare("SELECT spec FROM jobs")?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            let spec: upglobe_protocol::messages::JobSpec =
+                decode::<StoredJobSpec>(&row.get::<_, Vec<u8>>(0)?, "job spec")?.into();
+            match &spec.kind {
+                upglobe_protocol::messages::JobKind::Md(md) => {
+                    referenced.insert(md.initial);
+                }
+                upglobe_protocol::messages::JobKind::Command(command) => {
+                    referenced.extend(command.inputs.iter().map(|f| f.blob));
+                }
+                upglobe_protocol::messages::JobKind::Empty { .. } => {}
+            }
+        }
+        for query in ["SELECT output FROM verified", "SELECT output FROM pending_results"] {
+            let mut statement = transaction.prepare(query)?;
+            let mut rows = statement.query([])?;
+            while let Some(row) = rows.next()? {
+                let output: upglobe_protocol::messages::Output =
+                    decode::<StoredOutput>(&row.get::<_, Vec<u8>>(0)?, "output")?.into();
+                referenced.extend(output.blobs());
+            }
+        }
+        Ok(referenced)
+    }
+
     /// An in-memory store (simulation tests).
     pub fn in_memory() -> Result<Store> {
         let mut store = Store { connection: Connection::open_in_memory()? };
