@@ -28,6 +28,9 @@ pub mod limits {
     /// Chunks of one workflow, all jobs together.
     pub const CHUNKS_PER_WORKFLOW_MAX: u64 = 10_000_000;
     pub const REASON_BYTES_MAX: usize = 4096;
+    /// Verified chunks in one page of results, and about how many bytes.
+    pub const RESULTS_PAGE_CHUNKS_MAX: u32 = 10_000;
+    pub const RESULTS_PAGE_BYTES_MAX: usize = 16 << 20;
     /// Names of workflows, jobs and workers.
     pub const NAME_BYTES_MAX: usize = 64;
     /// Free text a peer describes itself with: software versions, devices.
@@ -424,8 +427,10 @@ pub enum ClientRequest {
     Cancel {
         job: String,
     },
+    /// One page of a job's verified results, from chunk index `first_chunk` on.
     Results {
         job: String,
+        first_chunk: u32,
     },
     Workers,
 }
@@ -493,6 +498,7 @@ pub struct VerifiedChunk {
     pub disagreeing: Vec<WorkerId>,
 }
 
+/// A job's verified results, as a client assembles them from [`ResultsPage`]s.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobResults {
     pub status: JobStatus,
@@ -500,6 +506,33 @@ pub struct JobResults {
     pub workflow_hash: String,
     pub spec: JobSpec,
     pub chunks: Vec<VerifiedChunk>,
+}
+
+/// Verified results come in pages of at most [`limits::RESULTS_PAGE_CHUNKS_MAX`] chunks and about
+/// [`limits::RESULTS_PAGE_BYTES_MAX`] bytes, so a job of a million chunks never needs one message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultsPage {
+    pub status: JobStatus,
+    pub workflow_hash: String,
+    /// On the first page only: a large array's spec alone can be megabytes.
+    pub spec: Option<JobSpec>,
+    pub chunks: Vec<VerifiedChunk>,
+    /// Where the next page starts, if there is one.
+    pub next_chunk: Option<u32>,
+}
+
+impl VerifiedChunk {
+    /// An upper bound of its encoded size, for cutting pages.
+    pub fn encoded_bytes_max(&self) -> usize {
+        let files = match &self.output {
+            Output::Md { thermo, .. } => thermo.len() * 50,
+            Output::Command { files, stdout, stderr, .. } => {
+                files.iter().chain([stdout, stderr]).map(|f| f.name.len() + 50).sum()
+            }
+            Output::Empty { .. } => 0,
+        };
+        256 + files + (self.agreeing.len() + self.disagreeing.len()) * 33
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -520,7 +553,7 @@ pub enum ClientResponse {
     Submitted { workflow: WorkflowId, jobs: Vec<(String, JobId)> },
     Status { jobs: Vec<JobStatus> },
     Cancelled { job: JobId },
-    Results(Box<JobResults>),
+    Results(Box<ResultsPage>),
     Workers(Vec<WorkerStatus>),
     Error { message: String },
 }

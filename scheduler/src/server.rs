@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use upglobe_datasets::{BlobStore, transfer};
 use upglobe_protocol::messages::limits::{
-    GREETING_BYTES_MAX, UNAUTHENTICATED_CONNECTIONS_MAX, UNCLAIMED_UPLOAD_BYTES_MAX, WORKFLOW_INPUT_BYTES_MAX,
+    GREETING_BYTES_MAX, RESULTS_PAGE_BYTES_MAX, RESULTS_PAGE_CHUNKS_MAX, UNAUTHENTICATED_CONNECTIONS_MAX,
+    UNCLAIMED_UPLOAD_BYTES_MAX, WORKFLOW_INPUT_BYTES_MAX,
 };
 use upglobe_protocol::messages::{
-    ClientRequest, ClientResponse, ClientWelcome, FromWorker, Greeting, Hello, JobResults, Outcome, StreamRequest,
+    ClientRequest, ClientResponse, ClientWelcome, FromWorker, Greeting, Hello, Outcome, ResultsPage, StreamRequest,
     ToWorker, Welcome,
 };
 use upglobe_protocol::tls::{SchedulerIdentity, peer_id, random_secret};
@@ -414,8 +415,8 @@ impl Owner {
                 Some(id) => error(format!("job {id} has already finished")),
                 None => error(format!("no job '{job}' (give a job id or WORKFLOW.JOB)")),
             },
-            ClientRequest::Results { job } => match self.core.find_job(&job) {
-                Some(id) => match self.results(now, id) {
+            ClientRequest::Results { job, first_chunk } => match self.core.find_job(&job) {
+                Some(id) => match self.results(now, id, first_chunk) {
                     Ok(results) => ClientResponse::Results(Box::new(results)),
                     Err(e) => error(e.to_string()),
                 },
@@ -425,12 +426,28 @@ impl Owner {
         }
     }
 
-    fn results(&self, now: u64, id: upglobe_protocol::JobId) -> Result<JobResults> {
+    /// One page of a job's verified results, cut at a chunk count and a size.
+    fn results(&self, now: u64, id: upglobe_protocol::JobId, first_chunk: u32) -> Result<ResultsPage> {
         let status = self.core.job_status(now, id).expect("found job");
-        Ok(JobResults {
+        // One row more than a page holds tells whether another page follows.
+        let mut chunks = self.store.verified_chunks(id, first_chunk, RESULTS_PAGE_CHUNKS_MAX + 1)?;
+        let mut bytes = 0;
+        let fits = chunks
+            .iter()
+            .take(RESULTS_PAGE_CHUNKS_MAX as usize)
+            .take_while(|chunk| {
+                bytes += chunk.encoded_bytes_max();
+                bytes <= RESULTS_PAGE_BYTES_MAX
+            })
+            .count()
+            .max(1);
+        let next_chunk = chunks.get(fits).map(|chunk| chunk.index);
+        chunks.truncate(fits);
+        Ok(ResultsPage {
             workflow_hash: self.store.workflow_hash(status.workflow)?,
-            spec: self.core.job_spec(id).expect("found job").clone(),
-            chunks: self.store.verified_chunks(id)?,
+            spec: (first_chunk == 0).then(|| self.core.job_spec(id).expect("found job").clone()),
+            chunks,
+            next_chunk,
             status,
         })
     }

@@ -280,3 +280,80 @@ async fn a_worker_cannot_pile_up_uploads_that_no_result_names() {
     upglobe_datasets::transfer::upload(&connection, &store, first).await.unwrap();
     scheduler.shutdown().await.unwrap();
 }
+
+/// Results come in pages: a job of more chunks than a page holds is read in several requests, the
+/// spec only on the first.
+#[tokio::test]
+async fn results_of_a_large_job_come_in_pages() {
+    use upglobe_protocol::messages::limits::RESULTS_PAGE_CHUNKS_MAX;
+    use upglobe_protocol::messages::{
+        ClientRequest, ClientResponse, FromWorker, JobKind, JobSpec, Outcome, Output, StreamRequest, Submission, Task,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler =
+        Scheduler::start(ServerConfig::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap())).await.unwrap();
+    let client = client_connection(&scheduler).await;
+    let request = |request: ClientRequest| {
+        let client = client.clone();
+        async move {
+            let (mut send, mut recv) = client.open_bi().await.unwrap();
+            frame::write(&mut send, &StreamRequest::Client(request)).await.unwrap();
+            send.finish().unwrap();
+            frame::expect::<ClientResponse, _>(&mut recv).await.unwrap()
+        }
+    };
+    let chunks = RESULTS_PAGE_CHUNKS_MAX + 10;
+    let job = JobSpec {
+        name: "many".into(),
+        after: vec![],
+        replicas: 1,
+        resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
+        kind: JobKind::Empty { chunks },
+    };
+    let submission = Submission { name: "w".into(), source: String::new(), jobs: vec![job] };
+    assert!(matches!(request(ClientRequest::Submit(submission)).await, ClientResponse::Submitted { .. }));
+
+    let identity = PeerIdentity::generate("fast").unwrap();
+    let worker = net::connect(&scheduler.worker_token, &identity, Duration::from_secs(5)).await.unwrap();
+    let (mut send, mut recv) = worker.open_bi().await.unwrap();
+    let mut hello = worker_hello(&scheduler, "fast");
+    hello.resources.cpus = 256;
+    frame::write(&mut send, &Greeting::Worker(hello)).await.unwrap();
+    let mut answered = 0;
+    while answered < chunks {
+        if let ToWorker::Assign(assignment) = frame::expect::<ToWorker, _>(&mut recv).await.unwrap() {
+            let Task::Empty { value } = assignment.task else { panic!("an empty task") };
+            let outcome = Outcome::Completed(Output::Empty { value });
+            let finished = FromWorker::Finished { assignment: assignment.id, outcome, elapsed_ms: 0 };
+            frame::write(&mut send, &finished).await.unwrap();
+            answered += 1;
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut pages = Vec::new();
+    loop {
+        let first_chunk =
+            pages.last().and_then(|p: &upglobe_protocol::messages::ResultsPage| p.next_chunk).unwrap_or(0);
+        let page = match request(ClientRequest::Results { job: "w.many".into(), first_chunk }).await {
+            ClientResponse::Results(page) => *page,
+            other => panic!("{other:?}"),
+        };
+        if pages.is_empty() && page.status.chunks_verified < chunks as u64 {
+            assert!(std::time::Instant::now() < deadline, "the chunks were not all verified");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let last = page.next_chunk.is_none();
+        pages.push(page);
+        if last {
+            break;
+        }
+    }
+    assert_eq!(pages.len(), 2);
+    assert!(pages[0].spec.is_some() && pages[1].spec.is_none());
+    assert_eq!(pages[0].chunks.len() as u32, RESULTS_PAGE_CHUNKS_MAX);
+    assert_eq!(pages[0].next_chunk, Some(RESULTS_PAGE_CHUNKS_MAX));
+    let indexes: Vec<u32> = pages.iter().flat_map(|p| p.chunks.iter().map(|c| c.index)).collect();
+    assert_eq!(indexes, (0..chunks).collect::<Vec<_>>());
+    scheduler.shutdown().await.unwrap();
+}

@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::json;
 use upglobe_datasets::h5md::{ChunkProvenance, Frame, Observable, Trajectory, write};
 use upglobe_kernels::{Checkpoint, State};
-use upglobe_protocol::messages::{ClientRequest, ClientResponse, JobKind, JobResults, JobState, Output};
+use upglobe_protocol::messages::{ClientRequest, ClientResponse, JobKind, JobResults, JobState, Output, ResultsPage};
 
 use super::Context;
 use super::status::connect;
@@ -69,10 +69,28 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
     Ok(0)
 }
 
+/// A job's verified results, page by page (a million chunks never travel in one message).
 pub async fn fetch(client: &Client, job: &str) -> Result<JobResults> {
-    match client.request(ClientRequest::Results { job: job.to_string() }).await? {
-        ClientResponse::Results(results) => Ok(*results),
-        other => bail!("unexpected answer {other:?}"),
+    let mut first_chunk = 0;
+    let mut assembled: Option<JobResults> = None;
+    loop {
+        let page = match client.request(ClientRequest::Results { job: job.to_string(), first_chunk }).await? {
+            ClientResponse::Results(page) => *page,
+            other => bail!("unexpected answer {other:?}"),
+        };
+        let ResultsPage { status, workflow_hash, spec, chunks, next_chunk } = page;
+        match &mut assembled {
+            None => {
+                let spec = spec.context("the first page of results has no job spec")?;
+                assembled = Some(JobResults { status, workflow_hash, spec, chunks });
+            }
+            Some(results) => results.chunks.extend(chunks),
+        }
+        match next_chunk {
+            Some(next) if next > first_chunk => first_chunk = next,
+            Some(next) => bail!("the scheduler's next page starts at chunk {next}, not after {first_chunk}"),
+            None => return Ok(assembled.expect("a first page")),
+        }
     }
 }
 

@@ -261,12 +261,13 @@ impl Store {
         Ok(snapshot)
     }
 
-    /// Verified chunks of a job, in order.
-    pub fn verified_chunks(&self, job: JobId) -> Result<Vec<VerifiedChunk>> {
-        let mut statement = self.connection.prepare(
-            "SELECT chunk, digest, output, agreeing, disagreeing FROM verified WHERE job = ?1 ORDER BY chunk",
+    /// Verified chunks of a job in order, from chunk index `first` on, at most `limit` of them.
+    pub fn verified_chunks(&self, job: JobId, first: u32, limit: u32) -> Result<Vec<VerifiedChunk>> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT chunk, digest, output, agreeing, disagreeing FROM verified
+             WHERE job = ?1 AND chunk >= ?2 ORDER BY chunk LIMIT ?3",
         )?;
-        let rows = statement.query_map([job.0], |row| {
+        let rows = statement.query_map(params![job.0, first, limit], |row| {
             Ok((
                 row.get::<_, u32>(0)?,
                 row.get::<_, Vec<u8>>(1)?,
