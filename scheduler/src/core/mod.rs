@@ -759,13 +759,15 @@ impl Core {
 
     pub fn job_status(&self, now: u64, id: JobId) -> Option<JobStatus> {
         let job = self.jobs.get(&id)?;
-        let open = self.chunks.range(ChunkId { job: id, index: 0 }..=ChunkId { job: id, index: u32::MAX });
-        let mut running = 0;
-        let mut steps_in_flight = 0;
-        for (_, chunk) in open {
-            running += (!chunk.running.is_empty()) as u64;
-            steps_in_flight += chunk.running.keys().map(|a| self.leases[a].steps_done).max().unwrap_or(0);
+        // From the leases (bounded by the workers' slots), not the open chunks (up to the job's
+        // size): a status poll must not cost more as the job grows.
+        let mut in_flight: BTreeMap<u32, u64> = BTreeMap::new();
+        for lease in self.leases.values().filter(|l| l.chunk.job == id) {
+            let steps = in_flight.entry(lease.chunk.index).or_default();
+            *steps = (*steps).max(lease.steps_done);
         }
+        let running = in_flight.len() as u64;
+        let steps_in_flight = in_flight.values().sum();
         Some(JobStatus {
             id,
             workflow: job.workflow,
