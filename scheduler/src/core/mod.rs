@@ -49,6 +49,11 @@ impl Default for Config {
     }
 }
 
+/// Chunks of an array job (Empty, Command) open at once, at least: the rest wait behind a cursor,
+/// so the core's memory and the ready set do not grow with the job's size. The window also grows
+/// to twice the connected cpus, so a large cluster never starves.
+const CHUNK_WINDOW_MIN: u64 = 4_096;
+
 /// Failure reasons are kept per job, up to this many.
 const FAILURES_KEPT_MAX: usize = 100;
 /// Assignment ids are `epoch << ASSIGNMENT_COUNTER_BITS | counter`: a trillion assignments per start.
@@ -124,6 +129,10 @@ struct Job {
     state: JobState,
     chunks_total: u64,
     verified: BTreeSet<u32>,
+    /// Array jobs: indexes below this have been opened (or were verified already).
+    next_open: u64,
+    /// Chunks of this job open now.
+    open: u64,
     /// The last verified output of an MD job (the input of the next chunk).
     last_output: Option<Output>,
     started_ms: Option<u64>,
@@ -278,6 +287,12 @@ impl Core {
             last_assigned: 0,
         };
         self.workers.insert(worker, entry);
+        // More cpus may widen the windows of running array jobs.
+        let running: Vec<JobId> =
+            self.jobs.iter().filter(|(_, j)| j.state == JobState::Running).map(|(id, _)| *id).collect();
+        for id in running {
+            self.fill_window(id);
+        }
         self.schedule(now);
         Ok(())
     }
@@ -403,6 +418,8 @@ impl Core {
             state: JobState::Waiting,
             chunks_total,
             verified: BTreeSet::new(),
+            next_open: 0,
+            open: 0,
             last_output: None,
             started_ms: None,
             failures: Vec::new(),
@@ -445,12 +462,37 @@ impl Core {
             self.finish_job(id, JobState::Completed);
             return;
         }
-        let indexes: Vec<u32> = match &job.spec.kind {
-            JobKind::Md(_) => vec![job.verified.len() as u32],
-            _ => (0..job.chunks_total as u32).filter(|k| !job.verified.contains(k)).collect(),
-        };
-        for index in indexes {
-            self.open_chunk(ChunkId { job: id, index });
+        match &job.spec.kind {
+            JobKind::Md(_) => {
+                let index = job.verified.len() as u32;
+                self.open_chunk(ChunkId { job: id, index });
+            }
+            _ => self.fill_window(id),
+        }
+    }
+
+    fn window(&self) -> u64 {
+        let cpus: u64 = self.workers.values().filter(|w| w.connected).map(|w| w.capacity.cpus as u64).sum();
+        CHUNK_WINDOW_MIN.max(2 * cpus)
+    }
+
+    /// Opens the next chunks of a running array job until its window is full.
+    fn fill_window(&mut self, id: JobId) {
+        let window = self.window();
+        loop {
+            let job = self.jobs.get_mut(&id).expect("filling a known job");
+            if job.state != JobState::Running
+                || matches!(job.spec.kind, JobKind::Md(_))
+                || job.open >= window
+                || job.next_open >= job.chunks_total
+            {
+                return;
+            }
+            let index = job.next_open as u32;
+            job.next_open += 1;
+            if !job.verified.contains(&index) {
+                self.open_chunk(ChunkId { job: id, index });
+            }
         }
     }
 
@@ -462,6 +504,9 @@ impl Core {
             _ => None,
         };
         let target = job.spec.replicas;
+        if !self.chunks.contains_key(&chunk_id) {
+            self.jobs.get_mut(&chunk_id.job).expect("known job").open += 1;
+        }
         let chunk = self.chunks.entry(chunk_id).or_default();
         chunk.input = input;
         chunk.target = chunk.target.max(target);
@@ -478,6 +523,7 @@ impl Core {
             .range(ChunkId { job: id, index: 0 }..=ChunkId { job: id, index: u32::MAX })
             .map(|(c, _)| *c)
             .collect();
+        self.jobs.get_mut(&id).expect("known job").open = 0;
         for chunk_id in open {
             let chunk = self.chunks.remove(&chunk_id).expect("listed chunk");
             self.ready.remove(&chunk_id);
@@ -522,6 +568,7 @@ impl Core {
         self.ready.remove(&chunk_id);
         let job = self.jobs.get_mut(&chunk_id.job).expect("chunk of a known job");
         assert!(job.verified.insert(chunk_id.index), "chunk {chunk_id} verified twice");
+        job.open -= 1;
         let output = chunk.results.iter().find(|(_, d, _)| *d == digest).expect("a quorum digest").2.clone();
         let agreeing: Vec<WorkerId> =
             chunk.results.iter().filter(|(_, d, _)| *d == digest).map(|(w, _, _)| *w).collect();
@@ -553,6 +600,8 @@ impl Core {
             self.start_jobs(now);
         } else if next_md {
             self.open_chunk(ChunkId { job: chunk_id.job, index: chunk_id.index + 1 });
+        } else {
+            self.fill_window(chunk_id.job);
         }
     }
 
@@ -824,6 +873,11 @@ impl Core {
             let used = worker.running.iter().fold(Resources::default(), |sum, a| sum.plus(&self.leases[a].resources));
             assert_eq!(worker.free.plus(&used), worker.capacity, "worker {} resources", id.short());
             assert!(worker.connected || worker.running.is_empty());
+        }
+        for (id, job) in &self.jobs {
+            let open =
+                self.chunks.range(ChunkId { job: *id, index: 0 }..=ChunkId { job: *id, index: u32::MAX }).count();
+            assert_eq!(job.open, open as u64, "open count of job {id}");
         }
         for (chunk_id, chunk) in &self.chunks {
             let job = &self.jobs[&chunk_id.job];
