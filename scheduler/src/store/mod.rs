@@ -302,12 +302,14 @@ fn apply_one(t: &rusqlite::Transaction, record: &Record) -> Result<()> {
     match record {
         Record::WorkflowSubmitted { id, name, source, jobs } => {
             let hash = blake3::hash(source.as_bytes()).to_hex().to_string();
-            t.execute(
+            exec(
+                t,
                 "INSERT INTO workflows (id, name, source, source_hash) VALUES (?1, ?2, ?3, ?4)",
                 params![id.0, name, source, hash],
             )?;
             for (job, spec, after) in jobs {
-                t.execute(
+                exec(
+                    t,
                     "INSERT INTO jobs (id, workflow, name, spec, after) VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![
                         job.0,
@@ -320,7 +322,8 @@ fn apply_one(t: &rusqlite::Transaction, record: &Record) -> Result<()> {
             }
         }
         Record::ResultReported { chunk, worker, digest, output } => {
-            t.execute(
+            exec(
+                t,
                 "INSERT OR REPLACE INTO pending_results (job, chunk, worker, digest, output) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![
                     chunk.job.0,
@@ -332,14 +335,15 @@ fn apply_one(t: &rusqlite::Transaction, record: &Record) -> Result<()> {
             )?;
         }
         Record::AttemptFailed { chunk, worker, reason } => {
-            t.execute(
+            exec(
+                t,
                 "INSERT INTO failures (job, chunk, worker, reason) VALUES (?1, ?2, ?3, ?4)",
                 params![chunk.job.0, chunk.index, worker.map(|w| w.0.to_vec()), reason],
             )?;
         }
         Record::ChunkVerified { chunk, digest, output, agreeing, disagreeing } => {
             // The primary key makes a second verification of one chunk an error, never a silent overwrite.
-            t.execute(
+            exec(t,
                 "INSERT INTO verified (job, chunk, digest, output, agreeing, disagreeing) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     chunk.job.0,
@@ -351,20 +355,28 @@ fn apply_one(t: &rusqlite::Transaction, record: &Record) -> Result<()> {
                 ],
             )
             .map_err(|e| SchedulerError::Store(format!("recording chunk {chunk} as verified: {e}")))?;
-            t.execute("DELETE FROM pending_results WHERE job = ?1 AND chunk = ?2", params![chunk.job.0, chunk.index])?;
+            exec(t, "DELETE FROM pending_results WHERE job = ?1 AND chunk = ?2", params![chunk.job.0, chunk.index])?;
         }
         Record::JobFinished { job, state } => {
-            t.execute(
+            exec(
+                t,
                 "UPDATE jobs SET finished = ?1 WHERE id = ?2",
                 params![encode(&StoredJobState::from(state)), job.0],
             )?;
         }
         Record::WorkerDisagreed { worker } => {
-            t.execute(
+            exec(
+                t,
                 "INSERT INTO disagreements (worker, count) VALUES (?1, 1) ON CONFLICT (worker) DO UPDATE SET count = count + 1",
                 [worker.0.as_slice()],
             )?;
         }
     }
     Ok(())
+}
+
+/// Runs a statement through the connection's statement cache: records are written by the thousand,
+/// and parsing the SQL each time cost more than executing it.
+fn exec(t: &rusqlite::Transaction, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    t.prepare_cached(sql)?.execute(params)
 }
