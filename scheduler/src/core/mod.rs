@@ -807,16 +807,33 @@ impl Core {
     }
 
     pub fn job_status(&self, now: u64, id: JobId) -> Option<JobStatus> {
-        let job = self.jobs.get(&id)?;
-        // From the leases (bounded by the workers' slots), not the open chunks (up to the job's
-        // size): a status poll must not cost more as the job grows.
-        let mut in_flight: BTreeMap<u32, u64> = BTreeMap::new();
-        for lease in self.leases.values().filter(|l| l.chunk.job == id) {
-            let steps = in_flight.entry(lease.chunk.index).or_default();
+        self.status_with(now, id, &self.in_flight())
+    }
+
+    pub fn job_statuses(&self, now: u64) -> Vec<JobStatus> {
+        let in_flight = self.in_flight();
+        self.jobs.keys().filter_map(|id| self.status_with(now, *id, &in_flight)).collect()
+    }
+
+    /// Running chunks with their furthest replica's steps, from the leases (bounded by the workers'
+    /// slots), not the open chunks (up to the job's size): a status poll must not cost more as jobs grow.
+    fn in_flight(&self) -> BTreeMap<ChunkId, u64> {
+        let mut in_flight: BTreeMap<ChunkId, u64> = BTreeMap::new();
+        for lease in self.leases.values() {
+            let steps = in_flight.entry(lease.chunk).or_default();
             *steps = (*steps).max(lease.steps_done);
         }
-        let running = in_flight.len() as u64;
-        let steps_in_flight = in_flight.values().sum();
+        in_flight
+    }
+
+    fn status_with(&self, now: u64, id: JobId, in_flight: &BTreeMap<ChunkId, u64>) -> Option<JobStatus> {
+        let job = self.jobs.get(&id)?;
+        let mut running = 0;
+        let mut steps_in_flight = 0;
+        for (_, steps) in in_flight.range(ChunkId { job: id, index: 0 }..=ChunkId { job: id, index: u32::MAX }) {
+            running += 1;
+            steps_in_flight += steps;
+        }
         Some(JobStatus {
             id,
             workflow: job.workflow,
@@ -832,10 +849,6 @@ impl Core {
             failures: job.failures.clone(),
             disagreements: job.disagreements,
         })
-    }
-
-    pub fn job_statuses(&self, now: u64) -> Vec<JobStatus> {
-        self.jobs.keys().filter_map(|id| self.job_status(now, *id)).collect()
     }
 
     pub fn job_spec(&self, id: JobId) -> Option<&JobSpec> {
