@@ -71,6 +71,9 @@ pub struct SchedulerArgs {
     /// Replicas of each chunk, at most the workers.
     #[arg(long, default_value_t = 1, value_parser = flags::integer(1..=REPLICAS_MAX))]
     replicas: u32,
+    /// Also fetch the job's results at the end and report their time and size (or the error).
+    #[arg(long)]
+    results: bool,
 }
 
 pub async fn run(context: &Context, command: Command) -> Result<i32> {
@@ -273,6 +276,18 @@ async fn bench_scheduler(args: &SchedulerArgs) -> Result<Value> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let results = if args.results {
+        let asked = Instant::now();
+        let answer = client.request(ClientRequest::Results { job: id.0.to_string() }).await;
+        let took = asked.elapsed().as_secs_f64();
+        match answer {
+            Ok(ClientResponse::Results(r)) => json!({"seconds": took, "chunks": r.chunks.len()}),
+            Ok(other) => json!({"seconds": took, "error": format!("{other:?}")}),
+            Err(e) => json!({"seconds": took, "error": format!("{e:#}")}),
+        }
+    } else {
+        Value::Null
+    };
     let mut latencies = scheduler.latencies.lock().expect("latencies").clone();
     latencies.sort_by(|a, b| a.total_cmp(b));
     let percentile =
@@ -294,6 +309,7 @@ async fn bench_scheduler(args: &SchedulerArgs) -> Result<Value> {
         "p50_ms": percentile(0.5),
         "p99_ms": percentile(0.99),
         "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "results": results,
     }))
 }
 
