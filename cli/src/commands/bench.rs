@@ -278,11 +278,10 @@ async fn bench_scheduler(args: &SchedulerArgs) -> Result<Value> {
     let seconds = started.elapsed().as_secs_f64();
     let results = if args.results {
         let asked = Instant::now();
-        let answer = client.request(ClientRequest::Results { job: id.0.to_string() }).await;
+        let answer = super::results::fetch(&client, &id.0.to_string()).await;
         let took = asked.elapsed().as_secs_f64();
         match answer {
-            Ok(ClientResponse::Results(r)) => json!({"seconds": took, "chunks": r.chunks.len()}),
-            Ok(other) => json!({"seconds": took, "error": format!("{other:?}")}),
+            Ok(results) => json!({"seconds": took, "chunks": results.chunks.len()}),
             Err(e) => json!({"seconds": took, "error": format!("{e:#}")}),
         }
     } else {
