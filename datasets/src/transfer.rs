@@ -11,6 +11,8 @@ use crate::{BlobStore, DatasetError, Result};
 const BUFFER_BYTES: usize = 1 << 20;
 /// A transfer that receives nothing for this long has stalled.
 const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long an upload the peer stopped waits for the peer's reason.
+const REFUSAL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn failed(hash: &BlobHash, message: impl Into<String>) -> DatasetError {
     DatasetError::Transfer { hash: hash.short(), message: message.into() }
@@ -22,7 +24,18 @@ pub async fn upload(connection: &quinn::Connection, store: &BlobStore, hash: Blo
     let (mut send, mut recv) = connection.open_bi().await.map_err(|e| failed(&hash, e.to_string()))?;
     frame::write(&mut send, &StreamRequest::PutBlob { hash, size }).await.map_err(|e| failed(&hash, e.to_string()))?;
     let mut file = tokio::fs::File::from_std(file);
-    let copied = tokio::io::copy(&mut file, &mut send).await.map_err(|e| failed(&hash, e.to_string()))?;
+    let copied = match tokio::io::copy(&mut file, &mut send).await {
+        Ok(copied) => copied,
+        // A peer that refuses an upload (a quota) says why and stops reading: its reason, if it
+        // arrives, says more than the stopped stream.
+        Err(e) => {
+            let reply = tokio::time::timeout(REFUSAL_WAIT, frame::expect::<BlobReply, _>(&mut recv)).await;
+            return match reply {
+                Ok(Ok(BlobReply::Rejected { reason })) => Err(failed(&hash, format!("the peer refused it: {reason}"))),
+                _ => Err(failed(&hash, e.to_string())),
+            };
+        }
+    };
     if copied != size {
         return Err(failed(&hash, format!("the local copy changed size during the upload ({copied} of {size} bytes)")));
     }
