@@ -28,6 +28,8 @@ pub mod limits {
     /// Chunks of one workflow, all jobs together.
     pub const CHUNKS_PER_WORKFLOW_MAX: u64 = 10_000_000;
     pub const REASON_BYTES_MAX: usize = 4096;
+    /// Runs of consecutive array task ids in one job.
+    pub const TASK_RUNS_MAX: usize = 4096;
     /// Verified chunks in one page of results, and about how many bytes.
     pub const RESULTS_PAGE_CHUNKS_MAX: u32 = 10_000;
     pub const RESULTS_PAGE_BYTES_MAX: usize = 16 << 20;
@@ -360,12 +362,85 @@ pub struct MdJob {
     pub thermo_every: u64,
 }
 
+/// Array task ids as runs of consecutive ids, so `tasks = "1-1000000"` is one pair on the wire and
+/// in the store, not a million numbers. Chunk k of the job runs the k-th id in run order.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TaskIds {
+    /// (first id, how many ids) per run, in the order given.
+    runs: Vec<(i64, u64)>,
+}
+
+impl TaskIds {
+    /// Ids in order; consecutive ones become one run.
+    pub fn from_ids(ids: impl IntoIterator<Item = i64>) -> TaskIds {
+        let mut runs: Vec<(i64, u64)> = Vec::new();
+        for id in ids {
+            match runs.last_mut() {
+                Some((first, count)) if first.checked_add(*count as i64) == Some(id) => *count += 1,
+                _ => runs.push((id, 1)),
+            }
+        }
+        TaskIds { runs }
+    }
+
+    pub fn runs(&self) -> &[(i64, u64)] {
+        &self.runs
+    }
+
+    /// How many ids (saturating: an unchecked peer's runs may claim more than exist).
+    pub fn len(&self) -> u64 {
+        self.runs.iter().fold(0u64, |sum, (_, count)| sum.saturating_add(*count))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The id of chunk `index`: a walk over the runs, which are few (at most
+    /// [`limits::TASK_RUNS_MAX`]).
+    pub fn get(&self, index: u64) -> Option<i64> {
+        let mut rest = index;
+        for (first, count) in &self.runs {
+            if rest < *count {
+                return first.checked_add(rest as i64);
+            }
+            rest -= count;
+        }
+        None
+    }
+
+    /// Checks what the scheduler relies on: at most [`limits::TASK_RUNS_MAX`] runs, none empty or
+    /// running past `i64::MAX`, no id twice.
+    pub fn check(&self) -> Result<(), String> {
+        if self.runs.len() > limits::TASK_RUNS_MAX {
+            return Err(format!(
+                "{} runs of consecutive task ids; at most {} are allowed (use ranges)",
+                self.runs.len(),
+                limits::TASK_RUNS_MAX
+            ));
+        }
+        let mut spans = Vec::with_capacity(self.runs.len());
+        for &(first, count) in &self.runs {
+            let last = (count as i64).checked_sub(1).and_then(|c| first.checked_add(c)).filter(|_| count > 0);
+            let Some(last) = last.filter(|_| count <= i64::MAX as u64) else {
+                return Err(format!("task ids from {first}: a run of {count} ids is empty or passes the largest id"));
+            };
+            spans.push((first, last));
+        }
+        spans.sort_unstable();
+        if let Some(pair) = spans.windows(2).find(|pair| pair[1].0 <= pair[0].1) {
+            return Err(format!("task id {} appears twice; array task ids must be unique", pair[1].0));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandJob {
     /// Arguments; `{task}` is replaced by the task id of each array task.
     pub argv: Vec<String>,
     /// Array task ids; empty for a single task.
-    pub tasks: Vec<i64>,
+    pub tasks: TaskIds,
     pub inputs: Vec<FileRef>,
     pub outputs: Vec<String>,
     pub timeout_s: u64,
@@ -393,7 +468,7 @@ impl JobKind {
     pub fn chunks(&self) -> u64 {
         match self {
             JobKind::Md(md) => md.total_steps / md.chunk_steps.max(1),
-            JobKind::Command(command) => command.tasks.len().max(1) as u64,
+            JobKind::Command(command) => command.tasks.len().max(1),
             JobKind::Empty { chunks } => *chunks as u64,
         }
     }
@@ -590,6 +665,25 @@ mod tests {
         {
             assert!(check_relative_path(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn task_ids_are_runs() {
+        let ids = TaskIds::from_ids([5, 6, 7, 1, 2, 9]);
+        assert_eq!(ids.runs(), [(5, 3), (1, 2), (9, 1)]);
+        assert_eq!(ids.len(), 6);
+        let all: Vec<Option<i64>> = (0..7).map(|k| ids.get(k)).collect();
+        assert_eq!(all, [Some(5), Some(6), Some(7), Some(1), Some(2), Some(9), None]);
+        assert_eq!(ids.check(), Ok(()));
+        assert_eq!(TaskIds::from_ids(1..=1_000_000).runs(), [(1, 1_000_000)]);
+        assert!(TaskIds::from_ids([1, 2, 3, 2]).check().unwrap_err().contains("twice"));
+        let hostile = |runs: Vec<(i64, u64)>| TaskIds { runs }.check();
+        assert!(hostile(vec![(1, 0)]).is_err());
+        assert!(hostile(vec![(i64::MAX, 2)]).is_err());
+        assert!(hostile(vec![(0, u64::MAX)]).is_err());
+        assert!(hostile(vec![(0, 10), (5, 1)]).is_err());
+        assert!(hostile((0..5000).map(|k| (k * 2, 1)).collect()).unwrap_err().contains("runs"));
+        assert_eq!(TaskIds { runs: vec![(0, u64::MAX), (0, u64::MAX)] }.len(), u64::MAX);
     }
 
     #[test]

@@ -623,7 +623,7 @@ fn command_spec(name: &str, tasks: Vec<i64>) -> JobSpec {
         resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
         kind: JobKind::Command(CommandJob {
             argv: vec!["echo".into(), "{task}".into()],
-            tasks,
+            tasks: upglobe_protocol::messages::TaskIds::from_ids(tasks),
             inputs: vec![],
             outputs: vec!["out/*.csv".into()],
             timeout_s: 60,
@@ -725,7 +725,7 @@ fn hostile_submissions_are_refused_whole() {
         (vec![with(md("e"), &|s| s.kind = JobKind::Empty { chunks: 0 })], "chunks"),
         (vec![command_with(&|c| c.argv.clear())], "arguments"),
         (vec![command_with(&|c| c.argv = vec!["x".repeat(300 << 10)])], "arguments"),
-        (vec![command_with(&|c| c.tasks = vec![1, 1])], "unique"),
+        (vec![command_with(&|c| c.tasks = upglobe_protocol::messages::TaskIds::from_ids([1, 2, 1]))], "unique"),
         (vec![command_with(&|c| c.timeout_s = 0)], "timeout"),
         (vec![command_with(&|c| c.outputs = vec!["../*".into()])], "output pattern"),
         (vec![command_with(&|c| c.inputs = vec![file("/etc/passwd", 0xf1)])], "absolute"),

@@ -101,7 +101,7 @@ fn scenario() -> Vec<Record> {
             resources,
             kind: JobKind::Command(CommandJob {
                 argv: vec!["run".into(), "{task}".into()],
-                tasks: vec![7, 8],
+                tasks: upglobe_protocol::messages::TaskIds::from_ids([7, 8]),
                 inputs: vec![file("in.txt", 50)],
                 outputs: vec!["out/*.csv".into()],
                 timeout_s: 600,

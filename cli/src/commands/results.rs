@@ -171,7 +171,7 @@ async fn write_command(client: &Client, results: &JobResults, dir: &Path) -> Res
         let Output::Command { files, stdout, stderr, .. } = &chunk.output else {
             bail!("chunk {} is not a command result", chunk.index)
         };
-        let task = command.tasks.get(chunk.index as usize).map_or(chunk.index.to_string(), |t| t.to_string());
+        let task = command.tasks.get(chunk.index as u64).map_or(chunk.index.to_string(), |t| t.to_string());
         let task_dir = dir.join(task);
         std::fs::create_dir_all(&task_dir).with_context(|| format!("cannot create {}", task_dir.display()))?;
         for file in files.iter().chain([stdout, stderr]) {

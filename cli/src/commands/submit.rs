@@ -87,7 +87,7 @@ pub async fn submit(client: &Client, workflow: &Workflow) -> Result<(WorkflowId,
                 }
                 JobKind::Command(CommandJob {
                     argv: command.argv.clone(),
-                    tasks: command.tasks.clone(),
+                    tasks: upglobe_protocol::messages::TaskIds::from_ids(command.tasks.iter().copied()),
                     inputs,
                     outputs: command.outputs.clone(),
                     timeout_s: command.timeout_s,

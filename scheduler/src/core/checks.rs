@@ -230,9 +230,7 @@ fn check_command(name: &str, command: &CommandJob, evidence: &Evidence) -> Resul
             "job '{name}': the arguments are {argument_bytes} bytes or contain NUL; at most {ARGUMENTS_BYTES_MAX} are allowed"
         ));
     }
-    if tasks.iter().collect::<BTreeSet<_>>().len() != tasks.len() {
-        return Err(format!("job '{name}': array task ids must be unique"));
-    }
+    tasks.check().map_err(|e| format!("job '{name}': {e}"))?;
     if !(1..=TIMEOUT_S_MAX).contains(timeout_s) {
         return Err(format!("job '{name}' has a timeout of {timeout_s} s; 1 to {TIMEOUT_S_MAX} are allowed"));
     }

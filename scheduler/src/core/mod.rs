@@ -767,7 +767,7 @@ impl Core {
                 thermo_at_start: chunk_id.index == 0,
             },
             JobKind::Command(command) => {
-                let task_id = command.tasks.get(chunk_id.index as usize);
+                let task_id = command.tasks.get(chunk_id.index as u64);
                 let argv = command
                     .argv
                     .iter()

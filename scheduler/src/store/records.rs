@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 use upglobe_protocol::messages::{
-    CommandJob, FileRef, JobKind, JobSpec, JobState, MdJob, Output, Resources, ThermoLine,
+    CommandJob, FileRef, JobKind, JobSpec, JobState, MdJob, Output, Resources, TaskIds, ThermoLine,
 };
 use upglobe_protocol::{BlobHash, JobId, WorkerId};
 
@@ -31,9 +31,31 @@ pub struct StoredResources {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum StoredJobKind {
-    Md { initial: [u8; 32], atoms: u64, total_steps: u64, chunk_steps: u64, thermo_every: u64 },
-    Command { argv: Vec<String>, tasks: Vec<i64>, inputs: Vec<StoredFile>, outputs: Vec<String>, timeout_s: u64 },
-    Empty { chunks: u32 },
+    Md {
+        initial: [u8; 32],
+        atoms: u64,
+        total_steps: u64,
+        chunk_steps: u64,
+        thermo_every: u64,
+    },
+    Command {
+        argv: Vec<String>,
+        tasks: Vec<i64>,
+        inputs: Vec<StoredFile>,
+        outputs: Vec<String>,
+        timeout_s: u64,
+    },
+    Empty {
+        chunks: u32,
+    },
+    /// Format 2: array task ids as runs (first id, how many).
+    CommandRuns {
+        argv: Vec<String>,
+        runs: Vec<(i64, u64)>,
+        inputs: Vec<StoredFile>,
+        outputs: Vec<String>,
+        timeout_s: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,9 +122,9 @@ impl From<&JobSpec> for StoredJobSpec {
                 chunk_steps: md.chunk_steps,
                 thermo_every: md.thermo_every,
             },
-            JobKind::Command(command) => StoredJobKind::Command {
+            JobKind::Command(command) => StoredJobKind::CommandRuns {
                 argv: command.argv.clone(),
-                tasks: command.tasks.clone(),
+                runs: command.tasks.runs().to_vec(),
                 inputs: command.inputs.iter().map(StoredFile::from).collect(),
                 outputs: command.outputs.clone(),
                 timeout_s: command.timeout_s,
@@ -128,7 +150,16 @@ impl From<StoredJobSpec> for JobSpec {
             }
             StoredJobKind::Command { argv, tasks, inputs, outputs, timeout_s } => JobKind::Command(CommandJob {
                 argv,
-                tasks,
+                tasks: TaskIds::from_ids(tasks),
+                inputs: inputs.into_iter().map(FileRef::from).collect(),
+                outputs,
+                timeout_s,
+            }),
+            StoredJobKind::CommandRuns { argv, runs, inputs, outputs, timeout_s } => JobKind::Command(CommandJob {
+                argv,
+                tasks: TaskIds::from_ids(
+                    runs.into_iter().flat_map(|(first, count)| (0..count).map(move |k| first + k as i64)),
+                ),
                 inputs: inputs.into_iter().map(FileRef::from).collect(),
                 outputs,
                 timeout_s,
