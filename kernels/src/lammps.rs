@@ -147,10 +147,28 @@ fn parse_index(text: &str) -> Option<u64> {
     text.parse::<u64>().ok()
 }
 
+/// Largest LAMMPS data file read: a few hundred bytes per atom at the most atoms supported.
+pub const DATA_FILE_BYTES_MAX: u64 = 64 << 30;
+
 impl DataFile {
+    /// Reads a data file of at most [`DATA_FILE_BYTES_MAX`]: a device or a pipe named by mistake
+    /// (`/dev/zero`) is refused rather than read forever.
     pub fn read(path: &Path) -> Result<DataFile> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| KernelError::Io { path: path.display().to_string(), cause: source })?;
+        use std::io::Read;
+        let io = |source| KernelError::Io { path: path.display().to_string(), cause: source };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            return Err(KernelError::InvalidSystem(format!("{} is not a regular file", path.display())));
+        }
+        let mut text = String::new();
+        file.take(DATA_FILE_BYTES_MAX + 1).read_to_string(&mut text).map_err(io)?;
+        if text.len() as u64 > DATA_FILE_BYTES_MAX {
+            return Err(KernelError::InvalidSystem(format!(
+                "{} is larger than {DATA_FILE_BYTES_MAX} bytes, more than any supported system needs",
+                path.display()
+            )));
+        }
         DataFile::parse(&path.display().to_string(), &text)
     }
 

@@ -379,3 +379,9 @@ fn extreme_settings_are_refused() {
         assert!(error.starts_with(expected), "cutoff {cutoff} timestep {timestep}: {error}");
     }
 }
+
+#[test]
+fn a_device_named_as_a_data_file_is_refused_not_read_forever() {
+    let error = upglobe_kernels::lammps::DataFile::read(std::path::Path::new("/dev/zero")).unwrap_err().to_string();
+    assert!(error.contains("not a regular file"), "{error}");
+}

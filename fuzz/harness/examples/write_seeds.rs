@@ -154,7 +154,7 @@ fn frame_seeds(fuzz: &Path) {
         resources,
         kind: JobKind::Command(CommandJob {
             argv: vec!["sh".into(), "report.sh".into(), "{task}".into()],
-            tasks: vec![1, 2, -3],
+            tasks: TaskIds::from_ids([1, 2, -3]),
             inputs: vec![file.clone()],
             outputs: vec!["out-*.txt".into()],
             timeout_s: 600,
@@ -172,7 +172,7 @@ fn frame_seeds(fuzz: &Path) {
         ("status", ClientRequest::Status { job: Some("melt".into()) }),
         ("status-all", ClientRequest::Status { job: None }),
         ("cancel", ClientRequest::Cancel { job: "melt".into() }),
-        ("results", ClientRequest::Results { job: "melt".into() }),
+        ("results", ClientRequest::Results { job: "melt".into(), first_chunk: 0 }),
         ("workers", ClientRequest::Workers),
     ] {
         frame(&format!("client-request-{name}"), &|b| encode_into(&request, b).unwrap());
@@ -204,8 +204,13 @@ fn frame_seeds(fuzz: &Path) {
         agreeing: vec![WorkerId([1; 32]), WorkerId([2; 32])],
         disagreeing: vec![WorkerId([3; 32])],
     };
-    let results =
-        JobResults { status: status.clone(), workflow_hash: "ab".repeat(32), spec: md_spec, chunks: vec![verified] };
+    let results = ResultsPage {
+        status: status.clone(),
+        workflow_hash: "ab".repeat(32),
+        spec: Some(md_spec),
+        chunks: vec![verified],
+        next_chunk: Some(1),
+    };
     let worker = WorkerStatus {
         id: WorkerId([1; 32]),
         name: "worker-1".into(),
