@@ -375,3 +375,28 @@ fn the_demo_runs_and_verifies() {
     assert!(summary["chunks"].as_array().unwrap().iter().all(|c| c["agreeing"].as_array().unwrap().len() == 2));
     assert!(out.join("lj-melt.melt.h5").exists());
 }
+
+/// A million array tasks: the submission is a range (one pair on the wire), the scheduler opens a
+/// window of them, `status` reports the job as it runs, and results come back in pages.
+#[test]
+fn a_million_task_array_submits_runs_and_reports_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 0);
+    cluster.add_worker(&["--allow-commands"]);
+    let workflow = "name = \"million\"\n\n[jobs.sweep]\nkind = \"command\"\nargv = [\"true\", \"{task}\"]\ntasks = \"1-1000000\"\n";
+    let job = submit(&cluster, workflow);
+    cluster.wait_for("a hundred verified tasks", Duration::from_secs(120), |c| {
+        c.job(&job)["chunks_verified"].as_u64() >= Some(100)
+    });
+    let status = cluster.job(&job);
+    assert_eq!(status["chunks_total"], 1_000_000);
+    assert_eq!(status["state"], "running");
+    let cancelled = cluster.run(&["cancel", &job]);
+    assert!(cancelled.status.success(), "{}", String::from_utf8_lossy(&cancelled.stderr));
+    let out = cluster.dir.join("results");
+    let results = cluster.json(&["results", &job, "--out", out.to_str().unwrap()]);
+    let verified = results["chunks_verified"].as_u64().unwrap();
+    let written = std::fs::read_dir(out.join("million.sweep")).unwrap().count() as u64;
+    assert_eq!(written, verified, "one directory per verified task");
+    assert!(out.join("million.sweep/1/stdout").exists());
+}
