@@ -54,18 +54,9 @@ async fn another_major_version_fails_at_the_handshake() {
 /// A raw client: submits one MD job (replicas 1) whose initial state is `initial`.
 async fn submit_md(scheduler: &Scheduler, initial: &[u8]) {
     use upglobe_protocol::messages::{
-        ClientHello, ClientRequest, ClientResponse, ClientWelcome, JobKind, JobSpec, MdJob, StreamRequest, Submission,
+        ClientRequest, ClientResponse, JobKind, JobSpec, MdJob, StreamRequest, Submission,
     };
-    let identity = PeerIdentity::generate("client").unwrap();
-    let connection = net::connect(&scheduler.client_token, &identity, Duration::from_secs(5)).await.unwrap();
-    let (mut send, mut recv) = connection.open_bi().await.unwrap();
-    let hello = ClientHello {
-        protocol: upglobe_protocol::PROTOCOL_VERSION,
-        secret: scheduler.client_token.secret.clone(),
-        software: "test".into(),
-    };
-    frame::write(&mut send, &Greeting::Client(hello)).await.unwrap();
-    assert!(matches!(frame::expect::<ClientWelcome, _>(&mut recv).await.unwrap(), ClientWelcome::Welcome { .. }));
+    let connection = client_connection(scheduler).await;
     let dir = tempfile::tempdir().unwrap();
     let store = upglobe_datasets::BlobStore::open(dir.path()).unwrap();
     let hash = store.put(initial).unwrap();
@@ -95,16 +86,7 @@ async fn a_checkpoint_that_is_not_the_claimed_state_is_refused() {
     let identity = PeerIdentity::generate("worker").unwrap();
     let connection = net::connect(&scheduler.worker_token, &identity, Duration::from_secs(5)).await.unwrap();
     let (mut send, mut recv) = connection.open_bi().await.unwrap();
-    let hello = Hello {
-        protocol: upglobe_protocol::PROTOCOL_VERSION,
-        secret: scheduler.worker_token.secret.clone(),
-        software: "test".into(),
-        name: "cheat".into(),
-        resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
-        allow_commands: false,
-        device: "cpu".into(),
-    };
-    frame::write(&mut send, &Greeting::Worker(hello)).await.unwrap();
+    frame::write(&mut send, &Greeting::Worker(worker_hello(&scheduler, "cheat"))).await.unwrap();
     assert!(matches!(frame::expect::<ToWorker, _>(&mut recv).await.unwrap(), ToWorker::Welcome(_)));
     let store_dir = tempfile::tempdir().unwrap();
     let store = upglobe_datasets::BlobStore::open(store_dir.path()).unwrap();

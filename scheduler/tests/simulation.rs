@@ -9,14 +9,18 @@
 //!
 //! A failing seed replays exactly: `SIMULATION_SEED=1234 cargo nextest run -p upglobe-scheduler simulation`.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
+
+use common::{hello, uploaded};
 
 use upglobe_protocol::messages::{
     CommandJob, FileRef, Hello, JobKind, JobSpec, JobState, MdJob, Outcome, Output, Progress, Resources, Submission,
     Task, ThermoLine, ToWorker,
 };
 use upglobe_protocol::{AssignmentId, BlobHash, ChunkId, JobId, WorkerId};
-use upglobe_scheduler::core::checks::{check_output, output_blobs};
+use upglobe_scheduler::core::checks::check_output;
 use upglobe_scheduler::core::{Action, BlobFact, Config, Core, Evidence, Record};
 use upglobe_scheduler::store::Store;
 
@@ -90,34 +94,6 @@ fn malformed_output(chunk: ChunkId, task: &Task, rng: &mut Rng) -> (Output, Evid
             (Output::Md { state_hash, checkpoint, checkpoint_bytes, thermo }, consistent)
         }
         (_, _) => (Output::Empty { value: 0 }, Evidence::default()),
-    }
-}
-
-/// What the scheduler's blob store holds once a worker has uploaded the blobs of `output` honestly
-/// (an MD checkpoint ends with the state hash).
-fn uploaded(output: &Output) -> Evidence {
-    Evidence::gather(output_blobs(output), |hash| match output {
-        Output::Md { state_hash, checkpoint_bytes, .. } => {
-            Some(BlobFact { size: *checkpoint_bytes, tail: state_hash.to_vec() })
-        }
-        Output::Command { files, stdout, stderr, .. } => files
-            .iter()
-            .chain([stdout, stderr])
-            .find(|f| f.blob == *hash)
-            .map(|f| BlobFact { size: f.size, tail: Vec::new() }),
-        Output::Empty { .. } => None,
-    })
-}
-
-fn hello(name: &str, cpus: u32, allow_commands: bool) -> Hello {
-    Hello {
-        protocol: upglobe_protocol::PROTOCOL_VERSION,
-        secret: String::new(),
-        software: "sim".into(),
-        name: name.into(),
-        resources: Resources { cpus, memory_bytes: 1 << 30, gpus: 0 },
-        allow_commands,
-        device: "sim".into(),
     }
 }
 

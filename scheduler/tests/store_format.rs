@@ -5,26 +5,16 @@
 //! [`scenario`]. To write a fixture for a new format version, run
 //! `UPGLOBE_WRITE_STORE_FIXTURE=path cargo nextest run -p upglobe-scheduler --test store_format`.
 
+mod common;
+
+use common::{hello, uploaded};
 use upglobe_protocol::messages::{
-    CommandJob, FileRef, Hello, JobKind, JobSpec, MdJob, Outcome, Output, Resources, Submission, Task, ThermoLine,
-    ToWorker,
+    CommandJob, FileRef, JobKind, JobSpec, MdJob, Outcome, Output, Resources, Submission, Task, ThermoLine, ToWorker,
 };
 use upglobe_protocol::{BlobHash, WorkerId};
-use upglobe_scheduler::core::checks::{output_blobs, submission_blobs};
+use upglobe_scheduler::core::checks::submission_blobs;
 use upglobe_scheduler::core::{Action, BlobFact, Config, Core, Evidence, Record};
 use upglobe_scheduler::store::Store;
-
-fn hello(name: &str) -> Hello {
-    Hello {
-        protocol: upglobe_protocol::PROTOCOL_VERSION,
-        secret: String::new(),
-        software: "fixture".into(),
-        name: name.into(),
-        resources: Resources { cpus: 2, memory_bytes: 1 << 30, gpus: 0 },
-        allow_commands: true,
-        device: "cpu".into(),
-    }
-}
 
 fn file(name: &str, seed: u8) -> FileRef {
     FileRef { name: name.into(), blob: BlobHash([seed; 32]), size: 10 + seed as u64 }
@@ -57,27 +47,13 @@ fn output(worker: WorkerId, chunk: upglobe_protocol::ChunkId, task: &Task) -> Ou
     }
 }
 
-fn uploaded(output: &Output) -> Evidence {
-    Evidence::gather(output_blobs(output), |hash| match output {
-        Output::Md { state_hash, checkpoint_bytes, .. } => {
-            Some(BlobFact { size: *checkpoint_bytes, tail: state_hash.to_vec() })
-        }
-        Output::Command { files, stdout, stderr, .. } => files
-            .iter()
-            .chain([stdout, stderr])
-            .find(|f| f.blob == *hash)
-            .map(|f| BlobFact { size: f.size, tail: Vec::new() }),
-        Output::Empty { .. } => None,
-    })
-}
-
 /// Every kind of record: a workflow of three jobs, verified and pending results, a disagreement,
 /// a failed attempt, a completed job, and a cancelled one (waiting on the MD job, which stays open).
 fn scenario() -> Vec<Record> {
     let mut core = Core::new(Config::default(), 1);
     let workers: Vec<WorkerId> = (1..=3).map(|k| WorkerId([k; 32])).collect();
     for (k, worker) in workers.iter().enumerate() {
-        core.handle_worker_joined(0, *worker, &hello(&format!("w{k}"))).unwrap();
+        core.handle_worker_joined(0, *worker, &hello(&format!("w{k}"), 2, true)).unwrap();
     }
     let resources = Resources { cpus: 1, memory_bytes: 1 << 20, gpus: 0 };
     let jobs = vec![
