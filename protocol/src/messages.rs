@@ -50,6 +50,8 @@ pub mod limits {
     pub const ARGUMENTS_BYTES_MAX: usize = 256 << 10;
     /// Input files, output patterns and output files of one command task, each.
     pub const FILES_PER_TASK_MAX: usize = 1000;
+    /// Input files of one workflow, all jobs together (each is looked up in the blob store).
+    pub const INPUTS_PER_WORKFLOW_MAX: usize = 100_000;
     /// Thermo lines in one chunk's result.
     pub const THERMO_LINES_MAX: u64 = 100_000;
     /// Atoms in one MD system.

@@ -707,6 +707,18 @@ fn hostile_submissions_are_refused_whole() {
         (vec![command_with(&|c| c.inputs = vec![file("/etc/passwd", 0xf1)])], "absolute"),
         (vec![command_with(&|c| c.inputs = vec![file("a", 0xf1), file("a", 0xf1)])], "twice"),
         (vec![command_with(&|c| c.inputs = vec![file("a", 0xf2)])], "was not uploaded"),
+        (
+            (0..101)
+                .map(|k| {
+                    with(command_spec(&format!("c{k}"), vec![]), &|s| {
+                        if let JobKind::Command(c) = &mut s.kind {
+                            c.inputs = (0..1000).map(|n| file(&format!("f{n}"), 0xf1)).collect();
+                        }
+                    })
+                })
+                .collect(),
+            "input files in all",
+        ),
         (vec![command_with(&|c| c.inputs = vec![FileRef { size: 5, ..file("a", 0xf1) }])], "bytes"),
     ];
     for (jobs, expected) in cases {

@@ -167,6 +167,9 @@ pub async fn write_md(client: &Client, results: &JobResults, path: &Path) -> Res
 
 async fn write_command(client: &Client, results: &JobResults, dir: &Path) -> Result<()> {
     let JobKind::Command(command) = &results.spec.kind else { unreachable!("a command job") };
+    // Tasks often write identical files (an empty stderr): each blob is downloaded once, and later
+    // copies are read back from where the first landed.
+    let mut written: std::collections::HashMap<upglobe_protocol::BlobHash, PathBuf> = Default::default();
     for chunk in &results.chunks {
         let Output::Command { files, stdout, stderr, .. } = &chunk.output else {
             bail!("chunk {} is not a command result", chunk.index)
@@ -178,8 +181,14 @@ async fn write_command(client: &Client, results: &JobResults, dir: &Path) -> Res
             // The scheduler accepts only safe names; this client trusts no peer, so it checks again.
             upglobe_protocol::messages::check_relative_path(&file.name)
                 .map_err(|e| anyhow::anyhow!("chunk {}: refusing to write {e}", chunk.index))?;
-            let bytes = client.download(file.blob).await?;
-            place_file(&task_dir, &file.name, &bytes)?;
+            // A copy read back must still be the blob (nothing changed it since it was written).
+            let copy = written.get(&file.blob).and_then(|first| std::fs::read(first).ok());
+            let bytes = match copy.filter(|bytes| upglobe_protocol::BlobHash::of(bytes) == file.blob) {
+                Some(bytes) => bytes,
+                None => client.download(file.blob).await?,
+            };
+            let path = place_file(&task_dir, &file.name, &bytes)?;
+            written.entry(file.blob).or_insert(path);
         }
     }
     Ok(())

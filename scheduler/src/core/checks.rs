@@ -54,7 +54,8 @@ impl Evidence {
     }
 }
 
-/// Every blob a submission names (the shell gathers [`Evidence`] for these).
+/// Every blob a submission names (the shell gathers [`Evidence`] for these), bounded: a submission
+/// naming more is refused by [`check_submission`] before any blob matters.
 pub fn submission_blobs(submission: &Submission) -> Vec<BlobHash> {
     let mut hashes = Vec::new();
     for job in submission.jobs.iter().take(JOBS_PER_WORKFLOW_MAX) {
@@ -65,8 +66,18 @@ pub fn submission_blobs(submission: &Submission) -> Vec<BlobHash> {
             }
             JobKind::Empty { .. } => {}
         }
+        if hashes.len() > INPUTS_PER_WORKFLOW_MAX + JOBS_PER_WORKFLOW_MAX {
+            break;
+        }
     }
     hashes
+}
+
+fn input_count(job: &JobSpec) -> usize {
+    match &job.kind {
+        JobKind::Command(command) => command.inputs.len(),
+        JobKind::Md(_) | JobKind::Empty { .. } => 0,
+    }
 }
 
 /// Every blob an output names, bounded (an output naming more is refused anyway).
@@ -141,6 +152,10 @@ pub fn check_submission(submission: &Submission, evidence: &Evidence) -> Result<
     let names: BTreeSet<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
     if names.len() != jobs.len() {
         return Err("job names must be unique".into());
+    }
+    let inputs: usize = jobs.iter().map(input_count).sum();
+    if inputs > INPUTS_PER_WORKFLOW_MAX {
+        return Err(format!("{inputs} input files in all; at most {INPUTS_PER_WORKFLOW_MAX} are allowed"));
     }
     let mut chunks_total = 0u64;
     let mut input_bytes = 0u64;
