@@ -16,12 +16,13 @@ pub mod messages;
 pub mod net;
 pub mod tls;
 pub mod token;
+pub mod trust;
 
 pub use ids::{AssignmentId, BlobHash, ChunkId, Digest, JobId, WorkerId, WorkflowId};
 pub use token::{Role, Token};
 
 /// Revision of the messages; peers must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// TLS application protocol: the major version of the wire format.
 pub const ALPN: &[u8] = b"upglobe/1";
 /// Name in the scheduler's certificate; workers check it.

@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{AssignmentId, BlobHash, ChunkId, Digest, JobId, WorkerId, WorkflowId};
+use crate::trust::{Finality, NodeRole, PublicKey, Signature, Usage, Verification, VerificationReport};
 
 /// Upper bounds, so that no message can make a peer allocate without limit. These are the one set of
 /// limits: clients and workers check them to fail early, the scheduler enforces them.
@@ -174,8 +175,9 @@ pub struct FileRef {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Task {
-    /// Advance the MD state in blob `input` by `steps` steps.
-    Md { input: BlobHash, steps: u64, thermo_every: u64, thermo_at_start: bool },
+    /// Advance the MD state in blob `input` by `steps` steps, recording the state hash every
+    /// `chain_every` steps (a divisor of `steps`) and keeping those states until the chunk settles.
+    Md { input: BlobHash, steps: u64, thermo_every: u64, thermo_at_start: bool, chain_every: u64 },
     /// Run a program (only on workers that allow commands).
     Command { argv: Vec<String>, inputs: Vec<FileRef>, outputs: Vec<String>, timeout_s: u64 },
     /// Do nothing but answer: for measuring the scheduler.
@@ -198,6 +200,9 @@ pub enum Output {
         checkpoint: BlobHash,
         checkpoint_bytes: u64,
         thermo: Vec<ThermoLine>,
+        /// The state hash after every `chain_every` steps; the last is `state_hash`. Link `j` is the
+        /// interval that ends at `chain[j]` and starts at `chain[j - 1]` (the input for `j = 0`).
+        chain: Vec<[u8; 32]>,
     },
     Command {
         exit_code: i32,
@@ -217,11 +222,15 @@ impl Output {
     pub fn digest(&self) -> Digest {
         let mut hasher = blake3::Hasher::new();
         match self {
-            Output::Md { state_hash, checkpoint, checkpoint_bytes, thermo } => {
+            Output::Md { state_hash, checkpoint, checkpoint_bytes, thermo, chain } => {
                 hasher.update(b"md");
                 hasher.update(state_hash);
                 hasher.update(&checkpoint.0);
                 hasher.update(&checkpoint_bytes.to_le_bytes());
+                hasher.update(&(chain.len() as u64).to_le_bytes());
+                for link in chain {
+                    hasher.update(link);
+                }
                 for line in thermo {
                     hasher.update(&line.step.to_le_bytes());
                     for value in [line.temp, line.pe, line.ke, line.etotal, line.press] {
@@ -288,6 +297,12 @@ pub struct Hello {
     pub allow_commands: bool,
     /// What runs MD chunks, e.g. "cpu (8 threads)".
     pub device: String,
+    pub role: NodeRole,
+    /// The Ed25519 key the node signs its results with.
+    pub signing_key: PublicKey,
+    /// The hub (lab, operator) the node belongs to; nodes of one owner never verify each other.
+    /// None: the node is its own owner.
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -299,7 +314,10 @@ pub struct Progress {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FromWorker {
     Heartbeat { running: Vec<Progress> },
-    Finished { assignment: AssignmentId, outcome: Outcome, elapsed_ms: u64 },
+    /// A result, signed over its [`crate::trust::ResultStatement`].
+    Finished { assignment: AssignmentId, outcome: Outcome, usage: Usage, signature: Signature },
+    /// The answer to [`ToWorker::ServeState`]: the state was uploaded as `blob`, or cannot be served.
+    StateServed { request: u64, served: Result<BlobHash, String> },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -315,6 +333,11 @@ pub enum ToWorker {
     Refused { reason: String },
     Assign(Assignment),
     Cancel { assignment: AssignmentId, reason: String },
+    /// Upload the state at the start of link `link` of the chain of a finished assignment, within
+    /// `deadline_ms`; answered by [`FromWorker::StateServed`].
+    ServeState { request: u64, assignment: AssignmentId, link: u32, deadline_ms: u64 },
+    /// These assignments are settled: their intermediate states may go.
+    Settled { assignments: Vec<AssignmentId> },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -484,6 +507,7 @@ pub struct JobSpec {
     pub replicas: u32,
     pub resources: Resources,
     pub kind: JobKind,
+    pub verification: Verification,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -510,6 +534,10 @@ pub enum ClientRequest {
         first_chunk: u32,
     },
     Workers,
+    /// A job's verification record.
+    Verification {
+        job: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -556,7 +584,10 @@ pub struct JobStatus {
     pub kind: String,
     pub state: JobState,
     pub chunks_total: u64,
+    /// Chunks accepted (final or provisional).
     pub chunks_verified: u64,
+    /// Of those, chunks no later verification can overturn.
+    pub chunks_final: u64,
     pub chunks_running: u64,
     /// Steps completed inside running chunks (MD), from heartbeats.
     pub steps_in_flight: u64,
@@ -573,6 +604,7 @@ pub struct VerifiedChunk {
     pub output: Output,
     pub agreeing: Vec<WorkerId>,
     pub disagreeing: Vec<WorkerId>,
+    pub finality: Finality,
 }
 
 /// A job's verified results, as a client assembles them from [`ResultsPage`]s.
@@ -623,6 +655,12 @@ pub struct WorkerStatus {
     pub completed: u64,
     pub disagreements: u64,
     pub quarantined: bool,
+    pub role: NodeRole,
+    pub owner: String,
+    /// Where it stands: "replicated (3 of 10 clean results)", "trusted, audit 40 %", …
+    pub standing: String,
+    pub audits_passed: u64,
+    pub audits_failed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -632,6 +670,7 @@ pub enum ClientResponse {
     Cancelled { job: JobId },
     Results(Box<ResultsPage>),
     Workers(Vec<WorkerStatus>),
+    Verification(Box<VerificationReport>),
     Error { message: String },
 }
 
@@ -647,6 +686,7 @@ mod tests {
             checkpoint: BlobHash([checkpoint; 32]),
             checkpoint_bytes: 10,
             thermo: vec![ThermoLine { temp, ..line }],
+            chain: vec![[state; 32]],
         };
         assert_eq!(output(1, 1.0, 7).digest(), output(1, 1.0, 7).digest());
         assert_ne!(output(1, 1.0, 7).digest(), output(1, 1.0, 8).digest());

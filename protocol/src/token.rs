@@ -12,6 +12,8 @@ use crate::ProtocolError;
 pub enum Role {
     Worker,
     Client,
+    /// A node that runs audits and dispute intervals (`upglobe verify`).
+    Verifier,
 }
 
 impl Role {
@@ -19,6 +21,7 @@ impl Role {
         match self {
             Role::Worker => "worker",
             Role::Client => "client",
+            Role::Verifier => "verifier",
         }
     }
 }
@@ -76,8 +79,9 @@ impl FromStr for Token {
         let role = match role {
             "worker" => Role::Worker,
             "client" => Role::Client,
+            "verifier" => Role::Verifier,
             other => {
-                return Err(ProtocolError::Token(format!("unknown role '{other}' (worker or client)")));
+                return Err(ProtocolError::Token(format!("unknown role '{other}' (worker, verifier or client)")));
             }
         };
         let mut ca = None;
@@ -130,7 +134,7 @@ mod tests {
         assert_eq!(error("http://x:1/worker?ca=00&secret=00"), "invalid token: it must start with upglobe://");
         assert_eq!(
             error("upglobe://x:1/boss?ca=00&secret=00"),
-            "invalid token: unknown role 'boss' (worker or client)"
+            "invalid token: unknown role 'boss' (worker, verifier or client)"
         );
         assert_eq!(error("upglobe://x:1/worker?ca=00&secret=00"), "invalid token: ca= must be 64 hex digits");
         let ca = "a".repeat(64);
