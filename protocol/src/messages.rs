@@ -273,6 +273,21 @@ pub enum Outcome {
     Failed { reason: String },
 }
 
+impl Outcome {
+    /// What a worker's signature covers of the outcome: the output's digest, or the failure reason.
+    pub fn digest(&self) -> Digest {
+        match self {
+            Outcome::Completed(output) => output.digest(),
+            Outcome::Failed { reason } => {
+                let mut hasher = blake3::Hasher::new();
+                hasher.update(b"failed");
+                hasher.update(reason.as_bytes());
+                Digest(*hasher.finalize().as_bytes())
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The first frame of a connection
 
