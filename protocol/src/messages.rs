@@ -328,11 +328,21 @@ pub struct Progress {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FromWorker {
-    Heartbeat { running: Vec<Progress> },
+    Heartbeat {
+        running: Vec<Progress>,
+    },
     /// A result, signed over its [`crate::trust::ResultStatement`].
-    Finished { assignment: AssignmentId, outcome: Outcome, usage: Usage, signature: Signature },
+    Finished {
+        assignment: AssignmentId,
+        outcome: Outcome,
+        usage: Usage,
+        signature: Signature,
+    },
     /// The answer to [`ToWorker::ServeState`]: the state was uploaded as `blob`, or cannot be served.
-    StateServed { request: u64, served: Result<BlobHash, String> },
+    StateServed {
+        request: u64,
+        served: Result<BlobHash, String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -345,14 +355,26 @@ pub struct Welcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToWorker {
     Welcome(Welcome),
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
     Assign(Assignment),
-    Cancel { assignment: AssignmentId, reason: String },
+    Cancel {
+        assignment: AssignmentId,
+        reason: String,
+    },
     /// Upload the state at the start of link `link` of the chain of a finished assignment, within
     /// `deadline_ms`; answered by [`FromWorker::StateServed`].
-    ServeState { request: u64, assignment: AssignmentId, link: u32, deadline_ms: u64 },
+    ServeState {
+        request: u64,
+        assignment: AssignmentId,
+        link: u32,
+        deadline_ms: u64,
+    },
     /// These assignments are settled: their intermediate states may go.
-    Settled { assignments: Vec<AssignmentId> },
+    Settled {
+        assignments: Vec<AssignmentId>,
+    },
 }
 
 // ---------------------------------------------------------------------------------------------

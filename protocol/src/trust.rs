@@ -185,22 +185,53 @@ pub struct TrustEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TrustEventKind {
     /// A chunk was accepted: how (for example "quorum of 2", "single execution, audit pending").
-    Accepted { finality: Finality, how: String },
-    /// An audit was ordered on interval `link` of the worker's chain, run by `verifier`.
-    AuditOrdered { link: u32, verifier: WorkerId },
-    AuditPassed { link: u32, verifier: WorkerId, steps: u64 },
-    AuditFailed { link: u32, reason: String },
+    Accepted {
+        finality: Finality,
+        how: String,
+    },
+    /// An audit was ordered on interval `link` of the worker's chain.
+    AuditOrdered {
+        link: u32,
+    },
+    /// The verifier re-ran `steps` steps and found the hash the chain claims.
+    AuditPassed {
+        link: u32,
+        verifier: Option<WorkerId>,
+        steps: u64,
+    },
+    AuditFailed {
+        link: u32,
+        reason: String,
+    },
     /// Two results disagreed; bisection found the first diverging link in `rounds` rounds.
-    Dispute { other: WorkerId, link: u32, rounds: u32 },
+    Dispute {
+        other: WorkerId,
+        link: u32,
+        rounds: u32,
+    },
     /// A dispute was settled by re-running one interval: `winner` matched, `loser` did not.
-    DisputeSettled { link: u32, winner: Option<WorkerId>, loser: Vec<WorkerId>, steps: u64 },
+    DisputeSettled {
+        link: u32,
+        winner: Option<WorkerId>,
+        loser: Vec<WorkerId>,
+        steps: u64,
+        verifier: Option<WorkerId>,
+    },
     /// A worker's standing changed, for a reason.
-    Reputation { from: String, to: String, reason: String },
+    Reputation {
+        from: String,
+        to: String,
+        reason: String,
+    },
     /// Chunks from `chunk` on were invalidated because the result they were chained after was
     /// overturned; they run again.
-    Invalidated { reason: String },
+    Invalidated {
+        reason: String,
+    },
     /// A signed result was rejected: the signature is kept as evidence.
-    Rejected { reason: String },
+    Rejected {
+        reason: String,
+    },
 }
 
 /// A job's verification record: where each chunk stands and the decisions about it.

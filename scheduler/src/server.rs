@@ -28,9 +28,10 @@ use upglobe_protocol::token::secrets_match;
 use upglobe_protocol::{PROTOCOL_VERSION, Role, Token, WorkerId, frame, net};
 
 use crate::core::checks::{output_blobs, submission_blobs};
-use crate::core::{Action, BlobFact, Config, Core, Evidence, Record};
-use crate::store::Store;
+use crate::core::{Action, BlobFact, Config, Core, Evidence, Finished, Record};
+use crate::store::{EventsAbout, Store};
 use crate::{Result, SchedulerError};
+use upglobe_protocol::trust::{NodeRole, TRUST_EVENTS_SHOWN_MAX, VerificationReport};
 
 /// Inputs waiting for the core; senders wait when it is full.
 const INPUT_QUEUE_MAX: usize = 16_384;
@@ -92,6 +93,7 @@ impl ServerConfig {
 pub struct Scheduler {
     pub worker_token: Token,
     pub client_token: Token,
+    pub verifier_token: Token,
     pub address: SocketAddr,
     /// Whether this start created the CA (a new scheduler).
     pub created: bool,
@@ -103,6 +105,7 @@ pub struct Scheduler {
 struct Secrets {
     worker: String,
     client: String,
+    verifier: String,
 }
 
 fn load_or_create_secrets(dir: &Path) -> Result<Secrets> {
@@ -118,7 +121,18 @@ fn load_or_create_secrets(dir: &Path) -> Result<Secrets> {
         std::io::Write::write_all(&mut file, contents.as_bytes())
             .map_err(io(format!("cannot write {}", path.display())))?;
     }
-    let text = std::fs::read_to_string(&path).map_err(io(format!("cannot read {}", path.display())))?;
+    let mut text = std::fs::read_to_string(&path).map_err(io(format!("cannot read {}", path.display())))?;
+    if !text.lines().any(|line| line.starts_with("verifier ")) {
+        // A scheduler made before verifiers existed gets their secret now.
+        let line = format!("verifier {}\n", random_secret()?);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io(format!("cannot write {}", path.display())))?;
+        std::io::Write::write_all(&mut file, line.as_bytes())
+            .map_err(io(format!("cannot write {}", path.display())))?;
+        text.push_str(&line);
+    }
     let mut secrets: HashMap<&str, &str> = HashMap::new();
     for line in text.lines() {
         if let Some((role, secret)) = line.split_once(' ') {
@@ -131,7 +145,7 @@ fn load_or_create_secrets(dir: &Path) -> Result<Secrets> {
             .map(|s| s.to_string())
             .ok_or_else(|| SchedulerError::Invalid(format!("{} has no {role} secret", path.display())))
     };
-    Ok(Secrets { worker: get("worker")?, client: get("client")? })
+    Ok(Secrets { worker: get("worker")?, client: get("client")?, verifier: get("verifier")? })
 }
 
 impl Scheduler {
@@ -149,7 +163,15 @@ impl Scheduler {
         let epoch = store.next_epoch()?;
         let clock = Instant::now();
         let snapshot = store.load(epoch)?;
-        let core = Core::restore(config.core.clone(), snapshot, 0);
+        let mut core_config = config.core.clone();
+        // Audits are drawn from this secret and each committed result: workers cannot predict them,
+        // and a restarted scheduler draws the same ones.
+        core_config.audit_secret = store.secret("audit", || {
+            let mut secret = [0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret).expect("system random");
+            secret
+        })?;
+        let core = Core::restore(core_config, snapshot, 0);
         let endpoint = net::server_endpoint(&identity, config.listen, config.idle_timeout)?;
         let address = endpoint
             .local_addr()
@@ -163,8 +185,10 @@ impl Scheduler {
         };
         let worker_token = token(Role::Worker, &secrets.worker);
         let client_token = token(Role::Client, &secrets.client);
+        let verifier_token = token(Role::Verifier, &secrets.verifier);
         write_token(&dir.join("worker.token"), &worker_token)?;
         write_token(&dir.join("client.token"), &client_token)?;
+        write_token(&dir.join("verifier.token"), &verifier_token)?;
 
         let (inputs, receiver) = mpsc::channel(INPUT_QUEUE_MAX);
         let (shutdown, watcher) = watch::channel(false);
@@ -194,7 +218,7 @@ impl Scheduler {
         let owner = Owner { core, store, blobs, clock, sessions: HashMap::new(), probe, uploads };
         let owner = tokio::spawn(owner.run(receiver, watcher));
         tracing::info!(%address, epoch, "scheduler listening");
-        Ok(Scheduler { worker_token, client_token, address, created, latencies, shutdown, owner })
+        Ok(Scheduler { worker_token, client_token, verifier_token, address, created, latencies, shutdown, owner })
     }
 
     /// Stops accepting work and waits for the state to be committed.
@@ -357,7 +381,7 @@ impl Owner {
                 }
                 match message {
                     FromWorker::Heartbeat { running } => self.core.handle_heartbeat(now, worker, &running),
-                    FromWorker::Finished { assignment, outcome, .. } => {
+                    FromWorker::Finished { assignment, outcome, usage, signature } => {
                         let evidence = match &outcome {
                             Outcome::Completed(output) => self.evidence(output_blobs(output)),
                             Outcome::Failed { .. } => Evidence::default(),
@@ -365,7 +389,16 @@ impl Owner {
                         // Whatever the verdict, these uploads are accounted for: kept if the result
                         // is, garbage otherwise.
                         self.uploads.claim(worker, evidence.sizes().sum());
-                        self.core.handle_finished(now, worker, assignment, outcome, &evidence);
+                        let finished = Finished { assignment, outcome, usage, signature };
+                        self.core.handle_finished(now, worker, finished, &evidence);
+                    }
+                    FromWorker::StateServed { request, served } => {
+                        let evidence = match &served {
+                            Ok(blob) => self.evidence(vec![*blob]),
+                            Err(_) => Evidence::default(),
+                        };
+                        self.uploads.claim(worker, evidence.sizes().sum());
+                        self.core.handle_state_served(now, worker, request, served, &evidence);
                     }
                 }
             }
@@ -423,7 +456,20 @@ impl Owner {
                 None => error(format!("no job '{job}' (give a job id or WORKFLOW.JOB)")),
             },
             ClientRequest::Workers => ClientResponse::Workers(self.core.workers()),
+            ClientRequest::Verification { job } => match self.core.find_job(&job) {
+                Some(id) => match self.verification(id) {
+                    Ok(report) => ClientResponse::Verification(Box::new(report)),
+                    Err(e) => error(e.to_string()),
+                },
+                None => error(format!("no job '{job}' (give a job id or WORKFLOW.JOB)")),
+            },
         }
+    }
+
+    fn verification(&self, id: upglobe_protocol::JobId) -> Result<VerificationReport> {
+        let (policy, chunks_final, chunks_provisional) = self.core.verification_summary(id).expect("found job");
+        let events = self.store.trust_events(EventsAbout::Job(id), TRUST_EVENTS_SHOWN_MAX)?;
+        Ok(VerificationReport { job: id, policy, chunks_final, chunks_provisional, events })
     }
 
     /// One page of a job's verified results, cut at a chunk count and a size.
@@ -686,9 +732,11 @@ async fn serve_worker(
     shared: &Arc<Shared>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<()> {
-    if let Some(reason) =
-        admission_error(hello.protocol, &hello.secret, &shared.secrets.worker, &shared.secrets.client, "worker")
-    {
+    let (expected, other, role) = match hello.role {
+        NodeRole::Worker => (&shared.secrets.worker, &shared.secrets.verifier, "worker"),
+        NodeRole::Verifier => (&shared.secrets.verifier, &shared.secrets.worker, "verifier"),
+    };
+    if let Some(reason) = admission_error(hello.protocol, &hello.secret, expected, other, role) {
         tracing::warn!(worker = %worker.short(), %reason, "worker refused");
         refuse(connection, send, ToWorker::Refused { reason: reason.clone() }, &reason).await;
         return Ok(());

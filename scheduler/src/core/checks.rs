@@ -130,6 +130,9 @@ pub fn check_hello(hello: &Hello) -> Result<(), String> {
     check_text("the worker name", &hello.name, NAME_BYTES_MAX)?;
     check_text("the device description", &hello.device, DESCRIPTION_BYTES_MAX)?;
     check_text("the software version", &hello.software, DESCRIPTION_BYTES_MAX)?;
+    if let Some(owner) = &hello.owner {
+        upglobe_protocol::messages::check_name(owner).map_err(|e| format!("the owner name {e}"))?;
+    }
     check_resources("the worker", &hello.resources)
 }
 
@@ -198,6 +201,7 @@ fn check_job(job: &JobSpec, names: &BTreeSet<&str>, evidence: &Evidence) -> Resu
         return Err(format!("job '{name}' asks for {} replicas; 1 to {REPLICAS_MAX} are allowed", job.replicas));
     }
     check_resources(&format!("job '{name}'"), &job.resources)?;
+    check_verification(job)?;
     let chunks = job.kind.chunks();
     if chunks == 0 || chunks > CHUNKS_PER_JOB_MAX {
         return Err(format!("job '{name}' has {chunks} chunks; 1 to {CHUNKS_PER_JOB_MAX} are allowed"));
@@ -206,6 +210,53 @@ fn check_job(job: &JobSpec, names: &BTreeSet<&str>, evidence: &Evidence) -> Resu
         JobKind::Md(md) => check_md(name, md, evidence),
         JobKind::Command(command) => check_command(name, command, evidence),
         JobKind::Empty { .. } => Ok(()),
+    }
+}
+
+/// The policy fits the job: exact comparison for deterministic MD, and for tolerance rules a bounded
+/// list naming the job's outputs.
+fn check_verification(job: &JobSpec) -> Result<(), String> {
+    use upglobe_protocol::trust::{Compared, TOLERANCE_RULES_MAX, Verification};
+    let name = &job.name;
+    match (&job.kind, &job.verification) {
+        (JobKind::Md(_), Verification::Adaptive | Verification::Quorum) => Ok(()),
+        (JobKind::Md(_), other) => {
+            Err(format!("job '{name}' is md, whose results compare exactly; policy '{}' does not apply", other.name()))
+        }
+        (_, Verification::Adaptive) => Err(format!("job '{name}': the adaptive policy needs md hash chains")),
+        (_, Verification::Metered) if job.replicas != 1 => {
+            Err(format!("job '{name}' is metered, which runs once; it asks for {} replicas", job.replicas))
+        }
+        (JobKind::Command(_), Verification::Tolerance(rules)) => {
+            if job.replicas < 2 {
+                return Err(format!("job '{name}' compares results within tolerances, which needs 2 replicas or more"));
+            }
+            if rules.is_empty() || rules.len() > TOLERANCE_RULES_MAX {
+                return Err(format!(
+                    "job '{name}' has {} tolerance rules; 1 to {TOLERANCE_RULES_MAX} are allowed",
+                    rules.len()
+                ));
+            }
+            for rule in rules {
+                check_relative_path(&rule.file).map_err(|e| format!("job '{name}': tolerance rule: {e}"))?;
+                let items = match &rule.values {
+                    Compared::Columns(columns) => columns.len(),
+                    Compared::Datasets(datasets) => {
+                        if datasets.iter().any(|d| d.is_empty() || d.len() > PATH_BYTES_MAX) {
+                            return Err(format!("job '{name}': a dataset path is empty or too long"));
+                        }
+                        datasets.len()
+                    }
+                };
+                let tolerance_ok = |t: f64| t.is_finite() && t >= 0.0;
+                if items > TOLERANCE_RULES_MAX || !tolerance_ok(rule.absolute) || !tolerance_ok(rule.relative) {
+                    return Err(format!("job '{name}': the tolerance rule for {:?} is out of bounds", rule.file));
+                }
+            }
+            Ok(())
+        }
+        (_, Verification::Tolerance(_)) => Err(format!("job '{name}': tolerance rules apply to command jobs")),
+        (_, Verification::Quorum | Verification::Metered) => Ok(()),
     }
 }
 
@@ -287,16 +338,19 @@ fn check_files<'a>(files: impl IntoIterator<Item = &'a FileRef>) -> Result<(), S
 /// A result for chunk `chunk` of a job of `kind`: the right kind, within its bounds, naming only
 /// blobs the scheduler holds with the sizes it claims; an MD checkpoint must be the state the
 /// result claims (its size, and the state hash it ends with).
-pub fn check_output(kind: &JobKind, chunk: ChunkId, output: &Output, evidence: &Evidence) -> Result<(), String> {
+pub fn check_output(
+    kind: &JobKind,
+    chunk: ChunkId,
+    output: &Output,
+    evidence: &Evidence,
+    chain_links: u32,
+) -> Result<(), String> {
     if let Some(missing) = output_blobs(output).iter().find(|b| evidence.fact(b).is_none()) {
         return Err(format!("the result names blob {} that was never uploaded", missing.short()));
     }
     match (kind, output) {
-        (JobKind::Md(md), Output::Md { state_hash, checkpoint, checkpoint_bytes, thermo }) => {
-            let fact = evidence.fact(checkpoint).expect("checked above");
-            if fact.size != *checkpoint_bytes || fact.tail != state_hash {
-                return Err(format!("checkpoint {} is not the state the result claims", checkpoint.short()));
-            }
+        (JobKind::Md(md), Output::Md { thermo, .. }) => {
+            check_interval(output, evidence, chain_links)?;
             check_thermo(md, chunk, thermo)
         }
         (JobKind::Command(_), Output::Command { files, stdout, stderr, .. }) => {
@@ -316,6 +370,27 @@ pub fn check_output(kind: &JobKind, chunk: ChunkId, output: &Output, evidence: &
         (JobKind::Empty { .. }, Output::Empty { .. }) => Ok(()),
         _ => Err(format!("the worker returned a result of the wrong kind for a {} job", kind.name())),
     }
+}
+
+/// An MD result's checkpoint is the state it claims, and its hash chain has the links asked for and
+/// ends at that state.
+pub fn check_interval(output: &Output, evidence: &Evidence, chain_links: u32) -> Result<(), String> {
+    let Output::Md { state_hash, checkpoint, checkpoint_bytes, chain, .. } = output else {
+        return Err("the worker returned a result of the wrong kind for an md interval".into());
+    };
+    let Some(fact) = evidence.fact(checkpoint) else {
+        return Err(format!("the result names blob {} that was never uploaded", checkpoint.short()));
+    };
+    if fact.size != *checkpoint_bytes || fact.tail != state_hash {
+        return Err(format!("checkpoint {} is not the state the result claims", checkpoint.short()));
+    }
+    if chain.len() != chain_links as usize {
+        return Err(format!("the hash chain has {} links; {chain_links} were asked for", chain.len()));
+    }
+    if chain.last() != Some(state_hash) {
+        return Err("the hash chain does not end at the result's state".into());
+    }
+    Ok(())
 }
 
 /// Thermo lines lie inside the chunk, ascend, and fall on the job's thermo interval.

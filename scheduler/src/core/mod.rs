@@ -18,20 +18,26 @@
 
 pub mod checks;
 mod state;
+pub mod trust;
 
 pub use checks::{BlobFact, Evidence};
 pub use state::{Snapshot, SnapshotJob, SnapshotResult};
+pub use trust::{Provisional, Standing};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use trust::{Check, CheckId, TrustTimer};
 use upglobe_protocol::messages::{
     Assignment, Failure, Hello, JobKind, JobSpec, JobState, JobStatus, Outcome, Output, Progress, Resources,
     Submission, Task, ToWorker, WorkerStatus,
 };
+use upglobe_protocol::trust::{
+    Finality, NodeRole, PublicKey, ResultStatement, Signature, TrustEvent, TrustEventKind, Usage, Verification,
+};
 use upglobe_protocol::{AssignmentId, BlobHash, ChunkId, Digest, JobId, WorkerId, WorkflowId};
 
 /// Limits and timings of the core.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// A running assignment whose worker has not sent a heartbeat for this long is lost.
     pub lease_timeout_ms: u64,
@@ -39,13 +45,40 @@ pub struct Config {
     pub attempts_max: u32,
     /// Replicas beyond `replicas` that disagreement may ask for.
     pub extra_replicas_max: u32,
-    /// A worker whose results disagreed with the verified ones this often gets no more work.
+    /// A worker whose results disagreed with the verified ones (or failed checks) this often gets no
+    /// more work.
     pub disagreements_max: u64,
+    /// Confirmed results after which a worker runs adaptive chunks alone, under audit.
+    pub trust_after: u64,
+    /// The lowest audit probability of a trusted worker's single execution.
+    pub audit_rate_min: f64,
+    /// The scheduler's secret for choosing audits; the shell keeps it across restarts.
+    pub audit_secret: [u8; 32],
+    /// Links of a chunk's hash chain, at most (the most that divide the chunk's steps).
+    pub chain_links: u32,
+    /// How long a worker has to serve an intermediate state.
+    pub serve_deadline_ms: u64,
+    /// A provisional result with no audit becomes final after this challenge window.
+    pub settle_after_ms: u64,
+    /// A chunk of this many atom-steps has stake 1; larger ones are audited more often.
+    pub stake_reference_atom_steps: u64,
 }
 
 impl Default for Config {
     fn default() -> Config {
-        Config { lease_timeout_ms: 30_000, attempts_max: 5, extra_replicas_max: 3, disagreements_max: 3 }
+        Config {
+            lease_timeout_ms: 30_000,
+            attempts_max: 5,
+            extra_replicas_max: 3,
+            disagreements_max: 3,
+            trust_after: 10,
+            audit_rate_min: 0.5,
+            audit_secret: [0; 32],
+            chain_links: 16,
+            serve_deadline_ms: 30_000,
+            settle_after_ms: 3_600_000,
+            stake_reference_atom_steps: 1_000_000_000,
+        }
     }
 }
 
@@ -58,6 +91,15 @@ const CHUNK_WINDOW_MIN: u64 = 4_096;
 const FAILURES_KEPT_MAX: usize = 100;
 /// Assignment ids are `epoch << ASSIGNMENT_COUNTER_BITS | counter`: a trillion assignments per start.
 const ASSIGNMENT_COUNTER_BITS: u32 = 40;
+
+/// A worker's signed answer for an assignment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    pub assignment: AssignmentId,
+    pub outcome: Outcome,
+    pub usage: Usage,
+    pub signature: Signature,
+}
 
 /// What the core asks the shell to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,6 +121,7 @@ pub enum Record {
     ResultReported {
         chunk: ChunkId,
         worker: WorkerId,
+        assignment: AssignmentId,
         digest: Digest,
         output: Output,
     },
@@ -93,6 +136,34 @@ pub enum Record {
         output: Output,
         agreeing: Vec<WorkerId>,
         disagreeing: Vec<WorkerId>,
+        /// Accepted on its worker's record: it may still be overturned.
+        provisional: Option<Provisional>,
+    },
+    /// A provisional chunk became final.
+    Finalized {
+        chunk: ChunkId,
+    },
+    /// Chunks of an MD job from `from_chunk` on are no longer accepted (the job runs again from there).
+    Invalidated {
+        job: JobId,
+        from_chunk: u32,
+        reason: String,
+    },
+    /// A worker's record changed.
+    Standing {
+        worker: WorkerId,
+        standing: Standing,
+    },
+    /// A verification decision, for the record.
+    Trust(TrustEvent),
+    /// A result with a valid signature: evidence of what the worker asserted.
+    Signed {
+        chunk: ChunkId,
+        worker: WorkerId,
+        key: PublicKey,
+        statement_hash: [u8; 32],
+        signature: Signature,
+        usage: Usage,
     },
     JobFinished {
         job: JobId,
@@ -118,6 +189,11 @@ struct Worker {
     /// The id of the last assignment it was given (0: none since it joined): among equally loaded
     /// workers the one that waited longest goes first, so every capable worker gets work.
     last_assigned: u64,
+    role: NodeRole,
+    /// Nodes of one owner never verify each other.
+    owner: String,
+    signing_key: PublicKey,
+    standing: Standing,
 }
 
 #[derive(Debug, Clone)]
@@ -133,18 +209,31 @@ struct Job {
     next_open: u64,
     /// Chunks of this job open now.
     open: u64,
-    /// The last verified output of an MD job (the input of the next chunk).
-    last_output: Option<Output>,
+    /// The checkpoints of an MD job's accepted chunks, in order (the last is the next chunk's input).
+    checkpoints: Vec<BlobHash>,
+    /// Accepted chunks that may still be overturned.
+    provisional: BTreeMap<u32, Provisional>,
     started_ms: Option<u64>,
     failures: Vec<Failure>,
     disagreements: u64,
+}
+
+/// One worker's result for a chunk.
+#[derive(Debug, Clone)]
+struct ResultEntry {
+    worker: WorkerId,
+    assignment: AssignmentId,
+    digest: Digest,
+    output: Output,
 }
 
 #[derive(Debug, Clone, Default)]
 struct Chunk {
     /// MD input checkpoint.
     input: Option<BlobHash>,
-    results: Vec<(WorkerId, Digest, Output)>,
+    results: Vec<ResultEntry>,
+    /// The dispute that settles its disagreeing results.
+    dispute: Option<CheckId>,
     running: BTreeMap<AssignmentId, WorkerId>,
     attempts_failed: u32,
     /// Workers on which an attempt failed; others are preferred.
@@ -160,6 +249,10 @@ struct Lease {
     resources: Resources,
     deadline_ms: u64,
     steps_done: u64,
+    /// The input blob the worker must sign for (MD).
+    input: Option<BlobHash>,
+    /// For a verifier: the check it runs.
+    check: Option<CheckId>,
 }
 
 #[derive(Debug, Clone)]
@@ -183,6 +276,15 @@ pub struct Core {
     /// Assignment ids carry the epoch, so ids from before a restart never match new ones.
     next_assignment: u64,
     actions: VecDeque<Action>,
+    checks: BTreeMap<CheckId, Check>,
+    checks_by_chunk: BTreeSet<(ChunkId, CheckId)>,
+    /// Checks whose start state is known and that wait for a verifier.
+    checks_waiting: BTreeSet<CheckId>,
+    /// Serve requests in flight, by request id.
+    serve_requests: BTreeMap<u64, CheckId>,
+    trust_timers: BTreeSet<(u64, TrustTimer)>,
+    next_check: CheckId,
+    next_request: u64,
 }
 
 impl Core {
@@ -204,6 +306,13 @@ impl Core {
                 (epoch as u64) << ASSIGNMENT_COUNTER_BITS
             },
             actions: VecDeque::new(),
+            checks: BTreeMap::new(),
+            checks_by_chunk: BTreeSet::new(),
+            checks_waiting: BTreeSet::new(),
+            serve_requests: BTreeMap::new(),
+            trust_timers: BTreeSet::new(),
+            next_check: 1,
+            next_request: 1,
         }
     }
 
@@ -218,9 +327,12 @@ impl Core {
         self.actions.pop_front()
     }
 
-    /// The earliest lease deadline: call [`Core::handle_timeout`] then.
+    /// The earliest lease deadline, serve deadline or end of a challenge window: call
+    /// [`Core::handle_timeout`] then.
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.deadlines.first().map(|(deadline, _)| *deadline)
+        let lease = self.deadlines.first().map(|(deadline, _)| *deadline);
+        let trust = self.trust_timers.first().map(|(at, _)| *at);
+        lease.into_iter().chain(trust).min()
     }
 
     fn persist(&mut self, record: Record) {
@@ -273,7 +385,10 @@ impl Core {
         if self.workers.get(&worker).is_some_and(|w| w.connected) {
             self.handle_worker_left(now, worker, "it joined again");
         }
-        let (completed, disagreements) = self.workers.get(&worker).map_or((0, 0), |w| (w.completed, w.disagreements));
+        let (completed, disagreements, standing) = self
+            .workers
+            .get(&worker)
+            .map_or((0, 0, Standing::default()), |w| (w.completed, w.disagreements, w.standing));
         let entry = Worker {
             name: hello.name.clone(),
             connected: true,
@@ -285,6 +400,10 @@ impl Core {
             completed,
             disagreements,
             last_assigned: 0,
+            role: hello.role,
+            owner: hello.owner.clone().unwrap_or_else(|| worker.to_string()),
+            signing_key: hello.signing_key,
+            standing,
         };
         self.workers.insert(worker, entry);
         // More cpus may widen the windows of running array jobs.
@@ -334,48 +453,83 @@ impl Core {
     /// Answers for unknown or foreign assignments (duplicates, answers from before a restart, answers
     /// after a lease expired) are ignored; a result that fails [`checks::check_output`] is a failed
     /// attempt with the reason.
-    pub fn handle_finished(
-        &mut self,
-        now: u64,
-        worker: WorkerId,
-        assignment: AssignmentId,
-        outcome: Outcome,
-        evidence: &Evidence,
-    ) {
+    ///
+    /// The result must carry the worker's signature over its [`ResultStatement`]; one that does not
+    /// is a failed attempt. A valid signature is persisted as evidence.
+    pub fn handle_finished(&mut self, now: u64, worker: WorkerId, finished: Finished, evidence: &Evidence) {
+        let Finished { assignment, outcome, usage, signature } = finished;
         let Some(lease) = self.leases.get(&assignment) else {
             return;
         };
         if lease.worker != worker {
             return;
         }
-        let chunk_id = lease.chunk;
+        let (chunk_id, check, input) = (lease.chunk, lease.check, lease.input);
         self.release(assignment);
-        let Some(job) = self.jobs.get(&chunk_id.job) else {
-            return;
-        };
-        if job.state != JobState::Running {
+        let statement = ResultStatement { chunk: chunk_id, assignment, input, digest: outcome.digest(), usage };
+        let key = self.workers[&worker].signing_key;
+        let signed = statement.verify(&key, &signature);
+        if signed {
+            let statement_hash = statement.hash();
+            self.persist(Record::Signed { chunk: chunk_id, worker, key, statement_hash, signature, usage });
+        }
+        if let Some(id) = check {
+            let output = match outcome {
+                Outcome::Completed(output) if signed => self.checked_verifier_output(id, output, evidence),
+                _ => None,
+            };
+            self.check_finished(now, id, output);
             self.schedule(now);
             return;
         }
-        let checked = match &outcome {
-            Outcome::Completed(output) => checks::check_output(&job.spec.kind, chunk_id, output, evidence),
-            Outcome::Failed { .. } => Ok(()),
+        let Some(job) = self.jobs.get(&chunk_id.job) else {
+            return;
+        };
+        if job.state != JobState::Running || !self.chunks.contains_key(&chunk_id) {
+            self.schedule(now);
+            return;
+        }
+        let links = self.chain_links_of(chunk_id.job);
+        let checked = match (&outcome, signed) {
+            (_, false) => Err("the result's signature does not verify with the worker's key".to_string()),
+            (Outcome::Completed(output), true) => {
+                checks::check_output(&job.spec.kind, chunk_id, output, evidence, links)
+            }
+            (Outcome::Failed { .. }, true) => Ok(()),
         };
         match (outcome, checked) {
-            (Outcome::Failed { reason }, _) => self.attempt_failed(now, chunk_id, Some(worker), truncate(reason)),
-            (Outcome::Completed(_), Err(reason)) => self.attempt_failed(now, chunk_id, Some(worker), truncate(reason)),
+            (Outcome::Failed { reason }, Ok(())) => self.attempt_failed(now, chunk_id, Some(worker), truncate(reason)),
+            (_, Err(reason)) => self.attempt_failed(now, chunk_id, Some(worker), truncate(reason)),
             (Outcome::Completed(output), Ok(())) => {
                 if let Some(w) = self.workers.get_mut(&worker) {
                     w.completed += 1;
                 }
-                self.add_result(now, chunk_id, worker, output);
+                self.add_result(now, chunk_id, worker, assignment, output);
             }
         }
         self.schedule(now);
     }
 
-    /// Expires leases whose deadline has passed.
+    /// A verifier's output if it is a well-formed answer to its check (a chain of the interval's
+    /// links ending at the uploaded state).
+    fn checked_verifier_output(&self, id: CheckId, output: Output, evidence: &Evidence) -> Option<Output> {
+        let check = self.checks.get(&id)?;
+        let links = match check.purpose {
+            trust::Purpose::Recheck => self.chain_links_of(check.chunk.job),
+            _ => check.links,
+        };
+        let kind = &self.jobs.get(&check.chunk.job)?.spec.kind;
+        let ok = match check.purpose {
+            trust::Purpose::Recheck => checks::check_output(kind, check.chunk, &output, evidence, links).is_ok(),
+            _ => checks::check_interval(&output, evidence, links).is_ok(),
+        };
+        ok.then_some(output)
+    }
+
+    /// Expires leases and serve requests whose deadline has passed, and settles provisional results
+    /// whose challenge window has.
     pub fn handle_timeout(&mut self, now: u64) {
+        self.handle_trust_timers(now);
         while let Some(&(deadline, assignment)) = self.deadlines.first() {
             if deadline > now {
                 break;
@@ -420,7 +574,8 @@ impl Core {
             verified: IndexSet::default(),
             next_open: 0,
             open: 0,
-            last_output: None,
+            checkpoints: Vec::new(),
+            provisional: BTreeMap::new(),
             started_ms: None,
             failures: Vec::new(),
             disagreements: 0,
@@ -498,12 +653,17 @@ impl Core {
 
     fn open_chunk(&mut self, chunk_id: ChunkId) {
         let job = &self.jobs[&chunk_id.job];
-        let input = match (&job.spec.kind, &job.last_output) {
+        let input = match (&job.spec.kind, job.checkpoints.last()) {
             (JobKind::Md(md), None) => Some(md.initial),
-            (JobKind::Md(_), Some(Output::Md { checkpoint, .. })) => Some(*checkpoint),
+            (JobKind::Md(_), Some(checkpoint)) => Some(*checkpoint),
             _ => None,
         };
-        let target = job.spec.replicas;
+        let target = match job.spec.verification {
+            Verification::Metered => 1,
+            // Set on the first assignment, from that worker's standing.
+            Verification::Adaptive if matches!(job.spec.kind, JobKind::Md(_)) => 1,
+            _ => job.spec.replicas,
+        };
         if !self.chunks.contains_key(&chunk_id) {
             self.jobs.get_mut(&chunk_id.job).expect("known job").open += 1;
         }
@@ -524,6 +684,16 @@ impl Core {
             .map(|(c, _)| *c)
             .collect();
         self.jobs.get_mut(&id).expect("known job").open = 0;
+        if !matches!(self.jobs[&id].state, JobState::Completed) {
+            let checks: Vec<CheckId> = self
+                .checks_by_chunk
+                .range((ChunkId { job: id, index: 0 }, 0)..=(ChunkId { job: id, index: u32::MAX }, u64::MAX))
+                .map(|(_, check)| *check)
+                .collect();
+            for check in checks {
+                self.drop_check(check);
+            }
+        }
         for chunk_id in open {
             let chunk = self.chunks.remove(&chunk_id).expect("listed chunk");
             self.ready.remove(&chunk_id);
@@ -537,19 +707,33 @@ impl Core {
     // -----------------------------------------------------------------------------------------
     // Results
 
-    fn add_result(&mut self, now: u64, chunk_id: ChunkId, worker: WorkerId, output: Output) {
-        let quorum = self.jobs[&chunk_id.job].spec.replicas;
+    fn add_result(&mut self, now: u64, chunk_id: ChunkId, worker: WorkerId, assignment: AssignmentId, output: Output) {
+        let spec = &self.jobs[&chunk_id.job].spec;
+        let quorum = match spec.verification {
+            Verification::Metered => 1,
+            _ => spec.replicas,
+        };
         let bound = quorum + self.config.extra_replicas_max;
         let digest = output.digest();
         let chunk = self.chunks.get_mut(&chunk_id).expect("results arrive for open chunks");
-        assert!(chunk.results.iter().all(|(w, _, _)| *w != worker), "a worker produced two results for {chunk_id}");
-        chunk.results.push((worker, digest, output.clone()));
-        let votes = chunk.results.iter().filter(|(_, d, _)| *d == digest).count() as u32;
-        if votes >= quorum {
-            self.verify(now, chunk_id, digest);
+        assert!(chunk.results.iter().all(|r| r.worker != worker), "a worker produced two results for {chunk_id}");
+        chunk.results.push(ResultEntry { worker, assignment, digest, output: output.clone() });
+        if self.adaptive(chunk_id.job) {
+            self.persist(Record::ResultReported { chunk: chunk_id, worker, assignment, digest, output });
+            self.settle_adaptive(now, chunk_id);
             return;
         }
-        self.persist(Record::ResultReported { chunk: chunk_id, worker, digest, output });
+        let chunk = &self.chunks[&chunk_id];
+        let votes = chunk.results.iter().filter(|r| r.digest == digest).count() as u32;
+        if votes >= quorum {
+            let how = match self.jobs[&chunk_id.job].spec.verification {
+                Verification::Metered => "metered: one signed execution".to_string(),
+                _ => format!("quorum of {quorum}"),
+            };
+            self.verify(now, chunk_id, digest, None, &how);
+            return;
+        }
+        self.persist(Record::ResultReported { chunk: chunk_id, worker, assignment, digest, output });
         let chunk = self.chunks.get_mut(&chunk_id).expect("still open");
         let distinct = chunk.widen_on_disagreement(quorum, bound);
         if chunk.results.len() as u32 >= bound {
@@ -563,30 +747,50 @@ impl Core {
         self.refresh_ready(chunk_id);
     }
 
-    fn verify(&mut self, now: u64, chunk_id: ChunkId, digest: Digest) {
+    /// Accepts a chunk with the results of `digest`: final, or `provisional` on its worker's record.
+    fn verify(&mut self, now: u64, chunk_id: ChunkId, digest: Digest, provisional: Option<Provisional>, how: &str) {
         let chunk = self.chunks.remove(&chunk_id).expect("verifying an open chunk");
         self.ready.remove(&chunk_id);
         let job = self.jobs.get_mut(&chunk_id.job).expect("chunk of a known job");
         assert!(job.verified.insert(chunk_id.index), "chunk {chunk_id} verified twice");
         job.open -= 1;
-        let output = chunk.results.iter().find(|(_, d, _)| *d == digest).expect("a quorum digest").2.clone();
-        let agreeing: Vec<WorkerId> =
-            chunk.results.iter().filter(|(_, d, _)| *d == digest).map(|(w, _, _)| *w).collect();
+        let output = chunk.results.iter().find(|r| r.digest == digest).expect("a quorum digest").output.clone();
+        let agreeing: Vec<WorkerId> = chunk.results.iter().filter(|r| r.digest == digest).map(|r| r.worker).collect();
         let disagreeing: Vec<WorkerId> =
-            chunk.results.iter().filter(|(_, d, _)| *d != digest).map(|(w, _, _)| *w).collect();
+            chunk.results.iter().filter(|r| r.digest != digest).map(|r| r.worker).collect();
         job.disagreements += disagreeing.len() as u64;
-        if matches!(job.spec.kind, JobKind::Md(_)) {
-            job.last_output = Some(output.clone());
+        if let Output::Md { checkpoint, .. } = &output {
+            assert_eq!(job.checkpoints.len(), chunk_id.index as usize, "md chunks are accepted in order");
+            job.checkpoints.push(*checkpoint);
         }
         let complete = job.verified.len() as u64 == job.chunks_total;
         let next_md = matches!(job.spec.kind, JobKind::Md(_)) && !complete;
+        let finality = if provisional.is_some() { Finality::Provisional } else { Finality::Final };
+        let is_md = matches!(output, Output::Md { .. });
         self.persist(Record::ChunkVerified {
             chunk: chunk_id,
             digest,
             output,
-            agreeing,
+            agreeing: agreeing.clone(),
             disagreeing: disagreeing.clone(),
+            provisional: provisional.clone(),
         });
+        let first = agreeing.first().copied();
+        self.event(
+            now,
+            Some(chunk_id.job),
+            Some(chunk_id.index),
+            first,
+            TrustEventKind::Accepted { finality, how: how.to_string() },
+        );
+        if let Some(provisional) = provisional {
+            self.hold_provisional(now, chunk_id, provisional);
+        } else if is_md {
+            // Final at once: the workers may drop the chunk's intermediate states.
+            for entry in chunk.results.iter().filter(|r| r.assignment.0 != 0) {
+                self.send(entry.worker, ToWorker::Settled { assignments: vec![entry.assignment] });
+            }
+        }
         for worker in disagreeing {
             self.record_disagreement(worker);
         }
@@ -660,8 +864,13 @@ impl Core {
     /// left alone.
     fn fail_lease(&mut self, now: u64, assignment: AssignmentId, reason: String) {
         let Some(lease) = self.leases.get(&assignment) else { return };
-        let (chunk, worker) = (lease.chunk, lease.worker);
+        let (chunk, worker, check) = (lease.chunk, lease.worker, lease.check);
         self.release(assignment);
+        if let Some(id) = check {
+            // A verifier that could not finish: the check waits for another.
+            self.check_finished(now, id, None);
+            return;
+        }
         if self.jobs.get(&chunk.job).is_some_and(|j| j.state == JobState::Running) {
             self.attempt_failed(now, chunk, Some(worker), reason);
         }
@@ -679,6 +888,9 @@ impl Core {
 
     /// Assigns ready chunks to workers with room, oldest jobs first, each replica to a different worker.
     fn schedule(&mut self, now: u64) {
+        if !self.checks_waiting.is_empty() {
+            self.place_checks(now);
+        }
         // Walk the ready set with a cursor rather than a copy: when workers are full this returns at
         // once, however many chunks wait.
         let mut cursor = self.ready.first().copied();
@@ -708,6 +920,7 @@ impl Core {
     /// Whether a worker may run a job's chunks at all (not counting its free resources).
     fn may_run(&self, worker: &Worker, kind: &JobKind) -> bool {
         worker.connected
+            && worker.role == NodeRole::Worker
             && worker.disagreements < self.config.disagreements_max
             && (!matches!(kind, JobKind::Command(_)) || worker.allow_commands)
     }
@@ -716,10 +929,20 @@ impl Core {
         let job = &self.jobs[&chunk_id.job];
         let chunk = &self.chunks[&chunk_id];
         let needs = &job.spec.resources;
+        // Replicas of one chunk come from different owners: a lab's workers never confirm each other.
+        let owners: BTreeSet<&str> = chunk
+            .results
+            .iter()
+            .map(|r| r.worker)
+            .chain(chunk.running.values().copied())
+            .filter_map(|w| self.workers.get(&w))
+            .map(|w| w.owner.as_str())
+            .collect();
         let eligible = |id: &WorkerId, w: &Worker| {
             self.may_run(w, &job.spec.kind)
-                && !chunk.results.iter().any(|(r, _, _)| r == id)
+                && !chunk.results.iter().any(|r| r.worker == *id)
                 && !chunk.running.values().any(|r| r == id)
+                && !owners.contains(w.owner.as_str())
         };
         // A worker that failed this chunk runs it again only when no other could: otherwise one broken
         // worker, freed at once by its failures, would use up every attempt while healthy ones are busy.
@@ -740,20 +963,44 @@ impl Core {
     }
 
     fn assign(&mut self, now: u64, chunk_id: ChunkId, worker: WorkerId) {
+        let chunk = &self.chunks[&chunk_id];
+        if self.adaptive(chunk_id.job) && chunk.results.is_empty() && chunk.running.is_empty() {
+            // The first worker's standing decides: a trusted one runs the chunk alone.
+            let target = self.adaptive_target(chunk_id, worker);
+            self.chunks.get_mut(&chunk_id).expect("open").target = target;
+        }
+        let task = self.task(chunk_id);
+        let id = self.lease(now, chunk_id, worker, task, None);
+        self.chunks.get_mut(&chunk_id).expect("assigning an open chunk").running.insert(id, worker);
+    }
+
+    /// Takes the resources of an assignment on a worker and sends it.
+    fn lease(
+        &mut self,
+        now: u64,
+        chunk_id: ChunkId,
+        worker: WorkerId,
+        task: Task,
+        check: Option<CheckId>,
+    ) -> AssignmentId {
         let id = AssignmentId(self.next_assignment);
         self.next_assignment += 1;
         assert!(self.next_assignment & ((1 << ASSIGNMENT_COUNTER_BITS) - 1) != 0, "assignment counter exhausted");
-        let task = self.task(chunk_id);
         let resources = self.jobs[&chunk_id.job].spec.resources;
         let deadline_ms = now + self.config.lease_timeout_ms;
+        let input = match &task {
+            Task::Md { input, .. } => Some(*input),
+            _ => None,
+        };
         let w = self.workers.get_mut(&worker).expect("assigning to a known worker");
         w.free = w.free.minus(&resources);
         w.running.insert(id);
         w.last_assigned = id.0;
-        self.chunks.get_mut(&chunk_id).expect("assigning an open chunk").running.insert(id, worker);
-        self.leases.insert(id, Lease { chunk: chunk_id, worker, resources, deadline_ms, steps_done: 0 });
+        let lease = Lease { chunk: chunk_id, worker, resources, deadline_ms, steps_done: 0, input, check };
+        self.leases.insert(id, lease);
         self.deadlines.insert((deadline_ms, id));
         self.send(worker, ToWorker::Assign(Assignment { id, chunk: chunk_id, task, resources }));
+        id
     }
 
     fn task(&self, chunk_id: ChunkId) -> Task {
@@ -765,6 +1012,7 @@ impl Core {
                 steps: md.chunk_steps,
                 thermo_every: md.thermo_every,
                 thermo_at_start: chunk_id.index == 0,
+                chain_every: md.chunk_steps / self.chain_links_of(chunk_id.job) as u64,
             },
             JobKind::Command(command) => {
                 let task_id = command.tasks.get(chunk_id.index as u64);
@@ -843,6 +1091,7 @@ impl Core {
             state: job.state.clone(),
             chunks_total: job.chunks_total,
             chunks_verified: job.verified.len() as u64,
+            chunks_final: job.verified.len() as u64 - job.provisional.len() as u64,
             chunks_running: running,
             steps_in_flight,
             running_ms: job.started_ms.map_or(0, |s| now.saturating_sub(s)),
@@ -868,8 +1117,20 @@ impl Core {
                 completed: w.completed,
                 disagreements: w.disagreements,
                 quarantined: w.disagreements >= self.config.disagreements_max,
+                role: w.role,
+                owner: w.owner.clone(),
+                standing: self.standing_label(w),
+                audits_passed: w.standing.audits_passed,
+                audits_failed: w.standing.audits_failed,
             })
             .collect()
+    }
+
+    /// A job's verification policy and how many of its chunks are final and provisional.
+    pub fn verification_summary(&self, id: JobId) -> Option<(Verification, u64, u64)> {
+        let job = self.jobs.get(&id)?;
+        let provisional = job.provisional.len() as u64;
+        Some((job.spec.verification.clone(), job.verified.len() as u64 - provisional, provisional))
     }
 
     /// Checks that the indexes agree with each other; for tests (the simulation calls it after every
@@ -878,6 +1139,10 @@ impl Core {
         for (id, lease) in &self.leases {
             assert!(self.deadlines.contains(&(lease.deadline_ms, *id)), "lease {id} without deadline");
             assert!(self.workers[&lease.worker].running.contains(id), "lease {id} unknown to its worker");
+            if let Some(check) = lease.check {
+                assert_eq!(self.checks[&check].verifier, Some(*id), "lease {id} of check {check}");
+                continue;
+            }
             let chunk = self.chunks.get(&lease.chunk).unwrap_or_else(|| panic!("lease {id} of a closed chunk"));
             assert_eq!(chunk.running.get(id), Some(&lease.worker));
         }
@@ -898,12 +1163,13 @@ impl Core {
             assert!(!job.verified.contains(&chunk_id.index), "open chunk {chunk_id} already verified");
             assert_eq!(self.ready.contains(chunk_id), wanted(chunk) > 0, "ready set out of step for {chunk_id}");
             let mut workers: Vec<WorkerId> =
-                chunk.results.iter().map(|r| r.0).chain(chunk.running.values().copied()).collect();
+                chunk.results.iter().map(|r| r.worker).chain(chunk.running.values().copied()).collect();
             let count = workers.len();
             workers.sort();
             workers.dedup();
             assert_eq!(workers.len(), count, "chunk {chunk_id} has two replicas on one worker");
         }
+        self.check_trust_invariants();
     }
 }
 
@@ -911,7 +1177,7 @@ impl Chunk {
     /// On disagreement, asks for enough further results to let the leading digest reach a quorum
     /// (never beyond `bound`, never fewer than already asked). Returns how many digests differ.
     fn widen_on_disagreement(&mut self, quorum: u32, bound: u32) -> usize {
-        let distinct = self.results.iter().map(|(_, d, _)| *d).collect::<BTreeSet<_>>().len();
+        let distinct = self.results.iter().map(|r| r.digest).collect::<BTreeSet<_>>().len();
         if distinct > 1 {
             let best = best_votes(&self.results);
             self.target = (self.results.len() as u32 + quorum - best).min(bound).max(self.target);
@@ -958,16 +1224,29 @@ impl IndexSet {
     fn len(&self) -> usize {
         self.len as usize
     }
+
+    /// Removes every index from `first` on.
+    fn truncate(&mut self, first: u32) {
+        let word = (first / 64) as usize;
+        if word < self.words.len() {
+            self.words[word] &= (1u64 << (first % 64)) - 1;
+            self.words.truncate(word + 1);
+        }
+        self.len = self.words.iter().map(|w| w.count_ones() as u64).sum();
+    }
 }
 
 fn wanted(chunk: &Chunk) -> u32 {
+    if chunk.dispute.is_some() {
+        return 0;
+    }
     chunk.target.saturating_sub(chunk.results.len() as u32 + chunk.running.len() as u32)
 }
 
-fn best_votes(results: &[(WorkerId, Digest, Output)]) -> u32 {
+fn best_votes(results: &[ResultEntry]) -> u32 {
     let mut counts: BTreeMap<Digest, u32> = BTreeMap::new();
-    for (_, digest, _) in results {
-        *counts.entry(*digest).or_default() += 1;
+    for result in results {
+        *counts.entry(result.digest).or_default() += 1;
     }
     counts.values().copied().max().unwrap_or(0)
 }

@@ -2,10 +2,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use upglobe_protocol::messages::{Failure, JobKind, JobSpec, JobState, Output};
-use upglobe_protocol::{ChunkId, Digest, JobId, WorkerId, WorkflowId};
+use upglobe_protocol::messages::{Failure, JobSpec, JobState, Output};
+use upglobe_protocol::trust::{NodeRole, PublicKey};
+use upglobe_protocol::{AssignmentId, ChunkId, Digest, JobId, WorkerId, WorkflowId};
 
-use super::{Config, Core, FAILURES_KEPT_MAX, Worker, Workflow};
+use super::{Config, Core, FAILURES_KEPT_MAX, Provisional, ResultEntry, Standing, Worker, Workflow};
 
 /// Failed attempts of a chunk: how many, and on which workers.
 type Attempts = (u32, BTreeSet<WorkerId>);
@@ -23,6 +24,8 @@ pub struct SnapshotJob {
 pub struct SnapshotResult {
     pub chunk: ChunkId,
     pub worker: WorkerId,
+    /// 0 for results stored before assignments were recorded.
+    pub assignment: AssignmentId,
     pub digest: Digest,
     pub output: Output,
 }
@@ -34,12 +37,14 @@ pub struct Snapshot {
     pub epoch: u32,
     pub workflows: Vec<(WorkflowId, String)>,
     pub jobs: Vec<SnapshotJob>,
-    /// Verified chunks with their outputs, in any order.
-    pub verified: Vec<(ChunkId, Output)>,
+    /// Accepted chunks with their outputs (and, if not yet final, what makes them provisional), in
+    /// any order.
+    pub verified: Vec<(ChunkId, Output, Option<Provisional>)>,
     /// Results that had not completed a quorum when they were reported.
     pub pending: Vec<SnapshotResult>,
     pub failed_attempts: Vec<(ChunkId, Option<WorkerId>, String)>,
     pub disagreements: Vec<(WorkerId, u64)>,
+    pub standings: Vec<(WorkerId, Standing)>,
 }
 
 impl Core {
@@ -58,30 +63,51 @@ impl Core {
                 core.jobs.get_mut(&job.id).expect("inserted").state = state;
             }
         }
-        core.restore_verified(snapshot.verified);
+        let provisional = core.restore_verified(snapshot.verified);
         let attempts = core.restore_failures(&snapshot.failed_attempts);
         for (worker, count) in snapshot.disagreements {
             core.workers.insert(worker, Worker::remembered(count));
         }
+        for (worker, standing) in snapshot.standings {
+            core.workers.entry(worker).or_insert_with(|| Worker::remembered(standing.failures)).standing = standing;
+        }
         core.start_jobs(now);
-        core.restore_open_chunks(snapshot.pending, attempts);
+        core.restore_open_chunks(now, snapshot.pending, attempts);
+        // Audits that were ordered are ordered again (the draw is keyed, so it is the same one); the
+        // challenge windows start again from now, which only makes them longer.
+        for (chunk, mut held) in provisional {
+            held.accepted_ms = now;
+            core.hold_provisional(now, chunk, held);
+        }
         core
     }
 
-    fn restore_verified(&mut self, verified: Vec<(ChunkId, Output)>) {
-        let mut latest: BTreeMap<JobId, (u32, Output)> = BTreeMap::new();
-        for (chunk, output) in verified {
+    /// Marks accepted chunks and rebuilds each MD job's chain of checkpoints; returns the provisional
+    /// ones.
+    fn restore_verified(
+        &mut self,
+        verified: Vec<(ChunkId, Output, Option<Provisional>)>,
+    ) -> Vec<(ChunkId, Provisional)> {
+        let mut checkpoints: BTreeMap<ChunkId, upglobe_protocol::BlobHash> = BTreeMap::new();
+        let mut provisional = Vec::new();
+        for (chunk, output, held) in verified {
             let Some(job) = self.jobs.get_mut(&chunk.job) else {
                 continue;
             };
             job.verified.insert(chunk.index);
-            if matches!(job.spec.kind, JobKind::Md(_)) && latest.get(&chunk.job).is_none_or(|(k, _)| *k < chunk.index) {
-                latest.insert(chunk.job, (chunk.index, output));
+            if let Output::Md { checkpoint, .. } = output {
+                checkpoints.insert(chunk, checkpoint);
+            }
+            provisional.extend(held.map(|h| (chunk, h)));
+        }
+        for (chunk, checkpoint) in checkpoints {
+            let job = self.jobs.get_mut(&chunk.job).expect("known");
+            // MD chunks are accepted in order, and invalidation removes whole tails.
+            if job.checkpoints.len() == chunk.index as usize {
+                job.checkpoints.push(checkpoint);
             }
         }
-        for (job, (_, output)) in latest {
-            self.jobs.get_mut(&job).expect("known").last_output = Some(output);
-        }
+        provisional
     }
 
     /// Failure history per job, and the failed-attempt count of each chunk not yet verified.
@@ -103,23 +129,33 @@ impl Core {
         attempts
     }
 
-    fn restore_open_chunks(&mut self, pending: Vec<SnapshotResult>, attempts: BTreeMap<ChunkId, Attempts>) {
+    fn restore_open_chunks(&mut self, now: u64, pending: Vec<SnapshotResult>, attempts: BTreeMap<ChunkId, Attempts>) {
         for result in pending {
             let Some(chunk) = self.chunks.get_mut(&result.chunk) else {
                 continue;
             };
-            if chunk.results.iter().all(|(w, _, _)| *w != result.worker) {
-                chunk.results.push((result.worker, result.digest, result.output));
+            if chunk.results.iter().all(|r| r.worker != result.worker) {
+                chunk.results.push(ResultEntry {
+                    worker: result.worker,
+                    assignment: result.assignment,
+                    digest: result.digest,
+                    output: result.output,
+                });
             }
         }
         let open: Vec<ChunkId> = self.chunks.keys().copied().collect();
         for chunk_id in open {
             let quorum = self.jobs[&chunk_id.job].spec.replicas;
             let bound = quorum + self.config.extra_replicas_max;
+            let adaptive = self.adaptive(chunk_id.job);
             let chunk = self.chunks.get_mut(&chunk_id).expect("listed");
             if let Some((count, workers)) = attempts.get(&chunk_id) {
                 chunk.attempts_failed = *count;
                 chunk.failed_by = workers.clone();
+            }
+            if adaptive {
+                self.settle_adaptive(now, chunk_id);
+                continue;
             }
             chunk.widen_on_disagreement(quorum, bound);
             self.refresh_ready(chunk_id);
@@ -141,6 +177,10 @@ impl Worker {
             completed: 0,
             disagreements,
             last_assigned: 0,
+            role: NodeRole::Worker,
+            owner: String::new(),
+            signing_key: PublicKey::default(),
+            standing: Standing { failures: disagreements, ..Standing::default() },
         }
     }
 }

@@ -17,19 +17,39 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use upglobe_protocol::messages::{JobState, VerifiedChunk};
+use upglobe_protocol::trust::{Finality, TrustEvent};
 use upglobe_protocol::{ChunkId, Digest, JobId, WorkerId, WorkflowId};
 
 use crate::core::{Record, Snapshot, SnapshotJob, SnapshotResult};
 use crate::{Result, SchedulerError};
 
 /// The format this scheduler writes.
-const FORMAT_VERSION: i64 = 2;
+const FORMAT_VERSION: i64 = 3;
 
 /// `MIGRATIONS[k]` takes a database from format `k + 1` to `k + 2`.
 /// - 1 -> 2: values are the store's own types (the same bytes as format 1's wire types); failures
 ///   are indexed by job, for a job's failures without a scan.
-const MIGRATIONS: [&str; (FORMAT_VERSION - 1) as usize] =
-    ["CREATE INDEX IF NOT EXISTS failures_by_job ON failures (job, chunk);"];
+/// - 2 -> 3: verification. A job's policy, provisional acceptances, workers' standings, the record
+///   of verification decisions and the signed results kept as evidence. The new values are JSON:
+///   self-describing, so fields and variants added later read without another format.
+const MIGRATIONS: [&str; (FORMAT_VERSION - 1) as usize] = [
+    "CREATE INDEX IF NOT EXISTS failures_by_job ON failures (job, chunk);",
+    "ALTER TABLE jobs ADD COLUMN verification TEXT;
+     ALTER TABLE pending_results ADD COLUMN assignment INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE verified ADD COLUMN provisional TEXT;
+     CREATE TABLE standings (worker BLOB PRIMARY KEY, standing TEXT NOT NULL);
+     CREATE TABLE trust_events (id INTEGER PRIMARY KEY, job INTEGER, worker BLOB, event TEXT NOT NULL);
+     CREATE INDEX trust_events_by_job ON trust_events (job, id);
+     CREATE INDEX trust_events_by_worker ON trust_events (worker, id);
+     CREATE TABLE signed_results (
+         id INTEGER PRIMARY KEY, job INTEGER NOT NULL, chunk INTEGER NOT NULL, worker BLOB NOT NULL,
+         key BLOB NOT NULL, statement BLOB NOT NULL, signature BLOB NOT NULL, usage TEXT NOT NULL);
+     CREATE INDEX signed_results_by_chunk ON signed_results (job, chunk);
+     CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);",
+];
+
+/// The format [`SCHEMA`] creates; a new database then takes the migrations after it.
+const SCHEMA_FORMAT: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -51,6 +71,13 @@ CREATE TABLE IF NOT EXISTS disagreements (worker BLOB PRIMARY KEY, count INTEGER
 CREATE INDEX IF NOT EXISTS failures_by_job ON failures (job, chunk);
 ";
 
+/// Whose verification decisions to read.
+#[derive(Debug, Clone, Copy)]
+pub enum EventsAbout {
+    Job(JobId),
+    Worker(WorkerId),
+}
+
 pub struct Store {
     connection: Connection,
 }
@@ -61,6 +88,14 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
     postcard::from_bytes(bytes).map_err(|e| SchedulerError::Store(format!("corrupt {what} in the database: {e}")))
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("encoding to memory")
+}
+
+fn from_json<T: DeserializeOwned>(text: &str, what: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| SchedulerError::Store(format!("corrupt {what} in the database: {e}")))
 }
 
 fn hash_of(bytes: &[u8], what: &str) -> Result<[u8; 32]> {
@@ -143,14 +178,18 @@ impl Store {
             return Ok(());
         }
         let transaction = self.connection.transaction()?;
-        if version == 0 {
+        let from = if version == 0 {
             transaction.execute_batch(SCHEMA)?;
+            SCHEMA_FORMAT
         } else {
-            for (step, migration) in MIGRATIONS.iter().enumerate().skip(version as usize - 1) {
-                transaction
-                    .execute_batch(migration)
-                    .map_err(|e| SchedulerError::Store(format!("migrating {name} to format {}: {e}", step + 2)))?;
-            }
+            version
+        };
+        for (step, migration) in MIGRATIONS.iter().enumerate().skip(from as usize - 1) {
+            transaction
+                .execute_batch(migration)
+                .map_err(|e| SchedulerError::Store(format!("migrating {name} to format {}: {e}", step + 2)))?;
+        }
+        if version != 0 {
             tracing::info!(database = name, from = version, to = FORMAT_VERSION, "database migrated");
         }
         transaction.pragma_update(None, "user_version", FORMAT_VERSION)?;
@@ -189,7 +228,8 @@ impl Store {
         let mut statement = c.prepare("SELECT id, name FROM workflows ORDER BY id")?;
         let rows = statement.query_map([], |row| Ok((WorkflowId(row.get(0)?), row.get(1)?)))?;
         snapshot.workflows = rows.collect::<Result<_, _>>()?;
-        let mut statement = c.prepare("SELECT id, workflow, spec, after, finished FROM jobs ORDER BY id")?;
+        let mut statement =
+            c.prepare("SELECT id, workflow, spec, after, finished, verification FROM jobs ORDER BY id")?;
         let rows = statement.query_map([], |row| {
             Ok((
                 row.get::<_, u64>(0)?,
@@ -197,29 +237,41 @@ impl Store {
                 row.get::<_, Vec<u8>>(2)?,
                 row.get::<_, Vec<u8>>(3)?,
                 row.get::<_, Option<Vec<u8>>>(4)?,
+                row.get::<_, Option<String>>(5)?,
             ))
         })?;
         for row in rows {
-            let (id, workflow, spec, after, finished) = row?;
+            let (id, workflow, spec, after, finished, verification) = row?;
+            let mut spec: upglobe_protocol::messages::JobSpec = decode::<StoredJobSpec>(&spec, "job spec")?.into();
+            if let Some(verification) = verification {
+                spec.verification = from_json(&verification, "verification policy")?;
+            }
             snapshot.jobs.push(SnapshotJob {
                 id: JobId(id),
                 workflow: WorkflowId(workflow),
-                spec: decode::<StoredJobSpec>(&spec, "job spec")?.into(),
+                spec,
                 after: decode::<StoredJobIds>(&after, "job dependencies")?.into(),
                 finished: finished
                     .map(|f| decode::<StoredJobState>(&f, "job state").map(JobState::from))
                     .transpose()?,
             });
         }
-        let mut statement = c.prepare("SELECT job, chunk, output FROM verified")?;
-        let rows = statement
-            .query_map([], |row| Ok((row.get::<_, u64>(0)?, row.get::<_, u32>(1)?, row.get::<_, Vec<u8>>(2)?)))?;
+        let mut statement = c.prepare("SELECT job, chunk, output, provisional FROM verified")?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, u64>(0)?,
+                row.get::<_, u32>(1)?,
+                row.get::<_, Vec<u8>>(2)?,
+                row.get::<_, Option<String>>(3)?,
+            ))
+        })?;
         for row in rows {
-            let (job, index, output) = row?;
+            let (job, index, output, provisional) = row?;
             let output = decode::<StoredOutput>(&output, "chunk output")?.into();
-            snapshot.verified.push((ChunkId { job: JobId(job), index }, output));
+            let provisional = provisional.map(|p| from_json(&p, "provisional acceptance")).transpose()?;
+            snapshot.verified.push((ChunkId { job: JobId(job), index }, output, provisional));
         }
-        let mut statement = c.prepare("SELECT job, chunk, worker, digest, output FROM pending_results")?;
+        let mut statement = c.prepare("SELECT job, chunk, worker, digest, output, assignment FROM pending_results")?;
         let rows = statement.query_map([], |row| {
             Ok((
                 row.get::<_, u64>(0)?,
@@ -227,13 +279,15 @@ impl Store {
                 row.get::<_, Vec<u8>>(2)?,
                 row.get::<_, Vec<u8>>(3)?,
                 row.get::<_, Vec<u8>>(4)?,
+                row.get::<_, u64>(5)?,
             ))
         })?;
         for row in rows {
-            let (job, index, worker, digest, output) = row?;
+            let (job, index, worker, digest, output, assignment) = row?;
             snapshot.pending.push(SnapshotResult {
                 chunk: ChunkId { job: JobId(job), index },
                 worker: WorkerId(hash_of(&worker, "worker id")?),
+                assignment: upglobe_protocol::AssignmentId(assignment),
                 digest: Digest(hash_of(&digest, "digest")?),
                 output: decode::<StoredOutput>(&output, "result output")?.into(),
             });
@@ -258,13 +312,70 @@ impl Store {
             let (worker, count) = row?;
             snapshot.disagreements.push((WorkerId(hash_of(&worker, "worker id")?), count));
         }
+        let mut statement = c.prepare("SELECT worker, standing FROM standings")?;
+        let rows = statement.query_map([], |row| Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (worker, standing) = row?;
+            snapshot.standings.push((WorkerId(hash_of(&worker, "worker id")?), from_json(&standing, "standing")?));
+        }
         Ok(snapshot)
+    }
+
+    /// The scheduler's secret named `name`, made by `make` the first time.
+    pub fn secret(&mut self, name: &str, make: impl FnOnce() -> [u8; 32]) -> Result<[u8; 32]> {
+        let stored: Option<Vec<u8>> = self
+            .connection
+            .query_row("SELECT value FROM secrets WHERE name = ?1", [name], |row| row.get(0))
+            .optional()?;
+        if let Some(bytes) = stored {
+            return hash_of(&bytes, "secret");
+        }
+        let value = make();
+        self.connection
+            .execute("INSERT INTO secrets (name, value) VALUES (?1, ?2)", params![name, value.as_slice()])?;
+        Ok(value)
+    }
+
+    /// The newest verification decisions about a job, or about a worker, oldest first.
+    pub fn trust_events(&self, about: EventsAbout, limit: usize) -> Result<Vec<TrustEvent>> {
+        let limit = limit as i64;
+        let rows: Vec<String> = match about {
+            EventsAbout::Job(job) => {
+                let sql = "SELECT event FROM trust_events WHERE job = ?1 ORDER BY id DESC LIMIT ?2";
+                let mut statement = self.connection.prepare_cached(sql)?;
+                statement.query_map(params![job.0, limit], |row| row.get(0))?.collect::<Result<_, _>>()?
+            }
+            EventsAbout::Worker(worker) => {
+                let sql = "SELECT event FROM trust_events WHERE worker = ?1 ORDER BY id DESC LIMIT ?2";
+                let mut statement = self.connection.prepare_cached(sql)?;
+                statement.query_map(params![worker.0.as_slice(), limit], |row| row.get(0))?.collect::<Result<_, _>>()?
+            }
+        };
+        let mut events = rows.iter().map(|e| from_json(e, "verification event")).collect::<Result<Vec<_>>>()?;
+        events.reverse();
+        Ok(events)
+    }
+
+    /// Signed results kept for a chunk: (worker, statement hash, signature).
+    pub fn signed_results(&self, chunk: ChunkId) -> Result<Vec<(WorkerId, [u8; 32], Vec<u8>)>> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT worker, statement, signature FROM signed_results WHERE job = ?1 AND chunk = ?2 ORDER BY id",
+        )?;
+        let rows = statement.query_map(params![chunk.job.0, chunk.index], |row| {
+            Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, Vec<u8>>(1)?, row.get::<_, Vec<u8>>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (worker, statement, signature) = row?;
+            out.push((WorkerId(hash_of(&worker, "worker id")?), hash_of(&statement, "statement")?, signature));
+        }
+        Ok(out)
     }
 
     /// Verified chunks of a job in order, from chunk index `first` on, at most `limit` of them.
     pub fn verified_chunks(&self, job: JobId, first: u32, limit: u32) -> Result<Vec<VerifiedChunk>> {
         let mut statement = self.connection.prepare_cached(
-            "SELECT chunk, digest, output, agreeing, disagreeing FROM verified
+            "SELECT chunk, digest, output, agreeing, disagreeing, provisional IS NULL FROM verified
              WHERE job = ?1 AND chunk >= ?2 ORDER BY chunk LIMIT ?3",
         )?;
         let rows = statement.query_map(params![job.0, first, limit], |row| {
@@ -274,17 +385,19 @@ impl Store {
                 row.get::<_, Vec<u8>>(2)?,
                 row.get::<_, Vec<u8>>(3)?,
                 row.get::<_, Vec<u8>>(4)?,
+                row.get::<_, bool>(5)?,
             ))
         })?;
         let mut chunks = Vec::new();
         for row in rows {
-            let (index, digest, output, agreeing, disagreeing) = row?;
+            let (index, digest, output, agreeing, disagreeing, is_final) = row?;
             chunks.push(VerifiedChunk {
                 index,
                 digest: Digest(hash_of(&digest, "digest")?),
                 output: decode::<StoredOutput>(&output, "chunk output")?.into(),
                 agreeing: decode::<StoredWorkerIds>(&agreeing, "agreeing workers")?.into(),
                 disagreeing: decode::<StoredWorkerIds>(&disagreeing, "disagreeing workers")?.into(),
+                finality: if is_final { Finality::Final } else { Finality::Provisional },
             });
         }
         Ok(chunks)
@@ -310,27 +423,30 @@ fn apply_one(t: &rusqlite::Transaction, record: &Record) -> Result<()> {
             for (job, spec, after) in jobs {
                 exec(
                     t,
-                    "INSERT INTO jobs (id, workflow, name, spec, after) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO jobs (id, workflow, name, spec, after, verification) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![
                         job.0,
                         id.0,
                         spec.name,
                         encode(&StoredJobSpec::from(spec)),
-                        encode(&StoredJobIds::from(&after[..]))
+                        encode(&StoredJobIds::from(&after[..])),
+                        to_json(&spec.verification)
                     ],
                 )?;
             }
         }
-        Record::ResultReported { chunk, worker, digest, output } => {
+        Record::ResultReported { chunk, worker, assignment, digest, output } => {
             exec(
                 t,
-                "INSERT OR REPLACE INTO pending_results (job, chunk, worker, digest, output) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR REPLACE INTO pending_results (job, chunk, worker, digest, output, assignment)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     chunk.job.0,
                     chunk.index,
                     worker.0.as_slice(),
                     digest.0.as_slice(),
-                    encode(&StoredOutput::from(output))
+                    encode(&StoredOutput::from(output)),
+                    assignment.0
                 ],
             )?;
         }
@@ -341,17 +457,21 @@ fn apply_one(t: &rusqlite::Transaction, record: &Record) -> Result<()> {
                 params![chunk.job.0, chunk.index, worker.map(|w| w.0.to_vec()), reason],
             )?;
         }
-        Record::ChunkVerified { chunk, digest, output, agreeing, disagreeing } => {
-            // The primary key makes a second verification of one chunk an error, never a silent overwrite.
-            exec(t,
-                "INSERT INTO verified (job, chunk, digest, output, agreeing, disagreeing) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        Record::ChunkVerified { chunk, digest, output, agreeing, disagreeing, provisional } => {
+            // The primary key makes a second verification of one chunk an error, never a silent
+            // overwrite (an overturned chunk's row is deleted first, by `Invalidated`).
+            exec(
+                t,
+                "INSERT INTO verified (job, chunk, digest, output, agreeing, disagreeing, provisional)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     chunk.job.0,
                     chunk.index,
                     digest.0.as_slice(),
                     encode(&StoredOutput::from(output)),
                     encode(&StoredWorkerIds::from(&agreeing[..])),
-                    encode(&StoredWorkerIds::from(&disagreeing[..]))
+                    encode(&StoredWorkerIds::from(&disagreeing[..])),
+                    provisional.as_ref().map(to_json)
                 ],
             )
             .map_err(|e| SchedulerError::Store(format!("recording chunk {chunk} as verified: {e}")))?;
@@ -362,6 +482,48 @@ fn apply_one(t: &rusqlite::Transaction, record: &Record) -> Result<()> {
                 t,
                 "UPDATE jobs SET finished = ?1 WHERE id = ?2",
                 params![encode(&StoredJobState::from(state)), job.0],
+            )?;
+        }
+        Record::Finalized { chunk } => {
+            exec(
+                t,
+                "UPDATE verified SET provisional = NULL WHERE job = ?1 AND chunk = ?2",
+                params![chunk.job.0, chunk.index],
+            )?;
+        }
+        Record::Invalidated { job, from_chunk, .. } => {
+            exec(t, "DELETE FROM verified WHERE job = ?1 AND chunk >= ?2", params![job.0, from_chunk])?;
+            exec(t, "DELETE FROM pending_results WHERE job = ?1 AND chunk >= ?2", params![job.0, from_chunk])?;
+            exec(t, "UPDATE jobs SET finished = NULL WHERE id = ?1", params![job.0])?;
+        }
+        Record::Standing { worker, standing } => {
+            exec(
+                t,
+                "INSERT OR REPLACE INTO standings (worker, standing) VALUES (?1, ?2)",
+                params![worker.0.as_slice(), to_json(standing)],
+            )?;
+        }
+        Record::Trust(event) => {
+            exec(
+                t,
+                "INSERT INTO trust_events (job, worker, event) VALUES (?1, ?2, ?3)",
+                params![event.job.map(|j| j.0), event.worker.map(|w| w.0.to_vec()), to_json(event)],
+            )?;
+        }
+        Record::Signed { chunk, worker, key, statement_hash, signature, usage } => {
+            exec(
+                t,
+                "INSERT INTO signed_results (job, chunk, worker, key, statement, signature, usage)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    chunk.job.0,
+                    chunk.index,
+                    worker.0.as_slice(),
+                    key.0.as_slice(),
+                    statement_hash.as_slice(),
+                    signature.0.as_slice(),
+                    to_json(usage)
+                ],
             )?;
         }
         Record::WorkerDisagreed { worker } => {

@@ -77,9 +77,29 @@ pub struct StoredThermo {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum StoredOutput {
-    Md { state_hash: [u8; 32], checkpoint: [u8; 32], checkpoint_bytes: u64, thermo: Vec<StoredThermo> },
-    Command { exit_code: i32, files: Vec<StoredFile>, stdout: StoredFile, stderr: StoredFile },
-    Empty { value: u64 },
+    Md {
+        state_hash: [u8; 32],
+        checkpoint: [u8; 32],
+        checkpoint_bytes: u64,
+        thermo: Vec<StoredThermo>,
+    },
+    Command {
+        exit_code: i32,
+        files: Vec<StoredFile>,
+        stdout: StoredFile,
+        stderr: StoredFile,
+    },
+    Empty {
+        value: u64,
+    },
+    /// Format 3: an MD output with its hash chain.
+    MdChained {
+        state_hash: [u8; 32],
+        checkpoint: [u8; 32],
+        checkpoint_bytes: u64,
+        thermo: Vec<StoredThermo>,
+        chain: Vec<[u8; 32]>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -167,6 +187,8 @@ impl From<StoredJobSpec> for JobSpec {
             StoredJobKind::Empty { chunks } => JobKind::Empty { chunks },
         };
         JobSpec {
+            // The policy lives in its own column (format 3); jobs from before it compared replicas.
+            verification: upglobe_protocol::trust::Verification::Quorum,
             name: spec.name,
             after: spec.after,
             replicas: spec.replicas,
@@ -179,7 +201,8 @@ impl From<StoredJobSpec> for JobSpec {
 impl From<&Output> for StoredOutput {
     fn from(output: &Output) -> StoredOutput {
         match output {
-            Output::Md { state_hash, checkpoint, checkpoint_bytes, thermo } => StoredOutput::Md {
+            Output::Md { state_hash, checkpoint, checkpoint_bytes, thermo, chain } => StoredOutput::MdChained {
+                chain: chain.clone(),
                 state_hash: *state_hash,
                 checkpoint: checkpoint.0,
                 checkpoint_bytes: *checkpoint_bytes,
@@ -209,7 +232,12 @@ impl From<&Output> for StoredOutput {
 impl From<StoredOutput> for Output {
     fn from(output: StoredOutput) -> Output {
         match output {
-            StoredOutput::Md { state_hash, checkpoint, checkpoint_bytes, thermo } => Output::Md {
+            StoredOutput::Md { state_hash, checkpoint, checkpoint_bytes, thermo } => {
+                StoredOutput::MdChained { state_hash, checkpoint, checkpoint_bytes, thermo, chain: vec![state_hash] }
+                    .into()
+            }
+            StoredOutput::MdChained { state_hash, checkpoint, checkpoint_bytes, thermo, chain } => Output::Md {
+                chain,
                 state_hash,
                 checkpoint: BlobHash(checkpoint),
                 checkpoint_bytes,
