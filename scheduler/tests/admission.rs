@@ -1,5 +1,7 @@
 //! The real server in-process: peers speaking another protocol get a clear answer, not a hang.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +26,9 @@ async fn another_protocol_version_is_refused_with_a_reason() {
         resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
         allow_commands: false,
         device: "cpu".into(),
+        role: upglobe_protocol::trust::NodeRole::Worker,
+        signing_key: common::key().public(),
+        owner: None,
     };
     frame::write(&mut send, &Greeting::Worker(hello)).await.unwrap();
     let answer = tokio::time::timeout(Duration::from_secs(10), frame::read::<ToWorker, _>(&mut recv)).await.unwrap();
@@ -65,6 +70,7 @@ async fn submit_md(scheduler: &Scheduler, initial: &[u8]) {
         name: "md".into(),
         after: vec![],
         replicas: 1,
+        verification: upglobe_protocol::trust::Verification::Quorum,
         resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
         kind: JobKind::Md(MdJob { initial: hash, atoms: 2, total_steps: 10, chunk_steps: 10, thermo_every: 10 }),
     };
@@ -77,7 +83,7 @@ async fn submit_md(scheduler: &Scheduler, initial: &[u8]) {
 
 #[tokio::test]
 async fn a_checkpoint_that_is_not_the_claimed_state_is_refused() {
-    use upglobe_protocol::messages::{FromWorker, Outcome, Output, Task};
+    use upglobe_protocol::messages::{Outcome, Output, Task};
     let dir = tempfile::tempdir().unwrap();
     let scheduler =
         Scheduler::start(ServerConfig::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap())).await.unwrap();
@@ -107,10 +113,11 @@ async fn a_checkpoint_that_is_not_the_claimed_state_is_refused() {
         assert!(matches!(assignment.task, Task::Md { .. }));
         let blob = store.put(&bytes).unwrap();
         upglobe_datasets::transfer::upload(&connection, &store, blob).await.unwrap();
-        let output =
-            Output::Md { state_hash: claimed, checkpoint: blob, checkpoint_bytes: bytes.len() as u64, thermo: vec![] };
-        let finished =
-            FromWorker::Finished { assignment: assignment.id, outcome: Outcome::Completed(output), elapsed_ms: 1 };
+        let Task::Md { steps, chain_every, .. } = assignment.task else { unreachable!() };
+        let chain = vec![claimed; (steps / chain_every) as usize];
+        let checkpoint_bytes = bytes.len() as u64;
+        let output = Output::Md { state_hash: claimed, checkpoint: blob, checkpoint_bytes, thermo: vec![], chain };
+        let finished = signed(&assignment, Outcome::Completed(output));
         frame::write(&mut send, &finished).await.unwrap();
     }
     // The first (mismatched) result was refused as a failure; the second verified the chunk. The
@@ -144,7 +151,24 @@ fn worker_hello(scheduler: &Scheduler, name: &str) -> Hello {
         resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
         allow_commands: false,
         device: "cpu".into(),
+        role: upglobe_protocol::trust::NodeRole::Worker,
+        signing_key: common::key().public(),
+        owner: None,
     }
+}
+
+/// A worker's answer, signed with the key its hello announced.
+fn signed(assignment: &upglobe_protocol::messages::Assignment, outcome: upglobe_protocol::messages::Outcome) -> upglobe_protocol::messages::FromWorker {
+    use upglobe_protocol::trust::{ResultStatement, Usage};
+    let input = match &assignment.task {
+        upglobe_protocol::messages::Task::Md { input, .. } => Some(*input),
+        _ => None,
+    };
+    let usage = Usage::default();
+    let statement =
+        ResultStatement { chunk: assignment.chunk, assignment: assignment.id, input, digest: outcome.digest(), usage };
+    let signature = common::key().sign(&statement);
+    upglobe_protocol::messages::FromWorker::Finished { assignment: assignment.id, outcome, usage, signature }
 }
 
 /// Before a peer has proven its secret it may send one small frame: a greeting that claims to be
@@ -269,7 +293,7 @@ async fn a_worker_cannot_pile_up_uploads_that_no_result_names() {
 async fn results_of_a_large_job_come_in_pages() {
     use upglobe_protocol::messages::limits::RESULTS_PAGE_CHUNKS_MAX;
     use upglobe_protocol::messages::{
-        ClientRequest, ClientResponse, FromWorker, JobKind, JobSpec, Outcome, Output, StreamRequest, Submission, Task,
+        ClientRequest, ClientResponse, JobKind, JobSpec, Outcome, Output, StreamRequest, Submission, Task,
     };
     let dir = tempfile::tempdir().unwrap();
     let scheduler =
@@ -289,6 +313,7 @@ async fn results_of_a_large_job_come_in_pages() {
         name: "many".into(),
         after: vec![],
         replicas: 1,
+        verification: upglobe_protocol::trust::Verification::Quorum,
         resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
         kind: JobKind::Empty { chunks },
     };
@@ -306,7 +331,7 @@ async fn results_of_a_large_job_come_in_pages() {
         if let ToWorker::Assign(assignment) = frame::expect::<ToWorker, _>(&mut recv).await.unwrap() {
             let Task::Empty { value } = assignment.task else { panic!("an empty task") };
             let outcome = Outcome::Completed(Output::Empty { value });
-            let finished = FromWorker::Finished { assignment: assignment.id, outcome, elapsed_ms: 0 };
+            let finished = signed(&assignment, outcome);
             frame::write(&mut send, &finished).await.unwrap();
             answered += 1;
         }

@@ -24,6 +24,14 @@ use upglobe_scheduler::core::checks::check_output;
 use upglobe_scheduler::core::{Action, BlobFact, Config, Core, Evidence, Record};
 use upglobe_scheduler::store::Store;
 
+/// Links of an md job's chain with the default configuration.
+fn chain_links(kind: &JobKind) -> u32 {
+    match kind {
+        JobKind::Md(md) => upglobe_scheduler::core::trust::chain_links(md.chunk_steps, Config::default().chain_links),
+        _ => 0,
+    }
+}
+
 struct Rng(u64);
 
 impl Rng {
@@ -46,14 +54,19 @@ impl Rng {
 /// thermo line is at).
 fn honest_output(chunk: ChunkId, task: &Task) -> Output {
     match task {
-        Task::Md { input, steps, .. } => {
+        Task::Md { input, steps, chain_every, .. } => {
             let state = *blake3::hash(&[&input.0[..], &steps.to_le_bytes()].concat()).as_bytes();
             let step = (chunk.index as u64 + 1) * steps;
+            let links = steps / chain_every;
+            let mut chain: Vec<[u8; 32]> =
+                (1..links).map(|j| *blake3::hash(&[&state[..], &j.to_le_bytes()].concat()).as_bytes()).collect();
+            chain.push(state);
             Output::Md {
                 state_hash: state,
                 checkpoint: BlobHash(*blake3::hash(&state).as_bytes()),
                 checkpoint_bytes: 100,
                 thermo: vec![ThermoLine { step, temp: 1.0, pe: -1.0, ke: 1.0, etotal: 0.0, press: 0.0 }],
+                chain,
             }
         }
         Task::Empty { value } => Output::Empty { value: *value },
@@ -64,10 +77,11 @@ fn honest_output(chunk: ChunkId, task: &Task) -> Output {
 /// A consistent lie: a wrong state, uploaded as a checkpoint that ends with it.
 fn wrong_output(chunk: ChunkId, task: &Task, rng: &mut Rng) -> Output {
     match honest_output(chunk, task) {
-        Output::Md { checkpoint_bytes, thermo, .. } => {
+        Output::Md { checkpoint_bytes, thermo, mut chain, .. } => {
             let state_hash = [rng.next() as u8 | 1; 32];
             let checkpoint = BlobHash(*blake3::hash(&state_hash).as_bytes());
-            Output::Md { state_hash, checkpoint, checkpoint_bytes, thermo }
+            *chain.last_mut().expect("a chain") = state_hash;
+            Output::Md { state_hash, checkpoint, checkpoint_bytes, thermo, chain }
         }
         Output::Empty { value } => Output::Empty { value: value + 1 + rng.below(5) },
         other => other,
@@ -81,17 +95,23 @@ fn malformed_output(chunk: ChunkId, task: &Task, rng: &mut Rng) -> (Output, Evid
     let consistent = uploaded(&honest);
     match (honest, rng.below(4)) {
         (Output::Md { .. }, 0) | (Output::Empty { .. }, _) => (
-            Output::Md { state_hash: [1; 32], checkpoint: BlobHash([2; 32]), checkpoint_bytes: 1, thermo: vec![] },
+            Output::Md {
+                state_hash: [1; 32],
+                checkpoint: BlobHash([2; 32]),
+                checkpoint_bytes: 1,
+                thermo: vec![],
+                chain: vec![[1; 32]],
+            },
             Evidence::default(),
         ),
-        (Output::Md { state_hash, checkpoint, checkpoint_bytes, thermo }, 1) => {
+        (Output::Md { state_hash, checkpoint, checkpoint_bytes, thermo, chain }, 1) => {
             let evidence =
                 Evidence::gather([checkpoint], |_| Some(BlobFact { size: checkpoint_bytes, tail: vec![0; 32] }));
-            (Output::Md { state_hash, checkpoint, checkpoint_bytes, thermo }, evidence)
+            (Output::Md { state_hash, checkpoint, checkpoint_bytes, thermo, chain }, evidence)
         }
-        (Output::Md { state_hash, checkpoint, checkpoint_bytes, mut thermo }, 2) => {
+        (Output::Md { state_hash, checkpoint, checkpoint_bytes, mut thermo, chain }, 2) => {
             thermo[0].step += 1_000_000;
-            (Output::Md { state_hash, checkpoint, checkpoint_bytes, thermo }, consistent)
+            (Output::Md { state_hash, checkpoint, checkpoint_bytes, thermo, chain }, consistent)
         }
         (_, _) => (Output::Empty { value: 0 }, Evidence::default()),
     }
@@ -135,7 +155,7 @@ struct Simulation {
 impl Simulation {
     fn new(seed: u64) -> Simulation {
         let config =
-            Config { lease_timeout_ms: 5_000, attempts_max: 1_000, extra_replicas_max: 3, disagreements_max: 3 };
+            Config { lease_timeout_ms: 5_000, attempts_max: 1_000, extra_replicas_max: 3, disagreements_max: 3, ..Config::default() };
         let mut store = Store::in_memory().unwrap();
         let epoch = store.next_epoch().unwrap();
         let workers = (0..6)
@@ -161,6 +181,7 @@ impl Simulation {
             name: name.into(),
             after,
             replicas,
+            verification: upglobe_protocol::trust::Verification::Quorum,
             resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
             kind: JobKind::Md(MdJob {
                 initial: INITIAL,
@@ -174,6 +195,7 @@ impl Simulation {
             name: "sweep".into(),
             after: vec![],
             replicas: 2,
+            verification: upglobe_protocol::trust::Verification::Quorum,
             resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
             kind: JobKind::Empty { chunks: 12 },
         };
@@ -217,7 +239,7 @@ impl Simulation {
             assert_eq!(output.digest(), *digest);
             let kind = &self.jobs[&chunk.job].kind;
             assert_eq!(
-                check_output(kind, *chunk, output, &uploaded(output)),
+                check_output(kind, *chunk, output, &uploaded(output), chain_links(kind)),
                 Ok(()),
                 "{chunk}: a malformed result was verified"
             );
@@ -246,6 +268,8 @@ impl Simulation {
                 }
                 w.tasks.push((assignment.id, assignment.chunk, assignment.task, answer_at));
             }
+            // Quorum jobs never ask for served states; settled chunks need nothing.
+            ToWorker::ServeState { .. } | ToWorker::Settled { .. } => {}
             ToWorker::Cancel { assignment, .. } => w.tasks.retain(|(a, _, _, _)| *a != assignment),
             ToWorker::Welcome(_) | ToWorker::Refused { .. } => {}
         }
@@ -333,7 +357,7 @@ impl Simulation {
         let (due, later): (Vec<_>, Vec<_>) = self.network.drain(..).partition(|(at, _, _, _, _)| *at <= self.now);
         self.network = later;
         for (_, worker, assignment, outcome, evidence) in due {
-            self.core.handle_finished(self.now, worker, assignment, outcome, &evidence);
+            self.core.handle_finished(self.now, worker, common::sign(&self.core, assignment, outcome), &evidence);
             self.drain();
         }
     }
@@ -435,6 +459,7 @@ fn dishonest_worker_is_outvoted_and_quarantined() {
                     steps: md.chunk_steps,
                     thermo_every: md.thermo_every,
                     thermo_at_start: chunk.index == 0,
+                    chain_every: md.chunk_steps / chain_links(&JobKind::Md(md.clone())) as u64,
                 }
             }
             _ => Task::Empty { value: chunk.index as u64 },
@@ -471,6 +496,7 @@ fn md_spec(name: &str, chunks: u64, after: Vec<String>) -> JobSpec {
         name: name.into(),
         after,
         replicas: 1,
+        verification: upglobe_protocol::trust::Verification::Quorum,
         resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
         kind: JobKind::Md(MdJob {
             initial: INITIAL,
@@ -518,7 +544,7 @@ fn a_broken_worker_does_not_use_up_the_attempts() {
         for (worker, assignment) in assignments(&mut core) {
             if worker == broken {
                 let failed = Outcome::Failed { reason: "no GPU".into() };
-                core.handle_finished(now, broken, assignment.id, failed, &Evidence::default());
+                core.handle_finished(now, broken, common::sign(&core, assignment.id, failed), &Evidence::default());
             } else {
                 healthy_task = Some(assignment);
             }
@@ -526,7 +552,7 @@ fn a_broken_worker_does_not_use_up_the_attempts() {
         if let Some(assignment) = healthy_task.take() {
             let output = honest_output(assignment.chunk, &assignment.task);
             let evidence = uploaded(&output);
-            core.handle_finished(now, healthy, assignment.id, Outcome::Completed(output), &evidence);
+            core.handle_finished(now, healthy, common::sign(&core, assignment.id, Outcome::Completed(output)), &evidence);
         }
         now += 1;
         core.check_invariants();
@@ -566,6 +592,7 @@ fn a_worker_leaving_while_its_job_fails_is_handled() {
         name: "sweep".into(),
         after: vec![],
         replicas: 1,
+        verification: upglobe_protocol::trust::Verification::Quorum,
         resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
         kind: JobKind::Empty { chunks: 3 },
     };
@@ -574,15 +601,9 @@ fn a_worker_leaving_while_its_job_fails_is_handled() {
     assert_eq!(first.len(), 2, "chunks 0 and 1");
     // Chunk 0 fails once and comes straight back; chunk 1 completes, which lets chunk 2 in. The worker
     // now holds chunk 0 (one failure left) and, with a later id, chunk 2.
-    core.handle_finished(1, worker, first[0].1.id, Outcome::Failed { reason: "flaky".into() }, &Evidence::default());
+    core.handle_finished(1, worker, common::sign(&core, first[0].1.id, Outcome::Failed { reason: "flaky".into() }), &Evidence::default());
     assert_eq!(assignments(&mut core).len(), 1);
-    core.handle_finished(
-        2,
-        worker,
-        first[1].1.id,
-        Outcome::Completed(Output::Empty { value: 1 }),
-        &Evidence::default(),
-    );
+    core.handle_finished(2, worker, common::sign(&core, first[1].1.id, Outcome::Completed(Output::Empty { value: 1 })), &Evidence::default());
     assert_eq!(assignments(&mut core).len(), 1);
     // Leaving fails chunk 0 a second time, which fails the job and releases chunk 2's lease while the
     // worker's leases are still being failed one by one.
@@ -596,6 +617,7 @@ fn command_spec(name: &str, tasks: Vec<i64>) -> JobSpec {
         name: name.into(),
         after: vec![],
         replicas: 1,
+        verification: upglobe_protocol::trust::Verification::Quorum,
         resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
         kind: JobKind::Command(CommandJob {
             argv: vec!["echo".into(), "{task}".into()],
@@ -629,7 +651,7 @@ fn command_results_with_escaping_file_names_are_refused() {
             stderr: file("stderr", 5),
         };
         let evidence = uploaded(&output);
-        core.handle_finished(k as u64 + 1, worker, assignment.id, Outcome::Completed(output), &evidence);
+        core.handle_finished(k as u64 + 1, worker, common::sign(&core, assignment.id, Outcome::Completed(output)), &evidence);
         core.check_invariants();
         let status = core.job_status(k as u64 + 1, ids[0].1).unwrap();
         assert_eq!(status.chunks_verified, 0, "{name:?} was accepted");
@@ -647,11 +669,11 @@ fn command_results_with_escaping_file_names_are_refused() {
     if let Output::Command { files, .. } = &mut lying {
         files[0].size = 1 << 40;
     }
-    core.handle_finished(20, worker, assignment.id, Outcome::Completed(lying), &uploaded(&output));
+    core.handle_finished(20, worker, common::sign(&core, assignment.id, Outcome::Completed(lying)), &uploaded(&output));
     assert_eq!(core.job_status(20, ids[0].1).unwrap().chunks_verified, 0, "a file size that is not the upload's");
     let (_, assignment) = assignments(&mut core).pop().unwrap();
     let evidence = uploaded(&output);
-    core.handle_finished(21, worker, assignment.id, Outcome::Completed(output), &evidence);
+    core.handle_finished(21, worker, common::sign(&core, assignment.id, Outcome::Completed(output)), &evidence);
     assert_eq!(core.job_status(21, ids[0].1).unwrap().state, JobState::Completed);
 }
 
@@ -768,7 +790,7 @@ fn replicas_spread_over_every_capable_worker() {
             *given.entry(worker).or_default() += 1;
             let output = honest_output(assignment.chunk, &assignment.task);
             let evidence = uploaded(&output);
-            core.handle_finished(now, worker, assignment.id, Outcome::Completed(output), &evidence);
+            core.handle_finished(now, worker, common::sign(&core, assignment.id, Outcome::Completed(output)), &evidence);
         }
     }
     assert_eq!(given.values().sum::<u32>(), 12);

@@ -510,6 +510,13 @@ impl Core {
         self.schedule(now);
     }
 
+    /// The statement a worker signs for `outcome` of an assignment it holds (None if the assignment
+    /// is not running): what an honest worker computes on its side.
+    pub fn result_statement(&self, assignment: AssignmentId, outcome: &Outcome, usage: Usage) -> Option<ResultStatement> {
+        let lease = self.leases.get(&assignment)?;
+        Some(ResultStatement { chunk: lease.chunk, assignment, input: lease.input, digest: outcome.digest(), usage })
+    }
+
     /// A verifier's output if it is a well-formed answer to its check (a chain of the interval's
     /// links ending at the uploaded state).
     fn checked_verifier_output(&self, id: CheckId, output: Output, evidence: &Evidence) -> Option<Output> {
