@@ -158,7 +158,10 @@ fn worker_hello(scheduler: &Scheduler, name: &str) -> Hello {
 }
 
 /// A worker's answer, signed with the key its hello announced.
-fn signed(assignment: &upglobe_protocol::messages::Assignment, outcome: upglobe_protocol::messages::Outcome) -> upglobe_protocol::messages::FromWorker {
+fn signed(
+    assignment: &upglobe_protocol::messages::Assignment,
+    outcome: upglobe_protocol::messages::Outcome,
+) -> upglobe_protocol::messages::FromWorker {
     use upglobe_protocol::trust::{ResultStatement, Usage};
     let input = match &assignment.task {
         upglobe_protocol::messages::Task::Md { input, .. } => Some(*input),

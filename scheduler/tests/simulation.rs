@@ -154,8 +154,13 @@ struct Simulation {
 
 impl Simulation {
     fn new(seed: u64) -> Simulation {
-        let config =
-            Config { lease_timeout_ms: 5_000, attempts_max: 1_000, extra_replicas_max: 3, disagreements_max: 3, ..Config::default() };
+        let config = Config {
+            lease_timeout_ms: 5_000,
+            attempts_max: 1_000,
+            extra_replicas_max: 3,
+            disagreements_max: 3,
+            ..Config::default()
+        };
         let mut store = Store::in_memory().unwrap();
         let epoch = store.next_epoch().unwrap();
         let workers = (0..6)
@@ -552,7 +557,12 @@ fn a_broken_worker_does_not_use_up_the_attempts() {
         if let Some(assignment) = healthy_task.take() {
             let output = honest_output(assignment.chunk, &assignment.task);
             let evidence = uploaded(&output);
-            core.handle_finished(now, healthy, common::sign(&core, assignment.id, Outcome::Completed(output)), &evidence);
+            core.handle_finished(
+                now,
+                healthy,
+                common::sign(&core, assignment.id, Outcome::Completed(output)),
+                &evidence,
+            );
         }
         now += 1;
         core.check_invariants();
@@ -601,9 +611,19 @@ fn a_worker_leaving_while_its_job_fails_is_handled() {
     assert_eq!(first.len(), 2, "chunks 0 and 1");
     // Chunk 0 fails once and comes straight back; chunk 1 completes, which lets chunk 2 in. The worker
     // now holds chunk 0 (one failure left) and, with a later id, chunk 2.
-    core.handle_finished(1, worker, common::sign(&core, first[0].1.id, Outcome::Failed { reason: "flaky".into() }), &Evidence::default());
+    core.handle_finished(
+        1,
+        worker,
+        common::sign(&core, first[0].1.id, Outcome::Failed { reason: "flaky".into() }),
+        &Evidence::default(),
+    );
     assert_eq!(assignments(&mut core).len(), 1);
-    core.handle_finished(2, worker, common::sign(&core, first[1].1.id, Outcome::Completed(Output::Empty { value: 1 })), &Evidence::default());
+    core.handle_finished(
+        2,
+        worker,
+        common::sign(&core, first[1].1.id, Outcome::Completed(Output::Empty { value: 1 })),
+        &Evidence::default(),
+    );
     assert_eq!(assignments(&mut core).len(), 1);
     // Leaving fails chunk 0 a second time, which fails the job and releases chunk 2's lease while the
     // worker's leases are still being failed one by one.
@@ -651,7 +671,12 @@ fn command_results_with_escaping_file_names_are_refused() {
             stderr: file("stderr", 5),
         };
         let evidence = uploaded(&output);
-        core.handle_finished(k as u64 + 1, worker, common::sign(&core, assignment.id, Outcome::Completed(output)), &evidence);
+        core.handle_finished(
+            k as u64 + 1,
+            worker,
+            common::sign(&core, assignment.id, Outcome::Completed(output)),
+            &evidence,
+        );
         core.check_invariants();
         let status = core.job_status(k as u64 + 1, ids[0].1).unwrap();
         assert_eq!(status.chunks_verified, 0, "{name:?} was accepted");
@@ -790,7 +815,12 @@ fn replicas_spread_over_every_capable_worker() {
             *given.entry(worker).or_default() += 1;
             let output = honest_output(assignment.chunk, &assignment.task);
             let evidence = uploaded(&output);
-            core.handle_finished(now, worker, common::sign(&core, assignment.id, Outcome::Completed(output)), &evidence);
+            core.handle_finished(
+                now,
+                worker,
+                common::sign(&core, assignment.id, Outcome::Completed(output)),
+                &evidence,
+            );
         }
     }
     assert_eq!(given.values().sum::<u32>(), 12);

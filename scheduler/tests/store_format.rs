@@ -124,7 +124,12 @@ fn scenario() -> Vec<Record> {
             }
             let result = output(worker, assignment.chunk, &assignment.task);
             let evidence = uploaded(&result);
-            core.handle_finished(now, worker, common::sign(&core, assignment.id, Outcome::Completed(result)), &evidence);
+            core.handle_finished(
+                now,
+                worker,
+                common::sign(&core, assignment.id, Outcome::Completed(result)),
+                &evidence,
+            );
         }
     }
     let later = ids.iter().find(|(name, _)| name == "later").unwrap().1;

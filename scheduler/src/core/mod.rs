@@ -234,6 +234,8 @@ struct Chunk {
     results: Vec<ResultEntry>,
     /// The dispute that settles its disagreeing results.
     dispute: Option<CheckId>,
+    /// Workers that lost a dispute over this chunk: they never run it again.
+    excluded: BTreeSet<WorkerId>,
     running: BTreeMap<AssignmentId, WorkerId>,
     attempts_failed: u32,
     /// Workers on which an attempt failed; others are preferred.
@@ -512,7 +514,12 @@ impl Core {
 
     /// The statement a worker signs for `outcome` of an assignment it holds (None if the assignment
     /// is not running): what an honest worker computes on its side.
-    pub fn result_statement(&self, assignment: AssignmentId, outcome: &Outcome, usage: Usage) -> Option<ResultStatement> {
+    pub fn result_statement(
+        &self,
+        assignment: AssignmentId,
+        outcome: &Outcome,
+        usage: Usage,
+    ) -> Option<ResultStatement> {
         let lease = self.leases.get(&assignment)?;
         Some(ResultStatement { chunk: lease.chunk, assignment, input: lease.input, digest: outcome.digest(), usage })
     }
@@ -949,6 +956,7 @@ impl Core {
             self.may_run(w, &job.spec.kind)
                 && !chunk.results.iter().any(|r| r.worker == *id)
                 && !chunk.running.values().any(|r| r == id)
+                && !chunk.excluded.contains(id)
                 && !owners.contains(w.owner.as_str())
         };
         // A worker that failed this chunk runs it again only when no other could: otherwise one broken

@@ -749,15 +749,13 @@ impl Core {
         let Some(chunk) = self.chunks.get_mut(&chunk_id) else { return };
         chunk.dispute = None;
         chunk.results.retain(|r| !loser_ids.contains(&r.worker));
-        chunk.failed_by.extend(loser_ids.iter().copied());
-        if let Some(winner) = winner {
-            if let Some(w) = self.workers.get_mut(&winner) {
-                w.standing.audits_passed += 1;
-            }
-        }
-        self.settle_adaptive(now, chunk_id);
-        if self.chunks.contains_key(&chunk_id) {
-            self.refresh_ready(chunk_id);
+        chunk.excluded.extend(loser_ids.iter().copied());
+        let digest = winner.and_then(|w| chunk.results.iter().find(|r| r.worker == w)).map(|r| r.digest);
+        match digest {
+            // The verifier confirmed the winner where the two parted: accept it (provisional, and
+            // audited like any result whose worker has no record).
+            Some(digest) => self.accept_adaptive(now, chunk_id, digest),
+            None => self.refresh_ready(chunk_id),
         }
     }
 
