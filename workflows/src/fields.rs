@@ -306,6 +306,7 @@ fn example(key: &str) -> &'static str {
         "chunk_steps" => "100",
         "damping" => "1.0",
         "argv" => "[\"sh\", \"run.sh\", \"{task}\"]",
+        "file" => "\"energies.txt\"",
         "system" | "potential" | "run" => "{ ... }",
         _ => "...",
     }
