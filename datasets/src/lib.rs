@@ -1,7 +1,8 @@
-//! Stores and moves bytes: the content-addressed blob store every peer keeps, and (with the `h5md`
-//! module) trajectory files in H5MD.
+//! Stores and moves bytes: the content-addressed blob store every peer keeps, (with the `h5md`
+//! module) trajectory files in H5MD, and the tolerance comparison of two results' output files.
 
 pub mod blobs;
+pub mod compare;
 #[cfg(feature = "h5md")]
 pub mod h5md;
 pub mod transfer;
@@ -23,6 +24,9 @@ pub enum DatasetError {
     Transfer { hash: String, message: String },
     #[error("h5md {path}: {message}")]
     H5md { path: String, message: String },
+    /// Two results' output files could not be compared at all (as opposed to differing).
+    #[error("comparing {file}: {message}")]
+    Compare { file: String, message: String },
 }
 
 pub type Result<T, E = DatasetError> = std::result::Result<T, E>;

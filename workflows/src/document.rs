@@ -1,7 +1,8 @@
 //! The TOML document as a small tree in which every key, value and table knows its byte offset.
 //!
-//! toml_edit distinguishes header tables, dotted-key tables, inline tables and arrays of tables; the
-//! checker only cares about "a table with entries" and "where is it", so the tree flattens those cases.
+//! toml_edit distinguishes header tables, dotted-key tables and inline tables; the checker only cares
+//! about "a table with entries" and "where is it", so the tree flattens those cases. An array of tables
+//! (`[[jobs.a.verify.compare]]`) keeps its tables, each at its own `[[header]]`.
 
 use toml_edit::{Item, Value as TomlValue};
 
@@ -21,7 +22,7 @@ pub(crate) enum Value {
     Datetime,
     Array(Vec<Spanned>),
     Table(Table),
-    ArrayOfTables,
+    ArrayOfTables(Vec<Table>),
 }
 
 #[derive(Debug, Clone)]
@@ -49,7 +50,7 @@ impl Value {
             Value::Datetime => "a date-time",
             Value::Array(_) => "an array",
             Value::Table(_) => "a table",
-            Value::ArrayOfTables => "an array of tables",
+            Value::ArrayOfTables(_) => "an array of tables",
         }
     }
 }
@@ -93,7 +94,8 @@ fn convert_item(item: &Item, key_at: usize) -> Option<Spanned> {
         }
         Item::ArrayOfTables(array) => {
             let at = array.span().map_or(key_at, |span| span.start);
-            Some(Spanned { at, value: Value::ArrayOfTables })
+            let tables = array.iter().map(|table| convert_table(table, at)).collect();
+            Some(Spanned { at, value: Value::ArrayOfTables(tables) })
         }
     }
 }
@@ -153,6 +155,24 @@ mod tests {
         assert_eq!(cells[1].at, offset_of(source, "2]"));
         let Value::Table(potential) = &job.get("potential").unwrap().value.value else { panic!("no potential") };
         assert_eq!(potential.at, offset_of(source, "[jobs.a.potential]"));
+    }
+
+    #[test]
+    fn each_table_of_an_array_of_tables_is_at_its_header() {
+        let source = "[jobs.a.verify]\npolicy = \"tolerance\"\n[[jobs.a.verify.compare]]\nfile = \"x\"\n\
+                      [[jobs.a.verify.compare]]\nfile = \"y\"\n";
+        let root = parse(source).unwrap();
+        let Value::Table(jobs) = &root.get("jobs").unwrap().value.value else { panic!("jobs is not a table") };
+        let Value::Table(job) = &jobs.get("a").unwrap().value.value else { panic!("job is not a table") };
+        let Value::Table(verify) = &job.get("verify").unwrap().value.value else { panic!("verify is not a table") };
+        let compare = verify.get("compare").unwrap();
+        assert_eq!(compare.key_at, offset_of(source, "compare]]"));
+        let Value::ArrayOfTables(tables) = &compare.value.value else { panic!("compare is not an array of tables") };
+        assert_eq!(tables.len(), 2);
+        assert_eq!(tables[0].at, offset_of(source, "[[jobs.a.verify.compare]]"));
+        assert_eq!(tables[1].at, source.rfind("[[jobs.a.verify.compare]]").unwrap());
+        let file = tables[1].get("file").unwrap();
+        assert_eq!((file.key_at, file.value.at), (offset_of(source, "file = \"y\""), offset_of(source, "\"y\"")));
     }
 
     #[test]

@@ -252,7 +252,7 @@ fn type_hint(expected: &str, value: &Value) -> Option<String> {
         Value::Integer(_) | Value::Float(_) | Value::Boolean(_) if expected == "a string" => {
             Some("put the value in double quotes".to_string())
         }
-        Value::ArrayOfTables if expected == "a table" => Some("use single brackets: [table], not [[table]]".into()),
+        Value::ArrayOfTables(_) if expected == "a table" => Some("use single brackets: [table], not [[table]]".into()),
         _ => None,
     }
 }
@@ -306,6 +306,7 @@ fn example(key: &str) -> &'static str {
         "chunk_steps" => "100",
         "damping" => "1.0",
         "argv" => "[\"sh\", \"run.sh\", \"{task}\"]",
+        "file" => "\"energies.txt\"",
         "system" | "potential" | "run" => "{ ... }",
         _ => "...",
     }

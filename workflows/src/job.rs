@@ -3,13 +3,14 @@
 use std::path::Path;
 
 use upglobe_protocol::messages::limits::REPLICAS_MAX;
+use upglobe_protocol::trust::Verification;
 
 use crate::diagnostic::Reporter;
 use crate::document::{Entry, Table};
 use crate::fields::{Field, Located, Section, closest, report_unknown, string_value};
-use crate::{Job, JobKind, command, md, resources};
+use crate::{Job, JobKind, command, md, resources, verify};
 
-const COMMON_KEYS: &[&str] = &["kind", "replicas", "after", "resources"];
+const COMMON_KEYS: &[&str] = &["kind", "replicas", "after", "resources", "verify"];
 const MD_KEYS: &[&str] = &["system", "potential", "run", "thermostat"];
 const KINDS: &[&str] = &["md", "command"];
 
@@ -20,7 +21,7 @@ pub const COMMAND_REPLICAS_DEFAULT: u32 = 1;
 pub use upglobe_protocol::messages::limits::NAME_BYTES_MAX;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
+pub(crate) enum Kind {
     Md,
     Command,
 }
@@ -49,19 +50,36 @@ pub(crate) fn read<'t>(
         Some(Kind::Command) => command::read(reporter, &section, base_dir).map(JobKind::Command),
         None => None,
     };
-    let job = match (&after, replicas, resources, job_kind) {
-        (Some(after), Some(replicas), Some(resources), Some(kind)) => Some(Job {
+    let verification = kind.and_then(|kind| verification(reporter, &section, kind, replicas, job_kind.as_ref()));
+    let job = match (&after, replicas, resources, job_kind, verification) {
+        (Some(after), Some(replicas), Some(resources), Some(kind), Some(verification)) => Some(Job {
             name: name.to_string(),
             after: after.iter().map(|name| name.value.to_string()).collect(),
             replicas,
             resources,
             kind,
+            verification,
             location: reporter.location(table.at),
         }),
         _ => None,
     };
     let dependencies = Dependencies { name, after: after.unwrap_or_default() };
     (dependencies, job)
+}
+
+fn verification(
+    reporter: &mut Reporter,
+    section: &Section,
+    kind: Kind,
+    replicas: Option<u32>,
+    job_kind: Option<&JobKind>,
+) -> Option<Verification> {
+    let outputs = match job_kind {
+        Some(JobKind::Command(command)) => Some(command.outputs.as_slice()),
+        _ => None,
+    };
+    let replicas_written = section.entry("replicas").is_some();
+    verify::read(reporter, section, &verify::JobFacts { kind, replicas, replicas_written, outputs })
 }
 
 fn kind(reporter: &mut Reporter, job: &Section) -> Option<Kind> {

@@ -3,7 +3,7 @@
 //! # Modules, in the order a file is read
 //! - `document`: TOML text to a tree in which every key and value knows its offset.
 //! - `workflow`: the top level (`name`, `jobs`); `job`: the keys every job has.
-//! - `md`, `command`, `resources`: the kind-specific tables.
+//! - `md`, `command`, `resources`: the kind-specific tables; `verify`: how results are trusted.
 //! - `graph`: the `after` dependencies.
 //! - [`diagnostic`]: what went wrong, where, and a hint.
 
@@ -15,17 +15,20 @@ mod graph;
 mod job;
 mod md;
 mod resources;
+mod verify;
 mod workflow;
 
 use std::path::{Path, PathBuf};
 
 use upglobe_kernels::system::PhysicalSystem;
 use upglobe_protocol::messages::Resources;
+use upglobe_protocol::trust::Verification;
 
 pub use command::{ARGUMENTS_MAX, INPUTS_MAX, OUTPUTS_MAX, TASKS_MAX, TIMEOUT_S_DEFAULT, TIMEOUT_S_MAX, task_range};
 pub use diagnostic::{Diagnostic, Location, render};
 pub use job::{COMMAND_REPLICAS_DEFAULT, MD_REPLICAS_DEFAULT, NAME_BYTES_MAX};
 pub use resources::parse_memory;
+pub use verify::{COLUMN_MAX, DATASET_PATH_BYTES_MAX};
 
 /// Largest workflow file read, so a mistaken path (a trajectory, a data set) fails fast.
 pub const SOURCE_BYTES_MAX: u64 = upglobe_protocol::messages::limits::SOURCE_BYTES_MAX as u64;
@@ -51,6 +54,9 @@ pub struct Job {
     /// What one replica needs on a worker.
     pub resources: Resources,
     pub kind: JobKind,
+    /// How the results of its chunks are trusted: the `[jobs.NAME.verify]` table, or the default of
+    /// the kind (adaptive for md, quorum for commands).
+    pub verification: Verification,
     /// Where the job's `[jobs.NAME]` table starts.
     pub location: Location,
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{MELT, REPORT, error, errors, melt_with, parse_in};
+use common::{MELT, REPORT, SUMMARY, error, errors, melt_with, parse_in, summary_with};
 
 #[test]
 fn syntax_errors_point_where_the_parser_stopped() {
@@ -332,4 +332,182 @@ fn a_lattice_outside_the_kernels_bounds_is_an_error_not_a_panic() {
         assert!(message.starts_with("w.toml:6:1: invalid system: lattice density"), "{message}");
         assert!(message.contains("density"), "{message}");
     }
+}
+
+#[test]
+fn md_jobs_are_verified_exactly() {
+    for policy in ["tolerance", "metered"] {
+        assert_eq!(
+            error(&format!("{MELT}[jobs.melt.verify]\npolicy = \"{policy}\"\n")),
+            format!(
+                "w.toml:20:10: policy \"{policy}\" does not apply to md jobs\n  hint: md chunks are bit-deterministic, so their results compare exactly: use policy = \"adaptive\" (the default) or \"quorum\""
+            )
+        );
+    }
+}
+
+#[test]
+fn command_jobs_have_no_hash_chains_to_audit() {
+    assert_eq!(
+        error(&summary_with(
+            "policy = \"tolerance\"\n\n[[jobs.summary.verify.compare]]\nfile = \"energies.txt\"\ncolumns = [2, 3]\nrelative = 1e-6\n",
+            "policy = \"adaptive\"\n"
+        )),
+        "w.toml:8:10: policy \"adaptive\" applies only to md jobs\n  hint: adaptive verification audits the hash chains that only md chunks record; command jobs use \"quorum\" (the default), \"tolerance\" or \"metered\""
+    );
+}
+
+#[test]
+fn tolerance_needs_replicas_to_compare_and_rules() {
+    assert_eq!(
+        error(&summary_with("replicas = 2\n", "")),
+        "w.toml:7:10: policy \"tolerance\" compares replicas, but job 'summary' has 1\n  hint: set replicas = 2 (or more) in [jobs.summary], so that two workers' results can be compared"
+    );
+    let rules = SUMMARY.find("\n[[").unwrap();
+    assert_eq!(
+        error(&SUMMARY[..rules]),
+        "w.toml:7:1: job 'summary' has policy \"tolerance\" but no 'compare' rules\n  hint: add a [[jobs.summary.verify.compare]] table with file = \"energies.txt\" naming an output, and the tolerances"
+    );
+    assert_eq!(
+        error(&format!("{}compare = []\n", &SUMMARY[..rules])),
+        "w.toml:9:11: 'compare' is empty\n  hint: add at least one compare rule"
+    );
+}
+
+#[test]
+fn metered_runs_once() {
+    let rules = SUMMARY.find("\n[[").unwrap();
+    let metered = SUMMARY[..rules].replace("\"tolerance\"", "\"metered\"");
+    assert_eq!(
+        error(&metered),
+        "w.toml:8:10: policy \"metered\" runs each chunk once, but job 'summary' has replicas = 2\n  hint: remove 'replicas' from [jobs.summary], or use policy = \"quorum\" to compare replicas"
+    );
+}
+
+#[test]
+fn compare_rules_belong_to_the_tolerance_policy() {
+    assert_eq!(
+        error(&summary_with("policy = \"tolerance\"", "policy = \"quorum\"")),
+        "w.toml:10:23: 'compare' applies only to policy = \"tolerance\", and job 'summary' has \"quorum\"\n  hint: set policy = \"tolerance\", or remove the compare rules"
+    );
+    assert_eq!(
+        error(&summary_with("policy = \"tolerance\"\n", "")),
+        "w.toml:9:23: 'compare' applies only to policy = \"tolerance\", and job 'summary' has \"quorum\"\n  hint: set policy = \"tolerance\", or remove the compare rules",
+        "command jobs default to quorum"
+    );
+}
+
+#[test]
+fn unknown_policies_and_keys_suggest_the_closest() {
+    assert_eq!(
+        error(&summary_with("\"tolerance\"", "\"tolerence\"")),
+        "w.toml:8:10: unknown verification policy 'tolerence'\n  hint: did you mean 'tolerance'?"
+    );
+    assert_eq!(
+        error(&summary_with("\"tolerance\"", "\"paranoid\"")),
+        "w.toml:8:10: unknown verification policy 'paranoid'\n  hint: policy is \"adaptive\", \"quorum\", \"tolerance\" or \"metered\""
+    );
+    assert_eq!(
+        errors(&summary_with("policy", "policy = \"tolerance\"\npolcy")),
+        ["w.toml:9:1: unknown key 'polcy'\n  hint: did you mean 'policy'?"]
+    );
+    assert_eq!(
+        errors(&summary_with("columns", "colums")),
+        ["w.toml:12:1: unknown key 'colums'\n  hint: did you mean 'columns'?"]
+    );
+    assert_eq!(
+        error(&summary_with("relative = 1e-6", "relative = 1e-6\ntolerance = 1")),
+        "w.toml:14:1: unknown key 'tolerance'\n  hint: valid keys in [jobs.summary.verify.compare]: file, columns, datasets, absolute, relative"
+    );
+    let misspelt = errors(&summary_with("[jobs.summary.verify]\n", "[jobs.summary.verfy]\n"));
+    assert_eq!(misspelt[0], "w.toml:7:15: unknown key 'verfy'\n  hint: did you mean 'verify'?");
+    assert!(misspelt[1].starts_with("w.toml:10:23: 'compare' applies only to"), "the policy is the default then");
+}
+
+#[test]
+fn a_compared_file_is_one_of_the_outputs() {
+    assert_eq!(
+        error(&summary_with("file = \"energies.txt\"", "file = \"energy.txt\"")),
+        "w.toml:11:8: 'energy.txt' is not one of the outputs of job 'summary'\n  hint: add it to 'outputs' of [jobs.summary] or compare one of 'energies.txt', 'summary-*.txt', 'traj.h5'"
+    );
+    assert_eq!(
+        error(&summary_with("file = \"energies.txt\"", "file = \"out/summary-1.txt\"")),
+        "w.toml:11:8: 'out/summary-1.txt' is not one of the outputs of job 'summary'\n  hint: add it to 'outputs' of [jobs.summary] or compare one of 'energies.txt', 'summary-*.txt', 'traj.h5'",
+        "'*' does not match across directories, as the worker's collection does not"
+    );
+    assert_eq!(
+        error(&summary_with("outputs = [\"energies.txt\", \"summary-*.txt\", \"traj.h5\"]\n", "")),
+        "w.toml:10:8: 'energies.txt' is not one of the outputs of job 'summary'\n  hint: job 'summary' collects no outputs: add outputs = [\"energies.txt\"] to [jobs.summary]"
+    );
+    assert_eq!(
+        error(&summary_with("file = \"energies.txt\"", "file = \"../energies.txt\"")),
+        "w.toml:11:8: cannot compare file name \"../energies.txt\" must not contain '..', '.' or empty components\n  hint: name an output file relative to the task's working directory, as in 'outputs'"
+    );
+    assert_eq!(
+        error(&summary_with("file = \"energies.txt\"\n", "")),
+        "w.toml:10:1: job 'summary' is missing 'verify.compare.file'\n  hint: add 'file = \"energies.txt\"' to [jobs.summary.verify.compare]"
+    );
+}
+
+#[test]
+fn columns_and_datasets_are_bounded_and_exclusive() {
+    assert_eq!(
+        error(&summary_with("columns = [2, 3]", "columns = [2, 3]\ndatasets = [\"/e\"]")),
+        "w.toml:13:1: a compare rule has either 'columns' or 'datasets', not both\n  hint: 'columns' compares a text file's columns, 'datasets' an HDF5 file's datasets; remove one"
+    );
+    assert_eq!(
+        errors(&summary_with("columns = [2, 3]", "columns = [0, 2, 1000001, 2]")),
+        [
+            "w.toml:12:12: column 0 is out of range; columns are numbered from 1 to 1000000\n  hint: the first whitespace-separated column of a line is 1",
+            "w.toml:12:18: column 1000001 is out of range; columns are numbered from 1 to 1000000\n  hint: the first whitespace-separated column of a line is 1",
+            "w.toml:12:27: column 2 appears twice",
+        ]
+    );
+    assert_eq!(
+        error(&summary_with("columns = [2, 3]", "columns = []")),
+        "w.toml:12:11: 'columns' is empty\n  hint: omit 'columns' to compare every column"
+    );
+    let many: Vec<String> = (1..=65).map(|column| column.to_string()).collect();
+    assert_eq!(
+        error(&summary_with("columns = [2, 3]", &format!("columns = [{}]", many.join(", ")))),
+        "w.toml:12:11: 'columns' has 65 entries; at most 64 are allowed"
+    );
+    let long = format!("/{}", "d".repeat(1024));
+    assert_eq!(
+        errors(&summary_with("columns = [2, 3]", &format!("datasets = [\"\", \"{long}\", 3]"))),
+        [
+            "w.toml:12:13: a dataset path is empty\n  hint: name a dataset inside the HDF5 file, e.g. \"/particles/all/position/value\"",
+            "w.toml:12:17: a dataset path is 1025 bytes; at most 1024 are allowed\n  hint: name a dataset inside the HDF5 file, e.g. \"/particles/all/position/value\"",
+            "w.toml:12:1046: expected a string for 'datasets', found an integer\n  hint: put the value in double quotes",
+        ]
+    );
+}
+
+#[test]
+fn at_most_so_many_compare_rules() {
+    let rule = "\n[[jobs.summary.verify.compare]]\nfile = \"energies.txt\"\n";
+    let source = format!("{SUMMARY}{}", rule.repeat(64));
+    assert_eq!(error(&source), "w.toml:10:23: 'compare' has 65 rules; at most 64 are allowed");
+}
+
+#[test]
+fn tolerances_are_finite_and_not_negative() {
+    assert_eq!(
+        errors(&summary_with("relative = 1e-6", "relative = -1e-6\nabsolute = nan")),
+        [
+            "w.toml:13:12: 'relative' must not be negative, found -0.000001",
+            "w.toml:14:12: 'absolute' must be a finite number, found NaN",
+        ]
+    );
+}
+
+#[test]
+fn every_verify_error_is_reported_at_once() {
+    let source = summary_with("replicas = 2\n", "")
+        .replace("file = \"energies.txt\"", "file = \"nothing.txt\"")
+        .replace("columns = [2, 3]", "columns = [0]")
+        + "\n[[jobs.summary.verify.compare]]\nfile = \"traj.h5\"\ndatasets = [\"\"]\nabsolute = -1\n";
+    let locations: Vec<String> =
+        errors(&source).iter().map(|error| error.split(": ").next().unwrap().to_string()).collect();
+    assert_eq!(locations, ["w.toml:7:10", "w.toml:10:8", "w.toml:11:12", "w.toml:16:13", "w.toml:17:12"]);
 }

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use upglobe_protocol::trust::{Compared, ToleranceRule, Verification};
 use upglobe_workflows::{JobKind, Workflow, load};
 
 fn examples() -> PathBuf {
@@ -22,7 +23,7 @@ fn every_example_loads() {
             loaded += 1;
         }
     }
-    assert_eq!(loaded, 3);
+    assert_eq!(loaded, 4);
 }
 
 #[test]
@@ -55,6 +56,21 @@ fn lj_thermostat_has_a_langevin_thermostat() {
     let langevin = md.system.params.langevin.expect("a thermostat");
     assert_eq!((langevin.temperature, langevin.damping, langevin.seed), (1.0, 1.0, 7));
     assert_eq!(md.system.ids.len(), 864);
+}
+
+#[test]
+fn tolerance_compares_two_workers_energies_within_a_tolerance() {
+    let workflow = load_example("tolerance.toml");
+    let [job] = workflow.jobs.as_slice() else { panic!("one job expected") };
+    let JobKind::Command(command) = &job.kind else { panic!("a command job expected") };
+    assert_eq!((job.replicas, command.outputs.as_slice()), (2, ["energies.txt".to_string()].as_slice()));
+    let rule = ToleranceRule {
+        file: "energies.txt".into(),
+        values: Compared::Columns(vec![2, 3]),
+        absolute: 1e-12,
+        relative: 1e-9,
+    };
+    assert_eq!(job.verification, Verification::Tolerance(vec![rule]));
 }
 
 #[test]

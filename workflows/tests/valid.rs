@@ -4,10 +4,11 @@ mod common;
 
 use std::path::Path;
 
-use common::{MELT, REPORT, parse_in};
+use common::{MELT, REPORT, SUMMARY, parse_in};
 use upglobe_kernels::lattice::FccLattice;
 use upglobe_kernels::system::{Langevin, PairCoeff};
 use upglobe_protocol::messages::Resources;
+use upglobe_protocol::trust::{Compared, ToleranceRule, Verification};
 use upglobe_workflows::{CommandJob, InputFile, JobKind, Location, MdJob, load};
 
 fn md(kind: &JobKind) -> &MdJob {
@@ -148,4 +149,60 @@ fn load_resolves_inputs_next_to_the_workflow_file() {
     std::fs::write(&path, format!("{MELT}{REPORT}inputs = [\"report.sh\"]\n")).unwrap();
     let workflow = load(&path).unwrap();
     assert_eq!(command(&workflow.jobs[1].kind).inputs[0].path, folder.path().join("report.sh"));
+}
+
+#[test]
+fn a_tolerance_job_keeps_its_rules() {
+    let source = format!(
+        "{SUMMARY}absolute = 1e-9\n\n[[jobs.summary.verify.compare]]\nfile = \"traj.h5\"\n\
+         datasets = [\"/particles/all/position/value\"]\nabsolute = 1e-5\n\n\
+         [[jobs.summary.verify.compare]]\nfile = \"summary-3.txt\"\n"
+    );
+    let workflow = parse_in(Path::new("."), &source).unwrap();
+    let expected = vec![
+        ToleranceRule {
+            file: "energies.txt".into(),
+            values: Compared::Columns(vec![2, 3]),
+            absolute: 1e-9,
+            relative: 1e-6,
+        },
+        ToleranceRule {
+            file: "traj.h5".into(),
+            values: Compared::Datasets(vec!["/particles/all/position/value".into()]),
+            absolute: 1e-5,
+            relative: 0.0,
+        },
+        ToleranceRule {
+            file: "summary-3.txt".into(),
+            values: Compared::Columns(Vec::new()),
+            absolute: 0.0,
+            relative: 0.0,
+        },
+    ];
+    assert_eq!(workflow.jobs[0].verification, Verification::Tolerance(expected));
+}
+
+#[test]
+fn compare_rules_may_be_inline_tables() {
+    let rules = SUMMARY.find("\n[[").unwrap();
+    let source = format!("{}compare = [{{ file = \"energies.txt\", columns = [1] }}]\n", &SUMMARY[..rules]);
+    let workflow = parse_in(Path::new("."), &source).unwrap();
+    let Verification::Tolerance(rules) = &workflow.jobs[0].verification else { panic!("a tolerance policy") };
+    assert_eq!(rules[0].values, Compared::Columns(vec![1]));
+}
+
+#[test]
+fn verification_defaults_by_kind_and_is_chosen_per_job() {
+    let workflow = parse_in(Path::new("."), &format!("{MELT}{REPORT}")).unwrap();
+    assert_eq!(workflow.jobs[0].verification, Verification::Adaptive, "md jobs default to adaptive");
+    assert_eq!(workflow.jobs[1].verification, Verification::Quorum, "command jobs default to quorum");
+
+    let source =
+        format!("{MELT}[jobs.melt.verify]\npolicy = \"quorum\"\n{REPORT}[jobs.report.verify]\npolicy = \"metered\"\n");
+    let workflow = parse_in(Path::new("."), &source).unwrap();
+    assert_eq!(workflow.jobs[0].verification, Verification::Quorum);
+    assert_eq!((workflow.jobs[1].verification.clone(), workflow.jobs[1].replicas), (Verification::Metered, 1));
+    let quorum = source.replace("\"metered\"", "\"quorum\"").replace("tasks = [1, 2]", "tasks = [1, 2]\nreplicas = 3");
+    let workflow = parse_in(Path::new("."), &quorum).unwrap();
+    assert_eq!((workflow.jobs[1].verification.clone(), workflow.jobs[1].replicas), (Verification::Quorum, 3));
 }

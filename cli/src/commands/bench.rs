@@ -12,6 +12,7 @@ use upglobe_kernels::{Checkpoint, Device, RunOptions, State, engine};
 use upglobe_protocol::messages::limits::{CHUNKS_PER_JOB_MAX, REPLICAS_MAX};
 use upglobe_protocol::messages::{ClientRequest, ClientResponse, JobKind, JobSpec, Resources, Submission};
 use upglobe_protocol::tls::PeerIdentity;
+use upglobe_protocol::trust::Verification;
 use upglobe_scheduler::server::{Scheduler, ServerConfig};
 use upglobe_worker::WorkerConfig;
 
@@ -258,6 +259,7 @@ async fn bench_scheduler(args: &SchedulerArgs) -> Result<Value> {
         replicas: args.replicas,
         resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
         kind: JobKind::Empty { chunks: args.chunks },
+        verification: Verification::Quorum,
     };
     let submission = Submission { name: "bench".into(), source: String::new(), jobs: vec![job] };
     let started = Instant::now();

@@ -100,6 +100,7 @@ pub async fn submit(client: &Client, workflow: &Workflow) -> Result<(WorkflowId,
             replicas: job.replicas,
             resources: job.resources,
             kind,
+            verification: job.verification.clone(),
         });
     }
     let submission = Submission { name: workflow.name.clone(), source: workflow.source.clone(), jobs };

@@ -60,3 +60,27 @@ pub fn melt_with(from: &str, to: &str) -> String {
     assert!(MELT.contains(from), "'{from}' is not in MELT");
     MELT.replacen(from, to, 1)
 }
+
+/// A valid command job with a tolerance rule; tests change one thing in it. Lines: 1 `[jobs.summary]`,
+/// 4 `replicas`, 5 `outputs`, 7 `[jobs.summary.verify]`, 8 `policy`, 10 `[[jobs.summary.verify.compare]]`,
+/// 11 `file`, 12 `columns`, 13 `relative`.
+pub const SUMMARY: &str = r#"[jobs.summary]
+kind = "command"
+argv = ["sh", "summary.sh"]
+replicas = 2
+outputs = ["energies.txt", "summary-*.txt", "traj.h5"]
+
+[jobs.summary.verify]
+policy = "tolerance"
+
+[[jobs.summary.verify.compare]]
+file = "energies.txt"
+columns = [2, 3]
+relative = 1e-6
+"#;
+
+/// `SUMMARY` with one piece of text replaced, which must be there.
+pub fn summary_with(from: &str, to: &str) -> String {
+    assert!(SUMMARY.contains(from), "'{from}' is not in SUMMARY");
+    SUMMARY.replacen(from, to, 1)
+}
