@@ -21,6 +21,14 @@ pub const LEASE_TIMEOUT_SECONDS: RangeInclusive<f64> = 1.0..=604_800.0;
 pub const IDLE_TIMEOUT_SECONDS: RangeInclusive<f64> = 1.0..=86_400.0;
 /// Failed attempts of one chunk before its job fails.
 pub const ATTEMPTS: RangeInclusive<u32> = 1..=1000;
+/// Confirmed results before a worker runs md chunks alone (0: at once, for tests and closed labs).
+pub const TRUST_AFTER: RangeInclusive<u64> = 0..=1_000_000;
+pub const AUDIT_RATE: RangeInclusive<f64> = 0.0..=1.0;
+pub const CHAIN_LINKS: RangeInclusive<u32> = 1..=upglobe_protocol::trust::CHAIN_LINKS_MAX as u32;
+/// A worker serves an intermediate state within a second to an hour.
+pub const SERVE_DEADLINE_SECONDS: RangeInclusive<f64> = 1.0..=3600.0;
+/// Challenge windows from a second to 90 days.
+pub const SETTLE_AFTER_SECONDS: RangeInclusive<f64> = 1.0..=7_776_000.0;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -45,6 +53,21 @@ pub struct Args {
     /// Failed attempts of one chunk before its job fails (1 to 1000).
     #[arg(long, default_value_t = 5, value_parser = flags::integer(ATTEMPTS))]
     attempts: u32,
+    /// Confirmed results after which a worker runs md chunks alone, under random audits (0 to 1000000).
+    #[arg(long, default_value_t = 10, value_parser = flags::integer(TRUST_AFTER))]
+    trust_after: u64,
+    /// Lowest probability that a trusted worker's single execution is audited (0 to 1).
+    #[arg(long, default_value_t = 0.5, value_parser = flags::number(AUDIT_RATE))]
+    audit_rate_min: f64,
+    /// Links of an md chunk's hash chain at most: an audit re-runs one link (1 to 1024).
+    #[arg(long, default_value_t = 16, value_parser = flags::integer(CHAIN_LINKS))]
+    chain_links: u32,
+    /// Seconds a worker has to serve an intermediate state before it fails the audit (1 to 3600).
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = flags::seconds(SERVE_DEADLINE_SECONDS))]
+    serve_deadline: Duration,
+    /// Seconds after which an unaudited provisional result becomes final (1 to 7776000).
+    #[arg(long, value_name = "SECONDS", default_value = "3600", value_parser = flags::seconds(SETTLE_AFTER_SECONDS))]
+    settle_after: Duration,
 }
 
 impl Args {
@@ -69,6 +92,11 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
     // At most a week in milliseconds: far from overflowing.
     config.core.lease_timeout_ms = args.lease_timeout.as_millis() as u64;
     config.core.attempts_max = args.attempts;
+    config.core.trust_after = args.trust_after;
+    config.core.audit_rate_min = args.audit_rate_min;
+    config.core.chain_links = args.chain_links;
+    config.core.serve_deadline_ms = args.serve_deadline.as_millis() as u64;
+    config.core.settle_after_ms = args.settle_after.as_millis() as u64;
     config.idle_timeout = args.idle_timeout;
     config.heartbeat_interval = args.heartbeat;
     let scheduler = Scheduler::start(config).await?;
@@ -77,6 +105,7 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
             "address": scheduler.address.to_string(),
             "worker_token": scheduler.worker_token.to_string(),
             "client_token": scheduler.client_token.to_string(),
+            "verifier_token": scheduler.verifier_token.to_string(),
             "data_dir": data_dir,
         })),
         Format::Text => {
@@ -85,6 +114,7 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
                 println!("created a new certificate authority");
             }
             println!("join workers with:\n  upglobe worker --join {}", scheduler.worker_token);
+            println!("join verifiers (audits on a reference kernel) with:\n  upglobe verify --join {}", scheduler.verifier_token);
             println!(
                 "client token (submit, status, results), also in {}:\n  {}",
                 data_dir.join("client.token").display(),

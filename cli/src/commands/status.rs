@@ -8,6 +8,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use upglobe_protocol::JobId;
 use upglobe_protocol::messages::{ClientRequest, ClientResponse, JobState, JobStatus, WorkerStatus};
+use upglobe_protocol::trust::{Finality, NodeRole, TrustEventKind, VerificationReport};
 
 use super::Context;
 use crate::client::{Client, client_token};
@@ -20,6 +21,10 @@ pub struct StatusArgs {
     /// Keep watching until the jobs finish.
     #[arg(long)]
     watch: bool,
+    /// Show the job's verification record: its policy, final and provisional chunks, and every
+    /// decision (audits, disputes, reputation changes, invalidations).
+    #[arg(long, requires = "job", conflicts_with = "watch")]
+    verification: bool,
     /// The client token (or a file holding it). Default: HOME/scheduler/client.token.
     #[arg(long, env = "UPGLOBE_CONNECT")]
     connect: Option<String>,
@@ -65,6 +70,7 @@ pub fn status_json(status: &JobStatus) -> Value {
         "reason": reason,
         "chunks_total": status.chunks_total,
         "chunks_verified": status.chunks_verified,
+        "chunks_final": status.chunks_final,
         "chunks_running": status.chunks_running,
         "running_s": status.running_ms as f64 / 1000.0,
         "disagreements": status.disagreements,
@@ -94,12 +100,14 @@ fn print_statuses(jobs: &[JobStatus], detailed: bool) {
                 s.kind.clone(),
                 s.state.label().to_string(),
                 format!("{}/{}", s.chunks_verified, s.chunks_total),
+                s.chunks_final.to_string(),
                 s.chunks_running.to_string(),
                 output::duration(s.running_ms as f64 / 1000.0),
             ]
         })
         .collect();
-    println!("{}", table(&["ID", "WORKFLOW", "JOB", "KIND", "STATE", "VERIFIED", "RUNNING", "ELAPSED"], &rows));
+    let header = ["ID", "WORKFLOW", "JOB", "KIND", "STATE", "VERIFIED", "FINAL", "RUNNING", "ELAPSED"];
+    println!("{}", table(&header, &rows));
     for status in jobs {
         if let JobState::Failed { reason } = &status.state {
             println!("job {} failed: {reason}", status.id);
@@ -118,6 +126,20 @@ fn print_statuses(jobs: &[JobStatus], detailed: bool) {
 
 pub async fn status(context: &Context, args: StatusArgs) -> Result<i32> {
     let client = connect(context, args.connect.as_deref()).await?;
+    if args.verification {
+        let job = args.job.clone().expect("clap requires a job");
+        let report = match client.request(ClientRequest::Verification { job }).await? {
+            ClientResponse::Verification(report) => report,
+            ClientResponse::Error { message } => bail!("{message}"),
+            other => bail!("unexpected answer {other:?}"),
+        };
+        match context.format {
+            Format::Json => output::json(&serde_json::to_value(&*report)?),
+            Format::Text => print_verification(&report),
+        }
+        client.close();
+        return Ok(0);
+    }
     let jobs = fetch(&client, args.job.clone()).await?;
     if args.watch {
         let ids: Vec<JobId> = jobs.iter().map(|s| s.id).collect();
@@ -130,6 +152,55 @@ pub async fn status(context: &Context, args: StatusArgs) -> Result<i32> {
     }
     client.close();
     Ok(0)
+}
+
+fn print_verification(report: &VerificationReport) {
+    println!(
+        "job {}: policy {}; {} chunks final, {} provisional",
+        report.job,
+        report.policy.name(),
+        report.chunks_final,
+        report.chunks_provisional
+    );
+    let rows: Vec<Vec<String>> = report
+        .events
+        .iter()
+        .map(|event| {
+            vec![
+                output::duration(event.time_ms as f64 / 1000.0),
+                event.chunk.map_or("-".into(), |c| c.to_string()),
+                event.worker.map_or("-".into(), |w| w.short()),
+                describe(&event.what),
+            ]
+        })
+        .collect();
+    println!("{}", table(&["AT", "CHUNK", "WORKER", "DECISION"], &rows));
+}
+
+/// One verification decision in words.
+fn describe(what: &TrustEventKind) -> String {
+    let short = |w: &Option<upglobe_protocol::WorkerId>| w.map_or("-".to_string(), |w| w.short());
+    match what {
+        TrustEventKind::Accepted { finality: Finality::Final, how } => format!("final: {how}"),
+        TrustEventKind::Accepted { finality: Finality::Provisional, how } => format!("provisional: {how}"),
+        TrustEventKind::AuditOrdered { link } => format!("audit of link {link} ordered"),
+        TrustEventKind::AuditPassed { link, verifier, steps } => {
+            format!("audit of link {link} passed ({steps} steps re-run by verifier {})", short(verifier))
+        }
+        TrustEventKind::AuditFailed { link, reason } => format!("audit of link {link} FAILED: {reason}"),
+        TrustEventKind::Dispute { other, link, rounds } => {
+            format!("disagrees with {}: chains part at link {link} ({rounds} bisection rounds)", other.short())
+        }
+        TrustEventKind::DisputeSettled { link, winner, loser, steps, verifier } => format!(
+            "dispute over link {link} settled by verifier {} ({steps} steps): {} right, {} wrong",
+            short(verifier),
+            short(winner),
+            loser.iter().map(|w| w.short()).collect::<Vec<_>>().join(", ")
+        ),
+        TrustEventKind::Reputation { from, to, reason } => format!("standing {from} -> {to}: {reason}"),
+        TrustEventKind::Invalidated { reason } => format!("this chunk and all after it run again: {reason}"),
+        TrustEventKind::Rejected { reason } => format!("rejected: {reason}"),
+    }
 }
 
 pub async fn cancel(context: &Context, args: CancelArgs) -> Result<i32> {
@@ -150,6 +221,8 @@ fn worker_json(w: &WorkerStatus) -> Value {
         "id": w.id.to_hex(), "name": w.name, "connected": w.connected, "device": w.device,
         "cpus": w.resources.cpus, "memory_bytes": w.resources.memory_bytes, "running": w.running,
         "completed": w.completed, "disagreements": w.disagreements, "quarantined": w.quarantined,
+        "role": match w.role { NodeRole::Worker => "worker", NodeRole::Verifier => "verifier" },
+        "owner": w.owner, "standing": w.standing, "audits_passed": w.audits_passed, "audits_failed": w.audits_failed,
     })
 }
 
@@ -180,10 +253,14 @@ pub async fn workers(context: &Context, args: WorkersArgs) -> Result<i32> {
                         w.running.to_string(),
                         w.completed.to_string(),
                         w.disagreements.to_string(),
+                        format!("{}/{}", w.audits_passed, w.audits_failed),
+                        w.standing.clone(),
                     ]
                 })
                 .collect();
-            println!("{}", table(&["ID", "NAME", "STATE", "DEVICE", "CPUS", "RUNNING", "DONE", "DISAGREED"], &rows));
+            let header =
+                ["ID", "NAME", "STATE", "DEVICE", "CPUS", "RUNNING", "DONE", "DISAGREED", "AUDITS OK/FAILED", "STANDING"];
+            println!("{}", table(&header, &rows));
         }
     }
     client.close();
