@@ -191,6 +191,7 @@ impl Scheduler {
         write_token(&dir.join("verifier.token"), &verifier_token)?;
 
         let (inputs, receiver) = mpsc::channel(INPUT_QUEUE_MAX);
+        let weak_inputs = inputs.downgrade();
         let (shutdown, watcher) = watch::channel(false);
         let uploads = Arc::new(Uploads::default());
         let shared = Arc::new(Shared {
@@ -215,7 +216,8 @@ impl Scheduler {
             config.garbage_grace,
             watcher.clone(),
         ));
-        let owner = Owner { core, store, blobs, clock, sessions: HashMap::new(), probe, uploads };
+        let sessions = HashMap::new();
+        let owner = Owner { core, store, blobs, clock, sessions, probe, uploads, inputs: weak_inputs };
         let owner = tokio::spawn(owner.run(receiver, watcher));
         tracing::info!(%address, epoch, "scheduler listening");
         Ok(Scheduler { worker_token, client_token, verifier_token, address, created, latencies, shutdown, owner })
@@ -276,6 +278,11 @@ enum Input {
         request: ClientRequest,
         reply: oneshot::Sender<ClientResponse>,
     },
+    /// The answer to a comparison the core asked for.
+    Compared {
+        id: u64,
+        agree: bool,
+    },
 }
 
 struct Session {
@@ -298,6 +305,9 @@ struct Owner {
     clock: Instant,
     sessions: HashMap<WorkerId, Session>,
     probe: Option<LatencyProbe>,
+    /// For answers of work done off the owner task (comparisons); weak, so that the input channel
+    /// still closes when every connection is gone.
+    inputs: mpsc::WeakSender<Input>,
 }
 
 struct LatencyProbe {
@@ -413,7 +423,43 @@ impl Owner {
                 let response = self.answer(now, request);
                 replies.push((reply, response));
             }
+            Input::Compared { id, agree } => self.core.handle_compared(now, id, agree),
         }
+    }
+
+    /// Compares two results' files on a blocking thread (they may be large) and hands the answer
+    /// back as an input.
+    fn compare(
+        &self,
+        id: u64,
+        rules: Vec<upglobe_protocol::trust::ToleranceRule>,
+        a: Vec<upglobe_protocol::messages::FileRef>,
+        b: Vec<upglobe_protocol::messages::FileRef>,
+    ) {
+        let (blobs, inputs) = (self.blobs.clone(), self.inputs.clone());
+        tokio::spawn(async move {
+            let compared =
+                tokio::task::spawn_blocking(move || upglobe_datasets::compare::compare_outputs(&blobs, &rules, &a, &b))
+                    .await;
+            let agree = match compared {
+                Ok(Ok(upglobe_datasets::compare::Agreement::Agree)) => true,
+                Ok(Ok(upglobe_datasets::compare::Agreement::Differ(why))) => {
+                    tracing::info!(comparison = id, %why, "results differ beyond the tolerances");
+                    false
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(comparison = id, error = %e, "results could not be compared; counted as different");
+                    false
+                }
+                Err(e) => {
+                    tracing::error!(comparison = id, error = %e, "the comparison panicked; counted as different");
+                    false
+                }
+            };
+            if let Some(inputs) = inputs.upgrade() {
+                let _ = inputs.send(Input::Compared { id, agree }).await;
+            }
+        });
     }
 
     /// What the blob store holds of the named blobs: the evidence the core decides on.
@@ -505,6 +551,7 @@ impl Owner {
         while let Some(action) = self.core.poll_action() {
             match action {
                 Action::Persist(record) => pending.records.push(record),
+                Action::Compare { id, rules, a, b } => self.compare(id, rules, a, b),
                 Action::Send { worker, message } => {
                     let outbox = self.sessions.get(&worker).map(|s| s.outbox.clone());
                     pending.sends.push((worker, outbox, message));

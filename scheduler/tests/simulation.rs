@@ -227,6 +227,7 @@ impl Simulation {
                     self.store.apply(&std::mem::take(&mut records)).unwrap();
                     self.deliver(worker, message);
                 }
+                Action::Compare { .. } => panic!("no tolerance jobs in the simulation"),
             }
         }
         self.store.apply(&records).unwrap();

@@ -112,7 +112,7 @@ impl World {
                 Action::Send { worker, message: ToWorker::ServeState { request, assignment, link, .. } } => {
                     self.serve.push((worker, request, assignment, link))
                 }
-                Action::Send { .. } => {}
+                Action::Send { .. } | Action::Compare { .. } => {}
             }
         }
         self.core.check_invariants();
@@ -316,4 +316,74 @@ fn chunks_chained_after_an_overturned_result_run_again() {
     let status = world.core.job_status(world.now, job).unwrap();
     assert_eq!(status.state, JobState::Completed);
     assert_eq!(world.final_state(job), world.truth(3));
+}
+
+#[test]
+fn tolerance_results_agree_by_comparison_and_a_disagreement_asks_for_more() {
+    use upglobe_protocol::messages::{CommandJob, FileRef, TaskIds};
+    use upglobe_protocol::trust::{Compared, ToleranceRule};
+    let mut core = Core::new(config(), 1);
+    for id in 1..=3u8 {
+        core.handle_worker_joined(0, WorkerId([id; 32]), &hello(&format!("w{id}"), 1, true)).unwrap();
+    }
+    let rule =
+        ToleranceRule { file: "energy.txt".into(), values: Compared::Columns(vec![2]), absolute: 1e-6, relative: 0.0 };
+    let command = CommandJob {
+        argv: vec!["run".into()],
+        tasks: TaskIds::default(),
+        inputs: vec![],
+        outputs: vec!["energy.txt".into()],
+        timeout_s: 60,
+    };
+    let spec = JobSpec {
+        name: "fp".into(),
+        after: vec![],
+        replicas: 2,
+        resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
+        kind: JobKind::Command(command),
+        verification: Verification::Tolerance(vec![rule]),
+    };
+    let submission = Submission { name: "tol".into(), source: String::new(), jobs: vec![spec] };
+    let (_, ids) = core.handle_submit(0, submission, &Evidence::default()).unwrap();
+    let job = ids[0].1;
+    let file = |seed: u8| FileRef { name: "energy.txt".into(), blob: BlobHash([seed; 32]), size: 10 };
+    let std = |name: &str, seed: u8| FileRef { name: name.into(), blob: BlobHash([seed; 32]), size: 1 };
+    let output = |seed: u8| Output::Command {
+        exit_code: 0,
+        files: vec![file(seed)],
+        stdout: std("stdout", 100 + seed),
+        stderr: std("stderr", 200),
+    };
+    let mut compares = Vec::new();
+    let answer = |core: &mut Core, now: u64, compares: &mut Vec<u64>| {
+        let mut assigned = Vec::new();
+        while let Some(action) = core.poll_action() {
+            match action {
+                Action::Send { worker, message: ToWorker::Assign(a) } => assigned.push((worker, a)),
+                Action::Compare { id, .. } => compares.push(id),
+                _ => {}
+            }
+        }
+        for (worker, assignment) in assigned {
+            let seed = worker.0[0];
+            let out = output(seed);
+            let evidence = uploaded(&out);
+            let finished = sign(core, assignment.id, Outcome::Completed(out));
+            core.handle_finished(now, worker, finished, &evidence);
+        }
+        core.check_invariants();
+    };
+    answer(&mut core, 1, &mut compares);
+    answer(&mut core, 2, &mut compares);
+    // Two results with different bytes: the core asks the shell to compare them.
+    assert_eq!(compares.len(), 1);
+    assert_eq!(core.job_status(2, job).unwrap().chunks_verified, 0);
+    // They differ beyond the tolerance: a third replica is asked for, and compared in turn.
+    core.handle_compared(3, compares.pop().unwrap(), false);
+    answer(&mut core, 4, &mut compares);
+    answer(&mut core, 5, &mut compares);
+    assert_eq!(compares.len(), 1, "the third result is compared with the first group");
+    core.handle_compared(6, compares.pop().unwrap(), true);
+    let status = core.job_status(6, job).unwrap();
+    assert_eq!(status.state, JobState::Completed, "two results agree within the tolerances");
 }

@@ -18,6 +18,7 @@
 
 pub mod checks;
 mod state;
+mod tolerance;
 pub mod trust;
 
 pub use checks::{BlobFact, Evidence};
@@ -104,8 +105,19 @@ pub struct Finished {
 /// What the core asks the shell to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    Send { worker: WorkerId, message: ToWorker },
+    Send {
+        worker: WorkerId,
+        message: ToWorker,
+    },
     Persist(Record),
+    /// Compare two command results' output files by the rules; answer with
+    /// [`Core::handle_compared`].
+    Compare {
+        id: u64,
+        rules: Vec<upglobe_protocol::trust::ToleranceRule>,
+        a: Vec<upglobe_protocol::messages::FileRef>,
+        b: Vec<upglobe_protocol::messages::FileRef>,
+    },
 }
 
 /// A durable fact. The store keeps every record; [`Core::restore`] rebuilds the state from them.
@@ -236,6 +248,9 @@ struct Chunk {
     dispute: Option<CheckId>,
     /// Workers that lost a dispute over this chunk: they never run it again.
     excluded: BTreeSet<WorkerId>,
+    /// Tolerance jobs: results (by index) in groups that agree, and the comparison awaited.
+    groups: Vec<Vec<usize>>,
+    comparing: Option<tolerance::Comparing>,
     running: BTreeMap<AssignmentId, WorkerId>,
     attempts_failed: u32,
     /// Workers on which an attempt failed; others are preferred.
@@ -287,6 +302,8 @@ pub struct Core {
     trust_timers: BTreeSet<(u64, TrustTimer)>,
     next_check: CheckId,
     next_request: u64,
+    /// Comparisons asked of the shell, by id.
+    comparisons: BTreeMap<u64, ChunkId>,
 }
 
 impl Core {
@@ -315,6 +332,7 @@ impl Core {
             trust_timers: BTreeSet::new(),
             next_check: 1,
             next_request: 1,
+            comparisons: BTreeMap::new(),
         }
     }
 
@@ -735,6 +753,11 @@ impl Core {
         if self.adaptive(chunk_id.job) {
             self.persist(Record::ResultReported { chunk: chunk_id, worker, assignment, digest, output });
             self.settle_adaptive(now, chunk_id);
+            return;
+        }
+        if self.tolerance_rules(chunk_id).is_some() {
+            self.persist(Record::ResultReported { chunk: chunk_id, worker, assignment, digest, output });
+            self.pump_comparisons(now, chunk_id, 0);
             return;
         }
         let chunk = &self.chunks[&chunk_id];

@@ -148,6 +148,7 @@ impl Core {
             let quorum = self.jobs[&chunk_id.job].spec.replicas;
             let bound = quorum + self.config.extra_replicas_max;
             let adaptive = self.adaptive(chunk_id.job);
+            let tolerance = self.tolerance_rules(chunk_id).is_some();
             let chunk = self.chunks.get_mut(&chunk_id).expect("listed");
             if let Some((count, workers)) = attempts.get(&chunk_id) {
                 chunk.attempts_failed = *count;
@@ -155,6 +156,11 @@ impl Core {
             }
             if adaptive {
                 self.settle_adaptive(now, chunk_id);
+                continue;
+            }
+            if tolerance {
+                // Comparisons are not kept: the results are grouped again.
+                self.pump_comparisons(now, chunk_id, 0);
                 continue;
             }
             chunk.widen_on_disagreement(quorum, bound);
