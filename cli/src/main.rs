@@ -39,6 +39,8 @@ enum Command {
     Scheduler(commands::scheduler::Args),
     /// Run a worker that joins a scheduler.
     Worker(commands::worker::Args),
+    /// Run a verifier: audits and dispute intervals on the reference kernel, never ordinary chunks.
+    Verify(commands::worker::VerifyArgs),
     /// Submit a workflow file.
     Submit(commands::submit::Args),
     /// Show jobs (all, or one with its failures).
@@ -83,7 +85,7 @@ fn default_home() -> PathBuf {
 
 fn main() {
     let cli = Cli::parse();
-    let daemon = matches!(cli.command, Command::Scheduler(_) | Command::Worker(_));
+    let daemon = matches!(cli.command, Command::Scheduler(_) | Command::Worker(_) | Command::Verify(_));
     init_logging(cli.verbose, if daemon { "info" } else { "warn" });
     let home = cli.home.clone().unwrap_or_else(default_home);
     let context = commands::Context { home, format: cli.output };
@@ -92,6 +94,7 @@ fn main() {
         match cli.command {
             Command::Scheduler(args) => commands::scheduler::run(&context, args).await,
             Command::Worker(args) => commands::worker::run(&context, args).await,
+            Command::Verify(args) => commands::worker::verify(&context, args).await,
             Command::Submit(args) => commands::submit::run(&context, args).await,
             Command::Status(args) => commands::status::status(&context, args).await,
             Command::Cancel(args) => commands::status::cancel(&context, args).await,

@@ -52,14 +52,22 @@ pub struct Cluster {
     pub port: u16,
     pub worker_token: String,
     pub client_token: String,
+    pub verifier_token: String,
+    /// Extra flags for every start of the scheduler.
+    pub scheduler_flags: Vec<String>,
     pub scheduler: Option<Process>,
     pub workers: Vec<Process>,
 }
 
 pub fn spawn(dir: &Path, name: &str, args: &[&str], stdout: Stdio) -> Process {
+    spawn_with(dir, name, args, stdout, &[])
+}
+
+pub fn spawn_with(dir: &Path, name: &str, args: &[&str], stdout: Stdio, env: &[(&str, &str)]) -> Process {
     let log = dir.join(format!("{name}.log"));
     let child = Command::new(UPGLOBE)
         .args(args)
+        .envs(env.iter().copied())
         .env_remove("UPGLOBE_HOME")
         .env_remove("UPGLOBE_CONNECT")
         .env("RUST_LOG", "info")
@@ -73,11 +81,18 @@ pub fn spawn(dir: &Path, name: &str, args: &[&str], stdout: Stdio) -> Process {
 
 impl Cluster {
     pub fn start(dir: &Path, workers: usize) -> Cluster {
+        Cluster::start_with(dir, workers, &[])
+    }
+
+    /// A cluster whose scheduler takes `flags` (the trust policy's knobs, for example).
+    pub fn start_with(dir: &Path, workers: usize, flags: &[&str]) -> Cluster {
         let mut cluster = Cluster {
             dir: dir.to_path_buf(),
             port: free_port(),
             worker_token: String::new(),
             client_token: String::new(),
+            verifier_token: String::new(),
+            scheduler_flags: flags.iter().map(|f| f.to_string()).collect(),
             scheduler: None,
             workers: Vec::new(),
         };
@@ -113,6 +128,8 @@ impl Cluster {
             "--heartbeat",
             "0.3",
         ];
+        let mut args: Vec<&str> = args.to_vec();
+        args.extend(self.scheduler_flags.iter().map(|f| f.as_str()));
         let mut process = spawn(&self.dir, &format!("scheduler-{restarts}"), &args, Stdio::piped());
         let mut line = String::new();
         BufReader::new(process.child.stdout.take().unwrap()).read_line(&mut line).unwrap();
@@ -120,18 +137,50 @@ impl Cluster {
             serde_json::from_str(&line).unwrap_or_else(|_| panic!("scheduler did not start: {}", process.log()));
         self.worker_token = started["worker_token"].as_str().unwrap().to_string();
         self.client_token = started["client_token"].as_str().unwrap().to_string();
+        self.verifier_token = started["verifier_token"].as_str().unwrap().to_string();
         self.scheduler = Some(process);
     }
 
     pub fn add_worker(&mut self, extra: &[&str]) {
+        self.add_worker_with(extra, &[]);
+    }
+
+    /// A worker with extra flags and environment (`UPGLOBE_CHEAT`, in a build with the cheat
+    /// feature). Returns its name.
+    pub fn add_worker_with(&mut self, extra: &[&str], env: &[(&str, &str)]) -> String {
         let name = format!("worker-{}", self.workers.len() + 1);
         let data = self.dir.join(&name);
         let mut args =
             vec!["worker", "--join", &self.worker_token, "--data-dir", data.to_str().unwrap(), "--name", &name];
         args.extend_from_slice(&["--cpus", "1", "--idle-timeout", "3"]);
         args.extend_from_slice(extra);
+        let process = spawn_with(&self.dir, &name, &args, Stdio::null(), env);
+        self.workers.push(process);
+        name
+    }
+
+    /// A verifier node on the CPU engine (the reference kernel every device must match).
+    pub fn add_verifier(&mut self) -> String {
+        let name = format!("verifier-{}", self.workers.len() + 1);
+        let data = self.dir.join(&name);
+        let args = [
+            "verify",
+            "--join",
+            &self.verifier_token,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--name",
+            &name,
+            "--device",
+            "cpu",
+            "--cpus",
+            "1",
+            "--idle-timeout",
+            "3",
+        ];
         let process = spawn(&self.dir, &name, &args, Stdio::null());
         self.workers.push(process);
+        name
     }
 
     /// Runs a client command against this cluster.

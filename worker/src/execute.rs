@@ -10,8 +10,22 @@ use upglobe_datasets::{BlobStore, transfer};
 use upglobe_kernels::{Checkpoint, Device, Event, RunOptions, engine};
 use upglobe_protocol::BlobHash;
 use upglobe_protocol::messages::{Assignment, FileRef, Output, Task, ThermoLine};
+use upglobe_protocol::trust::CHAIN_LINKS_MAX;
 
 use crate::WorkerConfig;
+
+/// What a task produced: its output, and for MD the states at the start of each link of its hash
+/// chain (kept until the scheduler settles the chunk, to serve audits).
+pub struct Executed {
+    pub output: Output,
+    pub link_starts: Vec<BlobHash>,
+}
+
+impl From<Output> for Executed {
+    fn from(output: Output) -> Executed {
+        Executed { output, link_starts: Vec::new() }
+    }
+}
 
 /// Runs an assignment; `Err` carries the reason of a failure, in words for the job's status.
 pub async fn run(
@@ -21,10 +35,10 @@ pub async fn run(
     assignment: Assignment,
     cancel: Arc<AtomicBool>,
     steps_done: Arc<AtomicU64>,
-) -> Result<Output, String> {
+) -> Result<Executed, String> {
     match assignment.task {
-        Task::Empty { value } => Ok(Output::Empty { value }),
-        Task::Md { input, steps, thermo_every, thermo_at_start } => {
+        Task::Empty { value } => Ok(Output::Empty { value }.into()),
+        Task::Md { input, steps, thermo_every, thermo_at_start, chain_every } => {
             let bytes =
                 fetch_verified(connection, blobs, input).await.map_err(|e| format!("fetching the input state: {e}"))?;
             let device = match &config.device {
@@ -32,10 +46,14 @@ pub async fn run(
                 other => other.clone(),
             };
             let blobs = blobs.clone();
-            let md = MdChunk { input: bytes, steps, thermo_every, thermo_at_start };
-            tokio::task::spawn_blocking(move || run_md(&blobs, &md, &device, &cancel, &steps_done))
-                .await
-                .map_err(|e| format!("the MD task panicked: {e}"))?
+            let md = MdChunk { input: bytes, input_blob: input, steps, thermo_every, thermo_at_start, chain_every };
+            let chunk = assignment.chunk;
+            tokio::task::spawn_blocking(move || {
+                let cheat = crate::cheat::for_chunk(chunk.index);
+                run_md(&blobs, &md, &device, &cancel, &steps_done, cheat)
+            })
+            .await
+            .map_err(|e| format!("the MD task panicked: {e}"))?
         }
         Task::Command { argv, inputs, outputs, timeout_s } => {
             if !config.allow_commands {
@@ -45,7 +63,7 @@ pub async fn run(
             let command = CommandTask { argv, inputs, outputs, timeout: Duration::from_secs(timeout_s) };
             let result = run_command(blobs, connection, &scratch, &command, &cancel).await;
             let _ = std::fs::remove_dir_all(&scratch);
-            result
+            result.map(Executed::from)
         }
     }
 }
@@ -69,50 +87,94 @@ async fn fetch_verified(
     }
 }
 
-struct MdChunk {
-    input: Vec<u8>,
-    steps: u64,
-    thermo_every: u64,
-    thermo_at_start: bool,
+pub struct MdChunk {
+    pub input: Vec<u8>,
+    pub input_blob: BlobHash,
+    pub steps: u64,
+    pub thermo_every: u64,
+    pub thermo_at_start: bool,
+    pub chain_every: u64,
 }
 
-fn run_md(
+/// The links of a chunk's chain, if `chain_every` divides its steps into at most
+/// [`CHAIN_LINKS_MAX`] of them.
+fn links(md: &MdChunk) -> Result<u64, String> {
+    if md.chain_every == 0 || !md.steps.is_multiple_of(md.chain_every) {
+        return Err(format!(
+            "a hash chain every {} steps does not divide a chunk of {} steps",
+            md.chain_every, md.steps
+        ));
+    }
+    let links = md.steps / md.chain_every;
+    if links > CHAIN_LINKS_MAX as u64 {
+        return Err(format!("{links} links in a hash chain; at most {CHAIN_LINKS_MAX} are allowed"));
+    }
+    Ok(links)
+}
+
+/// Advances an MD state link by link: the state hash after each link is the chain, and every
+/// intermediate state is stored, so any link can be re-run from its start by a verifier. The kernels
+/// are bit-deterministic, so running in links gives the bytes one run would.
+pub fn run_md(
     blobs: &BlobStore,
     md: &MdChunk,
     device: &Device,
     cancel: &AtomicBool,
     steps_done: &AtomicU64,
-) -> Result<Output, String> {
-    let state = Checkpoint::decode(&md.input).map_err(|e| format!("the input state: {e}"))?;
+    cheat: crate::cheat::Cheat,
+) -> Result<Executed, String> {
+    let links = links(md)?;
+    let mut state = Checkpoint::decode(&md.input).map_err(|e| format!("the input state: {e}"))?;
     let mut engine = engine(device).map_err(|e| e.to_string())?;
-    let options =
-        RunOptions { thermo_every: md.thermo_every, thermo_at_start: md.thermo_at_start, ..RunOptions::new(md.steps) };
-    let start = state.step;
+    let (start, atoms) = (state.step, state.atoms());
     let started = Instant::now();
-    let output = engine
-        .run(&state, &options, &mut |event| {
-            if let Event::Step(step) = event {
-                steps_done.store(step - start, Ordering::Relaxed);
-            }
-            if cancel.load(Ordering::Relaxed) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
-        })
-        .map_err(|e| e.to_string())?;
-    let encoded = Checkpoint::encode(&output.state);
+    let mut chain = Vec::with_capacity(links as usize);
+    let mut link_starts = vec![md.input_blob];
+    let mut thermo = Vec::new();
+    let mut encoded = Vec::new();
+    for link in 0..links {
+        let options = RunOptions {
+            thermo_every: md.thermo_every,
+            thermo_at_start: md.thermo_at_start && link == 0,
+            ..RunOptions::new(md.chain_every)
+        };
+        let output = engine
+            .run(&state, &options, &mut |event| {
+                if let Event::Step(step) = event {
+                    steps_done.store(step - start, Ordering::Relaxed);
+                }
+                if cancel.load(Ordering::Relaxed) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+            })
+            .map_err(|e| e.to_string())?;
+        state = output.state;
+        cheat.after_link(link, links, &mut state);
+        thermo.extend(output.thermo.iter().map(|t| ThermoLine {
+            step: t.step,
+            temp: t.temp,
+            pe: t.pe,
+            ke: t.ke,
+            etotal: t.etotal,
+            press: t.press,
+        }));
+        encoded = Checkpoint::encode(&state);
+        chain.push(Checkpoint::stored_hash(&encoded).expect("an encoding ends with its hash").0);
+        if link + 1 < links {
+            link_starts.push(blobs.put(&encoded).map_err(|e| e.to_string())?);
+        }
+    }
+    cheat.forge(&mut chain);
     let state_hash = Checkpoint::stored_hash(&encoded).expect("an encoding ends with its hash").0;
     let checkpoint = blobs.put(&encoded).map_err(|e| e.to_string())?;
     tracing::info!(
-        atoms = state.atoms(),
+        atoms,
         steps = md.steps,
+        links,
         engine = %engine.describe(),
-        atom_steps_per_s = state.atoms() as f64 * md.steps as f64 / started.elapsed().as_secs_f64(),
+        atom_steps_per_s = atoms as f64 * md.steps as f64 / started.elapsed().as_secs_f64(),
         "md chunk done"
     );
-    let thermo = output
-        .thermo
-        .iter()
-        .map(|t| ThermoLine { step: t.step, temp: t.temp, pe: t.pe, ke: t.ke, etotal: t.etotal, press: t.press })
-        .collect();
-    Ok(Output::Md { state_hash, checkpoint, checkpoint_bytes: encoded.len() as u64, thermo })
+    let output = Output::Md { state_hash, checkpoint, checkpoint_bytes: encoded.len() as u64, thermo, chain };
+    Ok(Executed { output, link_starts })
 }
 
 struct CommandTask {

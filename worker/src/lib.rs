@@ -4,8 +4,10 @@
 //!
 //! What runs a task lives in [`execute`]; this module is the session around it.
 
+pub mod cheat;
 pub mod execute;
 pub mod resources;
+mod retained;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -20,6 +22,9 @@ use upglobe_protocol::messages::{
     Assignment, FromWorker, Greeting, Hello, Outcome, Progress, Resources, Task, ToWorker,
 };
 use upglobe_protocol::tls::PeerIdentity;
+use upglobe_protocol::trust::{NodeRole, ResultStatement, SigningKey, Usage};
+
+use retained::Retained;
 use upglobe_protocol::{AssignmentId, BlobHash, PROTOCOL_VERSION, Token, frame, net};
 
 pub const SOFTWARE: &str = concat!("upglobe ", env!("CARGO_PKG_VERSION"));
@@ -52,8 +57,13 @@ pub struct WorkerConfig {
     /// Longest wait between reconnection attempts.
     pub backoff_max: Duration,
     /// The blob cache (inputs, checkpoints, outputs) is kept within this size, least recently used
-    /// first out; what running tasks use is never evicted.
+    /// first out; what running tasks use is never evicted, nor the intermediate states of chunks
+    /// that are not settled.
     pub cache_bytes_max: u64,
+    /// A worker runs chunks; a verifier runs audits and dispute intervals.
+    pub role: NodeRole,
+    /// The hub (lab, operator) this node belongs to: nodes of one owner never verify each other.
+    pub owner: Option<String>,
 }
 
 /// A cache large enough for a few large MD systems' checkpoints and their inputs.
@@ -71,8 +81,27 @@ impl WorkerConfig {
             idle_timeout: net::IDLE_TIMEOUT_DEFAULT,
             backoff_max: Duration::from_secs(10),
             cache_bytes_max: CACHE_BYTES_DEFAULT,
+            role: NodeRole::Worker,
+            owner: None,
         }
     }
+}
+
+/// The node's Ed25519 signing key, `data_dir/signing.key` (PKCS#8), made on first start.
+pub fn load_or_create_key(data_dir: &std::path::Path) -> Result<SigningKey> {
+    let path = data_dir.join("signing.key");
+    let io = |e: std::io::Error| WorkerError::Session(format!("{}: {e}", path.display()));
+    if !path.exists() {
+        std::fs::create_dir_all(data_dir).map_err(io)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&path).map_err(io)?;
+        std::io::Write::write_all(&mut file, &SigningKey::generate()).map_err(io)?;
+    }
+    let bytes = std::fs::read(&path).map_err(io)?;
+    SigningKey::from_pkcs8(&bytes).map_err(|e| WorkerError::Session(format!("{}: {e}", path.display())))
 }
 
 /// Runs the worker until `shutdown` resolves or the scheduler refuses it.
@@ -81,18 +110,23 @@ pub async fn run(
     identity: Option<PeerIdentity>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
+    cheat::check_environment().map_err(WorkerError::Session)?;
     let identity = match identity {
         Some(identity) => identity,
         None => PeerIdentity::load_or_create(&config.data_dir, &config.name)?,
     };
+    let key = Arc::new(load_or_create_key(&config.data_dir)?);
     let blobs = BlobStore::open(config.data_dir.join("blobs"))?;
     let config = Arc::new(config);
+    // Intermediate states outlive a session: a scheduler that restarts may still audit them.
+    let retained = Retained::default();
+    let node = Node { config: config.clone(), key, blobs: blobs.clone(), retained };
     tokio::pin!(shutdown);
     let mut backoff = BACKOFF_START;
     loop {
         let started = Instant::now();
         let outcome = tokio::select! {
-            outcome = session(&config, &identity, &blobs) => outcome,
+            outcome = session(&node, &identity) => outcome,
             _ = &mut shutdown => return Ok(()),
         };
         let reason = match outcome {
@@ -126,8 +160,18 @@ struct Running {
 
 type RunningMap = Arc<Mutex<HashMap<AssignmentId, Running>>>;
 
+/// What every session of this node shares.
+#[derive(Clone)]
+struct Node {
+    config: Arc<WorkerConfig>,
+    key: Arc<SigningKey>,
+    blobs: BlobStore,
+    retained: Retained,
+}
+
 /// One connection to the scheduler; returns why it ended.
-async fn session(config: &Arc<WorkerConfig>, identity: &PeerIdentity, blobs: &BlobStore) -> Result<String> {
+async fn session(node: &Node, identity: &PeerIdentity) -> Result<String> {
+    let config = &node.config;
     let connection = net::connect(&config.token, identity, config.idle_timeout).await?;
     let (mut send, mut recv) = connection.open_bi().await.map_err(|e| WorkerError::Session(e.to_string()))?;
     let hello = Hello {
@@ -136,8 +180,11 @@ async fn session(config: &Arc<WorkerConfig>, identity: &PeerIdentity, blobs: &Bl
         software: SOFTWARE.into(),
         name: config.name.clone(),
         resources: config.resources,
-        allow_commands: config.allow_commands,
+        allow_commands: config.allow_commands && config.role == NodeRole::Worker,
         device: describe_device(&config.device),
+        role: config.role,
+        signing_key: node.key.public(),
+        owner: config.owner.clone(),
     };
     frame::write(&mut send, &Greeting::Worker(hello)).await?;
     let welcome = match frame::read::<ToWorker, _>(&mut recv).await {
@@ -166,9 +213,11 @@ async fn session(config: &Arc<WorkerConfig>, identity: &PeerIdentity, blobs: &Bl
     ));
     let reason = loop {
         match frame::read::<ToWorker, _>(&mut recv).await {
-            Ok(Some(ToWorker::Assign(assignment))) => {
-                start_task(config, blobs, &connection, &running, &outbox, assignment)
+            Ok(Some(ToWorker::Assign(assignment))) => start_task(node, &connection, &running, &outbox, assignment),
+            Ok(Some(ToWorker::ServeState { request, assignment, link, .. })) => {
+                serve_state(node, &connection, &outbox, request, assignment, link)
             }
+            Ok(Some(ToWorker::Settled { assignments })) => node.retained.settle(&assignments),
             Ok(Some(ToWorker::Cancel { assignment, reason })) => {
                 if let Some(task) = running.lock().expect("running map").get(&assignment) {
                     tracing::info!(%assignment, %reason, "cancelled");
@@ -226,8 +275,7 @@ async fn heartbeats(outbox: mpsc::UnboundedSender<FromWorker>, running: RunningM
 }
 
 fn start_task(
-    config: &Arc<WorkerConfig>,
-    blobs: &BlobStore,
+    node: &Node,
     connection: &quinn::Connection,
     running: &RunningMap,
     outbox: &mpsc::UnboundedSender<FromWorker>,
@@ -244,20 +292,27 @@ fn start_task(
         .lock()
         .expect("running map")
         .insert(assignment.id, Running { cancel: cancel.clone(), steps_done: steps_done.clone(), inputs });
-    let (config, blobs, connection, running, outbox) =
-        (config.clone(), blobs.clone(), connection.clone(), running.clone(), outbox.clone());
+    let (node, connection, running, outbox) = (node.clone(), connection.clone(), running.clone(), outbox.clone());
     tokio::spawn(async move {
         let started = Instant::now();
-        let id = assignment.id;
-        tracing::debug!(assignment = %id, chunk = %assignment.chunk, "started");
-        let outcome = execute::run(&config, &blobs, &connection, assignment, cancel.clone(), steps_done).await;
+        let (id, chunk, resources) = (assignment.id, assignment.chunk, assignment.resources);
+        let (input, steps) = match &assignment.task {
+            Task::Md { input, steps, .. } => (Some(*input), *steps),
+            _ => (None, 0),
+        };
+        tracing::debug!(assignment = %id, %chunk, "started");
+        let (config, blobs) = (&node.config, &node.blobs);
+        let executed = execute::run(config, blobs, &connection, assignment, cancel.clone(), steps_done).await;
         running.lock().expect("running map").remove(&id);
         if cancel.load(Ordering::Relaxed) {
             return;
         }
-        let outcome = match outcome {
-            Ok(output) => match upload_outputs(&connection, &blobs, &output).await {
-                Ok(()) => Outcome::Completed(output),
+        let outcome = match executed {
+            Ok(executed) => match upload_outputs(&connection, blobs, &executed.output).await {
+                Ok(()) => {
+                    node.retained.keep(id, executed.link_starts);
+                    Outcome::Completed(executed.output)
+                }
                 Err(e) => Outcome::Failed { reason: format!("uploading the result: {e}") },
             },
             Err(reason) => Outcome::Failed { reason },
@@ -265,17 +320,52 @@ fn start_task(
         if let Outcome::Failed { reason } = &outcome {
             tracing::warn!(assignment = %id, %reason, "task failed");
         }
+        let computed = if matches!(outcome, Outcome::Completed(_)) { steps } else { 0 };
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        let _ = outbox.send(FromWorker::Finished { assignment: id, outcome, elapsed_ms });
-        evict(&config, &blobs, &running);
+        let usage = Usage { elapsed_ms, cpus: resources.cpus, gpus: resources.gpus, steps: computed };
+        let statement = ResultStatement { chunk, assignment: id, input, digest: outcome.digest(), usage };
+        let signature = node.key.sign(&statement);
+        let _ = outbox.send(FromWorker::Finished { assignment: id, outcome, usage, signature });
+        evict(&node, &running);
+    });
+}
+
+/// Uploads the state at the start of `link` of a finished assignment's chain, and says so (or why
+/// not). Runs beside the control loop, which must never wait on a transfer.
+fn serve_state(
+    node: &Node,
+    connection: &quinn::Connection,
+    outbox: &mpsc::UnboundedSender<FromWorker>,
+    request: u64,
+    assignment: AssignmentId,
+    link: u32,
+) {
+    if cheat::refuses_to_serve() {
+        tracing::warn!(%assignment, link, "cheating: not serving the state");
+        return;
+    }
+    let (node, connection, outbox) = (node.clone(), connection.clone(), outbox.clone());
+    tokio::spawn(async move {
+        let served = match node.retained.link_start(assignment, link) {
+            Ok(blob) => {
+                transfer::upload(&connection, &node.blobs, blob).await.map(|()| blob).map_err(|e| e.to_string())
+            }
+            Err(reason) => Err(reason),
+        };
+        if let Err(reason) = &served {
+            tracing::warn!(%assignment, link, %reason, "cannot serve an intermediate state");
+        }
+        let _ = outbox.send(FromWorker::StateServed { request, served });
     });
 }
 
 /// Keeps the blob cache within its size once a task's results are uploaded, sparing the inputs of
-/// tasks still running.
-fn evict(config: &WorkerConfig, blobs: &BlobStore, running: &RunningMap) {
-    let pinned: std::collections::HashSet<BlobHash> =
+/// tasks still running and the states of chunks not yet settled.
+fn evict(node: &Node, running: &RunningMap) {
+    let (config, blobs) = (&node.config, &node.blobs);
+    let mut pinned: std::collections::HashSet<BlobHash> =
         running.lock().expect("running map").values().flat_map(|r| r.inputs.iter().copied()).collect();
+    pinned.extend(node.retained.pinned());
     match blobs.evict_to(config.cache_bytes_max, |hash| pinned.contains(hash)) {
         Ok(evicted) if evicted.blobs > 0 => {
             tracing::info!(blobs = evicted.blobs, bytes = evicted.bytes, "evicted from the blob cache")

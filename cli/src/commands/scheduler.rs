@@ -114,7 +114,10 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
                 println!("created a new certificate authority");
             }
             println!("join workers with:\n  upglobe worker --join {}", scheduler.worker_token);
-            println!("join verifiers (audits on a reference kernel) with:\n  upglobe verify --join {}", scheduler.verifier_token);
+            println!(
+                "join verifiers (audits on a reference kernel) with:\n  upglobe verify --join {}",
+                scheduler.verifier_token
+            );
             println!(
                 "client token (submit, status, results), also in {}:\n  {}",
                 data_dir.join("client.token").display(),

@@ -8,7 +8,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use upglobe_protocol::JobId;
 use upglobe_protocol::messages::{ClientRequest, ClientResponse, JobState, JobStatus, WorkerStatus};
-use upglobe_protocol::trust::{Finality, NodeRole, TrustEventKind, VerificationReport};
+use upglobe_protocol::trust::{Finality, NodeRole, TrustEvent, TrustEventKind, VerificationReport};
 
 use super::Context;
 use crate::client::{Client, client_token};
@@ -134,7 +134,7 @@ pub async fn status(context: &Context, args: StatusArgs) -> Result<i32> {
             other => bail!("unexpected answer {other:?}"),
         };
         match context.format {
-            Format::Json => output::json(&serde_json::to_value(&*report)?),
+            Format::Json => output::json(&verification_json(&report)),
             Format::Text => print_verification(&report),
         }
         client.close();
@@ -175,6 +175,56 @@ fn print_verification(report: &VerificationReport) {
         })
         .collect();
     println!("{}", table(&["AT", "CHUNK", "WORKER", "DECISION"], &rows));
+}
+
+fn verification_json(report: &VerificationReport) -> Value {
+    json!({
+        "job": report.job.0,
+        "policy": report.policy.name(),
+        "chunks_final": report.chunks_final,
+        "chunks_provisional": report.chunks_provisional,
+        "events": report.events.iter().map(event_json).collect::<Vec<_>>(),
+    })
+}
+
+/// A decision as flat JSON: its kind, where, who (workers as hex ids), and the kind's fields.
+fn event_json(event: &TrustEvent) -> Value {
+    let hex = |w: &Option<upglobe_protocol::WorkerId>| w.map(|w| w.to_hex());
+    let mut value = json!({
+        "time_s": event.time_ms as f64 / 1000.0,
+        "job": event.job.map(|j| j.0),
+        "chunk": event.chunk,
+        "worker": hex(&event.worker),
+        "description": describe(&event.what),
+    });
+    let fields = match &event.what {
+        TrustEventKind::Accepted { finality, how } => json!({
+            "kind": "Accepted", "final": *finality == Finality::Final, "how": how,
+        }),
+        TrustEventKind::AuditOrdered { link } => json!({ "kind": "AuditOrdered", "link": link }),
+        TrustEventKind::AuditPassed { link, verifier, steps } => json!({
+            "kind": "AuditPassed", "link": link, "verifier": hex(verifier), "steps": steps,
+        }),
+        TrustEventKind::AuditFailed { link, reason } => {
+            json!({ "kind": "AuditFailed", "link": link, "reason": reason })
+        }
+        TrustEventKind::Dispute { other, link, rounds } => json!({
+            "kind": "Dispute", "other": other.to_hex(), "link": link, "rounds": rounds,
+        }),
+        TrustEventKind::DisputeSettled { link, winner, loser, steps, verifier } => json!({
+            "kind": "DisputeSettled", "link": link, "winner": hex(winner),
+            "loser": loser.iter().map(|w| w.to_hex()).collect::<Vec<_>>(), "steps": steps, "verifier": hex(verifier),
+        }),
+        TrustEventKind::Reputation { from, to, reason } => json!({
+            "kind": "Reputation", "from": from, "to": to, "reason": reason,
+        }),
+        TrustEventKind::Invalidated { reason } => json!({ "kind": "Invalidated", "reason": reason }),
+        TrustEventKind::Rejected { reason } => json!({ "kind": "Rejected", "reason": reason }),
+    };
+    if let (Value::Object(value), Value::Object(fields)) = (&mut value, fields) {
+        value.extend(fields);
+    }
+    value
 }
 
 /// One verification decision in words.
@@ -258,8 +308,18 @@ pub async fn workers(context: &Context, args: WorkersArgs) -> Result<i32> {
                     ]
                 })
                 .collect();
-            let header =
-                ["ID", "NAME", "STATE", "DEVICE", "CPUS", "RUNNING", "DONE", "DISAGREED", "AUDITS OK/FAILED", "STANDING"];
+            let header = [
+                "ID",
+                "NAME",
+                "STATE",
+                "DEVICE",
+                "CPUS",
+                "RUNNING",
+                "DONE",
+                "DISAGREED",
+                "AUDITS OK/FAILED",
+                "STANDING",
+            ];
             println!("{}", table(&header, &rows));
         }
     }

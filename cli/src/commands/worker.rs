@@ -1,4 +1,4 @@
-//! `upglobe worker`
+//! `upglobe worker` and `upglobe verify`: the same node, running chunks or audits.
 
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use upglobe_kernels::Device;
 use upglobe_protocol::Role;
+use upglobe_protocol::trust::NodeRole;
 use upglobe_worker::{WorkerConfig, describe_device};
 
 use super::scheduler::IDLE_TIMEOUT_SECONDS;
@@ -16,27 +17,44 @@ use crate::flags;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The worker token printed by the scheduler (or a file holding it).
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Run `command` jobs. They are not isolated: only enable this for workflows you trust.
+    #[arg(long)]
+    allow_commands: bool,
+}
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// What a worker and a verifier both take.
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    /// The token printed by the scheduler for this role (or a file holding it).
     #[arg(long, env = "UPGLOBE_JOIN")]
     join: String,
-    /// State directory (identity key, blob cache). Default: HOME/worker.
+    /// State directory (identity and signing keys, blob cache). Default: HOME/worker or HOME/verifier.
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Name shown to the scheduler's operator. Default: the host name.
     #[arg(long)]
     name: Option<String>,
+    /// The hub (lab, operator) this node belongs to: nodes of one owner never verify each other.
+    #[arg(long, value_parser = owner_name)]
+    owner: Option<String>,
     /// Cores to offer (1 to 65536). Default: all.
     #[arg(long, value_parser = flags::integer(CPUS))]
     cpus: Option<u32>,
     /// Memory to offer, in bytes. Default: all.
     #[arg(long)]
     memory: Option<u64>,
-    /// Run `command` jobs. They are not isolated: only enable this for workflows you trust.
+    /// What runs MD chunks: cpu, wgpu, or wgpu:N for the N-th adapter. Default: cpu for a worker;
+    /// for a verifier wgpu where an adapter exists, else cpu.
     #[arg(long)]
-    allow_commands: bool,
-    /// What runs MD chunks: cpu, wgpu, or wgpu:N for the N-th adapter.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    device: Option<String>,
     /// Size of the blob cache in bytes (1 MiB to 1 PiB); least recently used blobs are evicted
     /// first, never those of running tasks.
     #[arg(long, value_name = "BYTES", default_value_t = upglobe_worker::CACHE_BYTES_DEFAULT, value_parser = flags::integer(CACHE_BYTES))]
@@ -65,13 +83,44 @@ pub fn parse_device(text: &str) -> Result<Device> {
     })
 }
 
+fn owner_name(text: &str) -> Result<String, String> {
+    upglobe_protocol::messages::check_name(text).map(|()| text.to_string()).map_err(|e| format!("the owner name {e}"))
+}
+
 pub async fn run(context: &Context, args: Args) -> Result<i32> {
+    let mut config = node_config(context, args.node, NodeRole::Worker)?;
+    config.allow_commands = args.allow_commands;
+    tracing::info!(name = %config.name, cpus = config.resources.cpus, device = %describe_device(&config.device), "worker starting");
+    upglobe_worker::run(config, None, stop_signal()).await?;
+    Ok(0)
+}
+
+/// `upglobe verify`: a node that runs audits and dispute intervals on the reference kernel, never
+/// ordinary chunks.
+pub async fn verify(context: &Context, args: VerifyArgs) -> Result<i32> {
+    let config = node_config(context, args.node, NodeRole::Verifier)?;
+    tracing::info!(name = %config.name, cpus = config.resources.cpus, device = %describe_device(&config.device), "verifier starting");
+    upglobe_worker::run(config, None, stop_signal()).await?;
+    Ok(0)
+}
+
+fn node_config(context: &Context, args: NodeArgs, role: NodeRole) -> Result<WorkerConfig> {
     let token = parse_token(&args.join).context("--join")?;
-    if token.role != Role::Worker {
-        bail!("--join needs the worker token printed by `upglobe scheduler`, not a {} token", token.role.as_str());
+    let (wanted, command, directory) = match role {
+        NodeRole::Worker => (Role::Worker, "upglobe worker", "worker"),
+        NodeRole::Verifier => (Role::Verifier, "upglobe verify", "verifier"),
+    };
+    if token.role != wanted {
+        bail!(
+            "`{command} --join` needs the {} token printed by `upglobe scheduler`, not a {} token",
+            wanted.as_str(),
+            token.role.as_str()
+        );
     }
-    let data_dir = args.data_dir.unwrap_or_else(|| context.home.join("worker"));
+    let data_dir = args.data_dir.unwrap_or_else(|| context.home.join(directory));
     let mut config = WorkerConfig::new(data_dir, token);
+    config.role = role;
+    config.owner = args.owner;
     if let Some(name) = args.name {
         config.name = name;
     }
@@ -81,13 +130,16 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
     if let Some(memory) = args.memory {
         config.resources.memory_bytes = memory;
     }
-    config.allow_commands = args.allow_commands;
-    config.device = parse_device(&args.device)?;
+    config.device = match (args.device, role) {
+        (Some(device), _) => parse_device(&device)?,
+        // The reference kernel: a GPU where there is one (faster), the CPU engine otherwise; both give
+        // the same bytes.
+        (None, NodeRole::Verifier) if !upglobe_kernels::gpu::adapters().is_empty() => Device::Wgpu { adapter: None },
+        (None, _) => Device::Cpu { threads: 0 },
+    };
     config.idle_timeout = args.idle_timeout;
     config.cache_bytes_max = args.cache_size;
-    tracing::info!(name = %config.name, cpus = config.resources.cpus, device = %describe_device(&config.device), "worker starting");
-    upglobe_worker::run(config, None, stop_signal()).await?;
-    Ok(0)
+    Ok(config)
 }
 
 #[cfg(test)]
@@ -112,8 +164,9 @@ mod tests {
 
     #[test]
     fn flags_are_checked() {
-        let args = Command::try_parse_from(["worker", "--join", "token", "--idle-timeout", "3"]).unwrap().args;
+        let args = Command::try_parse_from(["worker", "--join", "token", "--idle-timeout", "3"]).unwrap().args.node;
         assert_eq!(args.idle_timeout.as_secs(), 3);
+        assert!(error(&["--owner", "a lab"]).contains("the owner name contains ' '"));
         assert!(error(&["--idle-timeout", "18446744073709551615"]).contains("must be between 1 and 86400 seconds"));
         assert!(error(&["--idle-timeout", "inf"]).contains("must be between 1 and 86400 seconds"));
         assert!(error(&["--cpus", "0"]).contains("'--cpus <CPUS>': must be between 1 and 65536"));
