@@ -44,9 +44,13 @@ fn submit(cluster: &Cluster, workflow: &str) -> String {
     submitted["jobs"][0]["id"].to_string()
 }
 
+/// Waits until the job has completed and every chunk is final (audits may overturn a completed
+/// job's provisional chunks and run it again).
 fn wait_completed(cluster: &Cluster, job: &str) -> Value {
     cluster.wait_for("the job to finish", Duration::from_secs(240), |c| {
-        c.job(job)["state"] != "running" && c.job(job)["state"] != "waiting"
+        let status = c.job(job);
+        let settled = status["state"] == "completed" && status["chunks_final"] == status["chunks_total"];
+        settled || status["state"] == "failed" || status["state"] == "cancelled"
     });
     let status = cluster.job(job);
     assert_eq!(status["state"], "completed", "{status}");

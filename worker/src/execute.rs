@@ -2,8 +2,8 @@
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use upglobe_datasets::{BlobStore, transfer};
@@ -35,6 +35,7 @@ pub async fn run(
     assignment: Assignment,
     cancel: Arc<AtomicBool>,
     steps_done: Arc<AtomicU64>,
+    pinned: Arc<Mutex<Vec<BlobHash>>>,
 ) -> Result<Executed, String> {
     match assignment.task {
         Task::Empty { value } => Ok(Output::Empty { value }.into()),
@@ -50,7 +51,7 @@ pub async fn run(
             let chunk = assignment.chunk;
             tokio::task::spawn_blocking(move || {
                 let cheat = crate::cheat::for_chunk(chunk.index);
-                run_md(&blobs, &md, &device, &cancel, &steps_done, cheat)
+                run_md(&blobs, &md, &device, &cancel, &steps_done, &pinned, cheat)
             })
             .await
             .map_err(|e| format!("the MD task panicked: {e}"))?
@@ -121,8 +122,16 @@ pub fn run_md(
     device: &Device,
     cancel: &AtomicBool,
     steps_done: &AtomicU64,
+    pinned: &Mutex<Vec<BlobHash>>,
     cheat: crate::cheat::Cheat,
 ) -> Result<Executed, String> {
+    // Every state written is pinned in the cache at once: evicting one before the chunk settles
+    // would fail an honest worker's audit.
+    let put = |bytes: &[u8]| -> Result<BlobHash, String> {
+        let hash = blobs.put(bytes).map_err(|e| e.to_string())?;
+        pinned.lock().expect("pinned blobs").push(hash);
+        Ok(hash)
+    };
     let links = links(md)?;
     let mut state = Checkpoint::decode(&md.input).map_err(|e| format!("the input state: {e}"))?;
     let mut engine = engine(device).map_err(|e| e.to_string())?;
@@ -159,12 +168,12 @@ pub fn run_md(
         encoded = Checkpoint::encode(&state);
         chain.push(Checkpoint::stored_hash(&encoded).expect("an encoding ends with its hash").0);
         if link + 1 < links {
-            link_starts.push(blobs.put(&encoded).map_err(|e| e.to_string())?);
+            link_starts.push(put(&encoded)?);
         }
     }
     cheat.forge(&mut chain);
     let state_hash = Checkpoint::stored_hash(&encoded).expect("an encoding ends with its hash").0;
-    let checkpoint = blobs.put(&encoded).map_err(|e| e.to_string())?;
+    let checkpoint = put(&encoded)?;
     tracing::info!(
         atoms,
         steps = md.steps,

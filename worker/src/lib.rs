@@ -120,7 +120,8 @@ pub async fn run(
     let config = Arc::new(config);
     // Intermediate states outlive a session: a scheduler that restarts may still audit them.
     let retained = Retained::default();
-    let node = Node { config: config.clone(), key, blobs: blobs.clone(), retained };
+    let serving = Arc::new(tokio::sync::Semaphore::new(SERVES_AT_ONCE_MAX));
+    let node = Node { config: config.clone(), key, blobs: blobs.clone(), retained, serving };
     tokio::pin!(shutdown);
     let mut backoff = BACKOFF_START;
     loop {
@@ -154,11 +155,15 @@ pub async fn run(
 struct Running {
     cancel: Arc<AtomicBool>,
     steps_done: Arc<AtomicU64>,
-    /// Blobs the task reads: pinned in the cache while it runs.
-    inputs: Vec<BlobHash>,
+    /// Blobs the task reads and writes: pinned in the cache until its results are uploaded.
+    pinned: Arc<Mutex<Vec<BlobHash>>>,
 }
 
 type RunningMap = Arc<Mutex<HashMap<AssignmentId, Running>>>;
+
+/// Intermediate states served at once; a request beyond is answered "busy" rather than queued, so
+/// a scheduler cannot make a worker open uploads without limit.
+pub const SERVES_AT_ONCE_MAX: usize = 16;
 
 /// What every session of this node shares.
 #[derive(Clone)]
@@ -167,6 +172,7 @@ struct Node {
     key: Arc<SigningKey>,
     blobs: BlobStore,
     retained: Retained,
+    serving: Arc<tokio::sync::Semaphore>,
 }
 
 /// One connection to the scheduler; returns why it ended.
@@ -283,15 +289,15 @@ fn start_task(
 ) {
     let cancel = Arc::new(AtomicBool::new(false));
     let steps_done = Arc::new(AtomicU64::new(0));
-    let inputs = match &assignment.task {
+    let pinned = Arc::new(Mutex::new(match &assignment.task {
         Task::Md { input, .. } => vec![*input],
         Task::Command { inputs, .. } => inputs.iter().map(|f| f.blob).collect(),
         Task::Empty { .. } => Vec::new(),
-    };
-    running
-        .lock()
-        .expect("running map")
-        .insert(assignment.id, Running { cancel: cancel.clone(), steps_done: steps_done.clone(), inputs });
+    }));
+    running.lock().expect("running map").insert(
+        assignment.id,
+        Running { cancel: cancel.clone(), steps_done: steps_done.clone(), pinned: pinned.clone() },
+    );
     let (node, connection, running, outbox) = (node.clone(), connection.clone(), running.clone(), outbox.clone());
     tokio::spawn(async move {
         let started = Instant::now();
@@ -302,9 +308,9 @@ fn start_task(
         };
         tracing::debug!(assignment = %id, %chunk, "started");
         let (config, blobs) = (&node.config, &node.blobs);
-        let executed = execute::run(config, blobs, &connection, assignment, cancel.clone(), steps_done).await;
-        running.lock().expect("running map").remove(&id);
+        let executed = execute::run(config, blobs, &connection, assignment, cancel.clone(), steps_done, pinned).await;
         if cancel.load(Ordering::Relaxed) {
+            running.lock().expect("running map").remove(&id);
             return;
         }
         let outcome = match executed {
@@ -317,6 +323,8 @@ fn start_task(
             },
             Err(reason) => Outcome::Failed { reason },
         };
+        // Uploaded and, for MD, kept for audits: the task's pins may go.
+        running.lock().expect("running map").remove(&id);
         if let Outcome::Failed { reason } = &outcome {
             tracing::warn!(assignment = %id, %reason, "task failed");
         }
@@ -344,8 +352,14 @@ fn serve_state(
         tracing::warn!(%assignment, link, "cheating: not serving the state");
         return;
     }
+    let Ok(permit) = node.serving.clone().try_acquire_owned() else {
+        let busy = format!("busy: already serving {SERVES_AT_ONCE_MAX} states");
+        let _ = outbox.send(FromWorker::StateServed { request, served: Err(busy) });
+        return;
+    };
     let (node, connection, outbox) = (node.clone(), connection.clone(), outbox.clone());
     tokio::spawn(async move {
+        let _permit = permit;
         let served = match node.retained.link_start(assignment, link) {
             Ok(blob) => {
                 transfer::upload(&connection, &node.blobs, blob).await.map(|()| blob).map_err(|e| e.to_string())
@@ -364,7 +378,7 @@ fn serve_state(
 fn evict(node: &Node, running: &RunningMap) {
     let (config, blobs) = (&node.config, &node.blobs);
     let mut pinned: std::collections::HashSet<BlobHash> =
-        running.lock().expect("running map").values().flat_map(|r| r.inputs.iter().copied()).collect();
+        running.lock().expect("running map").values().flat_map(|r| r.pinned.lock().expect("pinned").clone()).collect();
     pinned.extend(node.retained.pinned());
     match blobs.evict_to(config.cache_bytes_max, |hash| pinned.contains(hash)) {
         Ok(evicted) if evicted.blobs > 0 => {

@@ -2,6 +2,7 @@
 //! and keeps every link's start state; the signing key is made once and kept.
 
 use std::ops::ControlFlow;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use upglobe_datasets::BlobStore;
@@ -23,7 +24,11 @@ fn chunk(store: &BlobStore, state: &State, steps: u64, chain_every: u64) -> MdCh
 
 fn run(store: &BlobStore, md: &MdChunk, cheat: Cheat) -> upglobe_worker::execute::Executed {
     let device = Device::Cpu { threads: 1 };
-    run_md(store, md, &device, &AtomicBool::new(false), &AtomicU64::new(0), cheat).unwrap()
+    let pinned = Mutex::new(Vec::new());
+    let executed = run_md(store, md, &device, &AtomicBool::new(false), &AtomicU64::new(0), &pinned, cheat).unwrap();
+    // Every state it wrote was pinned as it was written.
+    assert_eq!(pinned.lock().unwrap().len(), executed.link_starts.len());
+    executed
 }
 
 #[test]
@@ -62,7 +67,8 @@ fn a_chain_that_does_not_divide_the_chunk_is_refused() {
     let store = BlobStore::open(dir.path().join("blobs")).unwrap();
     let md = chunk(&store, &melt(), 100, 30);
     let device = Device::Cpu { threads: 1 };
-    let error = run_md(&store, &md, &device, &AtomicBool::new(false), &AtomicU64::new(0), Cheat::Honest)
+    let pinned = Mutex::new(Vec::new());
+    let error = run_md(&store, &md, &device, &AtomicBool::new(false), &AtomicU64::new(0), &pinned, Cheat::Honest)
         .err()
         .expect("refused");
     assert!(error.contains("does not divide"), "{error}");

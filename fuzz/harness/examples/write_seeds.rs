@@ -10,6 +10,10 @@ use upglobe_kernels::lattice::FccLattice;
 use upglobe_kernels::system::{Langevin, PairCoeff, State};
 use upglobe_protocol::frame::encode_into;
 use upglobe_protocol::messages::*;
+use upglobe_protocol::trust::{
+    Compared, Finality, NodeRole, PublicKey, Signature, ToleranceRule, TrustEvent, TrustEventKind, Usage, Verification,
+    VerificationReport,
+};
 use upglobe_protocol::{AssignmentId, BlobHash, ChunkId, Digest, JobId, WorkerId, WorkflowId};
 
 fn main() {
@@ -63,8 +67,13 @@ fn frame_seeds(fuzz: &Path) {
     let resources = Resources { cpus: 4, memory_bytes: 1 << 30, gpus: 1 };
     let file = FileRef { name: "out-1.txt".into(), blob: BlobHash([7; 32]), size: 12 };
     let thermo = ThermoLine { step: 10, temp: 1.44, pe: -5.1, ke: 2.1, etotal: -3.0, press: f64::NAN };
-    let md_output =
-        Output::Md { state_hash: [1; 32], checkpoint: BlobHash([2; 32]), checkpoint_bytes: 4096, thermo: vec![thermo] };
+    let md_output = Output::Md {
+        state_hash: [1; 32],
+        checkpoint: BlobHash([2; 32]),
+        checkpoint_bytes: 4096,
+        thermo: vec![thermo],
+        chain: vec![[5; 32], [1; 32]],
+    };
     let command_output =
         Output::Command { exit_code: -1, files: vec![file.clone()], stdout: file.clone(), stderr: file.clone() };
     let hello = Hello {
@@ -75,6 +84,9 @@ fn frame_seeds(fuzz: &Path) {
         resources,
         allow_commands: true,
         device: "cpu".into(),
+        role: NodeRole::Worker,
+        signing_key: PublicKey([4; 32]),
+        owner: Some("lab-a".into()),
     };
     let client_hello = ClientHello { protocol: 1, secret: "s3cret".into(), software: "upglobe 0.1.0".into() };
     frame("greeting-worker", &|b| encode_into(&Greeting::Worker(hello.clone()), b).unwrap());
@@ -90,14 +102,19 @@ fn frame_seeds(fuzz: &Path) {
         ("empty", Outcome::Completed(Output::Empty { value: 9 })),
         ("failed", Outcome::Failed { reason: "out of memory".into() }),
     ] {
-        let message = FromWorker::Finished { assignment: AssignmentId(4), outcome, elapsed_ms: 1234 };
+        let usage = Usage { elapsed_ms: 1234, cpus: 2, gpus: 0, steps: 500 };
+        let signature = Signature(vec![7; 64]);
+        let message = FromWorker::Finished { assignment: AssignmentId(4), outcome, usage, signature };
         frame(&format!("from-worker-finished-{name}"), &|b| encode_into(&message, b).unwrap());
     }
 
     let chunk = ChunkId { job: JobId(2), index: 5 };
     let welcome = Welcome { peer: WorkerId([3; 32]), software: "upglobe 0.1.0".into(), heartbeat_interval_ms: 1000 };
     let tasks = [
-        ("md", Task::Md { input: BlobHash([4; 32]), steps: 500, thermo_every: 50, thermo_at_start: true }),
+        (
+            "md",
+            Task::Md { input: BlobHash([4; 32]), steps: 500, thermo_every: 50, thermo_at_start: true, chain_every: 50 },
+        ),
         (
             "command",
             Task::Command {
@@ -118,6 +135,14 @@ fn frame_seeds(fuzz: &Path) {
     frame("to-worker-cancel", &|b| {
         encode_into(&ToWorker::Cancel { assignment: AssignmentId(8), reason: "cancelled".into() }, b).unwrap()
     });
+    let serve = ToWorker::ServeState { request: 3, assignment: AssignmentId(8), link: 2, deadline_ms: 30_000 };
+    frame("to-worker-serve-state", &|b| encode_into(&serve, b).unwrap());
+    let settled = ToWorker::Settled { assignments: vec![AssignmentId(8), AssignmentId(9)] };
+    frame("to-worker-settled", &|b| encode_into(&settled, b).unwrap());
+    for (name, served) in [("served", Ok(BlobHash([3; 32]))), ("not-served", Err("settled".to_string()))] {
+        let message = FromWorker::StateServed { request: 3, served };
+        frame(&format!("from-worker-{name}"), &|b| encode_into(&message, b).unwrap());
+    }
 
     frame("stream-get-blob", &|b| encode_into(&StreamRequest::GetBlob { hash: BlobHash([5; 32]) }, b).unwrap());
     frame("stream-put-blob", &|b| {
@@ -146,6 +171,7 @@ fn frame_seeds(fuzz: &Path) {
             chunk_steps: 500,
             thermo_every: 50,
         }),
+        verification: Verification::Adaptive,
     };
     let command_spec = JobSpec {
         name: "report".into(),
@@ -159,9 +185,21 @@ fn frame_seeds(fuzz: &Path) {
             outputs: vec!["out-*.txt".into()],
             timeout_s: 600,
         }),
+        verification: Verification::Tolerance(vec![ToleranceRule {
+            file: "out-1.txt".into(),
+            values: Compared::Columns(vec![2, 3]),
+            absolute: 1e-9,
+            relative: 1e-6,
+        }]),
     };
-    let empty_spec =
-        JobSpec { name: "e".into(), after: vec![], replicas: 3, resources, kind: JobKind::Empty { chunks: 10 } };
+    let empty_spec = JobSpec {
+        name: "e".into(),
+        after: vec![],
+        replicas: 3,
+        resources,
+        kind: JobKind::Empty { chunks: 10 },
+        verification: Verification::Quorum,
+    };
     let submission = Submission {
         name: "w".into(),
         source: "name = \"w\"\n".into(),
@@ -174,6 +212,7 @@ fn frame_seeds(fuzz: &Path) {
         ("cancel", ClientRequest::Cancel { job: "melt".into() }),
         ("results", ClientRequest::Results { job: "melt".into(), first_chunk: 0 }),
         ("workers", ClientRequest::Workers),
+        ("verification", ClientRequest::Verification { job: "melt".into() }),
     ] {
         frame(&format!("client-request-{name}"), &|b| encode_into(&request, b).unwrap());
         frame(&format!("stream-client-{name}"), &|b| encode_into(&StreamRequest::Client(request.clone()), b).unwrap());
@@ -188,6 +227,7 @@ fn frame_seeds(fuzz: &Path) {
         state: JobState::Failed { reason: "disagreement".into() },
         chunks_total: 6,
         chunks_verified: 5,
+        chunks_final: 4,
         chunks_running: 1,
         steps_in_flight: 250,
         running_ms: 6000,
@@ -203,6 +243,7 @@ fn frame_seeds(fuzz: &Path) {
         output: md_output.clone(),
         agreeing: vec![WorkerId([1; 32]), WorkerId([2; 32])],
         disagreeing: vec![WorkerId([3; 32])],
+        finality: Finality::Provisional,
     };
     let results = ResultsPage {
         status: status.clone(),
@@ -221,6 +262,11 @@ fn frame_seeds(fuzz: &Path) {
         completed: 20,
         disagreements: 0,
         quarantined: false,
+        role: NodeRole::Worker,
+        owner: "lab-a".into(),
+        standing: "trusted, audits at 50 %".into(),
+        audits_passed: 3,
+        audits_failed: 0,
     };
     for (name, response) in [
         ("submitted", ClientResponse::Submitted { workflow: WorkflowId(1), jobs: vec![("melt".into(), JobId(2))] }),
@@ -228,6 +274,28 @@ fn frame_seeds(fuzz: &Path) {
         ("cancelled", ClientResponse::Cancelled { job: JobId(2) }),
         ("results", ClientResponse::Results(Box::new(results))),
         ("workers", ClientResponse::Workers(vec![worker])),
+        (
+            "verification",
+            ClientResponse::Verification(Box::new(VerificationReport {
+                job: JobId(2),
+                policy: Verification::Adaptive,
+                chunks_final: 4,
+                chunks_provisional: 1,
+                events: vec![TrustEvent {
+                    time_ms: 10,
+                    job: Some(JobId(2)),
+                    chunk: Some(3),
+                    worker: Some(WorkerId([1; 32])),
+                    what: TrustEventKind::DisputeSettled {
+                        link: 5,
+                        winner: Some(WorkerId([1; 32])),
+                        loser: vec![WorkerId([2; 32])],
+                        steps: 20,
+                        verifier: Some(WorkerId([3; 32])),
+                    },
+                }],
+            })),
+        ),
         ("error", ClientResponse::Error { message: "no such job".into() }),
     ] {
         frame(&format!("client-response-{name}"), &|b| encode_into(&response, b).unwrap());

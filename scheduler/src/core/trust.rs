@@ -869,8 +869,9 @@ impl Core {
             }
             None => {
                 self.open_chunk(chunk_id);
+                // The worker whose result was overturned never runs this chunk again.
                 let chunk = self.chunks.get_mut(&chunk_id).expect("just opened");
-                chunk.failed_by.extend(culprit);
+                chunk.excluded.extend(culprit);
                 self.refresh_ready(chunk_id);
             }
         }
