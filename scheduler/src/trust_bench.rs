@@ -173,6 +173,9 @@ pub struct RunReport {
     pub invalidated_chunks: u64,
     pub wrong_results_returned: u64,
     pub wrong_results_accepted: u64,
+    /// The first wrong accepted chunk of each job whose chain went wrong, by how the core accepted
+    /// (and finalized) it: where wrong results get through.
+    pub wrong_roots_by_decision: BTreeMap<String, u64>,
     /// Honest workers the core counted a failure against (false accusations).
     pub honest_workers_accused: u64,
     pub detection_rate: f64,
@@ -506,6 +509,8 @@ struct Simulation<'a> {
     /// The accepted chain: per job, the state of each accepted chunk.
     accepted: Vec<Vec<State>>,
     links: u32,
+    /// How the core accepted each chunk of the accepted chains.
+    decisions: HashMap<(JobId, u32), String>,
     report: RunReport,
     chunks: u64,
     next_progress: u64,
@@ -550,6 +555,7 @@ impl<'a> Simulation<'a> {
             truth: Vec::new(),
             accepted: Vec::new(),
             links,
+            decisions: HashMap::new(),
             report: empty_report(policy_name),
             chunks: 0,
             next_progress: 0,
@@ -868,6 +874,7 @@ impl<'a> Simulation<'a> {
         use upglobe_protocol::trust::TrustEventKind as K;
         match record {
             Record::ChunkVerified { chunk, output: Output::Md { state_hash, .. }, .. } => {
+                self.decisions.remove(&(chunk.job, chunk.index));
                 let accepted = &mut self.accepted[self.job_index[&chunk.job]];
                 assert_eq!(accepted.len(), chunk.index as usize, "md chunks are accepted in order");
                 accepted.push(state_hash);
@@ -895,6 +902,16 @@ impl<'a> Simulation<'a> {
                 K::AuditPassed { .. } => self.report.audits_passed += 1,
                 K::AuditFailed { .. } => self.report.audits_failed += 1,
                 K::Dispute { .. } => self.report.disputes += 1,
+                K::Accepted { finality, how } => {
+                    let (Some(job), Some(chunk)) = (event.job, event.chunk) else { return };
+                    let how: String = how.chars().filter(|c| !c.is_ascii_digit()).collect();
+                    let decision = self.decisions.entry((job, chunk)).or_default();
+                    match finality {
+                        upglobe_protocol::trust::Finality::Provisional => *decision = format!("{how}"),
+                        upglobe_protocol::trust::Finality::Final if decision.is_empty() => *decision = how,
+                        upglobe_protocol::trust::Finality::Final => *decision = format!("{decision}; then final: {how}"),
+                    }
+                }
                 _ => {}
             },
             _ => {}
@@ -918,8 +935,19 @@ impl<'a> Simulation<'a> {
             .zip(&self.truth)
             .map(|(accepted, truth)| accepted.iter().zip(truth).filter(|(a, t)| a != t).count() as u64)
             .sum();
+        self.summarize_wrong_roots();
         self.summarize_nodes();
         RunOutput { report: self.report, nodes: self.nodes, chunks: self.chunks }
+    }
+
+    fn summarize_wrong_roots(&mut self) {
+        let mut jobs: Vec<(JobId, usize)> = self.job_index.iter().map(|(id, k)| (*id, *k)).collect();
+        jobs.sort();
+        for (id, k) in jobs {
+            let Some(root) = self.accepted[k].iter().zip(&self.truth[k]).position(|(a, t)| a != t) else { continue };
+            let decision = self.decisions.get(&(id, root as u32)).cloned().unwrap_or_else(|| "unknown".into());
+            *self.report.wrong_roots_by_decision.entry(decision).or_default() += 1;
+        }
     }
 
     fn summarize_nodes(&mut self) {
@@ -984,6 +1012,7 @@ fn empty_report(policy: &str) -> RunReport {
         invalidated_chunks: 0,
         wrong_results_returned: 0,
         wrong_results_accepted: 0,
+        wrong_roots_by_decision: BTreeMap::new(),
         honest_workers_accused: 0,
         detection_rate: 0.0,
         mean_chunks_to_detection: 0.0,
