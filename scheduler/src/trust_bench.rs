@@ -117,9 +117,18 @@ impl Default for TrustBenchConfig {
     }
 }
 
-/// The core settings the bench runs with by default.
+/// The core settings the bench runs with by default: every single execution audited on one of 64
+/// links (1/64 of a chunk each), a challenge window longer than the run, so a cheater caught at any
+/// time gets every result it holds re-checked, and no work after the first failure (a cheater let
+/// back in cheats again, and a one-link audit misses a late forgery about half the time).
 pub fn bench_core_config() -> Config {
-    Config { settle_after_ms: 6 * 3_600_000, ..Config::default() }
+    Config {
+        audit_rate_min: 1.0,
+        chain_links: 64,
+        settle_after_ms: 6 * 3_600_000,
+        disagreements_max: 1,
+        ..Config::default()
+    }
 }
 
 /// What one run found.
@@ -511,6 +520,8 @@ struct Simulation<'a> {
     links: u32,
     /// How the core accepted each chunk of the accepted chains.
     decisions: HashMap<(JobId, u32), String>,
+    /// The kinds of the nodes whose results each accepted chunk took.
+    agreeing: HashMap<(JobId, u32), String>,
     report: RunReport,
     chunks: u64,
     next_progress: u64,
@@ -556,6 +567,7 @@ impl<'a> Simulation<'a> {
             accepted: Vec::new(),
             links,
             decisions: HashMap::new(),
+            agreeing: HashMap::new(),
             report: empty_report(policy_name),
             chunks: 0,
             next_progress: 0,
@@ -873,7 +885,10 @@ impl<'a> Simulation<'a> {
     fn record(&mut self, record: Record) {
         use upglobe_protocol::trust::TrustEventKind as K;
         match record {
-            Record::ChunkVerified { chunk, output: Output::Md { state_hash, .. }, .. } => {
+            Record::ChunkVerified { chunk, output: Output::Md { state_hash, .. }, agreeing, .. } => {
+                let kinds: Vec<&str> =
+                    agreeing.iter().filter_map(|w| self.by_id.get(w)).map(|k| self.nodes[*k].kind.name()).collect();
+                self.agreeing.insert((chunk.job, chunk.index), kinds.join("+"));
                 self.decisions.remove(&(chunk.job, chunk.index));
                 let accepted = &mut self.accepted[self.job_index[&chunk.job]];
                 assert_eq!(accepted.len(), chunk.index as usize, "md chunks are accepted in order");
@@ -909,7 +924,9 @@ impl<'a> Simulation<'a> {
                     match finality {
                         upglobe_protocol::trust::Finality::Provisional => *decision = format!("{how}"),
                         upglobe_protocol::trust::Finality::Final if decision.is_empty() => *decision = how,
-                        upglobe_protocol::trust::Finality::Final => *decision = format!("{decision}; then final: {how}"),
+                        upglobe_protocol::trust::Finality::Final => {
+                            *decision = format!("{decision}; then final: {how}")
+                        }
                     }
                 }
                 _ => {}
@@ -945,7 +962,9 @@ impl<'a> Simulation<'a> {
         jobs.sort();
         for (id, k) in jobs {
             let Some(root) = self.accepted[k].iter().zip(&self.truth[k]).position(|(a, t)| a != t) else { continue };
-            let decision = self.decisions.get(&(id, root as u32)).cloned().unwrap_or_else(|| "unknown".into());
+            let decision = self.decisions.get(&(id, root as u32)).map_or("unknown", String::as_str);
+            let agreeing = self.agreeing.get(&(id, root as u32)).map_or("a verifier", String::as_str);
+            let decision = format!("{agreeing}: {decision}");
             *self.report.wrong_roots_by_decision.entry(decision).or_default() += 1;
         }
     }
