@@ -922,7 +922,7 @@ impl<'a> Simulation<'a> {
                     let how: String = how.chars().filter(|c| !c.is_ascii_digit()).collect();
                     let decision = self.decisions.entry((job, chunk)).or_default();
                     match finality {
-                        upglobe_protocol::trust::Finality::Provisional => *decision = format!("{how}"),
+                        upglobe_protocol::trust::Finality::Provisional => *decision = how,
                         upglobe_protocol::trust::Finality::Final if decision.is_empty() => *decision = how,
                         upglobe_protocol::trust::Finality::Final => {
                             *decision = format!("{decision}; then final: {how}")
