@@ -4,6 +4,7 @@
 pub mod core;
 pub mod server;
 pub mod store;
+pub mod trust_bench;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {

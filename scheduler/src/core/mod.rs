@@ -932,7 +932,12 @@ impl Core {
         // once, however many chunks wait.
         let mut cursor = self.ready.first().copied();
         while let Some(chunk_id) = cursor {
-            if !self.workers.values().any(|w| w.connected && w.free.cpus > 0) {
+            // Only workers that may run chunks count: a verifier's or a quarantined worker's free
+            // cpus would otherwise make every call walk the whole ready set.
+            let max = self.config.disagreements_max;
+            let room =
+                |w: &Worker| w.connected && w.role == NodeRole::Worker && w.disagreements < max && w.free.cpus > 0;
+            if !self.workers.values().any(room) {
                 return;
             }
             while wanted(&self.chunks[&chunk_id]) > 0 {

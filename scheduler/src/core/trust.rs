@@ -498,14 +498,16 @@ impl Core {
     fn settle_by_time(&mut self, now: u64, chunk_id: ChunkId) {
         let Some(job) = self.jobs.get(&chunk_id.job) else { return };
         let Some(provisional) = job.provisional.get(&chunk_id.index) else { return };
-        if provisional.audit_link.is_some()
-            || self.checks_by_chunk.range((chunk_id, 0)..=(chunk_id, u64::MAX)).next().is_some()
-        {
+        // A check still running settles it (its timer is set again when an audit passes).
+        if self.checks_by_chunk.range((chunk_id, 0)..=(chunk_id, u64::MAX)).next().is_some() {
             return;
         }
-        let worker = provisional.worker;
+        let (worker, audited) = (provisional.worker, provisional.audit_link.is_some());
         self.finalize(now, chunk_id, "its challenge window passed");
-        self.confirm(now, worker);
+        // An audited result confirmed its worker when the audit passed.
+        if !audited {
+            self.confirm(now, worker);
+        }
     }
 
     /// A provisional chunk becomes final.
@@ -711,7 +713,13 @@ impl Core {
                 Some(worker),
                 TrustEventKind::AuditPassed { link: check.link, verifier: check.verified_by, steps },
             );
-            self.finalize(now, chunk, &format!("its audit of link {} passed", check.link));
+            // One link that agrees says nothing of the links after it: the result stays provisional
+            // until its challenge window passes, so a later failure of its worker re-checks it whole.
+            let settle_after_ms = self.config.settle_after_ms;
+            if let Some(provisional) = self.jobs.get(&chunk.job).and_then(|j| j.provisional.get(&chunk.index)) {
+                let at = (provisional.accepted_ms + settle_after_ms).max(now);
+                self.trust_timers.insert((at, TrustTimer::Settle(chunk)));
+            }
             self.confirm(now, worker);
         }
     }
