@@ -164,8 +164,9 @@ pub enum NodeRole {
 /// Whether an accepted chunk result may still be overturned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Finality {
-    /// Confirmed: by a quorum that includes a trusted worker, a passed audit, or a settled dispute;
-    /// or its challenge window passed.
+    /// Confirmed: by agreeing trusted workers, a full re-check by a verifier, or a challenge window
+    /// that passed without its workers failing any check (a passed one-link audit says nothing of
+    /// the other links, so it confirms the worker, not the chunk).
     Final,
     /// Accepted on its worker's record; a later failure of that worker re-checks it.
     Provisional,

@@ -742,6 +742,7 @@ impl<'a> Simulation<'a> {
             match action {
                 Action::Persist(record) => self.record(record),
                 Action::Send { worker, message } => self.deliver(worker, message),
+                Action::Compare { .. } => unreachable!("the bench runs md jobs only"),
             }
         }
         if !self.heartbeat_pending && self.work_pending > 0 {

@@ -50,6 +50,9 @@ impl Standing {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Provisional {
     pub worker: WorkerId,
+    /// Further workers that returned the same result: they stand or fall with it.
+    #[serde(default)]
+    pub others: Vec<WorkerId>,
     pub assignment: AssignmentId,
     pub input: BlobHash,
     pub digest: Digest,
@@ -270,29 +273,30 @@ impl Core {
     fn accept_adaptive(&mut self, now: u64, chunk_id: ChunkId, digest: Digest) {
         let chunk = &self.chunks[&chunk_id];
         let agreeing: Vec<WorkerId> = chunk.results.iter().filter(|r| r.digest == digest).map(|r| r.worker).collect();
-        let any_trusted = agreeing.iter().any(|w| self.is_trusted(*w));
-        if agreeing.len() >= 2 && any_trusted {
+        let all_trusted = agreeing.iter().all(|w| self.is_trusted(*w));
+        if agreeing.len() >= 2 && all_trusted {
             for worker in &agreeing {
                 self.confirm(now, *worker);
             }
-            let how = format!("{} agreeing results, a trusted worker among them", agreeing.len());
+            let how = format!("{} agreeing results of trusted workers", agreeing.len());
             self.verify(now, chunk_id, digest, None, &how);
             return;
         }
         let first = chunk.results.iter().find(|r| r.digest == digest).expect("agreeing").clone();
         let links = self.chain_links_of(chunk_id.job);
         let (draw, link) = keyed_draw(&self.config.audit_secret, chunk_id, &digest, links);
-        let probability = if any_trusted {
+        let probability = if all_trusted {
             let standing = self.workers[&first.worker].standing;
             self.audit_probability(&standing, self.stake(chunk_id.job))
         } else {
-            // Workers without a record confirm each other only under audit: two colluders agreeing on
-            // a lie must not be enough.
+            // A worker without a record is confirmed only under audit, whoever agrees with it: a
+            // colluder must not vouch for its partner.
             1.0
         };
         let audit_link = (draw < probability).then_some(link);
         let provisional = Provisional {
             worker: first.worker,
+            others: agreeing.iter().copied().filter(|w| *w != first.worker).collect(),
             assignment: first.assignment,
             input: chunk.input.expect("md chunks have an input"),
             digest,
@@ -684,7 +688,12 @@ impl Core {
     fn audit_resolved(&mut self, now: u64, check: &Check, failed: bool, steps: u64) {
         let worker = check.claims[0].worker;
         let chunk = check.chunk;
+        let others = self.agreeing_others(chunk);
         if failed {
+            // Whoever returned the same result returned the same lie.
+            for other in &others {
+                self.worker_failed(now, *other, &format!("agreed with a result of chunk {chunk} that failed its audit"));
+            }
             if let Some(w) = self.workers.get_mut(&worker) {
                 w.standing.audits_failed += 1;
             }
@@ -720,13 +729,24 @@ impl Core {
                 let at = (provisional.accepted_ms + settle_after_ms).max(now);
                 self.trust_timers.insert((at, TrustTimer::Settle(chunk)));
             }
-            self.confirm(now, worker);
+            for confirmed in std::iter::once(worker).chain(others) {
+                self.confirm(now, confirmed);
+            }
         }
+    }
+
+    /// The workers besides the first that returned a provisional chunk's result.
+    fn agreeing_others(&self, chunk: ChunkId) -> Vec<WorkerId> {
+        self.jobs.get(&chunk.job).and_then(|j| j.provisional.get(&chunk.index)).map_or(Vec::new(), |p| p.others.clone())
     }
 
     fn recheck_resolved(&mut self, now: u64, check: &Check, failed: bool, output: Option<Output>) {
         let worker = check.claims[0].worker;
         if failed {
+            for other in self.agreeing_others(check.chunk) {
+                let reason = format!("agreed with a result of chunk {} that a re-check overturned", check.chunk);
+                self.worker_failed(now, other, &reason);
+            }
             let reason = format!("a re-check of worker {}'s result disagreed", worker.short());
             self.invalidate(now, check.chunk, &reason, output);
         } else {
@@ -795,15 +815,22 @@ impl Core {
             .flat_map(|(id, job)| {
                 job.provisional
                     .iter()
-                    .filter(|(_, p)| p.worker == worker)
+                    .filter(|(_, p)| p.worker == worker || p.others.contains(&worker))
                     .map(|(index, p)| (ChunkId { job: *id, index: *index }, p.clone()))
             })
             .collect();
         for (chunk, provisional) in held {
-            let busy = self.checks_by_chunk.range((chunk, 0)..=(chunk, u64::MAX)).next().is_some();
-            if !busy {
-                self.order_recheck(now, chunk, &provisional);
+            // A pending one-link audit is not enough for a worker now known to lie: it becomes a
+            // re-check of the whole chunk. A re-check already under way stays.
+            let pending: Vec<CheckId> =
+                self.checks_by_chunk.range((chunk, 0)..=(chunk, u64::MAX)).map(|(_, id)| *id).collect();
+            if pending.iter().any(|id| self.checks[id].purpose == Purpose::Recheck) {
+                continue;
             }
+            for id in pending {
+                self.drop_check(id);
+            }
+            self.order_recheck(now, chunk, &provisional);
         }
     }
 
