@@ -35,6 +35,10 @@ chunk_steps = 200
 thermo = 100
 "#;
 
+/// Provisional chunks become final after a 3 s challenge window (an hour by default), so the tests
+/// see every chunk final.
+const SETTLE_FAST: [&str; 2] = ["--settle-after", "3"];
+
 const MELT_ARGS: [&str; 6] = ["--cells", "5", "--temperature", "1.44", "--seed", "777"];
 const STEPS: u64 = 1200;
 
@@ -87,7 +91,7 @@ fn wait_nodes(cluster: &Cluster, count: usize) {
 #[test]
 fn a_two_worker_disagreement_is_settled_by_bisection_with_one_interval_rerun() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(dir.path(), 1);
+    let mut cluster = Cluster::start_with(dir.path(), 1, &SETTLE_FAST);
     let cheater = cluster.add_worker_with(&[], &[("UPGLOBE_CHEAT", "wrong:1")]);
     cluster.add_verifier();
     wait_nodes(&cluster, 3);
@@ -111,7 +115,7 @@ fn a_two_worker_disagreement_is_settled_by_bisection_with_one_interval_rerun() {
 #[test]
 fn a_cheating_worker_is_caught_and_the_workflow_completes_with_the_true_hash() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(dir.path(), 2);
+    let mut cluster = Cluster::start_with(dir.path(), 2, &SETTLE_FAST);
     // Wrong on every second chunk; replicated, since it has no record.
     let cheater = cluster.add_worker_with(&[], &[("UPGLOBE_CHEAT", "wrong:2")]);
     cluster.add_verifier();
@@ -138,7 +142,7 @@ fn a_verifier_audit_finds_a_forged_interval() {
     let dir = tempfile::tempdir().unwrap();
     // Every worker runs alone and every result is audited; two links per chunk, so the audit of
     // either finds a forged first link (its hash, or the state served for the second).
-    let flags = ["--trust-after", "0", "--audit-rate-min", "1", "--chain-links", "2"];
+    let flags = ["--trust-after", "0", "--audit-rate-min", "1", "--chain-links", "2", "--settle-after", "3"];
     let mut cluster = Cluster::start_with(dir.path(), 0, &flags);
     let forger = cluster.add_worker_with(&[], &[("UPGLOBE_CHEAT", "forge-link:1")]);
     cluster.add_verifier();
@@ -165,7 +169,18 @@ fn a_worker_that_does_not_serve_its_state_in_time_fails_the_audit() {
     let dir = tempfile::tempdir().unwrap();
     // Twenty links: an audit of link 0 (which needs nothing served) on all six chunks is a
     // one-in-64-million draw.
-    let flags = ["--trust-after", "0", "--audit-rate-min", "1", "--chain-links", "20", "--serve-deadline", "2"];
+    let flags = [
+        "--trust-after",
+        "0",
+        "--audit-rate-min",
+        "1",
+        "--chain-links",
+        "20",
+        "--serve-deadline",
+        "2",
+        "--settle-after",
+        "3",
+    ];
     let mut cluster = Cluster::start_with(dir.path(), 0, &flags);
     let mute = cluster.add_worker_with(&[], &[("UPGLOBE_CHEAT", "refuse-serve")]);
     cluster.add_verifier();

@@ -150,8 +150,21 @@ fn the_scenario_covers_every_record() {
     assert!(has(|r| matches!(r, Record::ResultReported { .. })));
     assert!(has(|r| matches!(r, Record::AttemptFailed { .. })));
     assert!(has(|r| matches!(r, Record::ChunkVerified { disagreeing, .. } if !disagreeing.is_empty())));
+    assert!(has(|r| matches!(r, Record::Signed { .. })), "every accepted answer's signature is kept");
     assert!(has(|r| matches!(r, Record::JobFinished { .. })));
     assert!(has(|r| matches!(r, Record::WorkerDisagreed { .. })));
+    // The store keeps the signatures, and each verifies with the worker's key over the statement.
+    let mut store = Store::in_memory().unwrap();
+    store.apply(&records).unwrap();
+    let Some(Record::Signed { chunk, worker, .. }) = records.iter().find(|r| matches!(r, Record::Signed { .. })) else {
+        unreachable!()
+    };
+    let kept = store.signed_results(*chunk).unwrap();
+    assert!(kept.iter().any(|k| k.worker == *worker));
+    let key = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, common::key().public().0);
+    for signed in kept {
+        assert!(key.verify(&signed.statement_hash, &signed.signature).is_ok(), "a kept signature verifies");
+    }
 }
 
 /// Outputs stored before hash chains read back with a chain of one link, their state: the rest of

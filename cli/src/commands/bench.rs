@@ -29,6 +29,35 @@ pub enum Command {
     Md(MdArgs),
     /// Chunk dispatch through the real QUIC shell, with in-process workers doing empty chunks.
     Scheduler(SchedulerArgs),
+    /// A seeded simulation of verification on the real scheduler core: honest workers, verifiers and
+    /// cheaters of five kinds; what trust costs and what it catches, against a quorum of two.
+    Trust(TrustArgs),
+}
+
+#[derive(clap::Args)]
+pub struct TrustArgs {
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Chunks in all, in jobs of 100 (the goals are stated for 100 000 or more).
+    #[arg(long, default_value_t = 100_000, value_parser = flags::integer(100..=10_000_000u64))]
+    chunks: u64,
+    /// Confirmed results before a worker runs alone (the scheduler's --trust-after).
+    #[arg(long, value_parser = flags::integer(super::scheduler::TRUST_AFTER))]
+    trust_after: Option<u64>,
+    /// Lowest audit probability of a trusted worker's single execution (the scheduler's --audit-rate-min).
+    #[arg(long, value_parser = flags::number(super::scheduler::AUDIT_RATE))]
+    audit_rate_min: Option<f64>,
+    /// Links of each chunk's hash chain (the scheduler's --chain-links).
+    #[arg(long, value_parser = flags::integer(super::scheduler::CHAIN_LINKS))]
+    chain_links: Option<u32>,
+    /// Failures after which a worker gets no more work.
+    #[arg(long, value_parser = flags::integer(1..=1000u64))]
+    failures_max: Option<u64>,
+    /// Honest workers (cheaters and verifiers come in addition).
+    #[arg(long, value_parser = flags::integer(1..=10_000u32))]
+    honest_workers: Option<u32>,
+    #[arg(long, value_parser = flags::integer(1..=1000u32))]
+    verifiers: Option<u32>,
 }
 
 #[derive(clap::Args)]
@@ -81,12 +110,29 @@ pub async fn run(context: &Context, command: Command) -> Result<i32> {
     let report = match command {
         Command::Md(args) => tokio::task::spawn_blocking(move || bench_md(&args)).await??,
         Command::Scheduler(args) => bench_scheduler(&args).await?,
+        Command::Trust(args) => tokio::task::spawn_blocking(move || bench_trust(&args)).await??,
     };
     match context.format {
         Format::Json => output::json(&report),
         Format::Text => println!("{}", serde_json::to_string_pretty(&report)?),
     }
     Ok(0)
+}
+
+fn bench_trust(args: &TrustArgs) -> Result<serde_json::Value> {
+    use upglobe_scheduler::trust_bench::{TrustBenchConfig, run};
+    let mut config = TrustBenchConfig { seed: args.seed, chunks: args.chunks, ..TrustBenchConfig::default() };
+    config.core.trust_after = args.trust_after.unwrap_or(config.core.trust_after);
+    config.core.audit_rate_min = args.audit_rate_min.unwrap_or(config.core.audit_rate_min);
+    config.core.chain_links = args.chain_links.unwrap_or(config.core.chain_links);
+    config.core.disagreements_max = args.failures_max.unwrap_or(config.core.disagreements_max);
+    config.honest_workers = args.honest_workers.unwrap_or(config.honest_workers);
+    config.verifiers = args.verifiers.unwrap_or(config.verifiers);
+    let started = std::time::Instant::now();
+    let report = run(&config);
+    let mut value = serde_json::to_value(&report)?;
+    value["wall_s"] = serde_json::json!(started.elapsed().as_secs_f64());
+    Ok(value)
 }
 
 /// The best of `repeat` runs.

@@ -95,7 +95,11 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
     let job = &workflow.jobs[0];
     let upglobe_workflows::JobKind::Md(md) = &job.kind else { bail!("the example workflow starts with an MD job") };
 
-    say!("1/5  starting a scheduler and {} workers as separate processes in {}", args.workers, dir.display());
+    say!(
+        "1/5  starting a scheduler, {} workers and a verifier as separate processes in {}",
+        args.workers,
+        dir.display()
+    );
     let mut processes = Processes(Vec::new());
     let scheduler_dir = dir.join("scheduler");
     let mut scheduler = spawn(
@@ -124,7 +128,28 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
         .with_context(|| format!("the scheduler did not start; see {}", dir.join("scheduler.log").display()))?;
     let token = |key: &str| -> Result<Token> { Ok(started_json[key].as_str().context("token")?.parse()?) };
     let (worker_token, client_token) = (token("worker_token")?, token("client_token")?);
+    let verifier_token = token("verifier_token")?;
     assert_eq!(client_token.role, Role::Client);
+    let verifier_data = dir.join("demo-verifier");
+    let verifier = spawn(
+        "verifier",
+        &[
+            "verify",
+            "--join",
+            &verifier_token.to_string(),
+            "--data-dir",
+            &verifier_data.to_string_lossy(),
+            "--name",
+            "demo-verifier",
+            "--device",
+            "cpu",
+            "--cpus",
+            "1",
+        ],
+        &dir.join("demo-verifier.log"),
+        Stdio::null(),
+    )?;
+    processes.0.push(("demo-verifier".into(), verifier));
     for k in 0..args.workers {
         let name = format!("demo-{}", k + 1);
         let data = dir.join(&name);
@@ -148,7 +173,7 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
     }
     let client = Client::connect(&client_token, &dir.join("client")).await?;
     let names: std::collections::HashMap<_, _> = client
-        .wait_for_workers(args.workers, Duration::from_secs(30))
+        .wait_for_workers(args.workers + 1, Duration::from_secs(30))
         .await?
         .into_iter()
         .map(|w| (w.id, w.name))
@@ -168,7 +193,11 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
         bail!("the demo job did not complete: {:?}; logs are in {}", results.status.state, keep(temporary));
     }
 
-    say!("3/5  verified: every chunk's output state hash was agreed on by {} workers", job.replicas);
+    let audits = wait_for_audits(&client, &jobs[0].1.0.to_string(), Duration::from_secs(60)).await?;
+    say!(
+        "3/5  verified: every chunk's output state hash was agreed on by {} workers, and the verifier re-ran one link of each ({audits} audits passed)",
+        job.replicas
+    );
     for chunk in &results.chunks {
         let who: Vec<String> =
             chunk.agreeing.iter().map(|w| names.get(w).cloned().unwrap_or_else(|| w.short())).collect();
@@ -207,11 +236,40 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
                 "index": c.index,
                 "agreeing": c.agreeing.iter().map(|w| names.get(w).cloned().unwrap_or_else(|| w.to_hex())).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
+            "audits_passed": audits,
             "seconds": seconds,
             "kept": kept,
         }));
     }
     Ok(0)
+}
+
+/// Waits until every audit the scheduler ordered for the job has an answer; returns how many passed.
+async fn wait_for_audits(client: &Client, job: &str, timeout: Duration) -> Result<usize> {
+    use upglobe_protocol::messages::{ClientRequest, ClientResponse};
+    use upglobe_protocol::trust::TrustEventKind;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ClientResponse::Verification(report) =
+            client.request(ClientRequest::Verification { job: job.to_string() }).await?
+        else {
+            bail!("unexpected answer to a verification request");
+        };
+        let count = |f: fn(&TrustEventKind) -> bool| report.events.iter().filter(|e| f(&e.what)).count();
+        let ordered = count(|w| matches!(w, TrustEventKind::AuditOrdered { .. }));
+        let passed = count(|w| matches!(w, TrustEventKind::AuditPassed { .. }));
+        let failed = count(|w| matches!(w, TrustEventKind::AuditFailed { .. }));
+        if failed > 0 {
+            bail!("{failed} audits failed in the demo: honest workers disagree with the verifier");
+        }
+        if passed == ordered {
+            return Ok(passed);
+        }
+        if Instant::now() > deadline {
+            bail!("{} of {ordered} audits were still running after {} s", ordered - passed, timeout.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn keep(temporary: tempfile::TempDir) -> String {

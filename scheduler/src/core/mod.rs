@@ -149,7 +149,7 @@ pub enum Record {
         agreeing: Vec<WorkerId>,
         disagreeing: Vec<WorkerId>,
         /// Accepted on its worker's record: it may still be overturned.
-        provisional: Option<Provisional>,
+        provisional: Option<Box<Provisional>>,
     },
     /// A provisional chunk became final.
     Finalized {
@@ -810,7 +810,7 @@ impl Core {
             output,
             agreeing: agreeing.clone(),
             disagreeing: disagreeing.clone(),
-            provisional: provisional.clone(),
+            provisional: provisional.clone().map(Box::new),
         });
         let first = agreeing.first().copied();
         self.event(

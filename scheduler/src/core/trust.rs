@@ -238,9 +238,10 @@ impl Core {
     // -----------------------------------------------------------------------------------------
     // Accepting adaptive results
 
-    /// How many results an adaptive chunk wants: one from a trusted worker, otherwise two.
+    /// How many results an adaptive chunk wants: one from a trusted worker, otherwise the job's
+    /// replicas (a job that asks for one replica relies on audits alone, even for new workers).
     pub(super) fn adaptive_target(&self, chunk_id: ChunkId, first: WorkerId) -> u32 {
-        if self.is_trusted(first) { 1 } else { self.jobs[&chunk_id.job].spec.replicas.max(2) }
+        if self.is_trusted(first) { 1 } else { self.jobs[&chunk_id.job].spec.replicas }
     }
 
     /// Decides what to do with an adaptive chunk's results: accept, wait for more, or dispute.
@@ -257,11 +258,11 @@ impl Core {
         let Some(digest) = digests.first().copied() else { return };
         let agreeing: Vec<WorkerId> = chunk.results.iter().map(|r| r.worker).collect();
         let any_trusted = agreeing.iter().any(|w| self.is_trusted(*w));
-        let quorum = self.jobs[&chunk_id.job].spec.replicas.max(2) as usize;
+        let quorum = self.jobs[&chunk_id.job].spec.replicas as usize;
         if agreeing.len() >= quorum || (any_trusted && agreeing.len() == 1) {
             self.accept_adaptive(now, chunk_id, digest);
         } else {
-            // A single result of a worker that is not (or no longer) trusted: ask for a second one.
+            // Fewer agreeing results than the job asks for, none of them trusted: ask for more.
             let chunk = self.chunks.get_mut(&chunk_id).expect("open");
             chunk.target = chunk.target.max(quorum as u32);
             self.refresh_ready(chunk_id);
@@ -692,7 +693,11 @@ impl Core {
         if failed {
             // Whoever returned the same result returned the same lie.
             for other in &others {
-                self.worker_failed(now, *other, &format!("agreed with a result of chunk {chunk} that failed its audit"));
+                self.worker_failed(
+                    now,
+                    *other,
+                    &format!("agreed with a result of chunk {chunk} that failed its audit"),
+                );
             }
             if let Some(w) = self.workers.get_mut(&worker) {
                 w.standing.audits_failed += 1;

@@ -71,6 +71,15 @@ CREATE TABLE IF NOT EXISTS disagreements (worker BLOB PRIMARY KEY, count INTEGER
 CREATE INDEX IF NOT EXISTS failures_by_job ON failures (job, chunk);
 ";
 
+/// A result's signature as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedResult {
+    pub worker: WorkerId,
+    /// The hash of the [`upglobe_protocol::trust::ResultStatement`] that was signed.
+    pub statement_hash: [u8; 32],
+    pub signature: Vec<u8>,
+}
+
 /// Whose verification decisions to read.
 #[derive(Debug, Clone, Copy)]
 pub enum EventsAbout {
@@ -356,8 +365,8 @@ impl Store {
         Ok(events)
     }
 
-    /// Signed results kept for a chunk: (worker, statement hash, signature).
-    pub fn signed_results(&self, chunk: ChunkId) -> Result<Vec<(WorkerId, [u8; 32], Vec<u8>)>> {
+    /// Signed results kept for a chunk, oldest first: the evidence of what each worker asserted.
+    pub fn signed_results(&self, chunk: ChunkId) -> Result<Vec<SignedResult>> {
         let mut statement = self.connection.prepare_cached(
             "SELECT worker, statement, signature FROM signed_results WHERE job = ?1 AND chunk = ?2 ORDER BY id",
         )?;
@@ -367,7 +376,8 @@ impl Store {
         let mut out = Vec::new();
         for row in rows {
             let (worker, statement, signature) = row?;
-            out.push((WorkerId(hash_of(&worker, "worker id")?), hash_of(&statement, "statement")?, signature));
+            let (worker, statement_hash) = (WorkerId(hash_of(&worker, "worker id")?), hash_of(&statement, "statement")?);
+            out.push(SignedResult { worker, statement_hash, signature });
         }
         Ok(out)
     }
