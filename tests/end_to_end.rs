@@ -179,11 +179,14 @@ fn workers_with_bad_tokens_are_refused() {
     let wrong_ca = format!("{before_ca}ca={}{}", "f".repeat(64), &after_ca[64..]);
     let client_secret = cluster.client_token.rsplit_once("secret=").unwrap().1.to_string();
     let worker_role_client_secret = format!("{front}secret={client_secret}");
+    let verifier_secret = cluster.verifier_token.rsplit_once("secret=").unwrap().1.to_string();
+    let worker_role_verifier_secret = format!("{front}secret={verifier_secret}");
 
     for (token, expected) in [
         (wrong_secret, "secret is not valid"),
         (wrong_ca, "does not match the join token"),
-        (worker_role_client_secret, "not a worker token"),
+        (worker_role_client_secret, "not a worker token (it is a client token)"),
+        (worker_role_verifier_secret, "not a worker token (it is a verifier token)"),
     ] {
         cluster.worker_token = token;
         cluster.add_worker(&[]);
@@ -198,6 +201,8 @@ fn workers_with_bad_tokens_are_refused() {
     let client = cluster.client_token.clone();
     let output = cluster.run(&["worker", "--join", &client]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("--join needs the worker token"));
+    let output = cluster.run(&["verify", "--join", &cluster.worker_token.clone()]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--join needs the verifier token"));
 }
 
 fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {

@@ -755,19 +755,22 @@ async fn refuse(
     connection.close(1u32.into(), reason.as_bytes());
 }
 
-fn admission_error(protocol: u32, secret: &str, expected: &str, other: &str, role: &str) -> Option<String> {
+/// Why a peer claiming `role` is refused, if it is: an incompatible protocol, or a secret that is
+/// not this role's (a secret of another role is named, so a mixed-up token is easy to spot).
+fn admission_error(protocol: u32, secret: &str, secrets: &Secrets, role: Role) -> Option<String> {
     if protocol != PROTOCOL_VERSION {
         return Some(format!(
             "protocol version {protocol}; this scheduler speaks version {PROTOCOL_VERSION} ({SOFTWARE})"
         ));
     }
-    if secrets_match(secret, expected) {
-        return None;
+    let roles = [(Role::Worker, &secrets.worker), (Role::Verifier, &secrets.verifier), (Role::Client, &secrets.client)];
+    // Every secret is compared, in time independent of where they differ.
+    let matched: Vec<Role> = roles.iter().filter(|(_, s)| secrets_match(secret, s)).map(|(r, _)| *r).collect();
+    match matched.first() {
+        Some(found) if *found == role => None,
+        Some(found) => Some(format!("this token is not a {} token (it is a {} token)", role.as_str(), found.as_str())),
+        None => Some("the join token's secret is not valid for this scheduler".into()),
     }
-    if secrets_match(secret, other) {
-        return Some(format!("this token is not a {role} token"));
-    }
-    Some("the join token's secret is not valid for this scheduler".into())
 }
 
 async fn serve_worker(
@@ -779,11 +782,11 @@ async fn serve_worker(
     shared: &Arc<Shared>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<()> {
-    let (expected, other, role) = match hello.role {
-        NodeRole::Worker => (&shared.secrets.worker, &shared.secrets.verifier, "worker"),
-        NodeRole::Verifier => (&shared.secrets.verifier, &shared.secrets.worker, "verifier"),
+    let role = match hello.role {
+        NodeRole::Worker => Role::Worker,
+        NodeRole::Verifier => Role::Verifier,
     };
-    if let Some(reason) = admission_error(hello.protocol, &hello.secret, expected, other, role) {
+    if let Some(reason) = admission_error(hello.protocol, &hello.secret, &shared.secrets, role) {
         tracing::warn!(worker = %worker.short(), %reason, "worker refused");
         refuse(connection, send, ToWorker::Refused { reason: reason.clone() }, &reason).await;
         return Ok(());
@@ -832,9 +835,7 @@ async fn serve_client(
     shared: &Arc<Shared>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<()> {
-    if let Some(reason) =
-        admission_error(hello.protocol, &hello.secret, &shared.secrets.client, &shared.secrets.worker, "client")
-    {
+    if let Some(reason) = admission_error(hello.protocol, &hello.secret, &shared.secrets, Role::Client) {
         refuse(connection, send, ClientWelcome::Refused { reason: reason.clone() }, &reason).await;
         return Ok(());
     }

@@ -106,13 +106,13 @@ pub async fn verify(context: &Context, args: VerifyArgs) -> Result<i32> {
 
 fn node_config(context: &Context, args: NodeArgs, role: NodeRole) -> Result<WorkerConfig> {
     let token = parse_token(&args.join).context("--join")?;
-    let (wanted, command, directory) = match role {
-        NodeRole::Worker => (Role::Worker, "upglobe worker", "worker"),
-        NodeRole::Verifier => (Role::Verifier, "upglobe verify", "verifier"),
+    let (wanted, directory) = match role {
+        NodeRole::Worker => (Role::Worker, "worker"),
+        NodeRole::Verifier => (Role::Verifier, "verifier"),
     };
     if token.role != wanted {
         bail!(
-            "`{command} --join` needs the {} token printed by `upglobe scheduler`, not a {} token",
+            "--join needs the {} token printed by `upglobe scheduler`, not a {} token",
             wanted.as_str(),
             token.role.as_str()
         );

@@ -376,7 +376,8 @@ impl Store {
         let mut out = Vec::new();
         for row in rows {
             let (worker, statement, signature) = row?;
-            let (worker, statement_hash) = (WorkerId(hash_of(&worker, "worker id")?), hash_of(&statement, "statement")?);
+            let (worker, statement_hash) =
+                (WorkerId(hash_of(&worker, "worker id")?), hash_of(&statement, "statement")?);
             out.push(SignedResult { worker, statement_hash, signature });
         }
         Ok(out)
