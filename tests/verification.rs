@@ -12,7 +12,7 @@ use std::time::Duration;
 use cluster::{Cluster, single_process_hash};
 use serde_json::Value;
 
-/// 500 atoms, 6 chunks of 200 steps: chains of 10 links of 20 steps.
+/// 500 atoms, 6 chunks of 200 steps (chains of 25 links of 8 steps by default).
 const MELT: &str = r#"
 name = "trust"
 
@@ -91,7 +91,9 @@ fn wait_nodes(cluster: &Cluster, count: usize) {
 #[test]
 fn a_two_worker_disagreement_is_settled_by_bisection_with_one_interval_rerun() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start_with(dir.path(), 1, &SETTLE_FAST);
+    // Ten links of 20 steps per chunk of 200.
+    let flags = [SETTLE_FAST[0], SETTLE_FAST[1], "--chain-links", "10"];
+    let mut cluster = Cluster::start_with(dir.path(), 1, &flags);
     let cheater = cluster.add_worker_with(&[], &[("UPGLOBE_CHEAT", "wrong:1")]);
     cluster.add_verifier();
     wait_nodes(&cluster, 3);

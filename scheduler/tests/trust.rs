@@ -387,3 +387,36 @@ fn tolerance_results_agree_by_comparison_and_a_disagreement_asks_for_more() {
     let status = core.job_status(6, job).unwrap();
     assert_eq!(status.state, JobState::Completed, "two results agree within the tolerances");
 }
+
+#[test]
+fn a_worker_away_when_its_state_is_asked_for_is_not_blamed() {
+    let mut world = World::new(Config { trust_after: 0, audit_rate_min: 1.0, ..config() });
+    let worker = world.join(1, NodeRole::Worker, Behaviour::Honest);
+    world.join(3, NodeRole::Verifier, Behaviour::Honest);
+    let job = world.submit(1);
+    // The worker answers its chunk, then is gone before it can serve the audited link's start.
+    world.now += 10;
+    let (_, assignment) = world.inbox.pop().unwrap();
+    let output = world.compute(worker, &assignment);
+    let evidence = uploaded(&output);
+    let finished = sign(&world.core, assignment.id, Outcome::Completed(output));
+    world.core.handle_finished(world.now, worker, finished, &evidence);
+    world.drain();
+    assert_eq!(world.serve.len(), 1, "the audit asks for a state: {:?}", world.events());
+    world.serve.clear();
+    world.core.handle_worker_left(world.now, worker, "network");
+    world.drain();
+    world.pass_time(config().serve_deadline_ms + 1);
+    assert!(!world.events().iter().any(|e| matches!(e, TrustEventKind::AuditFailed { .. })), "not blamed while away");
+    // It never comes back: the verifier starts from the chunk's input instead, and the audit passes.
+    world.pass_time(4 * config().lease_timeout_ms + 1);
+    world.run();
+    let passed = world.events().into_iter().find_map(|e| match e {
+        TrustEventKind::AuditPassed { steps, .. } => Some(*steps),
+        _ => None,
+    });
+    assert!(passed.is_some_and(|steps| steps > CHUNK_STEPS / LINKS), "re-run from the input: {passed:?}");
+    assert_eq!(world.core.workers().into_iter().find(|w| w.id == worker).unwrap().disagreements, 0);
+    world.pass_time(config().settle_after_ms + 1);
+    assert_eq!(world.core.job_status(world.now, job).unwrap().chunks_final, 1);
+}

@@ -57,10 +57,10 @@ pub struct Args {
     #[arg(long, default_value_t = 10, value_parser = flags::integer(TRUST_AFTER))]
     trust_after: u64,
     /// Lowest probability that a trusted worker's single execution is audited (0 to 1).
-    #[arg(long, default_value_t = 0.5, value_parser = flags::number(AUDIT_RATE))]
+    #[arg(long, default_value_t = 1.0, value_parser = flags::number(AUDIT_RATE))]
     audit_rate_min: f64,
     /// Links of an md chunk's hash chain at most: an audit re-runs one link (1 to 1024).
-    #[arg(long, default_value_t = 16, value_parser = flags::integer(CHAIN_LINKS))]
+    #[arg(long, default_value_t = 32, value_parser = flags::integer(CHAIN_LINKS))]
     chain_links: u32,
     /// Seconds a worker has to serve an intermediate state before it fails the audit (1 to 3600).
     #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = flags::seconds(SERVE_DEADLINE_SECONDS))]

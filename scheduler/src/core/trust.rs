@@ -93,6 +93,14 @@ pub(super) enum Start {
         deadline_ms: u64,
         expected: [u8; 32],
     },
+    /// To be asked of `claims[from]`, which is not connected: asked when it joins again, and if it does
+    /// not by `until_ms`, the verifier starts from the chunk's input instead (nobody is blamed for
+    /// being away).
+    Parked {
+        from: usize,
+        until_ms: u64,
+        expected: [u8; 32],
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -103,6 +111,8 @@ pub(super) struct Check {
     pub link: u32,
     pub links: u32,
     pub start: Start,
+    /// The chunk's verified input: where a verifier starts when no claimant can serve a later state.
+    pub input: BlobHash,
     pub claims: Vec<Claim>,
     /// Workers whose serving failed: they lose.
     pub unserved: Vec<WorkerId>,
@@ -118,6 +128,8 @@ pub(super) enum TrustTimer {
     Serve(CheckId),
     /// A provisional result's challenge window ends.
     Settle(ChunkId),
+    /// A parked check stops waiting for its claimant.
+    Unpark(CheckId),
 }
 
 /// Links of a chunk's chain: the most, up to `target`, that divide the chunk's steps evenly.
@@ -361,6 +373,7 @@ impl Core {
             link,
             links: 1,
             start: Start::Known(provisional.input),
+            input: provisional.input,
             claims: vec![claim],
             unserved: Vec::new(),
             verifier: None,
@@ -399,8 +412,21 @@ impl Core {
         let deadline_ms = now + self.config.serve_deadline_ms;
         let request = self.next_request;
         self.next_request += 1;
+        let connected = |worker: &WorkerId| self.workers.get(worker).is_some_and(|w| w.connected);
+        let claimant_connected = connected(&self.checks[&id].claims[from].worker);
+        let park_ms = 4 * self.config.lease_timeout_ms.max(self.config.serve_deadline_ms);
         let check = self.checks.get_mut(&id).expect("known check");
-        let Start::Awaiting { expected, .. } = check.start else { unreachable!("asked to serve a known start") };
+        let expected = match check.start {
+            Start::Awaiting { expected, .. } | Start::Parked { expected, .. } => expected,
+            Start::Known(_) => unreachable!("asked to serve a known start"),
+        };
+        if !claimant_connected {
+            // A scheduler that restarted, or a worker between connections: wait for it a while.
+            let until_ms = now + park_ms;
+            check.start = Start::Parked { from, until_ms, expected };
+            self.trust_timers.insert((until_ms, TrustTimer::Unpark(id)));
+            return;
+        }
         check.start = Start::Awaiting { from, request, deadline_ms, expected };
         let claim = check.claims[from].clone();
         let link = check.link;
@@ -496,7 +522,56 @@ impl Core {
                     }
                 }
                 TrustTimer::Settle(chunk) => self.settle_by_time(now, chunk),
+                TrustTimer::Unpark(id) => self.start_from_input(id),
             }
+        }
+    }
+
+    /// No claimant can serve the start of the checked link: the verifier runs from the chunk's
+    /// verified input through the end of that link instead (more steps, nobody blamed).
+    fn start_from_input(&mut self, id: CheckId) {
+        let Some(check) = self.checks.get_mut(&id) else { return };
+        if !matches!(check.start, Start::Parked { .. }) {
+            return;
+        }
+        check.links += check.link;
+        check.link = 0;
+        check.start = Start::Known(check.input);
+        self.checks_waiting.insert(id);
+    }
+
+    /// A worker that joins again is asked for the states its checks wait for.
+    pub(super) fn unpark_checks(&mut self, now: u64, worker: WorkerId) {
+        let parked: Vec<(CheckId, usize, u64)> = self
+            .checks
+            .iter()
+            .filter_map(|(id, c)| match c.start {
+                Start::Parked { from, until_ms, .. } if c.claims[from].worker == worker => Some((*id, from, until_ms)),
+                _ => None,
+            })
+            .collect();
+        for (id, from, until_ms) in parked {
+            self.trust_timers.remove(&(until_ms, TrustTimer::Unpark(id)));
+            self.ask_to_serve(now, id, from);
+        }
+    }
+
+    /// A worker that leaves while asked to serve is not blamed: the request waits for it.
+    pub(super) fn park_checks(&mut self, now: u64, worker: WorkerId) {
+        let asked: Vec<(CheckId, usize, u64, u64)> = self
+            .checks
+            .iter()
+            .filter_map(|(id, c)| match c.start {
+                Start::Awaiting { from, request, deadline_ms, .. } if c.claims[from].worker == worker => {
+                    Some((*id, from, request, deadline_ms))
+                }
+                _ => None,
+            })
+            .collect();
+        for (id, from, request, deadline_ms) in asked {
+            self.serve_requests.remove(&request);
+            self.trust_timers.remove(&(deadline_ms, TrustTimer::Serve(id)));
+            self.ask_to_serve(now, id, from);
         }
     }
 
@@ -559,6 +634,7 @@ impl Core {
             link,
             links: 1,
             start: Start::Known(chunk.input.expect("md")),
+            input: chunk.input.expect("md"),
             claims,
             unserved: Vec::new(),
             verifier: None,
@@ -848,6 +924,7 @@ impl Core {
             link: 0,
             links: self.chain_links_of(chunk.job),
             start: Start::Known(provisional.input),
+            input: provisional.input,
             claims: vec![claim],
             unserved: Vec::new(),
             verifier: None,
@@ -936,9 +1013,15 @@ impl Core {
         let Some(check) = self.checks.remove(&id) else { return };
         self.checks_by_chunk.remove(&(check.chunk, id));
         self.checks_waiting.remove(&id);
-        if let Start::Awaiting { request, deadline_ms, .. } = check.start {
-            self.serve_requests.remove(&request);
-            self.trust_timers.remove(&(deadline_ms, TrustTimer::Serve(id)));
+        match check.start {
+            Start::Awaiting { request, deadline_ms, .. } => {
+                self.serve_requests.remove(&request);
+                self.trust_timers.remove(&(deadline_ms, TrustTimer::Serve(id)));
+            }
+            Start::Parked { until_ms, .. } => {
+                self.trust_timers.remove(&(until_ms, TrustTimer::Unpark(id)));
+            }
+            Start::Known(_) => {}
         }
         if let Some(assignment) = check.verifier
             && let Some(lease) = self.leases.get(&assignment)
