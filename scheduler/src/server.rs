@@ -29,7 +29,7 @@ use upglobe_protocol::{PROTOCOL_VERSION, Role, Token, WorkerId, frame, net};
 
 use crate::core::checks::{output_blobs, submission_blobs};
 use crate::core::{Action, BlobFact, Config, Core, Evidence, Finished, Record};
-use crate::store::{EventsAbout, Store};
+use crate::store::Store;
 use crate::{Result, SchedulerError};
 use upglobe_protocol::trust::{NodeRole, TRUST_EVENTS_SHOWN_MAX, VerificationReport};
 
@@ -514,7 +514,7 @@ impl Owner {
 
     fn verification(&self, id: upglobe_protocol::JobId) -> Result<VerificationReport> {
         let (policy, chunks_final, chunks_provisional) = self.core.verification_summary(id).expect("found job");
-        let events = self.store.trust_events(EventsAbout::Job(id), TRUST_EVENTS_SHOWN_MAX)?;
+        let events = self.store.trust_events(id, TRUST_EVENTS_SHOWN_MAX)?;
         Ok(VerificationReport { job: id, policy, chunks_final, chunks_provisional, events })
     }
 

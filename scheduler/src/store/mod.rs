@@ -80,13 +80,6 @@ pub struct SignedResult {
     pub signature: Vec<u8>,
 }
 
-/// Whose verification decisions to read.
-#[derive(Debug, Clone, Copy)]
-pub enum EventsAbout {
-    Job(JobId),
-    Worker(WorkerId),
-}
-
 pub struct Store {
     connection: Connection,
 }
@@ -345,21 +338,12 @@ impl Store {
         Ok(value)
     }
 
-    /// The newest verification decisions about a job, or about a worker, oldest first.
-    pub fn trust_events(&self, about: EventsAbout, limit: usize) -> Result<Vec<TrustEvent>> {
-        let limit = limit as i64;
-        let rows: Vec<String> = match about {
-            EventsAbout::Job(job) => {
-                let sql = "SELECT event FROM trust_events WHERE job = ?1 ORDER BY id DESC LIMIT ?2";
-                let mut statement = self.connection.prepare_cached(sql)?;
-                statement.query_map(params![job.0, limit], |row| row.get(0))?.collect::<Result<_, _>>()?
-            }
-            EventsAbout::Worker(worker) => {
-                let sql = "SELECT event FROM trust_events WHERE worker = ?1 ORDER BY id DESC LIMIT ?2";
-                let mut statement = self.connection.prepare_cached(sql)?;
-                statement.query_map(params![worker.0.as_slice(), limit], |row| row.get(0))?.collect::<Result<_, _>>()?
-            }
-        };
+    /// The newest verification decisions about a job, oldest first.
+    pub fn trust_events(&self, job: JobId, limit: usize) -> Result<Vec<TrustEvent>> {
+        let sql = "SELECT event FROM trust_events WHERE job = ?1 ORDER BY id DESC LIMIT ?2";
+        let mut statement = self.connection.prepare_cached(sql)?;
+        let rows: Vec<String> =
+            statement.query_map(params![job.0, limit as i64], |row| row.get(0))?.collect::<Result<_, _>>()?;
         let mut events = rows.iter().map(|e| from_json(e, "verification event")).collect::<Result<Vec<_>>>()?;
         events.reverse();
         Ok(events)
