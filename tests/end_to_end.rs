@@ -32,12 +32,6 @@ thermo = 100
 
 const MELT_ARGS: [&str; 6] = ["--cells", "10", "--temperature", "1.44", "--seed", "4242"];
 
-fn submit(cluster: &Cluster, workflow: &str) -> String {
-    let path = cluster.write("workflow.toml", workflow);
-    let submitted = cluster.json(&["submit", path.to_str().unwrap()]);
-    submitted["jobs"][0]["id"].to_string()
-}
-
 fn wait_completed(cluster: &Cluster, job: &str) -> serde_json::Value {
     cluster.wait_for("the job to finish", Duration::from_secs(240), |c| {
         c.job(job)["state"] != "running" && c.job(job)["state"] != "waiting"
@@ -80,7 +74,7 @@ fn killing_a_worker_mid_chunk_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path(), 3);
     cluster.wait_for("three workers", Duration::from_secs(30), |c| c.connected_workers() == 3);
-    let job = submit(&cluster, MELT);
+    let job = cluster.submit(MELT);
 
     // Freeze a worker that holds a chunk (SIGSTOP: it can neither finish nor heartbeat), wait until
     // the scheduler has given that chunk up, and only then kill it. A worker whose result got out
@@ -123,7 +117,7 @@ fn killing_the_scheduler_mid_run_loses_nothing_and_verifies_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path(), 3);
     cluster.wait_for("three workers", Duration::from_secs(30), |c| c.connected_workers() == 3);
-    let job = submit(&cluster, MELT);
+    let job = cluster.submit(MELT);
     cluster.wait_for("two verified chunks", Duration::from_secs(120), |c| {
         c.job(&job)["chunks_verified"].as_u64() >= Some(2)
     });
@@ -341,7 +335,7 @@ fn cpu_and_gpu_workers_agree_as_replicas() {
         .replace("cells = [10, 10, 10]", "cells = [5, 5, 5]")
         .replace("steps = 4000", "steps = 400")
         .replace("chunk_steps = 500", "chunk_steps = 100");
-    let job = submit(&cluster, &workflow);
+    let job = cluster.submit(&workflow);
     let status = wait_completed(&cluster, &job);
     assert_eq!(status["disagreements"], 0, "{status}");
     let workers = cluster.json(&["workers"]);
@@ -352,13 +346,7 @@ fn cpu_and_gpu_workers_agree_as_replicas() {
     );
     assert!(workers.as_array().unwrap().iter().all(|w| w["completed"] == 4), "both ran every chunk: {workers}");
     let args = ["--cells", "5", "--temperature", "1.44", "--seed", "4242"];
-    assert_eq!(final_hash_without_readers(&cluster, &job), single_process_hash(&args, 400));
-}
-
-fn final_hash_without_readers(cluster: &Cluster, job: &str) -> String {
-    let out = cluster.dir.join("results");
-    let results = cluster.json(&["results", job, "--out", out.to_str().unwrap()]);
-    results["final_state_hash"].as_str().unwrap().to_string()
+    assert_eq!(cluster.final_state_hash(&job), single_process_hash(&args, 400));
 }
 
 /// The README's first command, as a new user runs it (after the build).
@@ -389,7 +377,7 @@ fn a_million_task_array_submits_runs_and_reports_status() {
     let mut cluster = Cluster::start(dir.path(), 0);
     cluster.add_worker(&["--allow-commands"]);
     let workflow = "name = \"million\"\n\n[jobs.sweep]\nkind = \"command\"\nargv = [\"true\", \"{task}\"]\ntasks = \"1-1000000\"\n";
-    let job = submit(&cluster, workflow);
+    let job = cluster.submit(workflow);
     cluster.wait_for("a hundred verified tasks", Duration::from_secs(120), |c| {
         c.job(&job)["chunks_verified"].as_u64() >= Some(100)
     });

@@ -42,12 +42,6 @@ const SETTLE_FAST: [&str; 2] = ["--settle-after", "3"];
 const MELT_ARGS: [&str; 6] = ["--cells", "5", "--temperature", "1.44", "--seed", "777"];
 const STEPS: u64 = 1200;
 
-fn submit(cluster: &Cluster, workflow: &str) -> String {
-    let path = cluster.write("workflow.toml", workflow);
-    let submitted = cluster.json(&["submit", path.to_str().unwrap()]);
-    submitted["jobs"][0]["id"].to_string()
-}
-
 /// Waits until the job has completed and every chunk is final (audits may overturn a completed
 /// job's provisional chunks and run it again).
 fn wait_completed(cluster: &Cluster, job: &str) -> Value {
@@ -59,12 +53,6 @@ fn wait_completed(cluster: &Cluster, job: &str) -> Value {
     let status = cluster.job(job);
     assert_eq!(status["state"], "completed", "{status}");
     status
-}
-
-fn final_hash(cluster: &Cluster, job: &str) -> String {
-    let out = cluster.dir.join("results");
-    let results = cluster.json(&["results", job, "--out", out.to_str().unwrap()]);
-    results["final_state_hash"].as_str().unwrap().to_string()
 }
 
 /// The job's verification decisions, as `status --verification` reports them.
@@ -98,7 +86,7 @@ fn a_two_worker_disagreement_is_settled_by_bisection_with_one_interval_rerun() {
     cluster.add_verifier();
     wait_nodes(&cluster, 3);
     let one_chunk = MELT.replace("steps = 1200", "steps = 200");
-    let job = submit(&cluster, &one_chunk);
+    let job = cluster.submit(&one_chunk);
     wait_completed(&cluster, &job);
     let events = decisions(&cluster, &job);
     let disputes = of_kind(&events, "Dispute");
@@ -111,7 +99,7 @@ fn a_two_worker_disagreement_is_settled_by_bisection_with_one_interval_rerun() {
     assert_eq!(settled[0]["steps"], 20, "one link of 20 steps re-executed, not the chunk's 200");
     let cheater = worker_id(&cluster, &cheater);
     assert_eq!(settled[0]["loser"], serde_json::json!([cheater]));
-    assert_eq!(final_hash(&cluster, &job), single_process_hash(&MELT_ARGS, 200));
+    assert_eq!(cluster.final_state_hash(&job), single_process_hash(&MELT_ARGS, 200));
 }
 
 #[test]
@@ -122,7 +110,7 @@ fn a_cheating_worker_is_caught_and_the_workflow_completes_with_the_true_hash() {
     let cheater = cluster.add_worker_with(&[], &[("UPGLOBE_CHEAT", "wrong:2")]);
     cluster.add_verifier();
     wait_nodes(&cluster, 4);
-    let job = submit(&cluster, MELT);
+    let job = cluster.submit(MELT);
     wait_completed(&cluster, &job);
     let cheater = worker_id(&cluster, &cheater);
     let events = decisions(&cluster, &job);
@@ -136,7 +124,7 @@ fn a_cheating_worker_is_caught_and_the_workflow_completes_with_the_true_hash() {
     let record = workers.as_array().unwrap().iter().find(|w| w["id"] == cheater.as_str()).unwrap();
     assert!(record["disagreements"].as_u64().unwrap() >= 1, "{record}");
     // Its wrong results were rejected: the accepted chain is the true one.
-    assert_eq!(final_hash(&cluster, &job), single_process_hash(&MELT_ARGS, STEPS));
+    assert_eq!(cluster.final_state_hash(&job), single_process_hash(&MELT_ARGS, STEPS));
 }
 
 #[test]
@@ -150,7 +138,7 @@ fn a_verifier_audit_finds_a_forged_interval() {
     cluster.add_verifier();
     wait_nodes(&cluster, 2);
     let one_chunk = MELT.replace("steps = 1200", "steps = 200");
-    let job = submit(&cluster, &one_chunk);
+    let job = cluster.submit(&one_chunk);
     let forger = worker_id(&cluster, &forger);
     cluster.wait_for("the audit to fail", Duration::from_secs(120), |c| {
         !of_kind(&decisions(c, &job), "AuditFailed").is_empty()
@@ -163,7 +151,7 @@ fn a_verifier_audit_finds_a_forged_interval() {
     let workers = cluster.json(&["workers"]);
     let record = workers.as_array().unwrap().iter().find(|w| w["id"] == forger.as_str()).unwrap();
     assert!(record["audits_failed"].as_u64().unwrap() >= 1, "{record}");
-    assert_eq!(final_hash(&cluster, &job), single_process_hash(&MELT_ARGS, 200));
+    assert_eq!(cluster.final_state_hash(&job), single_process_hash(&MELT_ARGS, 200));
 }
 
 #[test]
@@ -187,7 +175,7 @@ fn a_worker_that_does_not_serve_its_state_in_time_fails_the_audit() {
     let mute = cluster.add_worker_with(&[], &[("UPGLOBE_CHEAT", "refuse-serve")]);
     cluster.add_verifier();
     wait_nodes(&cluster, 2);
-    let job = submit(&cluster, MELT);
+    let job = cluster.submit(MELT);
     let mute = worker_id(&cluster, &mute);
     cluster.wait_for("an unserved audit", Duration::from_secs(120), |c| {
         of_kind(&decisions(c, &job), "AuditFailed")
@@ -199,5 +187,5 @@ fn a_worker_that_does_not_serve_its_state_in_time_fails_the_audit() {
     let workers = cluster.json(&["workers"]);
     let record = workers.as_array().unwrap().iter().find(|w| w["id"] == mute.as_str()).unwrap();
     assert!(record["disagreements"].as_u64().unwrap() >= 1, "{record}");
-    assert_eq!(final_hash(&cluster, &job), single_process_hash(&MELT_ARGS, STEPS));
+    assert_eq!(cluster.final_state_hash(&job), single_process_hash(&MELT_ARGS, STEPS));
 }

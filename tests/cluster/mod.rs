@@ -236,6 +236,20 @@ impl Cluster {
         self.json(&["status", job])[0].clone()
     }
 
+    /// Submits a workflow file's text; returns its first job's id.
+    pub fn submit(&self, workflow: &str) -> String {
+        let path = self.write("workflow.toml", workflow);
+        let submitted = self.json(&["submit", path.to_str().unwrap()]);
+        submitted["jobs"][0]["id"].to_string()
+    }
+
+    /// The final state hash of an MD job, as `upglobe results` reports it.
+    pub fn final_state_hash(&self, job: &str) -> String {
+        let out = self.dir.join("results");
+        let results = self.json(&["results", job, "--out", out.to_str().unwrap()]);
+        results["final_state_hash"].as_str().unwrap().to_string()
+    }
+
     pub fn write(&self, name: &str, contents: &str) -> PathBuf {
         let path = self.dir.join(name);
         std::fs::write(&path, contents).unwrap();
