@@ -200,7 +200,6 @@ struct Worker {
     device: String,
     running: BTreeSet<AssignmentId>,
     completed: u64,
-    disagreements: u64,
     /// The id of the last assignment it was given (0: none since it joined): among equally loaded
     /// workers the one that waited longest goes first, so every capable worker gets work.
     last_assigned: u64,
@@ -408,10 +407,8 @@ impl Core {
         if self.workers.get(&worker).is_some_and(|w| w.connected) {
             self.handle_worker_left(now, worker, "it joined again");
         }
-        let (completed, disagreements, standing) = self
-            .workers
-            .get(&worker)
-            .map_or((0, 0, Standing::default()), |w| (w.completed, w.disagreements, w.standing));
+        let (completed, standing) =
+            self.workers.get(&worker).map_or((0, Standing::default()), |w| (w.completed, w.standing));
         let entry = Worker {
             name: hello.name.clone(),
             connected: true,
@@ -421,7 +418,6 @@ impl Core {
             device: hello.device.clone(),
             running: BTreeSet::new(),
             completed,
-            disagreements,
             last_assigned: 0,
             role: hello.role,
             owner: hello.owner.clone().unwrap_or_else(|| worker.to_string()),
@@ -829,7 +825,7 @@ impl Core {
             self.hold_provisional(now, chunk_id, provisional);
         } else if is_md {
             // Final at once: the workers may drop the chunk's intermediate states.
-            for entry in chunk.results.iter().filter(|r| r.assignment.0 != 0) {
+            for entry in &chunk.results {
                 self.send(entry.worker, ToWorker::Settled { assignments: vec![entry.assignment] });
             }
         }
@@ -851,10 +847,13 @@ impl Core {
         }
     }
 
+    /// A worker's result disagreed with the accepted one: a failure on its record, as a failed
+    /// check is (see [`trust`]).
     fn record_disagreement(&mut self, worker: WorkerId) {
         self.persist(Record::WorkerDisagreed { worker });
+        // The failure count lives in the disagreements the store counts; see `Core::restore`.
         if let Some(w) = self.workers.get_mut(&worker) {
-            w.disagreements += 1;
+            w.standing.failures += 1;
         }
     }
 
@@ -941,7 +940,7 @@ impl Core {
             // cpus would otherwise make every call walk the whole ready set.
             let max = self.config.disagreements_max;
             let room =
-                |w: &Worker| w.connected && w.role == NodeRole::Worker && w.disagreements < max && w.free.cpus > 0;
+                |w: &Worker| w.connected && w.role == NodeRole::Worker && w.standing.failures < max && w.free.cpus > 0;
             if !self.workers.values().any(room) {
                 return;
             }
@@ -968,7 +967,7 @@ impl Core {
     fn may_run(&self, worker: &Worker, kind: &JobKind) -> bool {
         worker.connected
             && worker.role == NodeRole::Worker
-            && worker.disagreements < self.config.disagreements_max
+            && worker.standing.failures < self.config.disagreements_max
             && (!matches!(kind, JobKind::Command(_)) || worker.allow_commands)
     }
 
@@ -1163,8 +1162,8 @@ impl Core {
                 resources: w.capacity,
                 running: w.running.len() as u64,
                 completed: w.completed,
-                disagreements: w.disagreements,
-                quarantined: w.disagreements >= self.config.disagreements_max,
+                disagreements: w.standing.failures,
+                quarantined: w.standing.failures >= self.config.disagreements_max,
                 role: w.role,
                 owner: w.owner.clone(),
                 standing: self.standing_label(w),

@@ -68,8 +68,11 @@ impl Core {
         for (worker, count) in snapshot.disagreements {
             core.workers.insert(worker, Worker::remembered(count));
         }
+        // Every failure, whether a disagreement or a failed check, is counted among the disagreements;
+        // the standings keep the rest of a record.
         for (worker, standing) in snapshot.standings {
-            core.workers.entry(worker).or_insert_with(|| Worker::remembered(standing.failures)).standing = standing;
+            let entry = core.workers.entry(worker).or_insert_with(|| Worker::remembered(0));
+            entry.standing = Standing { failures: entry.standing.failures, ..standing };
         }
         core.start_jobs(now);
         core.restore_open_chunks(now, snapshot.pending, attempts);
@@ -181,7 +184,6 @@ impl Worker {
             device: String::new(),
             running: BTreeSet::new(),
             completed: 0,
-            disagreements,
             last_assigned: 0,
             role: NodeRole::Worker,
             owner: String::new(),

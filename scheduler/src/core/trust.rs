@@ -716,17 +716,25 @@ impl Core {
     /// and the check waits for another verifier).
     pub(super) fn check_finished(&mut self, now: u64, id: CheckId, output: Option<Output>) {
         let Some(check) = self.checks.get_mut(&id) else { return };
-        check.verifier = None;
+        let ran = check.verifier.take();
         match output {
-            Some(output) => self.resolve_check(now, id, Some(output)),
+            Some(output) => {
+                let ran = ran.zip(check.verified_by).map(|(assignment, node)| (node, assignment));
+                self.resolve_check(now, id, Some((output, ran)));
+            }
             None => {
                 self.checks_waiting.insert(id);
             }
         }
     }
 
-    /// Settles a check with the verifier's output (None: nobody served the start state).
-    fn resolve_check(&mut self, now: u64, id: CheckId, output: Option<Output>) {
+    /// Settles a check with the verifier's output and the verifier and assignment that made it (None:
+    /// nobody served the start state).
+    fn resolve_check(&mut self, now: u64, id: CheckId, answer: Option<(Output, Option<(WorkerId, AssignmentId)>)>) {
+        let (output, ran) = match answer {
+            Some((output, ran)) => (Some(output), ran),
+            None => (None, None),
+        };
         let check = self.checks.remove(&id).expect("resolving a known check");
         self.checks_by_chunk.remove(&(check.chunk, id));
         self.checks_waiting.remove(&id);
@@ -741,9 +749,20 @@ impl Core {
         let steps = self.check_steps(&check);
         let (winners, losers): (Vec<Claim>, Vec<Claim>) =
             check.claims.iter().cloned().partition(|c| Some(c.end) == end && !check.unserved.contains(&c.worker));
+        let adopted = check.purpose == Purpose::Recheck && winners.is_empty() && output.is_some();
+        if let Some((node, assignment)) = ran
+            && !adopted
+        {
+            // The verifier's own intermediate states are not needed (an adopted re-run is settled
+            // with the chunk it becomes).
+            self.send(node, ToWorker::Settled { assignments: vec![assignment] });
+        }
         match check.purpose {
             Purpose::Audit => self.audit_resolved(now, &check, winners.is_empty(), steps),
-            Purpose::Recheck => self.recheck_resolved(now, &check, winners.is_empty(), output),
+            Purpose::Recheck => {
+                let replacement = output.zip(ran);
+                self.recheck_resolved(now, &check, winners.is_empty(), replacement)
+            }
             Purpose::Dispute { .. } => self.dispute_resolved(now, &check, winners, losers, steps),
         }
         self.schedule(now);
@@ -821,7 +840,13 @@ impl Core {
         self.jobs.get(&chunk.job).and_then(|j| j.provisional.get(&chunk.index)).map_or(Vec::new(), |p| p.others.clone())
     }
 
-    fn recheck_resolved(&mut self, now: u64, check: &Check, failed: bool, output: Option<Output>) {
+    fn recheck_resolved(
+        &mut self,
+        now: u64,
+        check: &Check,
+        failed: bool,
+        replacement: Option<(Output, (WorkerId, AssignmentId))>,
+    ) {
         let worker = check.claims[0].worker;
         if failed {
             for other in self.agreeing_others(check.chunk) {
@@ -829,7 +854,7 @@ impl Core {
                 self.worker_failed(now, other, &reason);
             }
             let reason = format!("a re-check of worker {}'s result disagreed", worker.short());
-            self.invalidate(now, check.chunk, &reason, output);
+            self.invalidate(now, check.chunk, &reason, replacement);
         } else {
             self.finalize(now, check.chunk, "a full re-check agreed");
         }
@@ -878,7 +903,6 @@ impl Core {
         let from = if w.standing.trusted(self.config.trust_after) { "trusted" } else { "replicated" };
         w.standing.clean = 0;
         w.standing.failures += 1;
-        w.disagreements = w.standing.failures;
         let standing = w.standing;
         self.persist(Record::Standing { worker, standing });
         self.persist(Record::WorkerDisagreed { worker });
@@ -936,7 +960,13 @@ impl Core {
     /// Overturns an accepted chunk: it and every chunk chained after it are no longer accepted.
     /// With `replacement` (a verifier's full re-run) the chunk is accepted again at once, final;
     /// otherwise it runs again, away from the worker that produced the wrong result.
-    fn invalidate(&mut self, now: u64, chunk_id: ChunkId, reason: &str, replacement: Option<Output>) {
+    fn invalidate(
+        &mut self,
+        now: u64,
+        chunk_id: ChunkId,
+        reason: &str,
+        replacement: Option<(Output, (WorkerId, AssignmentId))>,
+    ) {
         let Some(job) = self.jobs.get(&chunk_id.job) else { return };
         if !job.verified.contains(&chunk_id.index) || !matches!(job.spec.kind, JobKind::Md(_)) {
             return;
@@ -972,16 +1002,11 @@ impl Core {
             TrustEventKind::Invalidated { reason: reason.to_string() },
         );
         match replacement {
-            Some(output) => {
+            Some((output, (verifier, assignment))) => {
                 self.open_chunk(chunk_id);
                 let digest = output.digest();
                 let chunk = self.chunks.get_mut(&chunk_id).expect("just opened");
-                chunk.results.push(super::ResultEntry {
-                    worker: WorkerId([0; 32]),
-                    assignment: AssignmentId(0),
-                    digest,
-                    output,
-                });
+                chunk.results.push(super::ResultEntry { worker: verifier, assignment, digest, output });
                 self.verify(now, chunk_id, digest, None, "re-run whole by a verifier");
             }
             None => {
