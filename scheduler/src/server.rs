@@ -290,6 +290,12 @@ struct Session {
     outbox: mpsc::UnboundedSender<ToWorker>,
 }
 
+/// A client's answer, or a question answered once the batch's records are in the store.
+enum Reply {
+    Ready(oneshot::Sender<ClientResponse>, ClientResponse),
+    AfterCommit(oneshot::Sender<ClientResponse>, ClientRequest),
+}
+
 /// What one batch decided, waiting for its records to be committed.
 #[derive(Default)]
 struct Pending {
@@ -374,7 +380,7 @@ impl Owner {
         }
     }
 
-    fn handle(&mut self, input: Input, replies: &mut Vec<(oneshot::Sender<ClientResponse>, ClientResponse)>) {
+    fn handle(&mut self, input: Input, replies: &mut Vec<Reply>) {
         let now = self.now();
         match input {
             Input::WorkerJoined { worker, session, hello, outbox, reply } => {
@@ -419,9 +425,18 @@ impl Owner {
                     self.core.handle_worker_left(now, worker, &reason);
                 }
             }
+            // Questions about results read the store, which holds this batch's decisions only
+            // once it is committed: they are answered after that, so the status and the rows of
+            // one answer describe the same moment.
+            Input::Client {
+                request: request @ (ClientRequest::Results { .. } | ClientRequest::Verification { .. }),
+                reply,
+            } => {
+                replies.push(Reply::AfterCommit(reply, request));
+            }
             Input::Client { request, reply } => {
                 let response = self.answer(now, request);
-                replies.push((reply, response));
+                replies.push(Reply::Ready(reply, response));
             }
             Input::Compared { id, agree } => self.core.handle_compared(now, id, agree),
         }
@@ -561,11 +576,7 @@ impl Owner {
     }
 
     /// Persists what the core decided, then sends its messages and the replies.
-    fn commit(
-        &mut self,
-        pending: Pending,
-        replies: Vec<(oneshot::Sender<ClientResponse>, ClientResponse)>,
-    ) -> Result<()> {
+    fn commit(&mut self, pending: Pending, replies: Vec<Reply>) -> Result<()> {
         let Pending { records, sends } = pending;
         log_records(&records);
         self.store.apply(&records)?;
@@ -577,7 +588,12 @@ impl Owner {
                 let _ = outbox.send(message);
             }
         }
-        for (reply, response) in replies {
+        let now = self.now();
+        for reply in replies {
+            let (reply, response) = match reply {
+                Reply::Ready(reply, response) => (reply, response),
+                Reply::AfterCommit(reply, request) => (reply, self.answer(now, request)),
+            };
             let _ = reply.send(response);
         }
         Ok(())
