@@ -76,6 +76,7 @@ impl BlobStore {
 
     /// Removes a blob (one found corrupt, so that it can be fetched again).
     pub fn remove(&self, hash: &BlobHash) -> Result<()> {
+        let _ = std::fs::remove_file(self.outboard_path(hash));
         let path = self.path(hash);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -223,7 +224,7 @@ impl BlobStore {
     }
 }
 
-fn unique_suffix() -> String {
+pub(crate) fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     format!("{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))

@@ -5,6 +5,7 @@ pub mod blobs;
 pub mod compare;
 #[cfg(feature = "h5md")]
 pub mod h5md;
+pub mod slices;
 pub mod transfer;
 
 pub use blobs::{BlobStore, BlobWriter};
@@ -18,6 +19,10 @@ pub enum DatasetError {
     Corrupt { hash: String, actual: String },
     #[error("blob {expected} did not arrive whole: {received} of {size} bytes")]
     Incomplete { expected: String, received: u64, size: u64 },
+    #[error("a slice of blob {hash} does not verify against its hash ({detail}): the source sent corrupt data")]
+    CorruptSlice { hash: String, detail: String },
+    #[error("the disk is full: {path} needs {needed} bytes{}", available.map(|a| format!(", {a} are free")).unwrap_or_default())]
+    DiskFull { path: String, needed: u64, available: Option<u64> },
     #[error("blob {0} is not in the store")]
     Missing(String),
     #[error("transfer of blob {hash}: {message}")]

@@ -1,21 +1,82 @@
-//! Moving blobs over QUIC streams, verified end to end: the receiver hashes what arrives and keeps it
-//! only if it matches the hash that was asked for (or promised).
+//! Moving blobs over QUIC streams, verified end to end. Downloads come as verified slices (see
+//! [`crate::slices`]) from one or several sources at once, resume from what an earlier attempt
+//! verified, and drop a source that sends one corrupt byte. Uploads (results, submitted inputs)
+//! are hashed whole by the receiver and kept only if they match the hash promised.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bao_tree::ChunkRanges;
+use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
 use upglobe_protocol::messages::limits::BLOB_BYTES_MAX;
 use upglobe_protocol::messages::{BlobReply, StreamRequest};
 use upglobe_protocol::{BlobHash, frame};
 
+use crate::slices::{self, Partial};
 use crate::{BlobStore, DatasetError, Result};
 
 const BUFFER_BYTES: usize = 1 << 20;
 /// A transfer that receives nothing for this long has stalled.
-const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long an upload the peer stopped waits for the peer's reason.
-const REFUSAL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+const REFUSAL_WAIT: Duration = Duration::from_secs(5);
+/// Encoded bytes handed from the encoding thread to the stream at once, and how many such pieces
+/// may wait: the sender hashes nothing and copies each byte once, into these buffers.
+const PIECE_BYTES: usize = 1 << 20;
+const PIECES_QUEUED: usize = 8;
 
 fn failed(hash: &BlobHash, message: impl Into<String>) -> DatasetError {
     DatasetError::Transfer { hash: hash.short(), message: message.into() }
+}
+
+/// Counters a download updates as it goes (for a progress bar or a log line).
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// The blob's size, once a source has proved it.
+    pub size: Arc<AtomicU64>,
+    /// Data bytes verified, including those an earlier attempt had verified.
+    pub verified: Arc<AtomicU64>,
+    /// Bytes received from the network in this attempt (data and hash pairs).
+    pub received: Arc<AtomicU64>,
+}
+
+/// How a download fetches: how many streams each source serves at once, how large a piece one
+/// stream asks for, and an optional limit on the rate (for workers on a shared lab or home link).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub streams_per_source: usize,
+    pub piece_bytes: u64,
+    pub rate_bytes_per_s: Option<u64>,
+    pub progress: Progress,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { streams_per_source: 4, piece_bytes: 8 << 20, rate_bytes_per_s: None, progress: Progress::default() }
+    }
+}
+
+/// A peer that holds blobs, as a download sees it.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub connection: quinn::Connection,
+}
+
+/// What a download did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub size: u64,
+    /// Data bytes an earlier attempt had already verified (not fetched again).
+    pub resumed_bytes: u64,
+    /// Bytes received from the network (data and hash pairs).
+    pub received_bytes: u64,
+    /// Sources dropped for this download, with the reason.
+    pub dropped: Vec<(String, String)>,
 }
 
 /// Sends a blob from the local store to the peer, which verifies and stores it.
@@ -47,24 +108,344 @@ pub async fn upload(connection: &quinn::Connection, store: &BlobStore, hash: Blo
     }
 }
 
-/// Fetches a blob from the peer into the local store. One already there is only touched, so a cache
+/// Fetches a blob from the peer into the local store (see [`download_from`]).
+pub async fn download(connection: &quinn::Connection, store: &BlobStore, hash: BlobHash) -> Result<Report> {
+    let source = Source { name: "scheduler".into(), connection: connection.clone() };
+    download_from(&[source], store, hash, &Options::default()).await
+}
+
+/// Fetches a blob into the local store from the sources, in verified slices: several sources and
+/// several streams per source serve different pieces at once; a source that sends a corrupt
+/// slice or breaks off is dropped for this download and its piece fetched elsewhere; a partial
+/// left by an earlier attempt is resumed. A blob already stored is only touched, so a cache
 /// evicts it last.
-pub async fn download(connection: &quinn::Connection, store: &BlobStore, hash: BlobHash) -> Result<()> {
+pub async fn download_from(sources: &[Source], store: &BlobStore, hash: BlobHash, options: &Options) -> Result<Report> {
     if store.contains(&hash) {
-        return store.touch(&hash);
+        store.touch(&hash)?;
+        let size = store.size(&hash).unwrap_or(0);
+        options.progress.size.store(size, Ordering::Relaxed);
+        options.progress.verified.store(size, Ordering::Relaxed);
+        return Ok(Report { size, resumed_bytes: size, ..Report::default() });
     }
-    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| failed(&hash, e.to_string()))?;
-    frame::write(&mut send, &StreamRequest::GetBlob { hash }).await.map_err(|e| failed(&hash, e.to_string()))?;
-    send.finish().map_err(|e| failed(&hash, e.to_string()))?;
-    let size = match frame::expect::<BlobReply, _>(&mut recv).await.map_err(|e| failed(&hash, e.to_string()))? {
-        BlobReply::Sending { size } if size <= BLOB_BYTES_MAX => size,
-        BlobReply::Sending { size } => {
-            return Err(failed(&hash, format!("{size} bytes exceeds the blob limit")));
-        }
-        BlobReply::Missing => return Err(failed(&hash, "the peer does not have it")),
-        other => return Err(failed(&hash, format!("unexpected reply {other:?}"))),
+    let alive: Vec<Arc<AtomicBool>> = sources.iter().map(|_| Arc::new(AtomicBool::new(true))).collect();
+    let dropped = Arc::new(Mutex::new(Vec::new()));
+    let pacer = options.rate_bytes_per_s.map(|rate| Arc::new(Pacer::new(rate)));
+    let drop_source = |k: usize, reason: String| {
+        tracing::warn!(source = %sources[k].name, blob = %hash.short(), %reason, "source dropped for this download");
+        alive[k].store(false, Ordering::Relaxed);
+        dropped.lock().expect("dropped sources").push((sources[k].name.clone(), reason));
     };
-    receive(&mut recv, store, hash, size).await
+    let everyone_failed = |dropped: &Mutex<Vec<(String, String)>>| {
+        let reasons = dropped.lock().expect("dropped sources");
+        if reasons.is_empty() {
+            return failed(&hash, "no source holds it");
+        }
+        let reasons: Vec<String> = reasons.iter().map(|(name, why)| format!("{name}: {why}")).collect();
+        failed(&hash, format!("every source failed ({})", reasons.join("; ")))
+    };
+
+    // The size first, proved by the last group: from the partial of an earlier attempt, or from
+    // the first source that proves it.
+    let mut partial = match store.existing_partial(&hash)? {
+        Some(partial) if partial.size_proved()? => Some(partial),
+        Some(_) => {
+            store.remove_partial(&hash);
+            None
+        }
+        None => None,
+    };
+    let mut resumed_bytes = 0;
+    if let Some(partial) = &partial {
+        resumed_bytes = partial.size() - slices::bytes_in(&partial.missing()?, partial.size());
+        tracing::info!(blob = %hash.short(), verified = resumed_bytes, size = partial.size(), "resuming a download");
+    }
+    let received = options.progress.received.clone();
+    for (k, source) in sources.iter().enumerate() {
+        if partial.is_some() {
+            break;
+        }
+        let last = slices::last_group();
+        let proved = async {
+            let (size, recv) = ask(&source.connection, hash, &last).await?;
+            let made = Arc::new(store.partial(&hash, size)?);
+            let outcome = decode_stream(recv, made.clone(), last, received.clone(), None, |_| {}).await;
+            Ok::<_, DatasetError>((made, outcome))
+        };
+        match proved.await {
+            Ok((made, Ok(_))) => partial = Some(Arc::try_unwrap(made).expect("the decoder is done")),
+            Ok((_, Err((_, e)))) | Err(e) if is_local(&e) => {
+                store.remove_partial(&hash);
+                return Err(e);
+            }
+            Ok((_, Err((_, e)))) | Err(e) => {
+                store.remove_partial(&hash);
+                drop_source(k, e.to_string());
+            }
+        }
+    }
+    let Some(partial) = partial else { return Err(everyone_failed(&dropped)) };
+    let size = partial.size();
+    let progress = &options.progress;
+    progress.size.store(size, Ordering::Relaxed);
+    let missing = partial.missing()?;
+    progress.verified.store(size - slices::bytes_in(&missing, size), Ordering::Relaxed);
+    let pieces = slices::split(&missing, (options.piece_bytes / slices::CHUNK_BYTES).max(16), size);
+    let queue = Arc::new(Mutex::new(pieces.into_iter().collect::<VecDeque<_>>()));
+    let partial = Arc::new(partial);
+    let fatal: Arc<Mutex<Option<DatasetError>>> = Arc::default();
+
+    // Streams pull pieces until the queue is empty or their source is dropped; a dropped source's
+    // piece goes back, less what it verified, so rounds repeat while pieces and sources remain.
+    while !queue.lock().expect("piece queue").is_empty() {
+        let live: Vec<usize> = (0..sources.len()).filter(|&k| alive[k].load(Ordering::Relaxed)).collect();
+        if live.is_empty() {
+            return Err(everyone_failed(&dropped));
+        }
+        let mut streams = tokio::task::JoinSet::new();
+        for &k in &live {
+            for _ in 0..options.streams_per_source.max(1) {
+                let (connection, name) = (sources[k].connection.clone(), sources[k].name.clone());
+                let (queue, partial, alive, dropped, fatal) =
+                    (queue.clone(), partial.clone(), alive[k].clone(), dropped.clone(), fatal.clone());
+                let (received, verified, pacer) = (received.clone(), progress.verified.clone(), pacer.clone());
+                streams.spawn(async move {
+                    while alive.load(Ordering::Relaxed) && fatal.lock().expect("fatal").is_none() {
+                        let Some(piece) = queue.lock().expect("piece queue").pop_front() else { break };
+                        let verified = verified.clone();
+                        let count = move |n: u64| _ = verified.fetch_add(n, Ordering::Relaxed);
+                        let outcome = match ask(&connection, hash, &piece).await {
+                            Ok((claimed, _)) if claimed != partial.size() => Err((
+                                slices::Decoded::default(),
+                                failed(&hash, format!("says {claimed} bytes; the blob is {}", partial.size())),
+                            )),
+                            Ok((_, recv)) => {
+                                decode_stream(recv, partial.clone(), piece.clone(), received.clone(), pacer.clone(), count)
+                                    .await
+                            }
+                            Err(e) => Err((slices::Decoded::default(), e)),
+                        };
+                        if let Err((decoded, e)) = outcome {
+                            let rest = piece - decoded.verified;
+                            if !rest.is_empty() {
+                                queue.lock().expect("piece queue").push_back(rest);
+                            }
+                            if is_local(&e) {
+                                *fatal.lock().expect("fatal") = Some(e);
+                            } else if alive.swap(false, Ordering::Relaxed) {
+                                tracing::warn!(source = %name, blob = %hash.short(), reason = %e, "source dropped for this download");
+                                dropped.lock().expect("dropped sources").push((name.clone(), e.to_string()));
+                            }
+                            break;
+                        }
+                    }
+                });
+            }
+        }
+        while streams.join_next().await.is_some() {}
+        if let Some(e) = fatal.lock().expect("fatal").take() {
+            return Err(e);
+        }
+    }
+    let partial = Arc::try_unwrap(partial).expect("every stream is done");
+    partial.finish(store)?;
+    let dropped = dropped.lock().expect("dropped sources").clone();
+    Ok(Report { size, resumed_bytes, received_bytes: received.load(Ordering::Relaxed), dropped })
+}
+
+/// Failures of this machine (a full disk, a file that cannot be written), not of a source.
+fn is_local(e: &DatasetError) -> bool {
+    matches!(e, DatasetError::DiskFull { .. } | DatasetError::Io { .. })
+}
+
+/// Asks a source for ranges of a blob; returns the size it claims and the stream of the encoding.
+async fn ask(connection: &quinn::Connection, hash: BlobHash, ranges: &ChunkRanges) -> Result<(u64, quinn::RecvStream)> {
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| failed(&hash, e.to_string()))?;
+    let request = StreamRequest::GetSlices { hash, ranges: slices::to_wire(ranges) };
+    frame::write(&mut send, &request).await.map_err(|e| failed(&hash, e.to_string()))?;
+    send.finish().map_err(|e| failed(&hash, e.to_string()))?;
+    let reply = tokio::time::timeout(STALL_TIMEOUT, frame::expect::<BlobReply, _>(&mut recv))
+        .await
+        .map_err(|_| failed(&hash, format!("no answer for {} s", STALL_TIMEOUT.as_secs())))?
+        .map_err(|e| failed(&hash, e.to_string()))?;
+    match reply {
+        BlobReply::Sending { size } if size <= BLOB_BYTES_MAX => Ok((size, recv)),
+        BlobReply::Sending { size } => Err(failed(&hash, format!("{size} bytes exceeds the blob limit"))),
+        BlobReply::Missing => Err(failed(&hash, "the peer does not have it")),
+        BlobReply::Rejected { reason } => Err(failed(&hash, format!("the peer refused: {reason}"))),
+        other => Err(failed(&hash, format!("unexpected reply {other:?}"))),
+    }
+}
+
+/// Feeds a stream's bytes to a decoding thread (hashing stays off the I/O path): the network side
+/// forwards quinn's buffers as they are, the thread verifies and writes them.
+async fn decode_stream(
+    mut recv: quinn::RecvStream,
+    partial: Arc<Partial>,
+    ranges: ChunkRanges,
+    received: Arc<AtomicU64>,
+    pacer: Option<Arc<Pacer>>,
+    progress: impl FnMut(u64) + Send + 'static,
+) -> std::result::Result<slices::Decoded, (slices::Decoded, DatasetError)> {
+    let hash = partial.hash();
+    let (tx, rx) = mpsc::channel::<Bytes>(PIECES_QUEUED * 4);
+    let decoder = tokio::task::spawn_blocking(move || {
+        partial.decode(ChannelReader { rx, current: Bytes::new() }, &ranges, progress)
+    });
+    let mut broke = None;
+    loop {
+        match tokio::time::timeout(STALL_TIMEOUT, recv.read_chunk(BUFFER_BYTES, true)).await {
+            Ok(Ok(Some(chunk))) => {
+                received.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
+                if let Some(pacer) = &pacer {
+                    pacer.take(chunk.bytes.len() as u64).await;
+                }
+                if tx.send(chunk.bytes).await.is_err() {
+                    // The decoder stopped: it found something wrong, and says what.
+                    let _ = recv.stop(0u32.into());
+                    break;
+                }
+            }
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
+                broke = Some(e.to_string());
+                break;
+            }
+            Err(_) => {
+                broke = Some(format!("no data for {} s", STALL_TIMEOUT.as_secs()));
+                let _ = recv.stop(0u32.into());
+                break;
+            }
+        }
+    }
+    drop(tx);
+    match decoder.await {
+        Ok(Ok(decoded)) => Ok(decoded),
+        // The network's reason says more than the decoder's "ended early".
+        Ok(Err((decoded, DatasetError::Transfer { .. }))) if broke.is_some() => {
+            Err((decoded, failed(&hash, broke.expect("checked"))))
+        }
+        Ok(Err(failure)) => Err(failure),
+        Err(e) => Err((slices::Decoded::default(), failed(&hash, format!("the decoder failed: {e}")))),
+    }
+}
+
+/// `Read` over buffers arriving on a channel, for the decoding thread.
+struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(bytes) => self.current = bytes,
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.current.len());
+        out[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+/// `Write` that hands full buffers to a channel, for the encoding thread.
+struct ChannelWriter {
+    tx: mpsc::Sender<Bytes>,
+    buffer: BytesMut,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= PIECE_BYTES {
+            self.flush()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let piece = self.buffer.split().freeze();
+        self.buffer.reserve(PIECE_BYTES);
+        self.tx
+            .blocking_send(piece)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the stream closed"))
+    }
+}
+
+/// Holds a download to a rate, over all its streams.
+struct Pacer {
+    rate: u64,
+    start: Instant,
+    taken: AtomicU64,
+}
+
+impl Pacer {
+    fn new(rate: u64) -> Pacer {
+        Pacer { rate: rate.max(1), start: Instant::now(), taken: AtomicU64::new(0) }
+    }
+
+    async fn take(&self, bytes: u64) {
+        let taken = self.taken.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let due = Duration::from_secs_f64(taken as f64 / self.rate as f64);
+        let elapsed = self.start.elapsed();
+        if due > elapsed {
+            tokio::time::sleep(due - elapsed).await;
+        }
+    }
+}
+
+/// Answers a [`StreamRequest::GetSlices`]: the encoding is made on a blocking thread and handed
+/// to the stream in large buffers.
+pub async fn serve_slices(
+    send: &mut quinn::SendStream,
+    store: &BlobStore,
+    hash: BlobHash,
+    ranges: &[(u64, u64)],
+) -> Result<u64> {
+    let io = |e: upglobe_protocol::ProtocolError| failed(&hash, e.to_string());
+    let ranges = match slices::from_wire(ranges) {
+        Ok(ranges) => ranges,
+        Err(reason) => {
+            frame::write(send, &BlobReply::Rejected { reason }).await.map_err(io)?;
+            let _ = send.finish();
+            return Ok(0);
+        }
+    };
+    let Some(size) = store.size(&hash) else {
+        frame::write(send, &BlobReply::Missing).await.map_err(io)?;
+        let _ = send.finish();
+        return Ok(0);
+    };
+    frame::write(send, &BlobReply::Sending { size }).await.map_err(io)?;
+    let (tx, mut rx) = mpsc::channel::<Bytes>(PIECES_QUEUED);
+    let encoding = store.clone();
+    let encoder = tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter { tx, buffer: BytesMut::with_capacity(PIECE_BYTES) };
+        encoding.encode(&hash, &ranges, &mut out)?;
+        std::io::Write::flush(&mut out).map_err(|e| failed(&hash, e.to_string()))
+    });
+    let mut sent = 0;
+    let mut broke = None;
+    while let Some(piece) = rx.recv().await {
+        sent += piece.len() as u64;
+        if let Err(e) = send.write_chunk(piece).await {
+            broke = Some(e);
+            break;
+        }
+    }
+    drop(rx);
+    let encoded = encoder.await.map_err(|e| failed(&hash, format!("the encoder failed: {e}")))?;
+    if let Some(e) = broke {
+        return Err(failed(&hash, format!("the receiver stopped after {sent} bytes: {e}")));
+    }
+    encoded?;
+    send.finish().map_err(|e| failed(&hash, e.to_string()))?;
+    tracing::debug!(blob = %hash.short(), bytes = sent, "served slices");
+    Ok(sent)
 }
 
 async fn receive(recv: &mut quinn::RecvStream, store: &BlobStore, hash: BlobHash, size: u64) -> Result<()> {
@@ -85,28 +466,26 @@ async fn receive(recv: &mut quinn::RecvStream, store: &BlobStore, hash: BlobHash
     Ok(())
 }
 
-/// Answers a [`StreamRequest::GetBlob`].
-pub async fn serve_get(send: &mut quinn::SendStream, store: &BlobStore, hash: BlobHash) -> Result<()> {
-    let io = |e: upglobe_protocol::ProtocolError| failed(&hash, e.to_string());
-    let (file, size) = match store.open_blob(&hash) {
-        Ok(found) => found,
-        Err(DatasetError::Missing(_)) => {
-            return frame::write(send, &BlobReply::Missing).await.map_err(io);
-        }
-        Err(e) => return Err(e),
-    };
-    frame::write(send, &BlobReply::Sending { size }).await.map_err(io)?;
-    let mut file = tokio::fs::File::from_std(file);
-    let mut buffer = vec![0u8; BUFFER_BYTES];
-    loop {
-        let n = file.read(&mut buffer).await.map_err(|e| failed(&hash, e.to_string()))?;
-        if n == 0 {
-            break;
-        }
-        send.write_all(&buffer[..n]).await.map_err(|e| failed(&hash, e.to_string()))?;
+/// Serves requests for slices on one connection until it closes: a worker serving its cache to
+/// another, a test's or a benchmark's source. Anything but [`StreamRequest::GetSlices`] is refused.
+pub async fn serve_connection(connection: quinn::Connection, store: BlobStore) {
+    while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+        let store = store.clone();
+        tokio::spawn(async move {
+            match frame::expect::<StreamRequest, _>(&mut recv).await {
+                Ok(StreamRequest::GetSlices { hash, ranges }) => {
+                    if let Err(e) = serve_slices(&mut send, &store, hash, &ranges).await {
+                        tracing::debug!(error = %e, "serving slices failed");
+                    }
+                }
+                _ => {
+                    let reason = "this peer serves only slices of blobs".to_string();
+                    let _ = frame::write(&mut send, &BlobReply::Rejected { reason }).await;
+                    let _ = send.finish();
+                }
+            }
+        });
     }
-    send.finish().map_err(|e| failed(&hash, e.to_string()))?;
-    Ok(())
 }
 
 /// Refuses a [`StreamRequest::PutBlob`] without reading it (a quota, say), with the reason.

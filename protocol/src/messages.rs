@@ -23,6 +23,8 @@ pub mod limits {
     pub const UNAUTHENTICATED_CONNECTIONS_MAX: usize = 256;
     /// Largest blob (checkpoint, input or output file).
     pub const BLOB_BYTES_MAX: u64 = 16 << 30;
+    /// Ranges in one request for slices of a blob.
+    pub const SLICE_RANGES_MAX: usize = 4096;
     pub const REPLICAS_MAX: u32 = 7;
     pub const JOBS_PER_WORKFLOW_MAX: usize = 10_000;
     pub const CHUNKS_PER_JOB_MAX: u64 = 10_000_000;
@@ -382,8 +384,10 @@ pub enum ToWorker {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum StreamRequest {
-    /// Answered by [`BlobReply`], then the bytes.
-    GetBlob { hash: BlobHash },
+    /// Verified slices of a blob: answered by [`BlobReply`], then the BLAKE3 verified-streaming
+    /// encoding of the ranges (1 KiB chunks, `[start, end)`, sorted, disjoint; an end of
+    /// `u64::MAX` is open) in 16 KiB groups.
+    GetSlices { hash: BlobHash, ranges: Vec<(u64, u64)> },
     /// Followed by `size` bytes, answered by [`BlobReply`] once they are verified and stored.
     PutBlob { hash: BlobHash, size: u64 },
     /// One client request, answered by one [`ClientResponse`].

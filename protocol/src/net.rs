@@ -48,23 +48,33 @@ pub async fn connect(token: &Token, identity: &PeerIdentity, idle_timeout: Durat
         .map_err(|e| failed(format!("cannot resolve: {e}")))?
         .next()
         .ok_or_else(|| failed("the name resolves to no address".into()))?;
+    connect_to(address, token.ca_fingerprint, identity, idle_timeout).await.map_err(|e| match e {
+        ProtocolError::Connection { message, .. } if message.contains(crate::tls::WRONG_SCHEDULER) => {
+            ProtocolError::WrongScheduler { peer: peer.clone(), message }
+        }
+        ProtocolError::Connection { message, .. } => failed(message),
+        other => other,
+    })
+}
+
+/// Connects to a peer at `address` whose certificate chains to the CA with `ca_fingerprint`.
+pub async fn connect_to(
+    address: SocketAddr,
+    ca_fingerprint: [u8; 32],
+    identity: &PeerIdentity,
+    idle_timeout: Duration,
+) -> Result<quinn::Connection> {
+    let failed = |message: String| ProtocolError::Connection { peer: address.to_string(), message };
     let bind: SocketAddr = if address.is_ipv6() { "[::]:0".parse().unwrap() } else { "0.0.0.0:0".parse().unwrap() };
     let mut endpoint = quinn::Endpoint::client(bind)
         .map_err(|source| ProtocolError::Io { context: "cannot open a UDP socket".into(), cause: source })?;
-    let crypto = QuicClientConfig::try_from(identity.client_config(token.ca_fingerprint)?)
+    let crypto = QuicClientConfig::try_from(identity.client_config(ca_fingerprint)?)
         .map_err(|e| ProtocolError::Tls(format!("quic client config: {e}")))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport(idle_timeout));
     endpoint.set_default_client_config(config);
     let connecting = endpoint.connect(address, SERVER_NAME).map_err(|e| failed(e.to_string()))?;
-    connecting.await.map_err(|e| {
-        let message = describe_connection_error(&e);
-        if message.contains(crate::tls::WRONG_SCHEDULER) {
-            ProtocolError::WrongScheduler { peer: peer.clone(), message }
-        } else {
-            failed(message)
-        }
-    })
+    connecting.await.map_err(|e| failed(describe_connection_error(&e)))
 }
 
 /// Connection errors in words an operator can act on.

@@ -921,7 +921,9 @@ async fn serve_streams(connection: quinn::Connection, shared: Arc<Shared>, peer:
         tokio::spawn(async move {
             let result = async {
                 match frame::expect::<StreamRequest, _>(&mut recv).await? {
-                    StreamRequest::GetBlob { hash } => transfer::serve_get(&mut send, &shared.blobs, hash).await?,
+                    StreamRequest::GetSlices { hash, ranges } => {
+                        _ = transfer::serve_slices(&mut send, &shared.blobs, hash, &ranges).await?
+                    }
                     StreamRequest::PutBlob { hash, size } => {
                         receive_upload(&mut send, &mut recv, &shared, &peer, hash, size).await?
                     }

@@ -144,7 +144,13 @@ fn frame_seeds(fuzz: &Path) {
         frame(&format!("from-worker-{name}"), &|b| encode_into(&message, b).unwrap());
     }
 
-    frame("stream-get-blob", &|b| encode_into(&StreamRequest::GetBlob { hash: BlobHash([5; 32]) }, b).unwrap());
+    frame("stream-get-slices", &|b| {
+        encode_into(
+            &StreamRequest::GetSlices { hash: BlobHash([5; 32]), ranges: vec![(0, 16), (1 << 54, u64::MAX)] },
+            b,
+        )
+        .unwrap()
+    });
     frame("stream-put-blob", &|b| {
         encode_into(&StreamRequest::PutBlob { hash: BlobHash([5; 32]), size: 77 }, b).unwrap()
     });

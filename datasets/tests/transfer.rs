@@ -1,0 +1,150 @@
+//! Verified slices over real QUIC connections on loopback: several sources, a corrupting source,
+//! a download that dies and resumes.
+
+use std::time::Duration;
+
+use upglobe_datasets::BlobStore;
+use upglobe_datasets::transfer::{self, Options, Source};
+use upglobe_protocol::BlobHash;
+use upglobe_protocol::net;
+use upglobe_protocol::tls::{PeerIdentity, SchedulerIdentity};
+
+/// Larger than one stream's and one connection's flow-control windows (16 and 64 MiB).
+const SIZE: usize = 80 << 20;
+
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A peer that serves the slices of its store, with its own certificate authority.
+struct Peer {
+    _dir: tempfile::TempDir,
+    store: BlobStore,
+    endpoint: quinn::Endpoint,
+    ca: [u8; 32],
+}
+
+impl Peer {
+    fn start() -> Peer {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+        let (identity, _) = SchedulerIdentity::load_or_create(dir.path()).unwrap();
+        let endpoint =
+            net::server_endpoint(&identity, "127.0.0.1:0".parse().unwrap(), net::IDLE_TIMEOUT_DEFAULT).unwrap();
+        let accepting = endpoint.clone();
+        let serving = store.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = accepting.accept().await {
+                let store = serving.clone();
+                tokio::spawn(async move {
+                    if let Ok(connection) = incoming.await {
+                        transfer::serve_connection(connection, store).await;
+                    }
+                });
+            }
+        });
+        Peer { _dir: dir, store, ca: identity.ca_fingerprint(), endpoint }
+    }
+
+    async fn source(&self, name: &str) -> Source {
+        let identity = PeerIdentity::generate("receiver").unwrap();
+        let address = self.endpoint.local_addr().unwrap();
+        let connection = net::connect_to(address, self.ca, &identity, net::IDLE_TIMEOUT_DEFAULT).await.unwrap();
+        Source { name: name.into(), connection }
+    }
+}
+
+fn receiver() -> (tempfile::TempDir, BlobStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path()).unwrap();
+    (dir, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sources_serve_one_download_in_parallel() {
+    let bytes = data(SIZE, 1);
+    let (a, b) = (Peer::start(), Peer::start());
+    let hash = a.store.put(&bytes).unwrap();
+    b.store.put(&bytes).unwrap();
+    let sources = [a.source("a").await, b.source("b").await];
+    let (_dir, store) = receiver();
+    let options = Options { piece_bytes: 1 << 20, streams_per_source: 2, ..Options::default() };
+    let report = transfer::download_from(&sources, &store, hash, &options).await.unwrap();
+    assert_eq!(report.dropped, vec![]);
+    assert_eq!(report.size, SIZE as u64);
+    assert_eq!(BlobHash::of(&std::fs::read(store.path(&hash)).unwrap()), hash);
+    // Each source carried a fair part of it (pieces go to whichever stream is free).
+    for source in &sources {
+        let carried = source.connection.stats().udp_rx.bytes;
+        assert!(carried > SIZE as u64 / 5, "{} carried only {carried} bytes", source.name);
+    }
+    // Hash pairs cost 64 bytes per 16 KiB group, and nothing was fetched twice.
+    assert!(report.received_bytes < SIZE as u64 + SIZE as u64 / 100, "{}", report.received_bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupting_source_is_dropped_and_its_pieces_fetched_elsewhere() {
+    let bytes = data(SIZE / 4, 2);
+    let (honest, corrupt) = (Peer::start(), Peer::start());
+    let hash = honest.store.put(&bytes).unwrap();
+    corrupt.store.put(&bytes).unwrap();
+    // The corrupting source's disk flips a byte in every MiB after its outboard was made: it
+    // serves the true hash pairs with wrong data, whichever piece it is asked for.
+    corrupt.store.outboard(&hash).unwrap();
+    let path = corrupt.store.path(&hash);
+    let mut on_disk = std::fs::read(&path).unwrap();
+    for at in (1000..on_disk.len()).step_by(1 << 20) {
+        on_disk[at] ^= 0x40;
+    }
+    std::fs::write(&path, on_disk).unwrap();
+
+    // Alone, it cannot deliver: the download fails, names the reason, and the store holds nothing
+    // under the hash.
+    let (_dir, store) = receiver();
+    let options = Options { piece_bytes: 1 << 20, ..Options::default() };
+    let alone = [corrupt.source("corrupt").await];
+    let error = transfer::download_from(&alone, &store, hash, &options).await.unwrap_err();
+    assert!(error.to_string().contains("corrupt"), "{error}");
+    assert!(!store.contains(&hash));
+
+    // With an honest source beside it, the download completes and says whom it dropped.
+    let (_dir, store) = receiver();
+    let sources = [corrupt.source("corrupt").await, honest.source("honest").await];
+    let report = transfer::download_from(&sources, &store, hash, &options).await.unwrap();
+    assert_eq!(report.dropped.len(), 1, "{:?}", report.dropped);
+    assert_eq!(report.dropped[0].0, "corrupt");
+    assert!(report.dropped[0].1.contains("does not verify"), "{:?}", report.dropped);
+    assert_eq!(store.get(&hash).unwrap(), bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_that_dies_resumes_from_its_last_verified_slice() {
+    let bytes = data(SIZE, 3);
+    let peer = Peer::start();
+    let hash = peer.store.put(&bytes).unwrap();
+    let (_dir, store) = receiver();
+    // Slow enough to be cut half-way: 40 MiB/s for 80 MiB.
+    let slow = Options { rate_bytes_per_s: Some(40 << 20), ..Options::default() };
+    let sources = [peer.source("peer").await];
+    let cut =
+        tokio::time::timeout(Duration::from_secs(1), transfer::download_from(&sources, &store, hash, &slow)).await;
+    assert!(cut.is_err(), "the download should still be running");
+    let verified = slow.progress.verified.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(verified > 0 && verified < SIZE as u64, "{verified}");
+
+    let options = Options::default();
+    let report = transfer::download_from(&sources, &store, hash, &options).await.unwrap();
+    assert!(report.resumed_bytes >= verified * 9 / 10, "resumed {} of {verified}", report.resumed_bytes);
+    let needed = (SIZE as u64 - report.resumed_bytes) as f64;
+    assert!((report.received_bytes as f64) < needed * 1.02, "{} for {needed}", report.received_bytes);
+    assert_eq!(store.get(&hash).unwrap(), bytes);
+}
