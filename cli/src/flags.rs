@@ -46,6 +46,35 @@ where
     }
 }
 
+/// A size in bytes inside `range`: a whole number with an optional unit (`kB`, `MB`, `GB`, `TB`
+/// in powers of 1000; `KiB`, `MiB`, `GiB`, `TiB` in powers of 1024), e.g. `1GiB`, `500MB`, `4096`.
+pub fn bytes(range: RangeInclusive<u64>) -> impl Fn(&str) -> Result<u64, String> + Clone + Send + Sync {
+    move |text| {
+        let trimmed = text.trim();
+        let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
+        let (digits, unit) = trimmed.split_at(split);
+        let scale: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "kB" | "KB" => 1000,
+            "MB" => 1000_u64.pow(2),
+            "GB" => 1000_u64.pow(3),
+            "TB" => 1000_u64.pow(4),
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "TiB" => 1 << 40,
+            other => {
+                return Err(format!("'{other}' is not a unit of size (use B, kB, MB, GB, TB, KiB, MiB, GiB or TiB)"));
+            }
+        };
+        let value = parse::<u64>(digits, "a size in bytes")?
+            .checked_mul(scale)
+            .filter(|value| range.contains(value))
+            .ok_or_else(|| format!("must be between {} and {} bytes", range.start(), range.end()))?;
+        Ok(value)
+    }
+}
+
 fn parse<T: FromStr>(text: &str, what: &str) -> Result<T, String> {
     text.trim().parse().map_err(|_| format!("'{text}' is not {what}"))
 }
@@ -53,6 +82,19 @@ fn parse<T: FromStr>(text: &str, what: &str) -> Result<T, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_take_units_and_are_checked() {
+        let size = bytes(1..=1 << 40);
+        assert_eq!(size("1GiB"), Ok(1 << 30));
+        assert_eq!(size("500MB"), Ok(500_000_000));
+        assert_eq!(size(" 4096 "), Ok(4096));
+        assert!(size("2TiB").unwrap_err().contains("between"));
+        assert!(size("0").unwrap_err().contains("between"));
+        assert!(size("99999999999999999999GiB").is_err());
+        assert!(size("1 furlong").unwrap_err().contains("not a unit"));
+        assert!(size("GiB").unwrap_err().contains("not a size"));
+    }
 
     #[test]
     fn seconds_are_checked() {

@@ -7,6 +7,7 @@ pub mod compare;
 pub mod h5md;
 pub mod slices;
 pub mod transfer;
+pub mod transfer_bench;
 
 pub use blobs::{BlobStore, BlobWriter};
 

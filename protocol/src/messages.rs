@@ -25,6 +25,11 @@ pub mod limits {
     pub const BLOB_BYTES_MAX: u64 = 16 << 30;
     /// Ranges in one request for slices of a blob.
     pub const SLICE_RANGES_MAX: usize = 4096;
+    /// Datasets one scheduler keeps by name, and the bytes of a dataset's name (a path).
+    pub const DATASETS_MAX: usize = 100_000;
+    pub const DATASET_NAME_BYTES_MAX: usize = 1024;
+    /// Files in one directory dataset.
+    pub const MANIFEST_FILES_MAX: usize = 100_000;
     pub const REPLICAS_MAX: u32 = 7;
     pub const JOBS_PER_WORKFLOW_MAX: usize = 10_000;
     pub const CHUNKS_PER_JOB_MAX: u64 = 10_000_000;
@@ -392,6 +397,9 @@ pub enum StreamRequest {
     PutBlob { hash: BlobHash, size: u64 },
     /// One client request, answered by one [`ClientResponse`].
     Client(ClientRequest),
+    /// Whether the peer holds a blob (answered [`BlobReply::Stored`] or [`BlobReply::Missing`]):
+    /// an upload of something the peer has costs one round trip, not the bytes.
+    HasBlob { hash: BlobHash },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -579,6 +587,77 @@ pub enum ClientRequest {
     Verification {
         job: String,
     },
+    /// The datasets the scheduler keeps by name (`upglobe dataset …`).
+    Datasets(DatasetRequest),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DatasetRequest {
+    /// Keeps an uploaded blob as a dataset under a name. `directory`: the manifest of the
+    /// directory this file was put with, if it was.
+    Add {
+        hash: BlobHash,
+        name: String,
+        kind: DatasetKind,
+        directory: Option<BlobHash>,
+    },
+    List,
+    /// Forgets a dataset (and, for a directory, its files); garbage collection removes the bytes
+    /// once nothing else names them.
+    Remove {
+        hash: BlobHash,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DatasetKind {
+    File,
+    /// A [`Manifest`] of files put together.
+    Directory,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetInfo {
+    pub hash: BlobHash,
+    pub name: String,
+    pub kind: DatasetKind,
+    pub size: u64,
+    /// Seconds since the Unix epoch.
+    pub added: u64,
+    pub directory: Option<BlobHash>,
+}
+
+/// A directory put as a dataset: its files by relative path. Encoded with postcard as a blob of
+/// its own, whose hash names the directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub files: Vec<FileRef>,
+}
+
+impl Manifest {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("a manifest encodes")
+    }
+
+    /// Reads a manifest from a peer's blob: bounded, every path relative and inside, none twice.
+    pub fn decode(bytes: &[u8]) -> Result<Manifest, String> {
+        let manifest: Manifest = crate::frame::decode(bytes).map_err(|e| format!("not a directory manifest: {e}"))?;
+        if manifest.files.len() > limits::MANIFEST_FILES_MAX {
+            return Err(format!(
+                "{} files; at most {} are allowed in one directory",
+                manifest.files.len(),
+                limits::MANIFEST_FILES_MAX
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for file in &manifest.files {
+            check_relative_path(&file.name)?;
+            if !seen.insert(file.name.as_str()) {
+                return Err(format!("file {:?} appears twice", file.name));
+            }
+        }
+        Ok(manifest)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -712,6 +791,7 @@ pub enum ClientResponse {
     Results(Box<ResultsPage>),
     Workers(Vec<WorkerStatus>),
     Verification(Box<VerificationReport>),
+    Datasets(Vec<DatasetInfo>),
     Error { message: String },
 }
 

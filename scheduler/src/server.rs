@@ -20,8 +20,8 @@ use upglobe_protocol::messages::limits::{
     UNCLAIMED_UPLOAD_BYTES_MAX, WORKFLOW_INPUT_BYTES_MAX,
 };
 use upglobe_protocol::messages::{
-    ClientRequest, ClientResponse, ClientWelcome, FromWorker, Greeting, Hello, Outcome, ResultsPage, StreamRequest,
-    ToWorker, Welcome,
+    BlobReply, ClientRequest, ClientResponse, ClientWelcome, DatasetInfo, DatasetKind, DatasetRequest, FromWorker,
+    Greeting, Hello, Manifest, Outcome, ResultsPage, StreamRequest, ToWorker, Welcome,
 };
 use upglobe_protocol::tls::{SchedulerIdentity, peer_id, random_secret};
 use upglobe_protocol::token::secrets_match;
@@ -517,6 +517,10 @@ impl Owner {
                 None => error(format!("no job '{job}' (give a job id or WORKFLOW.JOB)")),
             },
             ClientRequest::Workers => ClientResponse::Workers(self.core.workers()),
+            ClientRequest::Datasets(request) => match self.datasets(request) {
+                Ok(datasets) => ClientResponse::Datasets(datasets),
+                Err(message) => error(message),
+            },
             ClientRequest::Verification { job } => match self.core.find_job(&job) {
                 Some(id) => match self.verification(id) {
                     Ok(report) => ClientResponse::Verification(Box::new(report)),
@@ -524,6 +528,58 @@ impl Owner {
                 },
                 None => error(format!("no job '{job}' (give a job id or WORKFLOW.JOB)")),
             },
+        }
+    }
+
+    /// The datasets kept by name. Not a scheduling decision: the table is the store's alone, and
+    /// garbage collection keeps what it names.
+    fn datasets(&mut self, request: DatasetRequest) -> std::result::Result<Vec<DatasetInfo>, String> {
+        use upglobe_protocol::messages::limits::{DATASET_NAME_BYTES_MAX, DATASETS_MAX};
+        let store_error = |e: SchedulerError| format!("the scheduler's store failed: {e}");
+        match request {
+            DatasetRequest::List => self.store.datasets(None).map_err(store_error),
+            DatasetRequest::Remove { hash } => {
+                let removed = self.store.remove_dataset(hash).map_err(store_error)?;
+                if removed.is_empty() {
+                    return Err(format!("no dataset {} (see `upglobe dataset ls`)", hash.to_hex()));
+                }
+                tracing::info!(dataset = %hash.short(), entries = removed.len(), "dataset removed");
+                Ok(removed)
+            }
+            DatasetRequest::Add { hash, name, kind, directory } => {
+                if name.is_empty() || name.len() > DATASET_NAME_BYTES_MAX || name.chars().any(char::is_control) {
+                    return Err(format!(
+                        "a dataset's name must be 1 to {DATASET_NAME_BYTES_MAX} bytes without control characters"
+                    ));
+                }
+                let Some(size) = self.blobs.size(&hash) else {
+                    return Err(format!("the scheduler does not hold blob {}: upload it first", hash.to_hex()));
+                };
+                if self.store.dataset_count().map_err(store_error)? >= DATASETS_MAX {
+                    return Err(format!("the scheduler keeps at most {DATASETS_MAX} datasets; remove some first"));
+                }
+                if let Some(directory) = directory
+                    && self.blobs.size(&directory).is_none()
+                {
+                    return Err(format!("the scheduler does not hold the manifest {}", directory.to_hex()));
+                }
+                if kind == DatasetKind::Directory {
+                    // A manifest names files that must all be here, whole.
+                    let bytes = self.blobs.get(&hash).map_err(|e| e.to_string())?;
+                    let manifest = Manifest::decode(&bytes).map_err(|e| format!("dataset {name}: {e}"))?;
+                    if let Some(file) = manifest.files.iter().find(|f| self.blobs.size(&f.blob) != Some(f.size)) {
+                        return Err(format!("dataset {name}: file {:?} was not uploaded whole", file.name));
+                    }
+                }
+                let added = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let info = DatasetInfo { hash, name, kind, size, added, directory };
+                self.store.add_dataset(&info).map_err(store_error)?;
+                tracing::info!(dataset = %hash.short(), name = %info.name, size, "dataset added");
+                Ok(vec![info])
+            }
         }
     }
 
@@ -923,6 +979,15 @@ async fn serve_streams(connection: quinn::Connection, shared: Arc<Shared>, peer:
                 match frame::expect::<StreamRequest, _>(&mut recv).await? {
                     StreamRequest::GetSlices { hash, ranges } => {
                         _ = transfer::serve_slices(&mut send, &shared.blobs, hash, &ranges).await?
+                    }
+                    StreamRequest::HasBlob { hash } => {
+                        let reply = if shared.blobs.contains(&hash) && shared.blobs.touch(&hash).is_ok() {
+                            BlobReply::Stored
+                        } else {
+                            BlobReply::Missing
+                        };
+                        frame::write(&mut send, &reply).await?;
+                        let _ = send.finish();
                     }
                     StreamRequest::PutBlob { hash, size } => {
                         receive_upload(&mut send, &mut recv, &shared, &peer, hash, size).await?

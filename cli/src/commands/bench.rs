@@ -32,6 +32,25 @@ pub enum Command {
     /// A seeded simulation of verification on the real scheduler core: honest workers, verifiers and
     /// cheaters of five kinds; what trust costs and what it catches, against a quorum of two.
     Trust(TrustArgs),
+    /// The same bytes over the verified QUIC path (slices checked against the root, written to
+    /// disk) and over plain TCP on loopback, in one run; the last line is
+    /// `{"quic_mb_s":…,"tcp_mb_s":…,"ratio":…}`.
+    Transfer(TransferArgs),
+}
+
+#[derive(clap::Args)]
+pub struct TransferArgs {
+    #[arg(long, default_value = "1GiB", value_parser = flags::bytes(1..=upglobe_protocol::messages::limits::BLOB_BYTES_MAX))]
+    size: u64,
+    /// QUIC connections the download uses (each is a source of its own).
+    #[arg(long, default_value_t = 1, value_parser = flags::integer(1..=64usize))]
+    connections: usize,
+    /// Streams per connection serving pieces at once.
+    #[arg(long, default_value_t = 4, value_parser = flags::integer(1..=256usize))]
+    streams: usize,
+    /// Where the sender's and receivers' files go (a temporary directory by default).
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -111,12 +130,24 @@ pub async fn run(context: &Context, command: Command) -> Result<i32> {
         Command::Md(args) => tokio::task::spawn_blocking(move || bench_md(&args)).await??,
         Command::Scheduler(args) => bench_scheduler(&args).await?,
         Command::Trust(args) => tokio::task::spawn_blocking(move || bench_trust(&args)).await??,
+        Command::Transfer(args) => bench_transfer(&args).await?,
     };
     match context.format {
         Format::Json => output::json(&report),
         Format::Text => println!("{}", serde_json::to_string_pretty(&report)?),
     }
     Ok(0)
+}
+
+async fn bench_transfer(args: &TransferArgs) -> Result<Value> {
+    let dir = match &args.dir {
+        Some(dir) => {
+            tempfile::tempdir_in(dir).with_context(|| format!("cannot make a directory in {}", dir.display()))?
+        }
+        None => tempfile::tempdir().context("cannot make a temporary directory")?,
+    };
+    let report = upglobe_datasets::transfer_bench::run(dir.path(), args.size, args.connections, args.streams).await?;
+    Ok(serde_json::to_value(report)?)
 }
 
 fn bench_trust(args: &TrustArgs) -> Result<serde_json::Value> {

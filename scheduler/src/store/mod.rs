@@ -16,6 +16,7 @@ use records::{StoredJobIds, StoredJobSpec, StoredJobState, StoredOutput, StoredW
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use upglobe_protocol::messages::{DatasetInfo, DatasetKind};
 use upglobe_protocol::messages::{JobState, VerifiedChunk};
 use upglobe_protocol::trust::{Finality, TrustEvent};
 use upglobe_protocol::{ChunkId, Digest, JobId, WorkerId, WorkflowId};
@@ -24,7 +25,7 @@ use crate::core::{Record, Snapshot, SnapshotJob, SnapshotResult};
 use crate::{Result, SchedulerError};
 
 /// The format this scheduler writes.
-const FORMAT_VERSION: i64 = 3;
+const FORMAT_VERSION: i64 = 4;
 
 /// `MIGRATIONS[k]` takes a database from format `k + 1` to `k + 2`.
 /// - 1 -> 2: values are the store's own types (the same bytes as format 1's wire types); failures
@@ -32,6 +33,7 @@ const FORMAT_VERSION: i64 = 3;
 /// - 2 -> 3: verification. A job's policy, provisional acceptances, workers' standings, the record
 ///   of verification decisions and the signed results kept as evidence. The new values are JSON:
 ///   self-describing, so fields and variants added later read without another format.
+/// - 3 -> 4: datasets kept by name (`upglobe dataset put`); garbage collection keeps their blobs.
 const MIGRATIONS: [&str; (FORMAT_VERSION - 1) as usize] = [
     "CREATE INDEX IF NOT EXISTS failures_by_job ON failures (job, chunk);",
     "ALTER TABLE jobs ADD COLUMN verification TEXT;
@@ -46,6 +48,10 @@ const MIGRATIONS: [&str; (FORMAT_VERSION - 1) as usize] = [
          key BLOB NOT NULL, statement BLOB NOT NULL, signature BLOB NOT NULL, usage TEXT NOT NULL);
      CREATE INDEX signed_results_by_chunk ON signed_results (job, chunk);
      CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);",
+    "CREATE TABLE datasets (
+         hash BLOB PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL, size INTEGER NOT NULL,
+         added INTEGER NOT NULL, directory BLOB);
+     CREATE INDEX datasets_by_directory ON datasets (directory);",
 ];
 
 /// The format [`SCHEMA`] creates; a new database then takes the migrations after it.
@@ -149,6 +155,13 @@ impl Store {
                 upglobe_protocol::messages::JobKind::Empty { .. } => {}
             }
         }
+        let mut statement = transaction.prepare("SELECT hash FROM datasets")?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            referenced.insert(blob_hash(&row.get::<_, Vec<u8>>(0)?)?);
+        }
+        drop(rows);
+        drop(statement);
         for query in ["SELECT output FROM verified", "SELECT output FROM pending_results"] {
             let mut statement = transaction.prepare(query)?;
             let mut rows = statement.query([])?;
@@ -399,6 +412,67 @@ impl Store {
     }
 
     /// The BLAKE3 hash of the workflow file a job came from.
+    /// Keeps a blob as a dataset (again: a second put of the same bytes renames it).
+    pub fn add_dataset(&mut self, info: &DatasetInfo) -> Result<()> {
+        let kind = match info.kind {
+            DatasetKind::File => "file",
+            DatasetKind::Directory => "directory",
+        };
+        self.connection.execute(
+            "INSERT OR REPLACE INTO datasets (hash, name, kind, size, added, directory) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                &info.hash.0[..],
+                info.name,
+                kind,
+                info.size as i64,
+                info.added as i64,
+                info.directory.map(|d| d.0.to_vec())
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn dataset_count(&self) -> Result<usize> {
+        Ok(self.connection.query_row("SELECT COUNT(*) FROM datasets", [], |row| row.get::<_, i64>(0))? as usize)
+    }
+
+    /// Datasets, newest first; `hash`: only that one and, for a directory, its files.
+    pub fn datasets(&self, hash: Option<upglobe_protocol::BlobHash>) -> Result<Vec<DatasetInfo>> {
+        let sql = "SELECT hash, name, kind, size, added, directory FROM datasets
+                   WHERE ?1 IS NULL OR hash = ?1 OR directory = ?1 ORDER BY added DESC, name";
+        let mut statement = self.connection.prepare_cached(sql)?;
+        let rows = statement.query_map(params![hash.map(|h| h.0.to_vec())], |row| {
+            Ok((
+                row.get::<_, Vec<u8>>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, i64>(4)?,
+                row.get::<_, Option<Vec<u8>>>(5)?,
+            ))
+        })?;
+        let mut found = Vec::new();
+        for row in rows {
+            let (hash, name, kind, size, added, directory) = row?;
+            found.push(DatasetInfo {
+                hash: blob_hash(&hash)?,
+                name,
+                kind: if kind == "directory" { DatasetKind::Directory } else { DatasetKind::File },
+                size: size as u64,
+                added: added as u64,
+                directory: directory.as_deref().map(blob_hash).transpose()?,
+            });
+        }
+        Ok(found)
+    }
+
+    /// Forgets a dataset and, for a directory, the files put with it; returns what was forgotten.
+    pub fn remove_dataset(&mut self, hash: upglobe_protocol::BlobHash) -> Result<Vec<DatasetInfo>> {
+        let removed = self.datasets(Some(hash))?;
+        self.connection.execute("DELETE FROM datasets WHERE hash = ?1 OR directory = ?1", [&hash.0[..]])?;
+        Ok(removed)
+    }
+
     pub fn workflow_hash(&self, workflow: WorkflowId) -> Result<String> {
         Ok(self
             .connection
@@ -536,4 +610,10 @@ fn apply_one(t: &rusqlite::Transaction, record: &Record) -> Result<()> {
 /// and parsing the SQL each time cost more than executing it.
 fn exec(t: &rusqlite::Transaction, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
     t.prepare_cached(sql)?.execute(params)
+}
+
+fn blob_hash(bytes: &[u8]) -> Result<upglobe_protocol::BlobHash> {
+    let bytes: [u8; 32] =
+        bytes.try_into().map_err(|_| SchedulerError::Store(format!("a blob hash of {} bytes", bytes.len())))?;
+    Ok(upglobe_protocol::BlobHash(bytes))
 }
