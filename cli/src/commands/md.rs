@@ -223,6 +223,9 @@ fn write_outputs(args: &RunArgs, initial: &State, last: &State, thermo: &[Thermo
             species: initial.types.iter().map(|t| *t as i32 + 1).collect(),
             ids: initial.ids.iter().map(|id| *id as i64).collect(),
             frames: vec![frame(initial), frame(last)],
+            // Two frames a whole run apart: atoms may have moved more than half a box between them,
+            // so boundary crossings cannot be counted; the positions stay wrapped.
+            images: None,
             observables: thermo
                 .iter()
                 .map(|t| Observable {
@@ -239,6 +242,7 @@ fn write_outputs(args: &RunArgs, initial: &State, last: &State, thermo: &[Thermo
             author: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
             workflow_hash: String::new(),
             job: "md run".into(),
+            initial_state_hash: upglobe_protocol::BlobHash::of(&Checkpoint::encode(initial)).to_hex(),
             chunks: Vec::new(),
         };
         upglobe_datasets::h5md::write(path, &trajectory)?;
