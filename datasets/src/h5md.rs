@@ -284,6 +284,8 @@ fn write_provenance(provenance: &hdf5::Group, t: &Trajectory) -> hdf5::Result<()
 /// One frame of an H5MD file: what a run needs to start from it. Per-atom vectors are in file order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
+    /// The particle group read, such as `/particles/all`.
+    pub particles: String,
     pub step: i64,
     pub box_origin: [f64; 3],
     pub box_edges: [f64; 3],
@@ -339,7 +341,7 @@ fn read_snapshot(file: &hdf5::File, frame: Option<u64>) -> Found<Snapshot> {
     let species = per_atom(&group, &at, "species", step, atoms)?;
     let ids = per_atom(&group, &at, "id", step, atoms)?;
     let masses = per_atom(&group, &at, "mass", step, atoms)?;
-    Ok(Snapshot { step, box_origin, box_edges, positions, velocities, species, ids, masses })
+    Ok(Snapshot { particles: at, step, box_origin, box_edges, positions, velocities, species, ids, masses })
 }
 
 /// `/particles/all`, or the only group under `/particles`.

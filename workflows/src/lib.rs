@@ -12,6 +12,7 @@ pub mod diagnostic;
 mod document;
 mod fields;
 mod graph;
+mod h5md;
 mod job;
 mod md;
 mod resources;
