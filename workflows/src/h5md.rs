@@ -25,6 +25,8 @@ pub(crate) fn atoms(
 
 #[cfg(feature = "h5md")]
 pub(crate) use reading::atoms;
+#[cfg(feature = "h5md")]
+pub use reading::system;
 
 #[cfg(feature = "h5md")]
 mod reading {
@@ -36,6 +38,26 @@ mod reading {
     use crate::md::{data_velocities, reject_for_data};
 
     const MASS_DEFAULT: f64 = 1.0;
+
+    /// Frame `frame` (default the last) of an H5MD file as a system with one pair coefficient for
+    /// all types, for `upglobe md run`. The file must have velocities.
+    pub fn system(
+        path: &Path,
+        frame: Option<u64>,
+        settings: &upglobe_kernels::lammps::Settings,
+        pair: upglobe_kernels::system::PairCoeff,
+    ) -> Result<PhysicalSystem, String> {
+        let snapshot = read_frame(path, frame).map_err(|error| error.to_string())?;
+        let in_file = |message: String| format!("h5md {}: {message}", path.display());
+        if snapshot.velocities.is_none() {
+            return Err(in_file(format!("{}/velocity is missing", snapshot.particles)));
+        }
+        let mut system = to_system(snapshot, MASS_DEFAULT, None).map_err(in_file)?;
+        system.params.pair_coeffs = vec![pair; system.params.masses.len().pow(2)];
+        system.params.shift = settings.shift;
+        system.params.timestep = settings.timestep;
+        Ok(system)
+    }
 
     pub(crate) fn atoms(
         reporter: &mut Reporter,

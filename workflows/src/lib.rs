@@ -13,6 +13,8 @@ mod document;
 mod fields;
 mod graph;
 mod h5md;
+#[cfg(feature = "h5md")]
+pub use h5md::system as h5md_system;
 mod job;
 mod md;
 mod resources;
