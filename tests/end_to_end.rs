@@ -58,15 +58,15 @@ fn check_h5md_readers(path: &str, final_hash: &str) {
     assert!(String::from_utf8_lossy(&dump.stdout).contains("GROUP \"particles\""));
     let script = "import h5py, sys\n\
         f = h5py.File(sys.argv[1], 'r')\n\
-        print(f['particles/all/position/value'].shape[0], f['observables/temperature/value'].shape[0], \
-        f['parameters/upglobe/state_hash'][-1].decode())\n";
+        print(f['particles/all/position/value'].shape[0], f['particles/all/image/value'].shape[0], \
+        f['observables/temperature/value'].shape[0], f['parameters/upglobe/state_hash'][-1].decode())\n";
     // Debian's python3-h5py lives with the system interpreter.
     let python = if std::path::Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
     let read = std::process::Command::new(python).args(["-c", script, path]).output().expect("python3 with h5py");
     let stdout = String::from_utf8_lossy(&read.stdout);
     assert!(read.status.success(), "h5py failed: {}", String::from_utf8_lossy(&read.stderr));
     let fields: Vec<&str> = stdout.split_whitespace().collect();
-    assert_eq!(fields, ["9", "41", final_hash], "frames (initial + 8 chunks), thermo lines, provenance");
+    assert_eq!(fields, ["9", "9", "41", final_hash], "frames (initial + 8 chunks), images, thermo lines, provenance");
 }
 
 #[test]

@@ -12,6 +12,9 @@ pub mod diagnostic;
 mod document;
 mod fields;
 mod graph;
+mod h5md;
+#[cfg(feature = "h5md")]
+pub use h5md::system as h5md_system;
 mod job;
 mod md;
 mod resources;

@@ -13,7 +13,8 @@ use crate::diagnostic::Reporter;
 use crate::document::Value;
 use crate::fields::{Field, Located, Section, integer_value, wrong_type};
 
-pub(crate) const SYSTEM_KEYS: &[&str] = &["lattice", "data", "cells", "density", "temperature", "seed", "mass"];
+pub(crate) const SYSTEM_KEYS: &[&str] =
+    &["lattice", "data", "h5md", "frame", "cells", "density", "temperature", "seed", "mass"];
 const POTENTIAL_KEYS: &[&str] = &["cutoff", "epsilon", "sigma", "shift"];
 const RUN_KEYS: &[&str] = &["timestep", "steps", "chunk_steps", "thermo"];
 const THERMOSTAT_KEYS: &[&str] = &["temperature", "damping", "seed"];
@@ -52,10 +53,11 @@ struct Potential {
 enum Source<'t> {
     Lattice,
     Data(Located<&'t str>),
+    H5md(Located<&'t str>),
 }
 
 /// The atoms before the potential and run settings complete them into a system.
-enum Atoms {
+pub(crate) enum Atoms {
     /// `at`: the system table, where errors about the lattice as a whole are reported.
     Lattice {
         cells: [usize; 3],
@@ -71,6 +73,10 @@ enum Atoms {
         at: usize,
         velocities: Option<(f64, u64)>,
     },
+    /// One frame of an H5MD file: everything but the pair coefficients, the shift and the timestep,
+    /// which the potential and run tables give. (Never built without the `h5md` feature.)
+    #[cfg_attr(not(feature = "h5md"), allow(dead_code))]
+    H5md(Box<PhysicalSystem>),
 }
 
 pub(crate) fn read(reporter: &mut Reporter, job: &Section, base_dir: &Path) -> Option<MdJob> {
@@ -79,8 +85,18 @@ pub(crate) fn read(reporter: &mut Reporter, job: &Section, base_dir: &Path) -> O
     let atoms = match (&tables.system, &source) {
         (Some(system), Some(Source::Lattice)) => lattice_atoms(reporter, system),
         (Some(system), Some(Source::Data(data))) => data_atoms(reporter, system, data, base_dir),
+        (Some(system), Some(Source::H5md(file))) => crate::h5md::atoms(reporter, system, file, base_dir),
         _ => None,
     };
+    if let (Some(system), Some(Source::Lattice | Source::Data(_))) = (&tables.system, &source)
+        && let Some(entry) = system.entry("frame")
+    {
+        reporter.error_with_hint(
+            entry.key_at,
+            "'frame' applies only to h5md systems",
+            "'frame' picks which frame of an h5md file to start from; remove it",
+        );
+    }
     let run = tables.run.as_ref().and_then(|section| run(reporter, section));
     let from_data = matches!(source, Some(Source::Data(_)));
     let potential = tables.potential.as_ref().and_then(|section| potential(reporter, section, from_data));
@@ -92,7 +108,7 @@ pub(crate) fn read(reporter: &mut Reporter, job: &Section, base_dir: &Path) -> O
     let (system_section, atoms, run, potential) = (tables.system?, atoms?, run?, potential?);
     let data_at = match &atoms {
         Atoms::Data { at, .. } => Some(*at),
-        Atoms::Lattice { .. } => None,
+        Atoms::Lattice { .. } | Atoms::H5md(_) => None,
     };
     let mut system = build(reporter, atoms, &potential, &run)?;
     system.params.langevin = langevin;
@@ -116,7 +132,7 @@ fn tables<'t>(reporter: &mut Reporter, job: &Section<'t>) -> Tables<'t> {
             None
         }
     };
-    let system = required("system", SYSTEM_KEYS, "lattice = \"fcc\" or data = \"file.data\"");
+    let system = required("system", SYSTEM_KEYS, "lattice = \"fcc\", data = \"file.data\" or h5md = \"file.h5md\"");
     let potential = required("potential", POTENTIAL_KEYS, "cutoff = 2.5");
     let run = required("run", RUN_KEYS, "steps and chunk_steps");
     let thermostat = job.section(reporter, "thermostat").optional();
@@ -126,30 +142,41 @@ fn tables<'t>(reporter: &mut Reporter, job: &Section<'t>) -> Tables<'t> {
     Tables { system, potential, run, thermostat: thermostat.map(|found| found.map(|found| found.value)) }
 }
 
-/// Exactly one of `lattice` and `data`.
+/// Exactly one of `lattice`, `data` and `h5md`.
 fn source<'t>(reporter: &mut Reporter, system: &Section<'t>) -> Option<Source<'t>> {
-    let lattice = system.string(reporter, "lattice");
-    let data = system.string(reporter, "data");
-    match (lattice, data) {
-        (Field::Invalid, _) | (_, Field::Invalid) => None,
-        (Field::Found(_), Field::Found(data)) => {
-            reporter.error_with_hint(
-                system.entry("data").map_or(data.at, |entry| entry.key_at),
-                "a system has either 'lattice' or 'data', not both",
-                "'lattice' generates atoms, 'data' reads them from a LAMMPS data file; remove one",
-            );
-            None
-        }
-        (Field::Absent, Field::Absent) => {
+    let keys = ["lattice", "data", "h5md"];
+    let fields = keys.map(|key| (key, system.string(reporter, key)));
+    if fields.iter().any(|(_, field)| matches!(field, Field::Invalid)) {
+        return None;
+    }
+    let found: Vec<(&str, Located<&'t str>)> = fields
+        .into_iter()
+        .filter_map(|(key, field)| match field {
+            Field::Found(value) => Some((key, value)),
+            Field::Absent | Field::Invalid => None,
+        })
+        .collect();
+    match found[..] {
+        [] => {
             reporter.error_with_hint(
                 system.table.at,
-                format!("job '{}' is missing 'system.lattice' or 'system.data'", system.job),
-                "add 'lattice = \"fcc\"' to generate atoms, or 'data = \"file.data\"' to read a LAMMPS data file",
+                format!("job '{}' is missing 'system.lattice', 'system.data' or 'system.h5md'", system.job),
+                "add 'lattice = \"fcc\"' to generate atoms, 'data = \"file.data\"' to read a LAMMPS data file, \
+                 or 'h5md = \"file.h5md\"' to start from a frame of an H5MD trajectory",
             );
             None
         }
-        (Field::Found(lattice), Field::Absent) if lattice.value == "fcc" => Some(Source::Lattice),
-        (Field::Found(lattice), Field::Absent) => {
+        [(first, _), (second, value), ..] => {
+            reporter.error_with_hint(
+                system.entry(second).map_or(value.at, |entry| entry.key_at),
+                format!("a system has either '{first}' or '{second}', not both"),
+                "'lattice' generates atoms, 'data' reads them from a LAMMPS data file, 'h5md' from an H5MD file; \
+                 keep one",
+            );
+            None
+        }
+        [("lattice", lattice)] if lattice.value == "fcc" => Some(Source::Lattice),
+        [("lattice", lattice)] => {
             reporter.error_with_hint(
                 lattice.at,
                 format!("unknown lattice '{}'", lattice.value),
@@ -157,7 +184,8 @@ fn source<'t>(reporter: &mut Reporter, system: &Section<'t>) -> Option<Source<'t
             );
             None
         }
-        (Field::Absent, Field::Found(data)) => Some(Source::Data(data)),
+        [("data", data)] => Some(Source::Data(data)),
+        [(_, file)] => Some(Source::H5md(file)),
     }
 }
 
@@ -270,7 +298,7 @@ fn potential(reporter: &mut Reporter, potential: &Section, from_data: bool) -> O
 }
 
 /// Reports keys that only make sense for generated (lattice) systems.
-fn reject_for_data(reporter: &mut Reporter, section: &Section, keys: &[&str], why: &str) {
+pub(crate) fn reject_for_data(reporter: &mut Reporter, section: &Section, keys: &[&str], why: &str) {
     for key in keys {
         if let Some(entry) = section.entry(key) {
             reporter.error_with_hint(
@@ -349,6 +377,13 @@ fn build(reporter: &mut Reporter, atoms: Atoms, potential: &Potential, run: &Run
                 return None;
             }
             Some(lattice.build())
+        }
+        Atoms::H5md(mut system) => {
+            let pair = PairCoeff { epsilon: potential.epsilon, sigma: potential.sigma, cutoff: potential.cutoff.value };
+            system.params.pair_coeffs = vec![pair; system.params.masses.len().pow(2)];
+            system.params.shift = potential.shift;
+            system.params.timestep = run.timestep;
+            Some(*system)
         }
         Atoms::Data { file, label, at, velocities } => {
             let settings = Settings { cutoff: potential.cutoff.value, shift: potential.shift, timestep: run.timestep };
@@ -437,7 +472,7 @@ fn data_atoms(reporter: &mut Reporter, system: &Section, data: &Located<&str>, b
 }
 
 /// `temperature` and `seed` for a data system: both (new velocities) or neither (the file's).
-fn data_velocities(reporter: &mut Reporter, system: &Section) -> Option<Option<(f64, u64)>> {
+pub(crate) fn data_velocities(reporter: &mut Reporter, system: &Section) -> Option<Option<(f64, u64)>> {
     let temperature = system.non_negative_number(reporter, "temperature").optional();
     let seed = system.non_negative_integer(reporter, "seed").optional();
     match (temperature?, seed?) {

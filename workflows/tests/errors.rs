@@ -131,14 +131,14 @@ fn unknown_kinds_and_lattices_are_rejected_at_the_value() {
 }
 
 #[test]
-fn a_system_needs_exactly_one_of_lattice_and_data() {
+fn a_system_needs_exactly_one_of_lattice_data_and_h5md() {
     assert_eq!(
         error(&melt_with("lattice = \"fcc\"", "lattice = \"fcc\"\ndata = \"melt.data\"")),
-        "w.toml:8:1: a system has either 'lattice' or 'data', not both\n  hint: 'lattice' generates atoms, 'data' reads them from a LAMMPS data file; remove one"
+        "w.toml:8:1: a system has either 'lattice' or 'data', not both\n  hint: 'lattice' generates atoms, 'data' reads them from a LAMMPS data file, 'h5md' from an H5MD file; keep one"
     );
     assert_eq!(
         error(&melt_with("lattice = \"fcc\"\n", "")),
-        "w.toml:6:1: job 'melt' is missing 'system.lattice' or 'system.data'\n  hint: add 'lattice = \"fcc\"' to generate atoms, or 'data = \"file.data\"' to read a LAMMPS data file"
+        "w.toml:6:1: job 'melt' is missing 'system.lattice', 'system.data' or 'system.h5md'\n  hint: add 'lattice = \"fcc\"' to generate atoms, 'data = \"file.data\"' to read a LAMMPS data file, or 'h5md = \"file.h5md\"' to start from a frame of an H5MD trajectory"
     );
 }
 

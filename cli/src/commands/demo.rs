@@ -217,7 +217,7 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
     say!("       same final state hash: {distributed}");
 
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
-    let h5 = args.out.join(format!("{}.{}.h5", workflow.name, job.name));
+    let h5 = args.out.join(format!("{}.{}.h5md", workflow.name, job.name));
     write_md(&client, &results, &h5).await?;
     client.close();
     say!("5/5  wrote {} (H5MD: positions, velocities, box, thermo, provenance)", h5.display());

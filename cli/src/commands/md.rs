@@ -33,15 +33,21 @@ fn inclusive(range: Range) -> std::ops::RangeInclusive<f64> {
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Run MD locally from a LAMMPS data file, a generated lattice or a checkpoint.
+    /// Run MD locally from a LAMMPS data file, an H5MD frame, a generated lattice or a checkpoint.
     Run(RunArgs),
 }
 
 #[derive(clap::Args)]
 pub struct RunArgs {
     /// A LAMMPS data file (write_data, atom_style atomic).
-    #[arg(long, conflicts_with_all = ["lattice", "checkpoint"])]
+    #[arg(long, conflicts_with_all = ["lattice", "checkpoint", "h5md_system"])]
     lammps_data: Option<PathBuf>,
+    /// Start from a frame of an H5MD file (with velocities), such as `upglobe results` writes.
+    #[arg(long, conflicts_with_all = ["lattice", "checkpoint"])]
+    h5md_system: Option<PathBuf>,
+    /// Which frame of --h5md-system (default: the last).
+    #[arg(long, requires = "h5md_system")]
+    frame: Option<u64>,
     /// Generate a lattice instead (only fcc).
     #[arg(long, value_parser = ["fcc"], conflicts_with = "checkpoint")]
     lattice: Option<String>,
@@ -99,11 +105,14 @@ fn initial_state(args: &RunArgs) -> Result<State> {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         return Checkpoint::decode(&bytes).with_context(|| path.display().to_string());
     }
+    let settings = Settings { cutoff: args.cutoff, shift: args.shift, timestep: args.dt };
+    if let Some(path) = &args.h5md_system {
+        let pair = PairCoeff { epsilon: 1.0, sigma: 1.0, cutoff: args.cutoff };
+        let system = upglobe_workflows::h5md_system(path, args.frame, &settings, pair).map_err(anyhow::Error::msg)?;
+        return Ok(State::from_physical(system)?);
+    }
     let system = match (&args.lammps_data, &args.lattice) {
-        (Some(path), _) => {
-            let settings = Settings { cutoff: args.cutoff, shift: args.shift, timestep: args.dt };
-            DataFile::read(path)?.to_system(&path.display().to_string(), &settings)?
-        }
+        (Some(path), _) => DataFile::read(path)?.to_system(&path.display().to_string(), &settings)?,
         (None, Some(_)) => {
             let lattice = FccLattice {
                 cells: [args.cells; 3],
@@ -119,7 +128,7 @@ fn initial_state(args: &RunArgs) -> Result<State> {
             lattice.validate()?;
             lattice.build()
         }
-        (None, None) => bail!("give --lammps-data FILE, --lattice fcc or --checkpoint FILE"),
+        (None, None) => bail!("give --lammps-data FILE, --h5md-system FILE, --lattice fcc or --checkpoint FILE"),
     };
     Ok(State::from_physical(system)?)
 }
@@ -223,6 +232,9 @@ fn write_outputs(args: &RunArgs, initial: &State, last: &State, thermo: &[Thermo
             species: initial.types.iter().map(|t| *t as i32 + 1).collect(),
             ids: initial.ids.iter().map(|id| *id as i64).collect(),
             frames: vec![frame(initial), frame(last)],
+            // Two frames a whole run apart: atoms may have moved more than half a box between them,
+            // so boundary crossings cannot be counted; the positions stay wrapped.
+            images: None,
             observables: thermo
                 .iter()
                 .map(|t| Observable {
@@ -239,6 +251,7 @@ fn write_outputs(args: &RunArgs, initial: &State, last: &State, thermo: &[Thermo
             author: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
             workflow_hash: String::new(),
             job: "md run".into(),
+            initial_state_hash: upglobe_protocol::BlobHash::of(&Checkpoint::encode(initial)).to_hex(),
             chunks: Vec::new(),
         };
         upglobe_datasets::h5md::write(path, &trajectory)?;

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::json;
-use upglobe_datasets::h5md::{ChunkProvenance, Frame, Observable, Trajectory, write};
+use upglobe_datasets::h5md::{ChunkProvenance, Frame, Observable, Trajectory, track_images, write};
 use upglobe_kernels::{Checkpoint, State};
 use upglobe_protocol::messages::{ClientRequest, ClientResponse, JobKind, JobResults, JobState, Output, ResultsPage};
 
@@ -32,7 +32,8 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
     let stem = format!("{}.{}", status.workflow_name, status.name);
     let written = match &results.spec.kind {
         JobKind::Md(_) => {
-            let path = args.out.join(format!("{stem}.h5"));
+            // `.h5md`, not `.h5`: MDAnalysis picks its H5MD reader by the extension.
+            let path = args.out.join(format!("{stem}.h5md"));
             write_md(&client, &results, &path).await?;
             path
         }
@@ -101,7 +102,7 @@ pub fn final_state_hash(results: &JobResults) -> Option<String> {
     })
 }
 
-/// One H5MD frame of a state: physical positions and velocities in atom-id order.
+/// One H5MD frame of a state: physical positions (wrapped into the box) and velocities in atom-id order.
 pub fn frame(state: &State) -> Frame {
     Frame {
         step: state.step as i64,
@@ -117,6 +118,8 @@ async fn state(client: &Client, hash: upglobe_protocol::BlobHash) -> Result<Stat
 }
 
 /// One H5MD file: the initial state and the state after each verified chunk, thermo, provenance.
+/// Positions are unwrapped across chunk boundaries (see [`track_images`] for when that is exact), so
+/// a mean squared displacement can be read off the file.
 pub async fn write_md(client: &Client, results: &JobResults, path: &Path) -> Result<()> {
     let JobKind::Md(md) = &results.spec.kind else { unreachable!("an md job") };
     let initial = state(client, md.initial).await?;
@@ -148,17 +151,20 @@ pub async fn write_md(client: &Client, results: &JobResults, path: &Path) -> Res
             workers: chunk.agreeing.iter().map(|w| w.to_hex()).collect(),
         });
     }
+    let images = Some(track_images(&frames, initial.params.box_length));
     let trajectory = Trajectory {
         box_origin: initial.params.box_origin,
         box_edges: initial.params.box_length,
         species: initial.types.iter().map(|t| *t as i32 + 1).collect(),
         ids: initial.ids.iter().map(|id| *id as i64).collect(),
         frames,
+        images,
         observables,
         software: upglobe_worker::SOFTWARE.into(),
         author: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
         workflow_hash: results.workflow_hash.clone(),
         job: format!("{}.{}", results.status.workflow_name, results.status.name),
+        initial_state_hash: md.initial.to_hex(),
         chunks,
     };
     write(path, &trajectory)?;
