@@ -58,7 +58,7 @@ fn check_h5md_readers(path: &str, final_hash: &str) {
     assert!(String::from_utf8_lossy(&dump.stdout).contains("GROUP \"particles\""));
     let script = "import h5py, sys\n\
         f = h5py.File(sys.argv[1], 'r')\n\
-        print(f['particles/all/position/value'].shape[0], f['particles/all/image/value'].shape[0], \
+        print(f['particles/all/position/value'].shape[0], f['particles/all/box_crossings/value'].shape[0], \
         f['observables/temperature/value'].shape[0], f['parameters/upglobe/state_hash'][-1].decode())\n";
     // Debian's python3-h5py lives with the system interpreter.
     let python = if std::path::Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };

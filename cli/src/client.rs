@@ -104,14 +104,29 @@ impl Client {
     }
 
     pub async fn upload_file(&self, path: &Path) -> Result<(BlobHash, u64)> {
-        let (hash, size) = self.blobs.put_file(path)?;
-        transfer::upload(&self.connection, &self.blobs, hash).await?;
+        self.upload_path(path, &std::sync::atomic::AtomicU64::new(0)).await
+    }
+
+    /// Uploads a file straight from where it is (no copy in the local cache), hashing it first so
+    /// that bytes the scheduler already holds are not sent again; `sent` counts bytes as they go.
+    pub async fn upload_path(&self, path: &Path, sent: &std::sync::atomic::AtomicU64) -> Result<(BlobHash, u64)> {
+        let owned = path.to_path_buf();
+        let (hash, size) = tokio::task::spawn_blocking(move || upglobe_datasets::blobs::hash_file(&owned)).await??;
+        transfer::upload_path(&self.connection, path, hash, sent).await?;
         Ok((hash, size))
     }
 
     pub async fn download(&self, hash: BlobHash) -> Result<Vec<u8>> {
         transfer::download(&self.connection, &self.blobs, hash).await?;
         Ok(self.blobs.get(&hash)?)
+    }
+
+    /// Fetches a blob into the local cache, in verified slices; returns where it is.
+    pub async fn fetch(&self, hash: BlobHash, options: &transfer::Options) -> Result<PathBuf> {
+        let source =
+            transfer::Source { name: format!("scheduler at {}", self.address), connection: self.connection.clone() };
+        transfer::download_from(&[source], &self.blobs, hash, options).await?;
+        Ok(self.blobs.path(&hash))
     }
 
     /// Waits until at least `count` workers are connected; returns the workers the scheduler knows.

@@ -51,6 +51,9 @@ enum Command {
     Workers(commands::status::WorkersArgs),
     /// Fetch the verified results of a job (H5MD for MD jobs, files for commands).
     Results(commands::results::Args),
+    /// Inputs kept on the scheduler: put, ls, get, rm.
+    #[command(subcommand)]
+    Dataset(commands::dataset::Command),
     /// Check workflow files.
     #[command(subcommand)]
     Workflow(commands::workflow::Command),
@@ -100,6 +103,7 @@ fn main() {
             Command::Cancel(args) => commands::status::cancel(&context, args).await,
             Command::Workers(args) => commands::status::workers(&context, args).await,
             Command::Results(args) => commands::results::run(&context, args).await,
+            Command::Dataset(command) => commands::dataset::run(&context, command).await,
             Command::Workflow(command) => commands::workflow::run(&context, command),
             Command::Md(command) => commands::md::run(&context, command),
             Command::Bench(command) => commands::bench::run(&context, command).await,

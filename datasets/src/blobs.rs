@@ -12,6 +12,17 @@ use upglobe_protocol::BlobHash;
 
 use crate::{DatasetError, Result};
 
+/// The BLAKE3 hash and size of a file, read in a stream.
+pub fn hash_file(path: &Path) -> Result<(BlobHash, u64)> {
+    let file = File::open(path).map_err(io(format!("cannot open {}", path.display())))?;
+    let mut hasher = blake3::Hasher::new();
+    let size = hasher
+        .update_reader(std::io::BufReader::with_capacity(1 << 20, file))
+        .map_err(io(format!("cannot read {}", path.display())))?
+        .count();
+    Ok((BlobHash(*hasher.finalize().as_bytes()), size))
+}
+
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
@@ -56,10 +67,25 @@ impl BlobStore {
         Ok(hash)
     }
 
-    /// Copies a file into the store; returns its hash and size.
+    /// Copies a file into the store, streaming (a file of any size); returns its hash and size.
     pub fn put_file(&self, path: &Path) -> Result<(BlobHash, u64)> {
-        let bytes = std::fs::read(path).map_err(io(format!("cannot read {}", path.display())))?;
-        Ok((self.put(&bytes)?, bytes.len() as u64))
+        let (hash, size) = hash_file(path)?;
+        if !self.contains(&hash) {
+            let mut file = File::open(path).map_err(io(format!("cannot open {}", path.display())))?;
+            let mut writer = self.writer(hash, size)?;
+            let mut buffer = vec![0u8; 1 << 20];
+            loop {
+                let n = file.read(&mut buffer).map_err(io(format!("cannot read {}", path.display())))?;
+                if n == 0 {
+                    break;
+                }
+                writer.write(&buffer[..n])?;
+            }
+            // A file that changed between the two reads fails here, naming the hash it no
+            // longer has.
+            writer.finish()?;
+        }
+        Ok((hash, size))
     }
 
     /// The last `count` bytes of a blob (a checkpoint's trailing state hash), without reading it all.

@@ -8,7 +8,7 @@
 //! /particles/all/box         dimension = 3, boundary = periodic; origin [3];
 //!                            edges/{value [frames, 3], step [frames], time [frames]}
 //! /particles/all/position    value [frames, atoms, 3], step [frames], time [frames]
-//! /particles/all/image       value [frames, atoms, 3] (integer), step, time   (when images are given)
+//! /particles/all/box_crossings value [frames, atoms, 3] (integer), step, time (when images are given)
 //! /particles/all/velocity    value, step, time
 //! /particles/all/species     [atoms] (LAMMPS atom types, 1-based)
 //! /particles/all/id          [atoms] (LAMMPS atom ids)
@@ -30,10 +30,10 @@
 //!
 //! Unwrapped positions. The kernels keep positions wrapped into the box and no image counts. When a
 //! trajectory comes with images ([`track_images`]), `position` holds unwrapped positions (wrapped +
-//! image * edges), so a mean squared displacement is read straight off it, and `image` holds the counts
-//! (wrapped = position - image * edges). Note that H5MD itself reads `image` as what to add to a
-//! wrapped `position`; here `position` is already unwrapped, and `/parameters/upglobe` says
-//! `position = "unwrapped"`.
+//! image * edges), so a mean squared displacement is read straight off it, and `box_crossings` holds the
+//! counts (wrapped = position - box_crossings * edges). The counts are not written as H5MD's `image`
+//! element: H5MD reads `image` as what to add to a *wrapped* `position`, and a tool following that
+//! would shift these unwrapped positions twice. `/parameters/upglobe` says `position = "unwrapped"`.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -227,7 +227,7 @@ fn write_particles(all: &hdf5::Group, t: &Trajectory) -> hdf5::Result<()> {
         }
         let counts: Vec<i32> = images.iter().flatten().flatten().copied().collect();
         let image_values = Values { values: &counts, inner: &[atoms, 3], unit: None, lj_unit: None };
-        time_series(all, "image", &samples, image_values)?;
+        time_series(all, "box_crossings", &samples, image_values)?;
     }
     let velocities: Vec<f64> = t.frames.iter().flat_map(|f| f.velocities.iter().flatten().copied()).collect();
     let position_values = Values { values: &positions, inner: &[atoms, 3], unit: length, lj_unit: sigma };
@@ -595,7 +595,7 @@ mod tests {
         assert_eq!(value.shape(), vec![3, 2, 3]);
         let positions: Vec<f64> = value.read_raw().unwrap();
         assert_eq!(positions[6..12], [6.0, 0.0, 0.0, 0.0, -5.5, 0.0], "frame 1 is unwrapped");
-        let image: Vec<i32> = file.dataset("particles/all/image/value").unwrap().read_raw().unwrap();
+        let image: Vec<i32> = file.dataset("particles/all/box_crossings/value").unwrap().read_raw().unwrap();
         assert_eq!(image[6..12], [1, 0, 0, 0, -1, 0]);
         let edges = file.dataset("particles/all/box/edges/value").unwrap();
         assert_eq!(edges.shape(), vec![3, 3]);

@@ -79,24 +79,70 @@ pub struct Report {
     pub dropped: Vec<(String, String)>,
 }
 
+/// Whether the peer already holds a blob (it then keeps it as if it had just been stored).
+pub async fn peer_has(connection: &quinn::Connection, hash: BlobHash) -> Result<bool> {
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| failed(&hash, e.to_string()))?;
+    frame::write(&mut send, &StreamRequest::HasBlob { hash }).await.map_err(|e| failed(&hash, e.to_string()))?;
+    send.finish().map_err(|e| failed(&hash, e.to_string()))?;
+    match frame::expect::<BlobReply, _>(&mut recv).await.map_err(|e| failed(&hash, e.to_string()))? {
+        BlobReply::Stored => Ok(true),
+        BlobReply::Missing => Ok(false),
+        other => Err(failed(&hash, format!("unexpected reply {other:?}"))),
+    }
+}
+
 /// Sends a blob from the local store to the peer, which verifies and stores it.
 pub async fn upload(connection: &quinn::Connection, store: &BlobStore, hash: BlobHash) -> Result<()> {
-    let (file, size) = store.open_blob(&hash)?;
+    upload_path(connection, &store.path(&hash), hash, &AtomicU64::new(0)).await
+}
+
+/// Sends the file at `path`, whose bytes hash to `hash`, to the peer, which verifies and stores
+/// it; `sent` counts the bytes as they go (a progress bar). Bytes the peer already holds are not
+/// sent again: it is asked first.
+pub async fn upload_path(
+    connection: &quinn::Connection,
+    path: &std::path::Path,
+    hash: BlobHash,
+    sent: &AtomicU64,
+) -> Result<()> {
+    let file = std::fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => DatasetError::Missing(hash.to_hex()),
+        _ => DatasetError::Io { context: format!("cannot open {}", path.display()), cause: e },
+    })?;
+    let size = file
+        .metadata()
+        .map_err(|cause| DatasetError::Io { context: format!("cannot stat {}", path.display()), cause })?
+        .len();
+    if peer_has(connection, hash).await? {
+        sent.fetch_add(size, Ordering::Relaxed);
+        return Ok(());
+    }
     let (mut send, mut recv) = connection.open_bi().await.map_err(|e| failed(&hash, e.to_string()))?;
     frame::write(&mut send, &StreamRequest::PutBlob { hash, size }).await.map_err(|e| failed(&hash, e.to_string()))?;
     let mut file = tokio::fs::File::from_std(file);
-    let copied = match tokio::io::copy(&mut file, &mut send).await {
-        Ok(copied) => copied,
+    let mut buffer = vec![0u8; BUFFER_BYTES];
+    let mut copied = 0u64;
+    let outcome: std::io::Result<()> = async {
+        loop {
+            let n = file.read(&mut buffer).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            send.write_all(&buffer[..n]).await?;
+            copied += n as u64;
+            sent.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+    .await;
+    if let Err(e) = outcome {
         // A peer that refuses an upload (a quota) says why and stops reading: its reason, if it
         // arrives, says more than the stopped stream.
-        Err(e) => {
-            let reply = tokio::time::timeout(REFUSAL_WAIT, frame::expect::<BlobReply, _>(&mut recv)).await;
-            return match reply {
-                Ok(Ok(BlobReply::Rejected { reason })) => Err(failed(&hash, format!("the peer refused it: {reason}"))),
-                _ => Err(failed(&hash, e.to_string())),
-            };
-        }
-    };
+        let reply = tokio::time::timeout(REFUSAL_WAIT, frame::expect::<BlobReply, _>(&mut recv)).await;
+        return match reply {
+            Ok(Ok(BlobReply::Rejected { reason })) => Err(failed(&hash, format!("the peer refused it: {reason}"))),
+            _ => Err(failed(&hash, e.to_string())),
+        };
+    }
     if copied != size {
         return Err(failed(&hash, format!("the local copy changed size during the upload ({copied} of {size} bytes)")));
     }

@@ -129,11 +129,11 @@ print(u.atoms.n_atoms, u.trajectory.n_frames, *[float(x) for x in u.dimensions],
 with h5py.File(path, "r") as f:
     particles = f["particles/all"]
     position = particles["position/value"][...]
-    image = particles["image/value"][...]
+    image = particles["box_crossings/value"][...]
     edges = particles["box/edges/value"][...]
     origin = particles["box/origin"][...]
     assert image.dtype.kind == "i", image.dtype
-    assert list(particles["image/step"][...]) == list(particles["position/step"][...])
+    assert list(particles["box_crossings/step"][...]) == list(particles["position/step"][...])
     assert list(particles["box/edges/step"][...]) == list(particles["position/step"][...])
     wrapped = position - image * edges[:, None, :]
     outside = np.maximum(origin - wrapped, wrapped - (origin + edges[:, None, :])).max()

@@ -1,6 +1,7 @@
 //! One module per subcommand. Each returns the process exit code.
 
 pub mod bench;
+pub mod dataset;
 pub mod demo;
 pub mod md;
 pub mod results;
