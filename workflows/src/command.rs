@@ -3,9 +3,9 @@
 use std::path::{Component, Path};
 
 use crate::diagnostic::Reporter;
-use crate::document::{Spanned, Value};
+use crate::document::{Spanned, Table, Value};
 use crate::fields::{Field, Located, Section, integer_value, string_value, wrong_type};
-use crate::{CommandJob, InputFile};
+use crate::{CommandJob, InputFile, InputSource};
 
 pub(crate) const KEYS: &[&str] = &["argv", "tasks", "inputs", "outputs", "timeout"];
 
@@ -176,16 +176,36 @@ fn check_relative(reporter: &mut Reporter, key: &str, path: &Located<&str>) -> b
     false
 }
 
+/// `inputs = ["local/file", { name = "traj.h5md", dataset = "HASH" }]`: files next to the workflow
+/// file, or datasets the scheduler keeps, by hash.
 fn inputs(reporter: &mut Reporter, job: &Section, base_dir: &Path) -> Field<Vec<InputFile>> {
-    strings(reporter, job, "inputs", INPUTS_MAX).and_then(|names| {
+    job.array(reporter, "inputs").and_then(|array| {
+        if array.value.len() > INPUTS_MAX {
+            reporter.error(
+                array.at,
+                format!("'inputs' has {} entries; at most {INPUTS_MAX} are allowed", array.value.len()),
+            );
+            return None;
+        }
         let mut seen = std::collections::HashSet::new();
-        let mut inputs = Some(Vec::with_capacity(names.value.len()));
-        for name in &names.value {
-            let input = if !seen.insert(name.value) {
-                reporter.error(name.at, format!("input '{}' appears twice", name.value));
-                None
-            } else {
-                input(reporter, name, base_dir)
+        let mut inputs = Some(Vec::with_capacity(array.value.len()));
+        for element in array.value {
+            let input = match &element.value {
+                Value::String(name) => {
+                    let name = Located { value: name.as_str(), at: element.at };
+                    if !seen.insert(name.value) {
+                        reporter.error(name.at, format!("input '{}' appears twice", name.value));
+                        None
+                    } else {
+                        input(reporter, &name, base_dir)
+                    }
+                }
+                Value::Table(table) => dataset_input(reporter, job, table, element.at, &mut seen),
+                _ => {
+                    let _: Field<()> =
+                        wrong_type(reporter, "a file name or a table { name, dataset }", "inputs", element);
+                    None
+                }
             };
             match (input, inputs.as_mut()) {
                 (Some(input), Some(inputs)) => inputs.push(input),
@@ -196,6 +216,44 @@ fn inputs(reporter: &mut Reporter, job: &Section, base_dir: &Path) -> Field<Vec<
     })
 }
 
+/// `{ name = "traj.h5md", dataset = "64 hex digits" }`.
+fn dataset_input<'t>(
+    reporter: &mut Reporter,
+    job: &Section<'t>,
+    table: &'t Table,
+    at: usize,
+    seen: &mut std::collections::HashSet<&'t str>,
+) -> Option<InputFile> {
+    let section = Section { table, job: job.job, name: "inputs" };
+    section.check_keys(reporter, &["name", "dataset"]);
+    let name = section.string(reporter, "name");
+    let dataset = section.string(reporter, "dataset");
+    let (Field::Found(name), Field::Found(dataset)) = (name, dataset) else {
+        reporter.error_with_hint(
+            at,
+            "an input table needs 'name' and 'dataset'",
+            "write { name = \"traj.h5md\", dataset = \"HASH\" } with the hash `upglobe dataset put` printed",
+        );
+        return None;
+    };
+    if !check_relative(reporter, "inputs", &name) {
+        return None;
+    }
+    if !seen.insert(name.value) {
+        reporter.error(name.at, format!("input '{}' appears twice", name.value));
+        return None;
+    }
+    let Some(hash) = upglobe_protocol::BlobHash::from_hex(dataset.value) else {
+        reporter.error_with_hint(
+            dataset.at,
+            format!("'{}' is not a dataset hash", dataset.value),
+            "a dataset is named by the 64 hex digits `upglobe dataset put` and `upglobe dataset ls` print",
+        );
+        return None;
+    };
+    Some(InputFile { name: name.value.to_string(), source: InputSource::Dataset(hash) })
+}
+
 fn input(reporter: &mut Reporter, name: &Located<&str>, base_dir: &Path) -> Option<InputFile> {
     if !check_relative(reporter, "inputs", name) {
         return None;
@@ -203,7 +261,7 @@ fn input(reporter: &mut Reporter, name: &Located<&str>, base_dir: &Path) -> Opti
     let path = base_dir.join(name.value);
     let problem = match std::fs::metadata(&path) {
         Ok(metadata) if metadata.is_file() => {
-            return Some(InputFile { name: name.value.to_string(), path });
+            return Some(InputFile { name: name.value.to_string(), source: InputSource::Path(path) });
         }
         Ok(_) => format!("input '{}' is not a regular file", name.value),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {

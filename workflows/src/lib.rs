@@ -97,8 +97,17 @@ pub struct CommandJob {
 pub struct InputFile {
     /// As written in the workflow: the name the file gets in the task's working directory.
     pub name: String,
-    /// Where it is on this machine: the workflow file's folder joined with `name`.
-    pub path: PathBuf,
+    pub source: InputSource,
+}
+
+/// Where an input's bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputSource {
+    /// A file on this machine (the workflow file's folder joined with the name), uploaded at submit
+    /// unless the scheduler already holds the same bytes.
+    Path(PathBuf),
+    /// A dataset the scheduler keeps (`upglobe dataset put`), by its BLAKE3 hash.
+    Dataset(upglobe_protocol::BlobHash),
 }
 
 /// Reads and checks a workflow file. An unreadable file gives one diagnostic at 1:1.

@@ -46,7 +46,7 @@ fn lj_pipeline_runs_the_shipped_script_after_the_melt() {
     let JobKind::Command(command) = &workflow.jobs[1].kind else { panic!("a command job expected") };
     assert_eq!(workflow.jobs[1].after, ["melt"]);
     assert_eq!(command.tasks, [1, 2]);
-    assert_eq!(command.inputs[0].path, examples().join("summarise.sh"));
+    assert_eq!(command.inputs[0].source, upglobe_workflows::InputSource::Path(examples().join("summarise.sh")));
 }
 
 #[test]

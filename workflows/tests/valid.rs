@@ -9,7 +9,7 @@ use upglobe_kernels::lattice::FccLattice;
 use upglobe_kernels::system::{Langevin, PairCoeff};
 use upglobe_protocol::messages::Resources;
 use upglobe_protocol::trust::{Compared, ToleranceRule, Verification};
-use upglobe_workflows::{CommandJob, InputFile, JobKind, Location, MdJob, load};
+use upglobe_workflows::{CommandJob, InputFile, InputSource, JobKind, Location, MdJob, load};
 
 fn md(kind: &JobKind) -> &MdJob {
     match kind {
@@ -71,7 +71,10 @@ fn md_and_command_jobs_parse_into_their_values() {
         CommandJob {
             argv: vec!["sh".into(), "report.sh".into(), "{task}".into()],
             tasks: vec![1, 2],
-            inputs: vec![InputFile { name: "report.sh".into(), path: folder.path().join("report.sh") }],
+            inputs: vec![InputFile {
+                name: "report.sh".into(),
+                source: InputSource::Path(folder.path().join("report.sh"))
+            }],
             outputs: vec!["*.csv".into()],
             timeout_s: 600,
         }
@@ -148,7 +151,7 @@ fn load_resolves_inputs_next_to_the_workflow_file() {
     let path = folder.path().join("w.toml");
     std::fs::write(&path, format!("{MELT}{REPORT}inputs = [\"report.sh\"]\n")).unwrap();
     let workflow = load(&path).unwrap();
-    assert_eq!(command(&workflow.jobs[1].kind).inputs[0].path, folder.path().join("report.sh"));
+    assert_eq!(command(&workflow.jobs[1].kind).inputs[0].source, InputSource::Path(folder.path().join("report.sh")));
 }
 
 #[test]
@@ -205,4 +208,16 @@ fn verification_defaults_by_kind_and_is_chosen_per_job() {
     let quorum = source.replace("\"metered\"", "\"quorum\"").replace("tasks = [1, 2]", "tasks = [1, 2]\nreplicas = 3");
     let workflow = parse_in(Path::new("."), &quorum).unwrap();
     assert_eq!((workflow.jobs[1].verification.clone(), workflow.jobs[1].replicas), (Verification::Quorum, 3));
+}
+
+#[test]
+fn inputs_may_name_datasets_by_hash() {
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(folder.path().join("report.sh"), "echo\n").unwrap();
+    let hash = "cd".repeat(32);
+    let source = format!("{MELT}{REPORT}inputs = [\"report.sh\", {{ name = \"data/traj.h5md\", dataset = \"{hash}\" }}]\n");
+    let workflow = common::parse_in(folder.path(), &source).unwrap();
+    let JobKind::Command(command) = &workflow.jobs[1].kind else { panic!("a command job") };
+    assert_eq!(command.inputs[1].name, "data/traj.h5md");
+    assert_eq!(command.inputs[1].source, InputSource::Dataset(upglobe_protocol::BlobHash([0xcd; 32])));
 }

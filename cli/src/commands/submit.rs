@@ -6,10 +6,10 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::json;
 use upglobe_kernels::{Checkpoint, State};
 use upglobe_protocol::messages::{
-    ClientRequest, ClientResponse, CommandJob, FileRef, JobKind, JobSpec, MdJob, Submission,
+    ClientRequest, ClientResponse, CommandJob, DatasetKind, FileRef, JobKind, JobSpec, MdJob, Submission,
 };
 use upglobe_protocol::{JobId, WorkflowId};
-use upglobe_workflows::Workflow;
+use upglobe_workflows::{InputSource, Workflow};
 
 use super::Context;
 use super::status::{connect, watch};
@@ -63,6 +63,7 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
 /// Uploads what the jobs need (initial MD states, input files) and submits the workflow.
 pub async fn submit(client: &Client, workflow: &Workflow) -> Result<(WorkflowId, Vec<(String, JobId)>)> {
     let mut jobs = Vec::with_capacity(workflow.jobs.len());
+    let mut datasets = None;
     for job in &workflow.jobs {
         let kind = match &job.kind {
             upglobe_workflows::JobKind::Md(md) => {
@@ -79,10 +80,27 @@ pub async fn submit(client: &Client, workflow: &Workflow) -> Result<(WorkflowId,
             upglobe_workflows::JobKind::Command(command) => {
                 let mut inputs = Vec::new();
                 for input in &command.inputs {
-                    let (blob, size) = client
-                        .upload_file(&input.path)
-                        .await
-                        .with_context(|| format!("uploading {}", input.path.display()))?;
+                    let (blob, size) = match &input.source {
+                        InputSource::Path(path) => {
+                            client.upload_file(path).await.with_context(|| format!("uploading {}", path.display()))?
+                        }
+                        InputSource::Dataset(hash) => {
+                            if datasets.is_none() {
+                                datasets = Some(super::dataset::list(client).await?);
+                            }
+                            let kept = datasets.iter().flatten().find(|d| d.hash == *hash);
+                            let Some(kept) = kept.filter(|d| d.kind == DatasetKind::File) else {
+                                bail!(
+                                    "input '{}' of job '{}' names dataset {}, which the scheduler does not keep as a file \
+                                     (put it with `upglobe dataset put`; see `upglobe dataset ls`)",
+                                    input.name,
+                                    job.name,
+                                    hash.to_hex()
+                                );
+                            };
+                            (kept.hash, kept.size)
+                        }
+                    };
                     inputs.push(FileRef { name: input.name.clone(), blob, size });
                 }
                 JobKind::Command(CommandJob {
