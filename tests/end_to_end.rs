@@ -366,7 +366,7 @@ fn the_demo_runs_and_verifies() {
     assert_eq!(summary["final_state_hash"], summary["single_process_state_hash"]);
     assert_eq!(summary["chunks"].as_array().unwrap().len(), 6);
     assert!(summary["chunks"].as_array().unwrap().iter().all(|c| c["agreeing"].as_array().unwrap().len() == 2));
-    assert!(out.join("lj-melt.melt.h5").exists());
+    assert!(out.join("lj-melt.melt.h5md").exists());
 }
 
 /// A million array tasks: the submission is a range (one pair on the wire), the scheduler opens a

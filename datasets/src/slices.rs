@@ -303,6 +303,14 @@ impl Partial {
     /// The chunk ranges not yet verified. Hashes what the partial holds (a resumed download pays
     /// this once; unwritten regions fail at their first hash pair and cost nothing).
     pub fn missing(&self) -> Result<ChunkRanges> {
+        if self.size() == 0 {
+            // Nothing to fetch; only the empty blob's hash fits an empty partial.
+            return Ok(if self.root() == blake3::hash(b"") {
+                ChunkRanges::empty()
+            } else {
+                ChunkRanges::from(..ChunkNum(1))
+            });
+        }
         let outboard = PreOrderOutboard { root: self.root(), tree: self.tree, data: &self.outboard };
         let mut valid = ChunkRanges::empty();
         for range in bao_tree::io::sync::valid_ranges(outboard, &self.data, &ChunkRanges::all()) {
@@ -503,6 +511,23 @@ mod tests {
         let answer = encoded(&source, &hash, &last_group());
         let partial = target.partial(&hash, 300_000).unwrap();
         assert!(partial.decode(&answer[..], &last_group(), |_| {}).is_err());
+        assert!(!partial.size_proved().unwrap());
+    }
+
+    #[test]
+    fn an_empty_blob_arrives_and_a_false_empty_size_does_not() {
+        let (from, to) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (source, target) = (BlobStore::open(from.path()).unwrap(), BlobStore::open(to.path()).unwrap());
+        let empty = source.put(b"").unwrap();
+        let partial = target.partial(&empty, 0).unwrap();
+        partial.decode(&encoded(&source, &empty, &last_group())[..], &last_group(), |_| {}).unwrap();
+        assert!(partial.size_proved().unwrap());
+        partial.finish(&target).unwrap();
+        assert_eq!(target.get(&empty).unwrap(), b"");
+        // A source claiming that a non-empty blob is empty cannot prove it.
+        let full = source.put(b"not empty").unwrap();
+        let partial = target.partial(&full, 0).unwrap();
+        assert!(partial.decode(&encoded(&source, &empty, &last_group())[..], &last_group(), |_| {}).is_err());
         assert!(!partial.size_proved().unwrap());
     }
 

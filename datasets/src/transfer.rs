@@ -486,6 +486,7 @@ pub async fn serve_slices(
     drop(rx);
     let encoded = encoder.await.map_err(|e| failed(&hash, format!("the encoder failed: {e}")))?;
     if let Some(e) = broke {
+        tracing::debug!(blob = %hash.short(), bytes = sent, "serving slices stopped");
         return Err(failed(&hash, format!("the receiver stopped after {sent} bytes: {e}")));
     }
     encoded?;

@@ -53,8 +53,9 @@ pub struct Cluster {
     pub worker_token: String,
     pub client_token: String,
     pub verifier_token: String,
-    /// Extra flags for every start of the scheduler.
+    /// Extra flags and environment for every start of the scheduler.
     pub scheduler_flags: Vec<String>,
+    pub scheduler_env: Vec<(String, String)>,
     pub scheduler: Option<Process>,
     pub workers: Vec<Process>,
 }
@@ -67,10 +68,10 @@ pub fn spawn_with(dir: &Path, name: &str, args: &[&str], stdout: Stdio, env: &[(
     let log = dir.join(format!("{name}.log"));
     let child = Command::new(UPGLOBE)
         .args(args)
-        .envs(env.iter().copied())
         .env_remove("UPGLOBE_HOME")
         .env_remove("UPGLOBE_CONNECT")
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(std::fs::File::create(&log).unwrap())
@@ -86,6 +87,11 @@ impl Cluster {
 
     /// A cluster whose scheduler takes `flags` (the trust policy's knobs, for example).
     pub fn start_with(dir: &Path, workers: usize, flags: &[&str]) -> Cluster {
+        Cluster::start_with_env(dir, workers, flags, &[])
+    }
+
+    /// A cluster whose scheduler takes `flags` and `env` (a log filter, for example).
+    pub fn start_with_env(dir: &Path, workers: usize, flags: &[&str], env: &[(&str, &str)]) -> Cluster {
         let mut cluster = Cluster {
             dir: dir.to_path_buf(),
             port: free_port(),
@@ -93,6 +99,7 @@ impl Cluster {
             client_token: String::new(),
             verifier_token: String::new(),
             scheduler_flags: flags.iter().map(|f| f.to_string()).collect(),
+            scheduler_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             scheduler: None,
             workers: Vec::new(),
         };
@@ -130,7 +137,8 @@ impl Cluster {
         ];
         let mut args: Vec<&str> = args.to_vec();
         args.extend(self.scheduler_flags.iter().map(|f| f.as_str()));
-        let mut process = spawn(&self.dir, &format!("scheduler-{restarts}"), &args, Stdio::piped());
+        let env: Vec<(&str, &str)> = self.scheduler_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut process = spawn_with(&self.dir, &format!("scheduler-{restarts}"), &args, Stdio::piped(), &env);
         let mut line = String::new();
         BufReader::new(process.child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let started: Value =
@@ -157,6 +165,18 @@ impl Cluster {
         let process = spawn_with(&self.dir, &name, &args, Stdio::null(), env);
         self.workers.push(process);
         name
+    }
+
+    /// Starts worker `index` (0-based) again, after it was killed: same name and data directory, a
+    /// log of its own (`worker-N-again.log`), `extra` flags.
+    pub fn restart_worker(&mut self, index: usize, extra: &[&str]) {
+        let name = format!("worker-{}", index + 1);
+        let data = self.dir.join(&name);
+        let mut args =
+            vec!["worker", "--join", &self.worker_token, "--data-dir", data.to_str().unwrap(), "--name", &name];
+        args.extend_from_slice(&["--cpus", "1", "--idle-timeout", "3"]);
+        args.extend_from_slice(extra);
+        self.workers[index] = spawn(&self.dir, &format!("{name}-again"), &args, Stdio::null());
     }
 
     /// A verifier node on the CPU engine (the reference kernel every device must match).
@@ -217,9 +237,11 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        let workers: Vec<String> = self.workers.iter().map(|w| format!("{} log:\n{}", w.name, w.log())).collect();
         panic!(
-            "timed out waiting for {what}; scheduler log:\n{}",
-            self.scheduler.as_ref().map(|s| s.log()).unwrap_or_default()
+            "timed out waiting for {what}; scheduler log:\n{}\n{}",
+            self.scheduler.as_ref().map(|s| s.log()).unwrap_or_default(),
+            workers.join("\n")
         );
     }
 

@@ -40,8 +40,9 @@ pub async fn run(
     match assignment.task {
         Task::Empty { value } => Ok(Output::Empty { value }.into()),
         Task::Md { input, steps, thermo_every, thermo_at_start, chain_every } => {
-            let bytes =
-                fetch_verified(connection, blobs, input).await.map_err(|e| format!("fetching the input state: {e}"))?;
+            let bytes = fetch_verified(config, connection, blobs, input)
+                .await
+                .map_err(|e| format!("fetching the input state: {e}"))?;
             let device = match &config.device {
                 Device::Cpu { threads: 0 } => Device::Cpu { threads: assignment.resources.cpus.max(1) as usize },
                 other => other.clone(),
@@ -62,7 +63,7 @@ pub async fn run(
             }
             let scratch = config.data_dir.join("work").join(assignment.id.0.to_string());
             let command = CommandTask { argv, inputs, outputs, timeout: Duration::from_secs(timeout_s) };
-            let result = run_command(blobs, connection, &scratch, &command, &cancel).await;
+            let result = run_command(config, blobs, connection, &scratch, &command, &cancel).await;
             let _ = std::fs::remove_dir_all(&scratch);
             result.map(Executed::from)
         }
@@ -72,20 +73,69 @@ pub async fn run(
 /// A blob's bytes, fetched if missing, and fetched again if the local copy is corrupt (a cached copy
 /// that rotted would otherwise fail every attempt on this worker).
 async fn fetch_verified(
+    config: &WorkerConfig,
     connection: &quinn::Connection,
     blobs: &BlobStore,
     hash: BlobHash,
 ) -> Result<Vec<u8>, upglobe_datasets::DatasetError> {
-    transfer::download(connection, blobs, hash).await?;
+    fetch(config, connection, blobs, hash).await?;
     match blobs.get(&hash) {
         Err(upglobe_datasets::DatasetError::Corrupt { .. }) => {
             tracing::warn!(blob = %hash.short(), "cached blob is corrupt; fetching it again");
             blobs.remove(&hash)?;
-            transfer::download(connection, blobs, hash).await?;
+            fetch(config, connection, blobs, hash).await?;
             blobs.get(&hash)
         }
         other => other,
     }
+}
+
+/// Fetches a blob from the scheduler in verified slices (resuming what an earlier attempt, or an
+/// earlier run of this worker, verified), at the worker's download rate, logging progress.
+pub async fn fetch(
+    config: &WorkerConfig,
+    connection: &quinn::Connection,
+    blobs: &BlobStore,
+    hash: BlobHash,
+) -> Result<transfer::Report, upglobe_datasets::DatasetError> {
+    if blobs.contains(&hash) {
+        return transfer::download(connection, blobs, hash).await;
+    }
+    let mut options = transfer::Options { rate_bytes_per_s: config.download_rate, ..transfer::Options::default() };
+    if let Some(rate) = config.download_rate {
+        // Held to a rate, parallel streams gain nothing, and what they would have in flight is lost
+        // if the worker stops: one stream of pieces of half a second each.
+        options.streams_per_source = 1;
+        options.piece_bytes = (rate / 2).clamp(1 << 20, 8 << 20);
+    }
+    let source = transfer::Source { name: "scheduler".into(), connection: connection.clone() };
+    let progress = options.progress.clone();
+    let download = transfer::download_from(std::slice::from_ref(&source), blobs, hash, &options);
+    tokio::pin!(download);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    tick.tick().await;
+    let report = loop {
+        tokio::select! {
+            done = &mut download => break done?,
+            _ = tick.tick() => {
+                let size = progress.size.load(std::sync::atomic::Ordering::Relaxed);
+                let verified = progress.verified.load(std::sync::atomic::Ordering::Relaxed);
+                if size > 0 {
+                    tracing::info!(blob = %hash.short(), verified, size, "fetching");
+                }
+            }
+        }
+    };
+    if report.size > 0 {
+        tracing::info!(
+            blob = %hash.short(),
+            size = report.size,
+            resumed = report.resumed_bytes,
+            received = report.received_bytes,
+            "fetched"
+        );
+    }
+    Ok(report)
 }
 
 pub struct MdChunk {
@@ -200,6 +250,7 @@ fn contained(name: &str) -> Result<PathBuf, String> {
 }
 
 async fn run_command(
+    config: &WorkerConfig,
     blobs: &BlobStore,
     connection: &quinn::Connection,
     scratch: &Path,
@@ -211,9 +262,7 @@ async fn run_command(
     std::fs::create_dir_all(&files).map_err(|e| format!("cannot create {}: {e}", files.display()))?;
     for input in &task.inputs {
         let target = files.join(contained(&input.name)?);
-        transfer::download(connection, blobs, input.blob)
-            .await
-            .map_err(|e| format!("fetching '{}': {e}", input.name))?;
+        fetch(config, connection, blobs, input.blob).await.map_err(|e| format!("fetching '{}': {e}", input.name))?;
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         }

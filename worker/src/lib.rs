@@ -60,6 +60,9 @@ pub struct WorkerConfig {
     /// first out; what running tasks use is never evicted, nor the intermediate states of chunks
     /// that are not settled.
     pub cache_bytes_max: u64,
+    /// Holds downloads (inputs, states) to this many bytes per second, for a worker on a link it
+    /// shares with people; `None`: as fast as the path allows.
+    pub download_rate: Option<u64>,
     /// A worker runs chunks; a verifier runs audits and dispute intervals.
     pub role: NodeRole,
     /// The hub (lab, operator) this node belongs to: nodes of one owner never verify each other.
@@ -81,6 +84,7 @@ impl WorkerConfig {
             idle_timeout: net::IDLE_TIMEOUT_DEFAULT,
             backoff_max: Duration::from_secs(10),
             cache_bytes_max: CACHE_BYTES_DEFAULT,
+            download_rate: None,
             role: NodeRole::Worker,
             owner: None,
         }

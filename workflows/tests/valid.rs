@@ -215,7 +215,8 @@ fn inputs_may_name_datasets_by_hash() {
     let folder = tempfile::tempdir().unwrap();
     std::fs::write(folder.path().join("report.sh"), "echo\n").unwrap();
     let hash = "cd".repeat(32);
-    let source = format!("{MELT}{REPORT}inputs = [\"report.sh\", {{ name = \"data/traj.h5md\", dataset = \"{hash}\" }}]\n");
+    let source =
+        format!("{MELT}{REPORT}inputs = [\"report.sh\", {{ name = \"data/traj.h5md\", dataset = \"{hash}\" }}]\n");
     let workflow = common::parse_in(folder.path(), &source).unwrap();
     let JobKind::Command(command) = &workflow.jobs[1].kind else { panic!("a command job") };
     assert_eq!(command.inputs[1].name, "data/traj.h5md");

@@ -59,10 +59,17 @@ pub struct NodeArgs {
     /// first, never those of running tasks.
     #[arg(long, value_name = "BYTES", default_value_t = upglobe_worker::CACHE_BYTES_DEFAULT, value_parser = flags::integer(CACHE_BYTES))]
     cache_size: u64,
+    /// Hold downloads to this rate (e.g. 50MB, 10MiB: bytes per second), on a link shared with
+    /// people. Default: as fast as the path allows.
+    #[arg(long, value_name = "BYTES_PER_S", value_parser = flags::bytes(DOWNLOAD_RATE))]
+    download_rate: Option<u64>,
     /// Seconds of silence after which the connection is considered dead (1 to 86400).
     #[arg(long, value_name = "SECONDS", default_value = "15", value_parser = flags::seconds(IDLE_TIMEOUT_SECONDS))]
     idle_timeout: Duration,
 }
+
+/// Download rates a worker may be held to: 64 KiB/s to 1 TiB/s.
+pub const DOWNLOAD_RATE: RangeInclusive<u64> = 1 << 16..=1 << 40;
 
 /// Sizes the blob cache may be given.
 pub const CACHE_BYTES: RangeInclusive<u64> = 1 << 20..=1 << 50;
@@ -139,6 +146,7 @@ fn node_config(context: &Context, args: NodeArgs, role: NodeRole) -> Result<Work
     };
     config.idle_timeout = args.idle_timeout;
     config.cache_bytes_max = args.cache_size;
+    config.download_rate = args.download_rate;
     Ok(config)
 }
 
