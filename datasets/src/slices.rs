@@ -269,6 +269,14 @@ fn available_bytes(path: &std::path::Path) -> Option<u64> {
     (unsafe { libc::statvfs(name.as_ptr(), &mut stat) } == 0).then(|| stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
+/// Verified bytes waiting to be written in one call.
+struct Batch {
+    offset: u64,
+    bytes: Vec<u8>,
+}
+
+const WRITE_BATCH_BYTES: usize = 1 << 20;
+
 /// A blob being downloaded: its data file at full size and its outboard, both in the store's
 /// `tmp/`. Several decoders may fill disjoint ranges of it at once (each writes with `pwrite`;
 /// hash pairs above two ranges are the same bytes, whoever writes them).
@@ -341,45 +349,77 @@ impl Partial {
         mut progress: impl FnMut(u64),
     ) -> std::result::Result<Decoded, (Decoded, DatasetError)> {
         let mut decoded = Decoded::default();
+        // Verified groups that follow each other are written together: one `pwrite` per MiB, not
+        // per 16 KiB group (each takes the file's lock, which several decoders share).
+        let mut batch = Batch { offset: 0, bytes: Vec::with_capacity(WRITE_BATCH_BYTES) };
         let ranges = resolve(ranges, self.size());
         let iter = DecodeResponseIter::new(self.root(), self.tree, encoded, &ranges);
+        let mut failure = None;
         for item in iter {
-            let failure = match item {
+            match item {
                 Ok(BaoContentItem::Parent(parent)) => {
                     let Some(offset) = self.tree.pre_order_offset(parent.node) else { continue };
                     let mut pair = [0u8; 64];
                     pair[..32].copy_from_slice(parent.pair.0.as_bytes());
                     pair[32..].copy_from_slice(parent.pair.1.as_bytes());
-                    match self.outboard.write_all_at(&pair, offset * 64) {
-                        Ok(()) => continue,
-                        Err(e) => self.write_error(&self.outboard_path, e),
+                    if let Err(e) = self.outboard.write_all_at(&pair, offset * 64) {
+                        failure = Some(self.write_error(&self.outboard_path, e));
+                        break;
                     }
                 }
-                Ok(BaoContentItem::Leaf(leaf)) => match self.data.write_all_at(&leaf.data, leaf.offset) {
-                    Ok(()) => {
-                        let start = leaf.offset / CHUNK_BYTES;
-                        let end = (leaf.offset + leaf.data.len() as u64).div_ceil(CHUNK_BYTES);
-                        decoded.verified |= ChunkRanges::from(ChunkNum(start)..ChunkNum(end));
-                        decoded.verified_bytes += leaf.data.len() as u64;
-                        progress(leaf.data.len() as u64);
-                        continue;
+                Ok(BaoContentItem::Leaf(leaf)) => {
+                    let follows = batch.offset + batch.bytes.len() as u64 == leaf.offset;
+                    if !batch.bytes.is_empty()
+                        && (!follows || batch.bytes.len() >= WRITE_BATCH_BYTES)
+                        && let Err(e) = self.flush(&mut batch, &mut decoded, &mut progress)
+                    {
+                        failure = Some(e);
+                        break;
                     }
-                    Err(e) => self.write_error(&self.data_path, e),
-                },
+                    if batch.bytes.is_empty() {
+                        batch.offset = leaf.offset;
+                    }
+                    batch.bytes.extend_from_slice(&leaf.data);
+                }
                 Err(bao_tree::io::DecodeError::Io(e)) => {
-                    DatasetError::Transfer { hash: self.hash.short(), message: format!("the answer broke off: {e}") }
+                    let message = format!("the answer broke off: {e}");
+                    failure = Some(DatasetError::Transfer { hash: self.hash.short(), message });
+                    break;
                 }
                 Err(
                     e @ (bao_tree::io::DecodeError::LeafNotFound(_) | bao_tree::io::DecodeError::ParentNotFound(_)),
-                ) => DatasetError::Transfer {
-                    hash: self.hash.short(),
-                    message: format!("the answer ended early ({e:?})"),
-                },
-                Err(e) => DatasetError::CorruptSlice { hash: self.hash.short(), detail: format!("{e:?}") },
-            };
-            return Err((decoded, failure));
+                ) => {
+                    let message = format!("the answer ended early ({e:?})");
+                    failure = Some(DatasetError::Transfer { hash: self.hash.short(), message });
+                    break;
+                }
+                Err(e) => {
+                    failure = Some(DatasetError::CorruptSlice { hash: self.hash.short(), detail: format!("{e:?}") });
+                    break;
+                }
+            }
         }
-        Ok(decoded)
+        // What was verified before a failure is written all the same.
+        let flushed = self.flush(&mut batch, &mut decoded, &mut progress);
+        match (failure, flushed) {
+            (Some(failure), _) | (None, Err(failure)) => Err((decoded, failure)),
+            (None, Ok(())) => Ok(decoded),
+        }
+    }
+
+    /// Writes a batch of verified groups and counts them as verified.
+    fn flush(&self, batch: &mut Batch, decoded: &mut Decoded, progress: &mut impl FnMut(u64)) -> Result<()> {
+        if batch.bytes.is_empty() {
+            return Ok(());
+        }
+        self.data.write_all_at(&batch.bytes, batch.offset).map_err(|e| self.write_error(&self.data_path, e))?;
+        let end = batch.offset + batch.bytes.len() as u64;
+        decoded.verified |=
+            ChunkRanges::from(ChunkNum(batch.offset / CHUNK_BYTES)..ChunkNum(end.div_ceil(CHUNK_BYTES)));
+        decoded.verified_bytes += batch.bytes.len() as u64;
+        progress(batch.bytes.len() as u64);
+        batch.bytes.clear();
+        Ok(())
     }
 
     fn write_error(&self, path: &std::path::Path, cause: std::io::Error) -> DatasetError {

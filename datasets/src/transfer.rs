@@ -28,6 +28,8 @@ const REFUSAL_WAIT: Duration = Duration::from_secs(5);
 /// may wait: the sender hashes nothing and copies each byte once, into these buffers.
 const PIECE_BYTES: usize = 1 << 20;
 const PIECES_QUEUED: usize = 8;
+/// Received buffers (about a packet's data each) handed to the decoding thread at once, at most.
+const CHUNKS_PER_HANDOFF: usize = 64;
 
 fn failed(hash: &BlobHash, message: impl Into<String>) -> DatasetError {
     DatasetError::Transfer { hash: hash.short(), message: message.into() }
@@ -333,19 +335,25 @@ async fn decode_stream(
     progress: impl FnMut(u64) + Send + 'static,
 ) -> std::result::Result<slices::Decoded, (slices::Decoded, DatasetError)> {
     let hash = partial.hash();
-    let (tx, rx) = mpsc::channel::<Bytes>(PIECES_QUEUED * 4);
+    let (tx, rx) = mpsc::channel::<Vec<Bytes>>(PIECES_QUEUED);
     let decoder = tokio::task::spawn_blocking(move || {
-        partial.decode(ChannelReader { rx, current: Bytes::new() }, &ranges, progress)
+        let reader = ChannelReader { rx, pending: std::collections::VecDeque::new() };
+        partial.decode(reader, &ranges, progress)
     });
     let mut broke = None;
+    // Whatever quinn holds at once goes over in one hand-off (a packet's data each, zero copies):
+    // one wake-up of the decoder per batch, not per packet.
+    let mut chunks = vec![Bytes::new(); CHUNKS_PER_HANDOFF];
     loop {
-        match tokio::time::timeout(STALL_TIMEOUT, recv.read_chunk(BUFFER_BYTES, true)).await {
-            Ok(Ok(Some(chunk))) => {
-                received.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
+        match tokio::time::timeout(STALL_TIMEOUT, recv.read_chunks(&mut chunks)).await {
+            Ok(Ok(Some(count))) => {
+                let batch: Vec<Bytes> = chunks[..count].iter_mut().map(std::mem::take).collect();
+                let bytes: u64 = batch.iter().map(|b| b.len() as u64).sum();
+                received.fetch_add(bytes, Ordering::Relaxed);
                 if let Some(pacer) = &pacer {
-                    pacer.take(chunk.bytes.len() as u64).await;
+                    pacer.take(bytes).await;
                 }
-                if tx.send(chunk.bytes).await.is_err() {
+                if tx.send(batch).await.is_err() {
                     // The decoder stopped: it found something wrong, and says what.
                     let _ = recv.stop(0u32.into());
                     break;
@@ -375,23 +383,38 @@ async fn decode_stream(
     }
 }
 
-/// `Read` over buffers arriving on a channel, for the decoding thread.
+/// `Read` over batches of buffers arriving on a channel, for the decoding thread.
 struct ChannelReader {
-    rx: mpsc::Receiver<Bytes>,
-    current: Bytes,
+    rx: mpsc::Receiver<Vec<Bytes>>,
+    pending: VecDeque<Bytes>,
 }
 
 impl std::io::Read for ChannelReader {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.current.is_empty() {
+        loop {
+            while self.pending.front().is_some_and(|b| b.is_empty()) {
+                self.pending.pop_front();
+            }
+            if !self.pending.is_empty() {
+                break;
+            }
             match self.rx.blocking_recv() {
-                Some(bytes) => self.current = bytes,
+                Some(batch) => self.pending.extend(batch),
                 None => return Ok(0),
             }
         }
-        let n = out.len().min(self.current.len());
-        out[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
+        // Fill `out` from as many buffers as are here (the decoder asks for a whole group).
+        let mut filled = 0;
+        while filled < out.len() {
+            let Some(current) = self.pending.front_mut() else { break };
+            let n = (out.len() - filled).min(current.len());
+            out[filled..filled + n].copy_from_slice(&current.split_to(n));
+            filled += n;
+            if current.is_empty() {
+                self.pending.pop_front();
+            }
+        }
+        Ok(filled)
     }
 }
 

@@ -78,8 +78,9 @@ fn make_blob(store: &BlobStore, size: u64) -> Result<BlobHash> {
     Ok(hash)
 }
 
-/// Moves `size` bytes both ways; `dir` holds the sender's and the receivers' files.
-pub async fn run(dir: &Path, size: u64, connections: usize, streams: usize) -> Result<TransferReport> {
+/// Moves `size` bytes both ways, `repeat` times each; the fastest run of each counts (which
+/// filters out other work on the machine). `dir` holds the sender's and the receivers' files.
+pub async fn run(dir: &Path, size: u64, connections: usize, streams: usize, repeat: u32) -> Result<TransferReport> {
     let sender = BlobStore::open(dir.join("sender"))?;
     let hash = make_blob(&sender, size)?;
     let outboard = sender.clone();
@@ -87,25 +88,40 @@ pub async fn run(dir: &Path, size: u64, connections: usize, streams: usize) -> R
         .await
         .map_err(|e| DatasetError::Transfer { hash: hash.short(), message: e.to_string() })??;
 
-    let cpu = cpu_seconds();
-    let quic = quic(dir, &sender, hash, connections, streams).await?;
-    let quic_cpu_s = cpu_seconds() - cpu;
-    let cpu = cpu_seconds();
-    let tcp = tcp(dir, &sender, hash).await?;
-    let tcp_cpu_s = cpu_seconds() - cpu;
+    let (mut best_tcp, mut best_quic) = ((f64::INFINITY, 0.0), (f64::INFINITY, 0.0, 0));
+    for _ in 0..repeat.max(1) {
+        // TCP first: the QUIC endpoints' tasks are then not yet there to share the cores with it.
+        let _ = std::fs::remove_file(dir.join("tcp-received"));
+        let cpu = cpu_seconds();
+        let seconds = tcp(dir, &sender, hash).await?;
+        let used = cpu_seconds() - cpu;
+        if seconds < best_tcp.0 {
+            best_tcp = (seconds, used);
+        }
+        let _ = std::fs::remove_file(dir.join("tcp-received"));
+
+        let _ = std::fs::remove_dir_all(dir.join("quic-receiver"));
+        let cpu = cpu_seconds();
+        let (seconds, received) = quic(dir, &sender, hash, connections, streams).await?;
+        let used = cpu_seconds() - cpu;
+        if seconds < best_quic.0 {
+            best_quic = (seconds, used, received);
+        }
+        let _ = std::fs::remove_dir_all(dir.join("quic-receiver"));
+    }
     let mb_s = |seconds: f64| size as f64 / seconds / 1e6;
     Ok(TransferReport {
         size,
-        quic_s: quic.0,
-        tcp_s: tcp,
-        quic_mb_s: mb_s(quic.0),
-        tcp_mb_s: mb_s(tcp),
-        ratio: tcp / quic.0,
-        quic_received_bytes: quic.1,
+        quic_s: best_quic.0,
+        tcp_s: best_tcp.0,
+        quic_mb_s: mb_s(best_quic.0),
+        tcp_mb_s: mb_s(best_tcp.0),
+        ratio: best_tcp.0 / best_quic.0,
+        quic_received_bytes: best_quic.2,
         streams,
         connections,
-        quic_cpu_s,
-        tcp_cpu_s,
+        quic_cpu_s: best_quic.1,
+        tcp_cpu_s: best_tcp.1,
     })
 }
 

@@ -12,9 +12,6 @@ use crate::{ProtocolError, Result, SERVER_NAME, Token};
 /// How long a silent peer is considered alive. Keep-alives go out at a third of it.
 pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(15);
 
-/// The largest UDP payload MTU discovery tries (IPv6's maximum).
-const MTU_UPPER_BOUND: u16 = 65_527;
-
 fn transport(idle_timeout: Duration) -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     transport
@@ -26,13 +23,6 @@ fn transport(idle_timeout: Duration) -> Arc<quinn::TransportConfig> {
         .stream_receive_window((16u32 << 20).into())
         .receive_window((64u32 << 20).into())
         .send_window(64 << 20);
-    // Let MTU discovery look past Ethernet's 1500 bytes: jumbo frames in a lab, 64 KiB on
-    // loopback. Every packet costs a header, an encryption and an acknowledgement, so fewer,
-    // larger packets are the largest single gain in bulk throughput; a path that carries less is
-    // found by the same discovery (and black holes by its detection), so this is safe anywhere.
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(MTU_UPPER_BOUND);
-    transport.mtu_discovery_config(Some(mtu));
     Arc::new(transport)
 }
 
@@ -45,8 +35,40 @@ pub fn server_endpoint(
         .map_err(|e| ProtocolError::Tls(format!("quic server config: {e}")))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport(idle_timeout));
-    quinn::Endpoint::server(config, listen)
+    endpoint(listen, Some(config))
         .map_err(|source| ProtocolError::Io { context: format!("cannot listen on {listen}"), cause: source })
+}
+
+/// Socket buffers asked for: a window's worth of 64 KiB datagrams, so that a burst is not dropped
+/// (the kernel caps them at `net.core.rmem_max` / `wmem_max`).
+const SOCKET_BUFFER_BYTES: libc::c_int = 16 << 20;
+
+/// An endpoint on its own UDP socket with large socket buffers. MTU discovery keeps quinn's
+/// Ethernet bound (1452): larger bounds (loopback, jumbo frames) measured no faster here, and a
+/// receiver that falls behind loses large packets in bursts, which quinn reads as a black hole and
+/// answers by falling back to 1200 bytes.
+fn endpoint(bind: SocketAddr, server: Option<quinn::ServerConfig>) -> std::io::Result<quinn::Endpoint> {
+    let socket = std::net::UdpSocket::bind(bind)?;
+    // Best effort: a smaller buffer is slower, not wrong. The FORCE options pass the system's cap
+    // where the process may (CAP_NET_ADMIN); the plain ones take what the cap allows.
+    for options in [[libc::SO_RCVBUFFORCE, libc::SO_RCVBUF], [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF]] {
+        for option in options {
+            // SAFETY: the descriptor is a live socket and the value a c_int of the size given.
+            let set = unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&socket),
+                    libc::SOL_SOCKET,
+                    option,
+                    (&SOCKET_BUFFER_BYTES as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if set == 0 {
+                break;
+            }
+        }
+    }
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, Arc::new(quinn::TokioRuntime))
 }
 
 /// Connects to the scheduler named by `token`, verifying its certificate against the pinned CA.
@@ -76,7 +98,7 @@ pub async fn connect_to(
 ) -> Result<quinn::Connection> {
     let failed = |message: String| ProtocolError::Connection { peer: address.to_string(), message };
     let bind: SocketAddr = if address.is_ipv6() { "[::]:0".parse().unwrap() } else { "0.0.0.0:0".parse().unwrap() };
-    let mut endpoint = quinn::Endpoint::client(bind)
+    let mut endpoint = endpoint(bind, None)
         .map_err(|source| ProtocolError::Io { context: "cannot open a UDP socket".into(), cause: source })?;
     let crypto = QuicClientConfig::try_from(identity.client_config(ca_fingerprint)?)
         .map_err(|e| ProtocolError::Tls(format!("quic client config: {e}")))?;

@@ -51,6 +51,9 @@ pub struct TransferArgs {
     /// Where the sender's and receivers' files go (a temporary directory by default).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
+    /// Runs of each path; the fastest counts.
+    #[arg(long, default_value_t = 3, value_parser = flags::integer(1..=REPEAT_MAX))]
+    repeat: u32,
 }
 
 #[derive(clap::Args)]
@@ -146,7 +149,9 @@ async fn bench_transfer(args: &TransferArgs) -> Result<Value> {
         }
         None => tempfile::tempdir().context("cannot make a temporary directory")?,
     };
-    let report = upglobe_datasets::transfer_bench::run(dir.path(), args.size, args.connections, args.streams).await?;
+    let report =
+        upglobe_datasets::transfer_bench::run(dir.path(), args.size, args.connections, args.streams, args.repeat)
+            .await?;
     Ok(serde_json::to_value(report)?)
 }
 
