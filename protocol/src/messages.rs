@@ -23,6 +23,8 @@ pub mod limits {
     pub const UNAUTHENTICATED_CONNECTIONS_MAX: usize = 256;
     /// Largest blob (checkpoint, input or output file).
     pub const BLOB_BYTES_MAX: u64 = 16 << 30;
+    /// Blobs a worker reports holding when it joins, and that the scheduler remembers per worker.
+    pub const HOLDING_MAX: usize = 4096;
     /// Ranges in one request for slices of a blob.
     pub const SLICE_RANGES_MAX: usize = 4096;
     /// Datasets one scheduler keeps by name, and the bytes of a dataset's name (a path).
@@ -349,6 +351,11 @@ pub enum FromWorker {
     StateServed {
         request: u64,
         served: Result<BlobHash, String>,
+    },
+    /// Blobs the worker's cache holds (the most recently used, at most [`limits::HOLDING_MAX`]),
+    /// sent once it joins: the scheduler then places chunks where their inputs already are.
+    Holding {
+        blobs: Vec<BlobHash>,
     },
 }
 
@@ -715,6 +722,10 @@ pub struct JobStatus {
     pub running_ms: u64,
     pub failures: Vec<Failure>,
     pub disagreements: u64,
+    /// Chunk assignments since the scheduler started, and how many went to a worker that already
+    /// held every input (locality: nothing to fetch).
+    pub assignments: u64,
+    pub assignments_local: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -397,6 +397,7 @@ impl Owner {
                 }
                 match message {
                     FromWorker::Heartbeat { running } => self.core.handle_heartbeat(now, worker, &running),
+                    FromWorker::Holding { blobs } => self.core.handle_holding(worker, &blobs),
                     FromWorker::Finished { assignment, outcome, usage, signature } => {
                         let evidence = match &outcome {
                             Outcome::Completed(output) => self.evidence(output_blobs(output)),

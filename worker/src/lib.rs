@@ -216,6 +216,13 @@ async fn session(node: &Node, identity: &PeerIdentity) -> Result<String> {
     let running: RunningMap = Arc::default();
     let (outbox, messages) = mpsc::unbounded_channel();
     let writer = tokio::spawn(frame::pump(send, messages));
+    // What the cache holds, most recently used first: the scheduler places chunks where their
+    // inputs already are.
+    let mut cached = node.blobs.list().unwrap_or_default();
+    cached.sort_by_key(|entry| std::cmp::Reverse(entry.2));
+    let blobs =
+        cached.into_iter().take(upglobe_protocol::messages::limits::HOLDING_MAX).map(|(hash, ..)| hash).collect();
+    let _ = outbox.send(FromWorker::Holding { blobs });
     let heartbeat = tokio::spawn(heartbeats(
         outbox.clone(),
         running.clone(),

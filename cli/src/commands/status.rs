@@ -74,6 +74,8 @@ pub fn status_json(status: &JobStatus) -> Value {
         "chunks_running": status.chunks_running,
         "running_s": status.running_ms as f64 / 1000.0,
         "disagreements": status.disagreements,
+        "assignments": status.assignments,
+        "assignments_local": status.assignments_local,
         "failures": status.failures.iter().map(|f| json!({
             "chunk": f.chunk,
             "worker": f.worker.map(|w| w.to_hex()),
@@ -113,6 +115,12 @@ fn print_statuses(jobs: &[JobStatus], detailed: bool) {
             println!("job {} failed: {reason}", status.id);
         }
         if detailed {
+            if status.assignments > 0 {
+                println!(
+                    "locality: {} of {} assignments went to a worker that already held the inputs",
+                    status.assignments_local, status.assignments
+                );
+            }
             if status.disagreements > 0 {
                 println!("{} results disagreed with the verified ones", status.disagreements);
             }

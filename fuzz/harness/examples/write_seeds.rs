@@ -151,6 +151,23 @@ fn frame_seeds(fuzz: &Path) {
         )
         .unwrap()
     });
+    frame("stream-has-blob", &|b| encode_into(&StreamRequest::HasBlob { hash: BlobHash([5; 32]) }, b).unwrap());
+    let holding = FromWorker::Holding { blobs: vec![BlobHash([5; 32]), BlobHash([6; 32])] };
+    frame("from-worker-holding", &|b| encode_into(&holding, b).unwrap());
+    let add = upglobe_protocol::messages::DatasetRequest::Add {
+        hash: BlobHash([7; 32]),
+        name: "traj".into(),
+        kind: upglobe_protocol::messages::DatasetKind::Directory,
+        directory: None,
+    };
+    for (name, request) in [
+        ("add", add),
+        ("list", upglobe_protocol::messages::DatasetRequest::List),
+        ("remove", upglobe_protocol::messages::DatasetRequest::Remove { hash: BlobHash([7; 32]) }),
+    ] {
+        let message = StreamRequest::Client(ClientRequest::Datasets(request));
+        frame(&format!("client-datasets-{name}"), &|b| encode_into(&message, b).unwrap());
+    }
     frame("stream-put-blob", &|b| {
         encode_into(&StreamRequest::PutBlob { hash: BlobHash([5; 32]), size: 77 }, b).unwrap()
     });
@@ -239,6 +256,8 @@ fn frame_seeds(fuzz: &Path) {
         running_ms: 6000,
         failures: vec![Failure { chunk: 3, worker: Some(WorkerId([9; 32])), reason: "timeout".into() }],
         disagreements: 1,
+        assignments: 3,
+        assignments_local: 2,
     };
     let states = [JobState::Waiting, JobState::Running, JobState::Completed, JobState::Cancelled];
     let statuses: Vec<JobStatus> =

@@ -208,6 +208,34 @@ struct Worker {
     owner: String,
     signing_key: PublicKey,
     standing: Standing,
+    /// Blobs it probably holds in its cache, for placing chunks where their inputs are.
+    holding: Holding,
+}
+
+/// Blobs a worker probably holds: what it said it held when it joined, what it was sent to fetch
+/// and what it produced. A guess (its cache may have evicted some), bounded: the oldest is
+/// forgotten first.
+#[derive(Debug, Clone, Default)]
+struct Holding {
+    order: std::collections::VecDeque<BlobHash>,
+    set: std::collections::HashSet<BlobHash>,
+}
+
+impl Holding {
+    fn insert(&mut self, blob: BlobHash) {
+        if !self.set.insert(blob) {
+            return;
+        }
+        self.order.push_back(blob);
+        if self.order.len() > upglobe_protocol::messages::limits::HOLDING_MAX {
+            let oldest = self.order.pop_front().expect("over the bound");
+            self.set.remove(&oldest);
+        }
+    }
+
+    fn contains(&self, blob: &BlobHash) -> bool {
+        self.set.contains(blob)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -230,6 +258,10 @@ struct Job {
     started_ms: Option<u64>,
     failures: Vec<Failure>,
     disagreements: u64,
+    /// Assignments of its chunks since this scheduler started, and how many of them went to a
+    /// worker that already held every input.
+    placed: u64,
+    placed_local: u64,
 }
 
 /// One worker's result for a chunk.
@@ -407,8 +439,11 @@ impl Core {
         if self.workers.get(&worker).is_some_and(|w| w.connected) {
             self.handle_worker_left(now, worker, "it joined again");
         }
-        let (completed, standing) =
-            self.workers.get(&worker).map_or((0, Standing::default()), |w| (w.completed, w.standing));
+        // What it holds survives a reconnection (its cache is on its disk).
+        let (completed, standing, holding) = self
+            .workers
+            .get(&worker)
+            .map_or((0, Standing::default(), Holding::default()), |w| (w.completed, w.standing, w.holding.clone()));
         let entry = Worker {
             name: hello.name.clone(),
             connected: true,
@@ -423,6 +458,7 @@ impl Core {
             owner: hello.owner.clone().unwrap_or_else(|| worker.to_string()),
             signing_key: hello.signing_key,
             standing,
+            holding,
         };
         self.workers.insert(worker, entry);
         // More cpus may widen the windows of running array jobs.
@@ -451,6 +487,14 @@ impl Core {
 
     /// Renews the leases the worker reports as running. A lease it does not mention (a task that died
     /// without an answer, an assignment that never arrived) is not renewed and expires in its time.
+    /// What a worker's cache holds, as it says when it joins (bounded by the message check).
+    pub fn handle_holding(&mut self, worker: WorkerId, blobs: &[BlobHash]) {
+        let Some(w) = self.workers.get_mut(&worker) else { return };
+        for blob in blobs.iter().take(upglobe_protocol::messages::limits::HOLDING_MAX) {
+            w.holding.insert(*blob);
+        }
+    }
+
     pub fn handle_heartbeat(&mut self, now: u64, worker: WorkerId, running: &[Progress]) {
         let deadline = now + self.config.lease_timeout_ms;
         for progress in running {
@@ -524,6 +568,9 @@ impl Core {
             (Outcome::Completed(output), Ok(())) => {
                 if let Some(w) = self.workers.get_mut(&worker) {
                     w.completed += 1;
+                    for blob in output.blobs() {
+                        w.holding.insert(blob);
+                    }
                 }
                 self.add_result(now, chunk_id, worker, assignment, output);
             }
@@ -612,6 +659,8 @@ impl Core {
             started_ms: None,
             failures: Vec::new(),
             disagreements: 0,
+            placed: 0,
+            placed_local: 0,
         };
         self.jobs.insert(id, job);
     }
@@ -999,8 +1048,32 @@ impl Core {
             .filter(|(id, w)| {
                 eligible(id, w) && needs.fits_in(&w.free) && (!others_exist || !chunk.failed_by.contains(id))
             })
-            .min_by(|(a_id, a), (b_id, b)| placement_order(a, b).then(a_id.cmp(b_id)))
+            // Locality first, where it matters: bytes of the chunk's inputs the worker already holds
+            // need not move. Below LOCALITY_BYTES_MIN moving them costs less than piling work on one
+            // worker (and replicas of small MD chains should meet different workers).
+            .min_by(|(a_id, a), (b_id, b)| {
+                let weight = |held: u64| if held >= LOCALITY_BYTES_MIN { held } else { 0 };
+                let (held_a, held_b) = (weight(self.held_bytes(a, chunk_id)), weight(self.held_bytes(b, chunk_id)));
+                held_b.cmp(&held_a).then(placement_order(a, b)).then(a_id.cmp(b_id))
+            })
             .map(|(id, _)| *id)
+    }
+
+    /// A chunk's input blobs with their sizes (an MD state's, estimated from its atoms).
+    fn chunk_inputs(&self, chunk_id: ChunkId) -> Vec<(BlobHash, u64)> {
+        match &self.jobs[&chunk_id.job].spec.kind {
+            JobKind::Md(md) => {
+                let size = md.atoms.saturating_mul(STATE_BYTES_PER_ATOM);
+                self.chunks.get(&chunk_id).and_then(|c| c.input).map(|i| (i, size)).into_iter().collect()
+            }
+            JobKind::Command(command) => command.inputs.iter().map(|f| (f.blob, f.size.max(1))).collect(),
+            JobKind::Empty { .. } => Vec::new(),
+        }
+    }
+
+    /// Bytes of a chunk's inputs a worker holds.
+    fn held_bytes(&self, worker: &Worker, chunk_id: ChunkId) -> u64 {
+        self.chunk_inputs(chunk_id).iter().filter(|(blob, _)| worker.holding.contains(blob)).map(|(_, size)| size).sum()
     }
 
     /// Whether some worker has room for a job's chunks right now.
@@ -1015,6 +1088,17 @@ impl Core {
             // The first worker's standing decides: a trusted one runs the chunk alone.
             let target = self.adaptive_target(chunk_id, worker);
             self.chunks.get_mut(&chunk_id).expect("open").target = target;
+        }
+        let inputs = self.chunk_inputs(chunk_id);
+        let w = self.workers.get_mut(&worker).expect("assigning to a known worker");
+        let local = inputs.iter().all(|(blob, _)| w.holding.contains(blob));
+        // It fetches what it lacks: afterwards it holds them.
+        for (blob, _) in &inputs {
+            w.holding.insert(*blob);
+        }
+        if let Some(job) = self.jobs.get_mut(&chunk_id.job) {
+            job.placed += 1;
+            job.placed_local += u64::from(local && !inputs.is_empty());
         }
         let task = self.task(chunk_id);
         let id = self.lease(now, chunk_id, worker, task, None);
@@ -1144,6 +1228,8 @@ impl Core {
             running_ms: job.started_ms.map_or(0, |s| now.saturating_sub(s)),
             failures: job.failures.clone(),
             disagreements: job.disagreements,
+            assignments: job.placed,
+            assignments_local: job.placed_local,
         })
     }
 
@@ -1235,6 +1321,12 @@ impl Chunk {
 
 /// Which of two workers should take the next chunk: the less loaded (the smaller share of its cpus
 /// in use), then the one that has waited longer since its last assignment.
+/// Inputs a worker holds count for placing a chunk from this size on (about a second on a home
+/// link); smaller ones move faster than the work they would pile on one worker.
+pub const LOCALITY_BYTES_MIN: u64 = 64 << 20;
+/// About what an MD state takes per atom (positions, velocities, images: integers).
+const STATE_BYTES_PER_ATOM: u64 = 56;
+
 fn placement_order(a: &Worker, b: &Worker) -> std::cmp::Ordering {
     let used = |w: &Worker| (w.capacity.cpus - w.free.cpus) as u64;
     // used_a / capacity_a against used_b / capacity_b, without division.

@@ -189,6 +189,7 @@ impl Worker {
             owner: String::new(),
             signing_key: PublicKey::default(),
             standing: Standing { failures: disagreements, ..Standing::default() },
+            holding: Default::default(),
         }
     }
 }
