@@ -94,3 +94,43 @@ fn a_worker_killed_mid_download_resumes_and_is_sent_little_twice() {
         .unwrap_or_else(|e| panic!("no sum.txt under {}: {e}", out.display()));
     assert_eq!(summed.split_whitespace().next().unwrap(), sha256(&input));
 }
+
+/// Each worker fetches an input the other already holds: the scheduler names the holder with the
+/// assignment, and the download takes slices from both.
+#[test]
+fn two_workers_fetch_inputs_from_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 0);
+    let mut hashes = Vec::new();
+    for (k, name) in ["one.bin", "two.bin"].iter().enumerate() {
+        let path = dir.path().join(name);
+        let bytes: Vec<u8> = (0..24usize << 20).map(|i| (i.wrapping_mul(31 + k) >> 3) as u8).collect();
+        std::fs::write(&path, bytes).unwrap();
+        let put = cluster.json(&["dataset", "put", path.to_str().unwrap()]);
+        hashes.push(put[0]["hash"].as_str().unwrap().to_string());
+    }
+    cluster.add_worker(&["--allow-commands"]);
+    cluster.add_worker(&["--allow-commands"]);
+    cluster.wait_for("two workers", Duration::from_secs(30), |c| c.connected_workers() == 2);
+    // Each job goes to the worker that waited longest: one, two, then two on the first worker and
+    // one on the second, so each fetches what the other already holds.
+    for (k, input) in [0, 1, 1, 0].into_iter().enumerate() {
+        let workflow = format!(
+            "name = \"count{k}\"\n[jobs.count]\nkind = \"command\"\nargv = [\"sh\", \"-c\", \"wc -c < in.bin > n.txt\"]\n\
+             inputs = [{{ name = \"in.bin\", dataset = \"{}\" }}]\noutputs = [\"n.txt\"]\n",
+            hashes[input]
+        );
+        let job = cluster.submit(&workflow);
+        cluster.wait_for("the job to complete", Duration::from_secs(60), |c| c.job(&job)["state"] == "completed");
+    }
+    for worker in &cluster.workers {
+        let log = worker.log();
+        let from_peer = log.lines().filter(|l| l.contains("fetched")).any(|line| {
+            let sources = line.split_whitespace().find_map(|f| f.strip_prefix("sources=")).unwrap_or("");
+            sources.split(',').any(|s| s.starts_with("peer ") || s.contains("peer"))
+                && sources.split(',').filter(|s| s.contains("peer")).any(|s| !s.ends_with(":0"))
+        });
+        let all: Vec<String> = cluster.workers.iter().map(|w| w.log()).collect();
+        assert!(from_peer, "{} fetched nothing from a peer:\n{}", worker.name, all.join("\n"));
+    }
+}

@@ -79,6 +79,8 @@ pub struct Report {
     pub received_bytes: u64,
     /// Sources dropped for this download, with the reason.
     pub dropped: Vec<(String, String)>,
+    /// Data bytes each source delivered (verified), by name, in the order the sources were given.
+    pub per_source: Vec<(String, u64)>,
 }
 
 /// Whether the peer already holds a blob (it then keeps it as if it had just been stored).
@@ -176,6 +178,7 @@ pub async fn download_from(sources: &[Source], store: &BlobStore, hash: BlobHash
         return Ok(Report { size, resumed_bytes: size, ..Report::default() });
     }
     let alive: Vec<Arc<AtomicBool>> = sources.iter().map(|_| Arc::new(AtomicBool::new(true))).collect();
+    let delivered: Vec<Arc<AtomicU64>> = sources.iter().map(|_| Arc::new(AtomicU64::new(0))).collect();
     let dropped = Arc::new(Mutex::new(Vec::new()));
     let pacer = options.rate_bytes_per_s.map(|rate| Arc::new(Pacer::new(rate)));
     let drop_source = |k: usize, reason: String| {
@@ -220,7 +223,10 @@ pub async fn download_from(sources: &[Source], store: &BlobStore, hash: BlobHash
             Ok::<_, DatasetError>((made, outcome))
         };
         match proved.await {
-            Ok((made, Ok(_))) => partial = Some(Arc::try_unwrap(made).expect("the decoder is done")),
+            Ok((made, Ok(decoded))) => {
+                delivered[k].fetch_add(decoded.verified_bytes, Ordering::Relaxed);
+                partial = Some(Arc::try_unwrap(made).expect("the decoder is done"));
+            }
             Ok((_, Err((_, e)))) | Err(e) if is_local(&e) => {
                 store.remove_partial(&hash);
                 return Err(e);
@@ -256,6 +262,7 @@ pub async fn download_from(sources: &[Source], store: &BlobStore, hash: BlobHash
                 let (queue, partial, alive, dropped, fatal) =
                     (queue.clone(), partial.clone(), alive[k].clone(), dropped.clone(), fatal.clone());
                 let (received, verified, pacer) = (received.clone(), progress.verified.clone(), pacer.clone());
+                let delivered = delivered[k].clone();
                 streams.spawn(async move {
                     while alive.load(Ordering::Relaxed) && fatal.lock().expect("fatal").is_none() {
                         let Some(piece) = queue.lock().expect("piece queue").pop_front() else { break };
@@ -272,6 +279,10 @@ pub async fn download_from(sources: &[Source], store: &BlobStore, hash: BlobHash
                             }
                             Err(e) => Err((slices::Decoded::default(), e)),
                         };
+                        let verified_here = match &outcome {
+                            Ok(decoded) | Err((decoded, _)) => decoded.verified_bytes,
+                        };
+                        delivered.fetch_add(verified_here, Ordering::Relaxed);
                         if let Err((decoded, e)) = outcome {
                             let rest = piece - decoded.verified;
                             if !rest.is_empty() {
@@ -297,7 +308,9 @@ pub async fn download_from(sources: &[Source], store: &BlobStore, hash: BlobHash
     let partial = Arc::try_unwrap(partial).expect("every stream is done");
     partial.finish(store)?;
     let dropped = dropped.lock().expect("dropped sources").clone();
-    Ok(Report { size, resumed_bytes, received_bytes: received.load(Ordering::Relaxed), dropped })
+    let per_source =
+        sources.iter().zip(&delivered).map(|(s, bytes)| (s.name.clone(), bytes.load(Ordering::Relaxed))).collect();
+    Ok(Report { size, resumed_bytes, received_bytes: received.load(Ordering::Relaxed), dropped, per_source })
 }
 
 /// Failures of this machine (a full disk, a file that cannot be written), not of a source.

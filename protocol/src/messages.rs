@@ -23,6 +23,10 @@ pub mod limits {
     pub const UNAUTHENTICATED_CONNECTIONS_MAX: usize = 256;
     /// Largest blob (checkpoint, input or output file).
     pub const BLOB_BYTES_MAX: u64 = 16 << 30;
+    /// Workers named as sources of one assignment's inputs.
+    pub const PEER_SOURCES_MAX: usize = 8;
+    /// Workers serving blobs to one worker at once.
+    pub const PEER_CONNECTIONS_MAX: usize = 64;
     /// Blobs a worker reports holding when it joins, and that the scheduler remembers per worker.
     pub const HOLDING_MAX: usize = 4096;
     /// Ranges in one request for slices of a blob.
@@ -199,6 +203,26 @@ pub struct Assignment {
     pub chunk: ChunkId,
     pub task: Task,
     pub resources: Resources,
+    /// Other workers that hold the task's inputs and serve them to peers: a download asks them for
+    /// slices beside the scheduler (at most [`limits::PEER_SOURCES_MAX`]).
+    pub sources: Vec<PeerSource>,
+}
+
+/// A worker that serves a blob to its peers, as the scheduler knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSource {
+    pub blob: BlobHash,
+    /// Its certificate's key id: the fetching worker accepts no other server.
+    pub worker: WorkerId,
+    /// `HOST:PORT` it serves peers on.
+    pub address: String,
+}
+
+/// The first frame a worker sends on a connection to a peer that serves blobs: proof that it
+/// holds the cluster's worker secret, bound to both ends (see [`crate::token::peer_proof`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerHello {
+    pub proof: [u8; 32],
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -327,6 +351,8 @@ pub struct Hello {
     /// The hub (lab, operator) the node belongs to; nodes of one owner never verify each other.
     /// None: the node is its own owner.
     pub owner: Option<String>,
+    /// `HOST:PORT` where it serves its cache to other workers, if it does.
+    pub peer_address: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

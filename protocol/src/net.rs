@@ -89,6 +89,41 @@ pub async fn connect(token: &Token, identity: &PeerIdentity, idle_timeout: Durat
     })
 }
 
+/// An endpoint on which a worker serves its cache to other workers.
+pub fn peer_endpoint(identity: &PeerIdentity, listen: SocketAddr, idle_timeout: Duration) -> Result<quinn::Endpoint> {
+    let crypto = QuicServerConfig::try_from(identity.peer_server_config()?)
+        .map_err(|e| ProtocolError::Tls(format!("quic peer server config: {e}")))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport(idle_timeout));
+    endpoint(listen, Some(config))
+        .map_err(|source| ProtocolError::Io { context: format!("cannot listen for peers on {listen}"), cause: source })
+}
+
+/// Connects to the worker with id `peer` at `address` (as the scheduler named it).
+pub async fn connect_peer(
+    address: &str,
+    peer: crate::WorkerId,
+    identity: &PeerIdentity,
+    idle_timeout: Duration,
+) -> Result<quinn::Connection> {
+    let failed = |message: String| ProtocolError::Connection { peer: address.to_string(), message };
+    let resolved: SocketAddr = tokio::net::lookup_host(address)
+        .await
+        .map_err(|e| failed(format!("cannot resolve: {e}")))?
+        .next()
+        .ok_or_else(|| failed("the name resolves to no address".into()))?;
+    let bind: SocketAddr = if resolved.is_ipv6() { "[::]:0".parse().unwrap() } else { "0.0.0.0:0".parse().unwrap() };
+    let mut endpoint = endpoint(bind, None)
+        .map_err(|source| ProtocolError::Io { context: "cannot open a UDP socket".into(), cause: source })?;
+    let crypto = QuicClientConfig::try_from(identity.peer_client_config(peer)?)
+        .map_err(|e| ProtocolError::Tls(format!("quic peer client config: {e}")))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport(idle_timeout));
+    endpoint.set_default_client_config(config);
+    let connecting = endpoint.connect(resolved, "upglobe-peer").map_err(|e| failed(e.to_string()))?;
+    connecting.await.map_err(|e| failed(describe_connection_error(&e)))
+}
+
 /// Connects to a peer at `address` whose certificate chains to the CA with `ca_fingerprint`.
 pub async fn connect_to(
     address: SocketAddr,

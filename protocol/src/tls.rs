@@ -200,6 +200,84 @@ impl PeerIdentity {
     }
 }
 
+impl PeerIdentity {
+    /// A server configuration for serving blobs to other workers: this identity's certificate,
+    /// and a client certificate required (its key is the peer's id).
+    pub fn peer_server_config(&self) -> Result<rustls::ServerConfig> {
+        let provider = provider();
+        let verifier = Arc::new(AnyClientKey { algorithms: provider.signature_verification_algorithms });
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| tls_error("peer server config", e))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![self.certificate.clone()], self.key.clone_key())
+            .map_err(|e| tls_error("peer server certificate", e))?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(config)
+    }
+
+    /// A client configuration that accepts only the peer whose key has the id `peer`.
+    pub fn peer_client_config(&self, peer: WorkerId) -> Result<rustls::ClientConfig> {
+        let provider = provider();
+        let verifier = Arc::new(PinnedPeer { id: peer, provider: provider.clone() });
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| tls_error("peer client config", e))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_auth_cert(vec![self.certificate.clone()], self.key.clone_key())
+            .map_err(|e| tls_error("client certificate", e))?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(config)
+    }
+}
+
+/// Accepts a server only if its certificate carries the key with the id the scheduler named; the
+/// handshake signature then proves the server holds that key.
+#[derive(Debug)]
+struct PinnedPeer {
+    id: WorkerId,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedPeer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        match certificate_id(end_entity) {
+            Ok(id) if id == self.id => Ok(ServerCertVerified::assertion()),
+            _ => Err(rustls::Error::General("the peer is not the worker the scheduler named".into())),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// The id of the key in a certificate.
 pub fn certificate_id(certificate: &CertificateDer<'_>) -> Result<WorkerId> {
     let parsed = ParsedCertificate::try_from(certificate).map_err(|e| tls_error("peer certificate", e))?;

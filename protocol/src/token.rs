@@ -110,9 +110,30 @@ pub fn secrets_match(given: &str, expected: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// What a worker shows a peer to be served: a keyed hash of the cluster's worker secret over both
+/// ends' ids. Only holders of the worker token can make it, and a peer that receives it cannot
+/// replay it to a third worker.
+pub fn peer_proof(worker_secret: &str, client: &crate::WorkerId, server: &crate::WorkerId) -> [u8; 32] {
+    let key = blake3::derive_key("upglobe 2026-12 peer proof", worker_secret.as_bytes());
+    let mut hasher = blake3::Hasher::new_keyed(&key);
+    hasher.update(&client.0);
+    hasher.update(&server.0);
+    *hasher.finalize().as_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_proofs_bind_the_secret_and_both_ends() {
+        let (a, b) = (crate::WorkerId([1; 32]), crate::WorkerId([2; 32]));
+        let proof = peer_proof("secret", &a, &b);
+        assert_eq!(proof, peer_proof("secret", &a, &b));
+        assert_ne!(proof, peer_proof("other", &a, &b));
+        assert_ne!(proof, peer_proof("secret", &b, &a));
+        assert_ne!(proof, peer_proof("secret", &a, &crate::WorkerId([3; 32])));
+    }
 
     #[test]
     fn round_trips() {

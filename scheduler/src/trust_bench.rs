@@ -485,6 +485,7 @@ fn hello(node: &SimNode, index: usize, cpus: u32) -> Hello {
         signing_key: node.key.public(),
         // Every node is its own owner: colluders come from different owners on purpose.
         owner: Some(format!("owner-{index}")),
+        peer_address: None,
     }
 }
 

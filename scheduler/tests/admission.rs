@@ -29,6 +29,7 @@ async fn another_protocol_version_is_refused_with_a_reason() {
         role: upglobe_protocol::trust::NodeRole::Worker,
         signing_key: common::key().public(),
         owner: None,
+        peer_address: None,
     };
     frame::write(&mut send, &Greeting::Worker(hello)).await.unwrap();
     let answer = tokio::time::timeout(Duration::from_secs(10), frame::read::<ToWorker, _>(&mut recv)).await.unwrap();
@@ -154,6 +155,7 @@ fn worker_hello(scheduler: &Scheduler, name: &str) -> Hello {
         role: upglobe_protocol::trust::NodeRole::Worker,
         signing_key: common::key().public(),
         owner: None,
+        peer_address: None,
     }
 }
 

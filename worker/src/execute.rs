@@ -27,22 +27,30 @@ impl From<Output> for Executed {
     }
 }
 
+/// What fetching a task's inputs needs: the scheduler's connection, the cache, this worker's
+/// identity (to prove itself to peers) and the peers the scheduler named as sources.
+#[derive(Clone, Copy)]
+pub struct Fetcher<'a> {
+    pub config: &'a WorkerConfig,
+    pub connection: &'a quinn::Connection,
+    pub blobs: &'a BlobStore,
+    pub identity: &'a upglobe_protocol::tls::PeerIdentity,
+    pub peers: &'a [upglobe_protocol::messages::PeerSource],
+}
+
 /// Runs an assignment; `Err` carries the reason of a failure, in words for the job's status.
 pub async fn run(
-    config: &WorkerConfig,
-    blobs: &BlobStore,
-    connection: &quinn::Connection,
+    fetcher: &Fetcher<'_>,
     assignment: Assignment,
     cancel: Arc<AtomicBool>,
     steps_done: Arc<AtomicU64>,
     pinned: Arc<Mutex<Vec<BlobHash>>>,
 ) -> Result<Executed, String> {
+    let (config, blobs) = (fetcher.config, fetcher.blobs);
     match assignment.task {
         Task::Empty { value } => Ok(Output::Empty { value }.into()),
         Task::Md { input, steps, thermo_every, thermo_at_start, chain_every } => {
-            let bytes = fetch_verified(config, connection, blobs, input)
-                .await
-                .map_err(|e| format!("fetching the input state: {e}"))?;
+            let bytes = fetch_verified(fetcher, input).await.map_err(|e| format!("fetching the input state: {e}"))?;
             let device = match &config.device {
                 Device::Cpu { threads: 0 } => Device::Cpu { threads: assignment.resources.cpus.max(1) as usize },
                 other => other.clone(),
@@ -63,7 +71,7 @@ pub async fn run(
             }
             let scratch = config.data_dir.join("work").join(assignment.id.0.to_string());
             let command = CommandTask { argv, inputs, outputs, timeout: Duration::from_secs(timeout_s) };
-            let result = run_command(config, blobs, connection, &scratch, &command, &cancel).await;
+            let result = run_command(fetcher, &scratch, &command, &cancel).await;
             let _ = std::fs::remove_dir_all(&scratch);
             result.map(Executed::from)
         }
@@ -72,18 +80,14 @@ pub async fn run(
 
 /// A blob's bytes, fetched if missing, and fetched again if the local copy is corrupt (a cached copy
 /// that rotted would otherwise fail every attempt on this worker).
-async fn fetch_verified(
-    config: &WorkerConfig,
-    connection: &quinn::Connection,
-    blobs: &BlobStore,
-    hash: BlobHash,
-) -> Result<Vec<u8>, upglobe_datasets::DatasetError> {
-    fetch(config, connection, blobs, hash).await?;
+async fn fetch_verified(fetcher: &Fetcher<'_>, hash: BlobHash) -> Result<Vec<u8>, upglobe_datasets::DatasetError> {
+    let blobs = fetcher.blobs;
+    fetch(fetcher, hash).await?;
     match blobs.get(&hash) {
         Err(upglobe_datasets::DatasetError::Corrupt { .. }) => {
             tracing::warn!(blob = %hash.short(), "cached blob is corrupt; fetching it again");
             blobs.remove(&hash)?;
-            fetch(config, connection, blobs, hash).await?;
+            fetch(fetcher, hash).await?;
             blobs.get(&hash)
         }
         other => other,
@@ -92,12 +96,8 @@ async fn fetch_verified(
 
 /// Fetches a blob from the scheduler in verified slices (resuming what an earlier attempt, or an
 /// earlier run of this worker, verified), at the worker's download rate, logging progress.
-pub async fn fetch(
-    config: &WorkerConfig,
-    connection: &quinn::Connection,
-    blobs: &BlobStore,
-    hash: BlobHash,
-) -> Result<transfer::Report, upglobe_datasets::DatasetError> {
+pub async fn fetch(fetcher: &Fetcher<'_>, hash: BlobHash) -> Result<transfer::Report, upglobe_datasets::DatasetError> {
+    let Fetcher { config, connection, blobs, .. } = *fetcher;
     if blobs.contains(&hash) {
         return transfer::download(connection, blobs, hash).await;
     }
@@ -108,9 +108,17 @@ pub async fn fetch(
         options.streams_per_source = 1;
         options.piece_bytes = (rate / 2).clamp(1 << 20, 8 << 20);
     }
-    let source = transfer::Source { name: "scheduler".into(), connection: connection.clone() };
+    let mut sources = vec![transfer::Source { name: "scheduler".into(), connection: connection.clone() }];
+    for peer in fetcher.peers.iter().filter(|p| p.blob == hash) {
+        match crate::peers::connect(fetcher.identity, &config.token.secret, peer).await {
+            Ok(connection) => {
+                sources.push(transfer::Source { name: format!("peer {}", peer.worker.short()), connection })
+            }
+            Err(e) => tracing::info!(peer = %peer.address, error = %e, "a peer holding the input is out of reach"),
+        }
+    }
     let progress = options.progress.clone();
-    let download = transfer::download_from(std::slice::from_ref(&source), blobs, hash, &options);
+    let download = transfer::download_from(&sources, blobs, hash, &options);
     tokio::pin!(download);
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
     tick.tick().await;
@@ -126,12 +134,17 @@ pub async fn fetch(
             }
         }
     };
+    for source in &sources[1..] {
+        source.connection.close(0u32.into(), b"fetched");
+    }
     if report.size > 0 {
+        let from: Vec<String> = report.per_source.iter().map(|(name, bytes)| format!("{name}:{bytes}")).collect();
         tracing::info!(
             blob = %hash.short(),
             size = report.size,
             resumed = report.resumed_bytes,
             received = report.received_bytes,
+            sources = %from.join(","),
             "fetched"
         );
     }
@@ -250,19 +263,18 @@ fn contained(name: &str) -> Result<PathBuf, String> {
 }
 
 async fn run_command(
-    config: &WorkerConfig,
-    blobs: &BlobStore,
-    connection: &quinn::Connection,
+    fetcher: &Fetcher<'_>,
     scratch: &Path,
     task: &CommandTask,
     cancel: &AtomicBool,
 ) -> Result<Output, String> {
+    let blobs = fetcher.blobs;
     let _ = std::fs::remove_dir_all(scratch);
     let files = scratch.join("files");
     std::fs::create_dir_all(&files).map_err(|e| format!("cannot create {}: {e}", files.display()))?;
     for input in &task.inputs {
         let target = files.join(contained(&input.name)?);
-        fetch(config, connection, blobs, input.blob).await.map_err(|e| format!("fetching '{}': {e}", input.name))?;
+        fetch(fetcher, input.blob).await.map_err(|e| format!("fetching '{}': {e}", input.name))?;
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         }

@@ -6,6 +6,7 @@
 
 pub mod cheat;
 pub mod execute;
+pub mod peers;
 pub mod resources;
 mod retained;
 
@@ -60,6 +61,11 @@ pub struct WorkerConfig {
     /// first out; what running tasks use is never evicted, nor the intermediate states of chunks
     /// that are not settled.
     pub cache_bytes_max: u64,
+    /// Where to serve this worker's cache to other workers (`None`: not at all), and the
+    /// `HOST:PORT` they should dial (default: the address this worker reaches the scheduler from,
+    /// with the port it listens on).
+    pub peer_listen: Option<std::net::SocketAddr>,
+    pub peer_advertise: Option<String>,
     /// Holds downloads (inputs, states) to this many bytes per second, for a worker on a link it
     /// shares with people; `None`: as fast as the path allows.
     pub download_rate: Option<u64>,
@@ -85,6 +91,8 @@ impl WorkerConfig {
             backoff_max: Duration::from_secs(10),
             cache_bytes_max: CACHE_BYTES_DEFAULT,
             download_rate: None,
+            peer_listen: Some(std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
+            peer_advertise: None,
             role: NodeRole::Worker,
             owner: None,
         }
@@ -121,11 +129,29 @@ pub async fn run(
     };
     let key = Arc::new(load_or_create_key(&config.data_dir)?);
     let blobs = BlobStore::open(config.data_dir.join("blobs"))?;
+    let peer_port = match config.peer_listen {
+        Some(listen) => {
+            let port =
+                peers::serve(&identity, blobs.clone(), listen, config.token.secret.clone(), config.idle_timeout)?;
+            tracing::info!(port, "serving the cache to peers");
+            Some(port)
+        }
+        None => None,
+    };
+    let identity = Arc::new(identity);
     let config = Arc::new(config);
     // Intermediate states outlive a session: a scheduler that restarts may still audit them.
     let retained = Retained::default();
     let serving = Arc::new(tokio::sync::Semaphore::new(SERVES_AT_ONCE_MAX));
-    let node = Node { config: config.clone(), key, blobs: blobs.clone(), retained, serving };
+    let node = Node {
+        config: config.clone(),
+        key,
+        blobs: blobs.clone(),
+        retained,
+        serving,
+        identity: identity.clone(),
+        peer_port,
+    };
     tokio::pin!(shutdown);
     let mut backoff = BACKOFF_START;
     loop {
@@ -177,6 +203,9 @@ struct Node {
     blobs: BlobStore,
     retained: Retained,
     serving: Arc<tokio::sync::Semaphore>,
+    identity: Arc<PeerIdentity>,
+    /// The port it serves peers on, if it does.
+    peer_port: Option<u16>,
 }
 
 /// One connection to the scheduler; returns why it ended.
@@ -195,6 +224,13 @@ async fn session(node: &Node, identity: &PeerIdentity) -> Result<String> {
         role: config.role,
         signing_key: node.key.public(),
         owner: config.owner.clone(),
+        peer_address: match (&config.peer_advertise, node.peer_port) {
+            (Some(advertised), Some(_)) => Some(advertised.clone()),
+            // Where peers reach it: the address it reaches the scheduler from.
+            (None, Some(port)) => peers::local_ip_towards(connection.remote_address())
+                .map(|ip| std::net::SocketAddr::new(ip, port).to_string()),
+            (_, None) => None,
+        },
     };
     frame::write(&mut send, &Greeting::Worker(hello)).await?;
     let welcome = match frame::read::<ToWorker, _>(&mut recv).await {
@@ -319,7 +355,10 @@ fn start_task(
         };
         tracing::debug!(assignment = %id, %chunk, "started");
         let (config, blobs) = (&node.config, &node.blobs);
-        let executed = execute::run(config, blobs, &connection, assignment, cancel.clone(), steps_done, pinned).await;
+        let fetcher = execute::Fetcher { config, connection: &connection, blobs, identity: &node.identity, peers: &[] };
+        let sources = assignment.sources.clone();
+        let fetcher = execute::Fetcher { peers: &sources, ..fetcher };
+        let executed = execute::run(&fetcher, assignment, cancel.clone(), steps_done, pinned).await;
         if cancel.load(Ordering::Relaxed) {
             running.lock().expect("running map").remove(&id);
             return;

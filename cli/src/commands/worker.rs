@@ -59,6 +59,17 @@ pub struct NodeArgs {
     /// first, never those of running tasks.
     #[arg(long, value_name = "BYTES", default_value_t = upglobe_worker::CACHE_BYTES_DEFAULT, value_parser = flags::integer(CACHE_BYTES))]
     cache_size: u64,
+    /// UDP address to serve this worker's cache to other workers on (they fetch inputs from each
+    /// other, verified, beside the scheduler). Default: any address, a free port.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:0", conflicts_with = "no_peers")]
+    serve_peers: std::net::SocketAddr,
+    /// Do not serve the cache to other workers.
+    #[arg(long)]
+    no_peers: bool,
+    /// HOST:PORT other workers should dial to reach this one (behind NAT: the forwarded port).
+    /// Default: the address this worker reaches the scheduler from, with the port it serves on.
+    #[arg(long, value_name = "HOST:PORT")]
+    peer_advertise: Option<String>,
     /// Hold downloads to this rate (e.g. 50MB, 10MiB: bytes per second), on a link shared with
     /// people. Default: as fast as the path allows.
     #[arg(long, value_name = "BYTES_PER_S", value_parser = flags::bytes(DOWNLOAD_RATE))]
@@ -147,6 +158,8 @@ fn node_config(context: &Context, args: NodeArgs, role: NodeRole) -> Result<Work
     config.idle_timeout = args.idle_timeout;
     config.cache_bytes_max = args.cache_size;
     config.download_rate = args.download_rate;
+    config.peer_listen = (!args.no_peers).then_some(args.serve_peers);
+    config.peer_advertise = args.peer_advertise;
     Ok(config)
 }
 

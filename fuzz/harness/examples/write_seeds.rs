@@ -87,6 +87,7 @@ fn frame_seeds(fuzz: &Path) {
         role: NodeRole::Worker,
         signing_key: PublicKey([4; 32]),
         owner: Some("lab-a".into()),
+        peer_address: Some("192.0.2.7:7413".into()),
     };
     let client_hello = ClientHello { protocol: 1, secret: "s3cret".into(), software: "upglobe 0.1.0".into() };
     frame("greeting-worker", &|b| encode_into(&Greeting::Worker(hello.clone()), b).unwrap());
@@ -129,7 +130,12 @@ fn frame_seeds(fuzz: &Path) {
     frame("to-worker-welcome", &|b| encode_into(&ToWorker::Welcome(welcome.clone()), b).unwrap());
     frame("to-worker-refused", &|b| encode_into(&ToWorker::Refused { reason: "bad secret".into() }, b).unwrap());
     for (name, task) in tasks {
-        let message = ToWorker::Assign(Assignment { id: AssignmentId(8), chunk, task, resources });
+        let sources = vec![upglobe_protocol::messages::PeerSource {
+            blob: BlobHash([6; 32]),
+            worker: WorkerId([2; 32]),
+            address: "192.0.2.8:7413".into(),
+        }];
+        let message = ToWorker::Assign(Assignment { id: AssignmentId(8), chunk, task, resources, sources });
         frame(&format!("to-worker-assign-{name}"), &|b| encode_into(&message, b).unwrap());
     }
     frame("to-worker-cancel", &|b| {

@@ -133,6 +133,12 @@ pub fn check_hello(hello: &Hello) -> Result<(), String> {
     if let Some(owner) = &hello.owner {
         upglobe_protocol::messages::check_name(owner).map_err(|e| format!("the owner name {e}"))?;
     }
+    if let Some(address) = &hello.peer_address {
+        check_text("the peer address", address, DESCRIPTION_BYTES_MAX)?;
+        if address.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+            return Err(format!("the peer address {address:?} is not HOST:PORT"));
+        }
+    }
     check_resources("the worker", &hello.resources)
 }
 

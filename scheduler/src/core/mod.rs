@@ -29,8 +29,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use trust::{Check, CheckId, TrustTimer};
 use upglobe_protocol::messages::{
-    Assignment, Failure, Hello, JobKind, JobSpec, JobState, JobStatus, Outcome, Output, Progress, Resources,
-    Submission, Task, ToWorker, WorkerStatus,
+    Assignment, Failure, Hello, JobKind, JobSpec, JobState, JobStatus, Outcome, Output, PeerSource, Progress,
+    Resources, Submission, Task, ToWorker, WorkerStatus,
 };
 use upglobe_protocol::trust::{
     Finality, NodeRole, PublicKey, ResultStatement, Signature, TrustEvent, TrustEventKind, Usage, Verification,
@@ -210,6 +210,8 @@ struct Worker {
     standing: Standing,
     /// Blobs it probably holds in its cache, for placing chunks where their inputs are.
     holding: Holding,
+    /// Where it serves its cache to other workers, if it does.
+    peer_address: Option<String>,
 }
 
 /// Blobs a worker probably holds: what it said it held when it joined, what it was sent to fetch
@@ -459,6 +461,7 @@ impl Core {
             signing_key: hello.signing_key,
             standing,
             holding,
+            peer_address: hello.peer_address.clone(),
         };
         self.workers.insert(worker, entry);
         // More cpus may widen the windows of running array jobs.
@@ -1123,6 +1126,7 @@ impl Core {
             Task::Md { input, .. } => Some(*input),
             _ => None,
         };
+        let sources = self.peer_sources(worker, &task);
         let w = self.workers.get_mut(&worker).expect("assigning to a known worker");
         w.free = w.free.minus(&resources);
         w.running.insert(id);
@@ -1130,8 +1134,34 @@ impl Core {
         let lease = Lease { chunk: chunk_id, worker, resources, deadline_ms, steps_done: 0, input, check };
         self.leases.insert(id, lease);
         self.deadlines.insert((deadline_ms, id));
-        self.send(worker, ToWorker::Assign(Assignment { id, chunk: chunk_id, task, resources }));
+        self.send(worker, ToWorker::Assign(Assignment { id, chunk: chunk_id, task, resources, sources }));
         id
+    }
+
+    /// Other connected workers that hold a task's inputs and serve peers: the assignee fetches
+    /// from them beside the scheduler (each slice verified, a bad source dropped), so a popular
+    /// input leaves the scheduler once per few workers, not once per worker.
+    fn peer_sources(&self, assignee: WorkerId, task: &Task) -> Vec<PeerSource> {
+        let inputs: Vec<BlobHash> = match task {
+            Task::Md { input, .. } => vec![*input],
+            Task::Command { inputs, .. } => inputs.iter().map(|f| f.blob).collect(),
+            Task::Empty { .. } => Vec::new(),
+        };
+        let mut sources = Vec::new();
+        for blob in inputs {
+            for (id, w) in &self.workers {
+                if sources.len() >= upglobe_protocol::messages::limits::PEER_SOURCES_MAX {
+                    return sources;
+                }
+                if *id == assignee || !w.connected || !w.holding.contains(&blob) {
+                    continue;
+                }
+                if let Some(address) = &w.peer_address {
+                    sources.push(PeerSource { blob, worker: *id, address: address.clone() });
+                }
+            }
+        }
+        sources
     }
 
     fn task(&self, chunk_id: ChunkId) -> Task {

@@ -190,6 +190,7 @@ impl Worker {
             signing_key: PublicKey::default(),
             standing: Standing { failures: disagreements, ..Standing::default() },
             holding: Default::default(),
+            peer_address: None,
         }
     }
 }

@@ -56,5 +56,6 @@ pub fn hello(name: &str, cpus: u32, allow_commands: bool) -> Hello {
         role: NodeRole::Worker,
         signing_key: key().public(),
         owner: None,
+        peer_address: None,
     }
 }
