@@ -134,3 +134,44 @@ fn two_workers_fetch_inputs_from_each_other() {
         assert!(from_peer, "{} fetched nothing from a peer:\n{}", worker.name, all.join("\n"));
     }
 }
+
+/// A worker that serves its peers rotten bytes (the `cheat` feature's `corrupt-peers`) is caught
+/// at the first slice: dropped for the download, its pieces fetched from the scheduler, and the
+/// command reads the true bytes. Without the feature the cheating worker refuses to start, so
+/// this test fails rather than passes vacuously.
+#[test]
+fn a_peer_serving_corrupt_bytes_is_dropped_and_the_input_arrives_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 0);
+    let input = dir.path().join("in.bin");
+    let bytes: Vec<u8> = (0..24usize << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8).collect();
+    std::fs::write(&input, &bytes).unwrap();
+    let hash = cluster.json(&["dataset", "put", input.to_str().unwrap()])[0]["hash"].as_str().unwrap().to_string();
+    let workflow = |k: usize| {
+        format!(
+            "name = \"sum{k}\"\n[jobs.sum]\nkind = \"command\"\nargv = [\"sh\", \"-c\", \"sha256sum in.bin > sum.txt\"]\n\
+             inputs = [{{ name = \"in.bin\", dataset = \"{hash}\" }}]\noutputs = [\"sum.txt\"]\n"
+        )
+    };
+    // The rotten worker runs first, alone, so it holds the input.
+    cluster.add_worker_with(&["--allow-commands"], &[("UPGLOBE_CHEAT", "corrupt-peers")]);
+    let first = cluster.submit(&workflow(0));
+    cluster.wait_for("the first job", Duration::from_secs(60), |c| c.job(&first)["state"] == "completed");
+    // The honest worker joins; the next job goes to it (it waited longest) with the rotten one named
+    // as a source.
+    cluster.add_worker(&["--allow-commands"]);
+    cluster.wait_for("two workers", Duration::from_secs(30), |c| c.connected_workers() == 2);
+    let second = cluster.submit(&workflow(1));
+    cluster.wait_for("the second job", Duration::from_secs(60), |c| c.job(&second)["state"] == "completed");
+
+    let honest = cluster.workers[1].log();
+    assert!(honest.contains("source dropped for this download"), "{honest}");
+    assert!(honest.contains("does not verify against its hash"), "{honest}");
+    assert!(cluster.workers[0].log().contains("serving a peer rotten bytes"), "the cheat was never asked");
+    let out = dir.path().join("results");
+    cluster.json(&["results", &second, "--out", out.to_str().unwrap()]);
+    let summed = std::fs::read_to_string(out.join("sum1.sum").join("0").join("sum.txt"))
+        .or_else(|_| std::fs::read_to_string(out.join("sum1.sum").join("sum.txt")))
+        .unwrap_or_else(|e| panic!("no sum.txt under {}: {e}", out.display()));
+    assert_eq!(summed.split_whitespace().next().unwrap(), sha256(&input));
+}

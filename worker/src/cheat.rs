@@ -7,6 +7,8 @@
 //! - `forge-link:N`: on those chunks the first link's hash is replaced by garbage; the states (and
 //!   the final one) are honest.
 //! - `refuse-serve`: never serves an intermediate state.
+//! - `corrupt-peers`: serves other workers blobs with a byte flipped in every MiB (and the true
+//!   hash pairs), as a peer whose disk rotted would.
 //!
 //! Without the feature, a worker started with `UPGLOBE_CHEAT` set refuses to start, so a test can
 //! never pass with an honest binary by mistake.
@@ -29,6 +31,7 @@ enum Mode {
     Wrong(u32),
     ForgeLink(u32),
     RefuseServe,
+    CorruptPeers,
 }
 
 fn parse(text: &str) -> Result<Mode, String> {
@@ -44,7 +47,10 @@ fn parse(text: &str) -> Result<Mode, String> {
         "wrong" => Ok(Mode::Wrong(every(n)?)),
         "forge-link" => Ok(Mode::ForgeLink(every(n)?)),
         "refuse-serve" => Ok(Mode::RefuseServe),
-        other => Err(format!("{VARIABLE}: unknown mode '{other}' (wrong:N, forge-link:N or refuse-serve)")),
+        "corrupt-peers" => Ok(Mode::CorruptPeers),
+        other => {
+            Err(format!("{VARIABLE}: unknown mode '{other}' (wrong:N, forge-link:N, refuse-serve or corrupt-peers)"))
+        }
     }
 }
 
@@ -72,6 +78,39 @@ pub fn for_chunk(index: u32) -> Cheat {
         Some(Mode::Wrong(n)) if selected(n) => Cheat::Wrong,
         Some(Mode::ForgeLink(n)) if selected(n) => Cheat::ForgeLink,
         _ => Cheat::Honest,
+    }
+}
+
+/// Whether this worker serves peers corrupt blobs.
+pub fn corrupts_peers() -> bool {
+    mode() == Some(Mode::CorruptPeers)
+}
+
+/// Serves peers from a store of rotten copies: each blob asked for is copied from `cache` with a
+/// byte flipped in every MiB, beside the outboard of the true bytes.
+pub async fn serve_corrupt(connection: quinn::Connection, cache: upglobe_datasets::BlobStore) {
+    use upglobe_protocol::frame;
+    use upglobe_protocol::messages::StreamRequest;
+    let rotten_root = cache.root().join("rotten");
+    let Ok(rotten) = upglobe_datasets::BlobStore::open(&rotten_root) else { return };
+    while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+        let (cache, rotten) = (cache.clone(), rotten.clone());
+        tokio::spawn(async move {
+            if let Ok(StreamRequest::GetSlices { hash, ranges }) = frame::expect::<StreamRequest, _>(&mut recv).await {
+                if !rotten.contains(&hash) && cache.outboard(&hash).is_ok() {
+                    tracing::warn!(blob = %hash.short(), "cheating: serving a peer rotten bytes");
+                    let mut bytes = std::fs::read(cache.path(&hash)).unwrap_or_default();
+                    for at in (100..bytes.len()).step_by(1 << 20) {
+                        bytes[at] ^= 0x20;
+                    }
+                    let target = rotten.path(&hash);
+                    let _ = std::fs::create_dir_all(target.parent().expect("a parent"));
+                    let _ = std::fs::write(&target, &bytes);
+                    let _ = std::fs::copy(cache.outboard_path(&hash), rotten.outboard_path(&hash));
+                }
+                let _ = upglobe_datasets::transfer::serve_slices(&mut send, &rotten, hash, &ranges).await;
+            }
+        });
     }
 }
 

@@ -49,7 +49,11 @@ pub fn serve(
                 match admit(&connection, &secret, me).await {
                     Ok(peer) => {
                         tracing::debug!(peer = %peer.short(), "serving a peer");
-                        transfer::serve_connection(connection, blobs).await;
+                        if crate::cheat::corrupts_peers() {
+                            crate::cheat::serve_corrupt(connection, blobs).await;
+                        } else {
+                            transfer::serve_connection(connection, blobs).await;
+                        }
                     }
                     Err(reason) => {
                         tracing::info!(%reason, "refused a peer");
