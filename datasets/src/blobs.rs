@@ -153,7 +153,69 @@ impl BlobStore {
             size,
             received: 0,
             hasher: blake3::Hasher::new(),
+            resumable: None,
         })
+    }
+
+    /// A writer that keeps what it received if the transfer breaks, and takes up where an earlier
+    /// one stopped: its temporary file is `tmp/HASH.upload`, and `received()` says how much of it
+    /// is there (hashed again now, so the final check covers every byte). `None` while another
+    /// transfer of the same blob is writing it.
+    pub fn resumable_writer(&self, expected: BlobHash, size: u64) -> Result<Option<BlobWriter>> {
+        let temporary = self.root.join("tmp").join(format!("{}.upload", expected.to_hex()));
+        let Some(lock) = UploadLock::take(&temporary) else { return Ok(None) };
+        let mut file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&temporary)
+            .map_err(io(format!("cannot open {}", temporary.display())))?;
+        let mut received = file.metadata().map_err(io(format!("cannot stat {}", temporary.display())))?.len();
+        if received > size {
+            file.set_len(0).map_err(io(format!("cannot truncate {}", temporary.display())))?;
+            received = 0;
+        }
+        let mut hasher = blake3::Hasher::new();
+        if received > 0 {
+            let mut prefix = std::io::BufReader::with_capacity(1 << 20, (&file).take(received));
+            hasher.update_reader(&mut prefix).map_err(io(format!("cannot read {}", temporary.display())))?;
+        }
+        use std::io::Seek;
+        file.seek(std::io::SeekFrom::Start(received)).map_err(io(format!("cannot seek in {}", temporary.display())))?;
+        Ok(Some(BlobWriter {
+            file: Some(file),
+            temporary,
+            target: self.path(&expected),
+            expected,
+            size,
+            received,
+            hasher,
+            resumable: Some(lock),
+        }))
+    }
+}
+
+/// Marks a resumable upload's file as being written, within this process.
+#[derive(Debug)]
+struct UploadLock(PathBuf);
+
+static UPLOADS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+impl UploadLock {
+    fn take(path: &Path) -> Option<UploadLock> {
+        let mut uploads = UPLOADS.lock().expect("upload locks");
+        if uploads.iter().any(|p| p == path) {
+            return None;
+        }
+        uploads.push(path.to_path_buf());
+        Some(UploadLock(path.to_path_buf()))
+    }
+}
+
+impl Drop for UploadLock {
+    fn drop(&mut self) {
+        UPLOADS.lock().expect("upload locks").retain(|p| *p != self.0);
     }
 }
 
@@ -265,6 +327,8 @@ pub struct BlobWriter {
     size: u64,
     received: u64,
     hasher: blake3::Hasher,
+    /// For a resumable writer: its lock, and that a broken transfer keeps what arrived.
+    resumable: Option<UploadLock>,
 }
 
 impl BlobWriter {
@@ -298,6 +362,8 @@ impl BlobWriter {
         }
         let actual = BlobHash(*self.hasher.finalize().as_bytes());
         if actual != self.expected {
+            // Not the promised bytes: nothing of it is worth resuming.
+            self.resumable = None;
             return Err(DatasetError::Corrupt { hash: self.expected.to_hex(), actual: actual.to_hex() });
         }
         // On any error below, dropping `self` still removes the temporary file: `file` stays set
@@ -315,7 +381,7 @@ impl BlobWriter {
 
 impl Drop for BlobWriter {
     fn drop(&mut self) {
-        if self.file.is_some() {
+        if self.file.is_some() && self.resumable.is_none() {
             let _ = std::fs::remove_file(&self.temporary);
         }
     }
@@ -376,6 +442,30 @@ mod tests {
         assert!(store.contains(&hashes[0]) && !store.contains(&hashes[1]) && !store.contains(&hashes[2]));
         assert!(store.contains(&hashes[3]));
         assert_eq!(store.evict_to(0, |_| true).unwrap().blobs, 0, "pinned blobs stay over the limit");
+    }
+
+    #[test]
+    fn a_resumable_upload_keeps_what_arrived_and_checks_every_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|k| (k % 251) as u8).collect();
+        let hash = BlobHash::of(&data);
+        let mut writer = store.resumable_writer(hash, 100_000).unwrap().unwrap();
+        assert!(store.resumable_writer(hash, 100_000).unwrap().is_none(), "one writer at a time");
+        writer.write(&data[..40_000]).unwrap();
+        drop(writer);
+        let mut writer = store.resumable_writer(hash, 100_000).unwrap().unwrap();
+        assert_eq!(writer.received(), 40_000);
+        writer.write(&data[40_000..]).unwrap();
+        writer.finish().unwrap();
+        assert_eq!(store.get(&hash).unwrap(), data);
+
+        // A partial that does not hash to the promise is dropped whole at the end.
+        let other = BlobHash::of(b"something else entirely");
+        let mut writer = store.resumable_writer(other, 23).unwrap().unwrap();
+        writer.write(b"something else entirelX").unwrap();
+        assert!(matches!(writer.finish(), Err(DatasetError::Corrupt { .. })));
+        assert_eq!(store.resumable_writer(other, 23).unwrap().unwrap().received(), 0);
     }
 
     #[test]

@@ -83,18 +83,6 @@ pub struct Report {
     pub per_source: Vec<(String, u64)>,
 }
 
-/// Whether the peer already holds a blob (it then keeps it as if it had just been stored).
-pub async fn peer_has(connection: &quinn::Connection, hash: BlobHash) -> Result<bool> {
-    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| failed(&hash, e.to_string()))?;
-    frame::write(&mut send, &StreamRequest::HasBlob { hash }).await.map_err(|e| failed(&hash, e.to_string()))?;
-    send.finish().map_err(|e| failed(&hash, e.to_string()))?;
-    match frame::expect::<BlobReply, _>(&mut recv).await.map_err(|e| failed(&hash, e.to_string()))? {
-        BlobReply::Stored => Ok(true),
-        BlobReply::Missing => Ok(false),
-        other => Err(failed(&hash, format!("unexpected reply {other:?}"))),
-    }
-}
-
 /// Sends a blob from the local store to the peer, which verifies and stores it.
 pub async fn upload(connection: &quinn::Connection, store: &BlobStore, hash: BlobHash) -> Result<()> {
     upload_path(connection, &store.path(&hash), hash, &AtomicU64::new(0)).await
@@ -117,15 +105,36 @@ pub async fn upload_path(
         .metadata()
         .map_err(|cause| DatasetError::Io { context: format!("cannot stat {}", path.display()), cause })?
         .len();
-    if peer_has(connection, hash).await? {
-        sent.fetch_add(size, Ordering::Relaxed);
-        return Ok(());
-    }
     let (mut send, mut recv) = connection.open_bi().await.map_err(|e| failed(&hash, e.to_string()))?;
     frame::write(&mut send, &StreamRequest::PutBlob { hash, size }).await.map_err(|e| failed(&hash, e.to_string()))?;
+    let first = tokio::time::timeout(STALL_TIMEOUT, frame::expect::<BlobReply, _>(&mut recv))
+        .await
+        .map_err(|_| failed(&hash, format!("no answer for {} s", STALL_TIMEOUT.as_secs())))?
+        .map_err(|e| failed(&hash, e.to_string()))?;
+    let offset = match first {
+        // The peer holds it already: nothing to send.
+        BlobReply::Stored => {
+            sent.fetch_add(size, Ordering::Relaxed);
+            let _ = send.finish();
+            return Ok(());
+        }
+        BlobReply::Continue { offset } if offset <= size => offset,
+        BlobReply::Continue { offset } => {
+            return Err(failed(&hash, format!("the peer asked to continue at {offset}, past the end ({size})")));
+        }
+        BlobReply::Rejected { reason } => return Err(failed(&hash, format!("the peer refused it: {reason}"))),
+        other => return Err(failed(&hash, format!("unexpected reply {other:?}"))),
+    };
+    if offset > 0 {
+        tracing::info!(blob = %hash.short(), offset, size, "resuming an upload");
+    }
+    sent.fetch_add(offset, Ordering::Relaxed);
     let mut file = tokio::fs::File::from_std(file);
+    tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(offset))
+        .await
+        .map_err(|cause| DatasetError::Io { context: format!("cannot seek in {}", path.display()), cause })?;
     let mut buffer = vec![0u8; BUFFER_BYTES];
-    let mut copied = 0u64;
+    let mut copied = offset;
     let outcome: std::io::Result<()> = async {
         loop {
             let n = file.read(&mut buffer).await?;
@@ -531,8 +540,7 @@ pub async fn serve_slices(
     Ok(sent)
 }
 
-async fn receive(recv: &mut quinn::RecvStream, store: &BlobStore, hash: BlobHash, size: u64) -> Result<()> {
-    let mut writer = store.writer(hash, size)?;
+async fn receive(recv: &mut quinn::RecvStream, mut writer: crate::BlobWriter, hash: BlobHash, size: u64) -> Result<()> {
     let mut buffer = vec![0u8; BUFFER_BYTES];
     while writer.received() < size {
         let wanted = (size - writer.received()).min(BUFFER_BYTES as u64) as usize;
@@ -578,32 +586,47 @@ pub async fn refuse_put(send: &mut quinn::SendStream, hash: BlobHash, reason: St
     Ok(())
 }
 
-/// Answers a [`StreamRequest::PutBlob`]: receives, verifies, stores, and says so.
+/// Answers a [`StreamRequest::PutBlob`]: says where to start, receives, verifies, stores, and
+/// says so. `resumable`: what a broken transfer delivered is kept for the next attempt (a
+/// client's datasets); otherwise (a worker's results) it is dropped with the transfer.
 pub async fn serve_put(
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
     store: &BlobStore,
     hash: BlobHash,
     size: u64,
+    resumable: bool,
 ) -> Result<()> {
-    let reply = if size > BLOB_BYTES_MAX {
-        BlobReply::Rejected { reason: format!("{size} bytes exceeds the limit of {BLOB_BYTES_MAX}") }
-    } else if store.contains(&hash) {
-        // Drain what is sent; the copy we hold is already verified. Touching it tells garbage
-        // collection that it is wanted again.
-        let mut sink = tokio::io::sink();
-        let _ = tokio::io::copy(&mut recv.take(size), &mut sink).await;
-        match store.touch(&hash) {
+    let io = |e: upglobe_protocol::ProtocolError| failed(&hash, e.to_string());
+    if size > BLOB_BYTES_MAX {
+        let reason = format!("{size} bytes exceeds the limit of {BLOB_BYTES_MAX}");
+        return refuse_put(send, hash, reason).await;
+    }
+    if store.contains(&hash) {
+        // The copy we hold is verified; touching it tells garbage collection it is wanted again.
+        let reply = match store.touch(&hash) {
             Ok(()) => BlobReply::Stored,
             Err(e) => BlobReply::Rejected { reason: e.to_string() },
-        }
-    } else {
-        match receive(recv, store, hash, size).await {
-            Ok(()) => BlobReply::Stored,
-            Err(e) => BlobReply::Rejected { reason: e.to_string() },
-        }
+        };
+        frame::write(send, &reply).await.map_err(io)?;
+        let _ = send.finish();
+        return Ok(());
+    }
+    let writer = match resumable.then(|| store.resumable_writer(hash, size)).transpose() {
+        Ok(Some(Some(writer))) => writer,
+        // Not resumable, or another transfer of it is writing the resumable file: a fresh one.
+        Ok(_) => match store.writer(hash, size) {
+            Ok(writer) => writer,
+            Err(e) => return refuse_put(send, hash, e.to_string()).await,
+        },
+        Err(e) => return refuse_put(send, hash, e.to_string()).await,
     };
-    frame::write(send, &reply).await.map_err(|e| failed(&hash, e.to_string()))?;
+    frame::write(send, &BlobReply::Continue { offset: writer.received() }).await.map_err(io)?;
+    let reply = match receive(recv, writer, hash, size).await {
+        Ok(()) => BlobReply::Stored,
+        Err(e) => BlobReply::Rejected { reason: e.to_string() },
+    };
+    frame::write(send, &reply).await.map_err(io)?;
     let _ = send.finish();
     Ok(())
 }

@@ -148,3 +148,70 @@ async fn a_download_that_dies_resumes_from_its_last_verified_slice() {
     assert!((report.received_bytes as f64) < needed * 1.02, "{} for {needed}", report.received_bytes);
     assert_eq!(store.get(&hash).unwrap(), bytes);
 }
+
+/// A receiver that takes uploads as the scheduler takes a client's: resumable.
+fn upload_receiver() -> (tempfile::TempDir, BlobStore, quinn::Endpoint, [u8; 32]) {
+    use upglobe_protocol::frame;
+    use upglobe_protocol::messages::StreamRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+    let (identity, _) = SchedulerIdentity::load_or_create(dir.path()).unwrap();
+    let endpoint = net::server_endpoint(&identity, "127.0.0.1:0".parse().unwrap(), net::IDLE_TIMEOUT_DEFAULT).unwrap();
+    let (accepting, serving) = (endpoint.clone(), store.clone());
+    tokio::spawn(async move {
+        while let Some(incoming) = accepting.accept().await {
+            let store = serving.clone();
+            tokio::spawn(async move {
+                let Ok(connection) = incoming.await else { return };
+                while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        if let Ok(StreamRequest::PutBlob { hash, size }) = frame::expect(&mut recv).await {
+                            let _ = transfer::serve_put(&mut send, &mut recv, &store, hash, size, true).await;
+                        }
+                    });
+                }
+            });
+        }
+    });
+    (dir, store, endpoint, identity.ca_fingerprint())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_upload_resumes_where_it_stopped() {
+    use upglobe_protocol::frame;
+    use upglobe_protocol::messages::{BlobReply, StreamRequest};
+    let (_dir, store, endpoint, ca) = upload_receiver();
+    let identity = PeerIdentity::generate("uploader").unwrap();
+    let connection =
+        net::connect_to(endpoint.local_addr().unwrap(), ca, &identity, net::IDLE_TIMEOUT_DEFAULT).await.unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let path = local.path().join("big.bin");
+    let bytes = data(SIZE / 2, 4);
+    std::fs::write(&path, &bytes).unwrap();
+    let hash = BlobHash::of(&bytes);
+
+    // The first attempt sends 30 MiB and breaks off.
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    frame::write(&mut send, &StreamRequest::PutBlob { hash, size: bytes.len() as u64 }).await.unwrap();
+    assert_eq!(frame::expect::<BlobReply, _>(&mut recv).await.unwrap(), BlobReply::Continue { offset: 0 });
+    send.write_all(&bytes[..30 << 20]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send.reset(0u32.into()).unwrap();
+    let _ = frame::expect::<BlobReply, _>(&mut recv).await;
+    assert!(!store.contains(&hash));
+
+    // The second sends only the rest.
+    let before = connection.stats().udp_tx.bytes;
+    let sent = std::sync::atomic::AtomicU64::new(0);
+    transfer::upload_path(&connection, &path, hash, &sent).await.unwrap();
+    let carried = connection.stats().udp_tx.bytes - before;
+    assert!(carried < (bytes.len() as u64 - (30 << 20)) * 11 / 10, "{carried} bytes for the rest");
+    assert_eq!(sent.load(std::sync::atomic::Ordering::Relaxed), bytes.len() as u64);
+    assert_eq!(store.get(&hash).unwrap(), bytes);
+
+    // Once stored, an upload of the same bytes sends nothing.
+    let before = connection.stats().udp_tx.bytes;
+    transfer::upload_path(&connection, &path, hash, &sent).await.unwrap();
+    assert!(connection.stats().udp_tx.bytes - before < 10_000);
+}

@@ -426,21 +426,29 @@ pub enum StreamRequest {
     /// encoding of the ranges (1 KiB chunks, `[start, end)`, sorted, disjoint; an end of
     /// `u64::MAX` is open) in 16 KiB groups.
     GetSlices { hash: BlobHash, ranges: Vec<(u64, u64)> },
-    /// Followed by `size` bytes, answered by [`BlobReply`] once they are verified and stored.
+    /// Answered at once by [`BlobReply::Continue`] (send the bytes from `offset` on: what an
+    /// earlier, broken upload delivered is kept), [`BlobReply::Stored`] (the peer holds it already:
+    /// send nothing) or [`BlobReply::Rejected`]; after the bytes, by [`BlobReply`] once they are
+    /// verified and stored.
     PutBlob { hash: BlobHash, size: u64 },
     /// One client request, answered by one [`ClientResponse`].
     Client(ClientRequest),
-    /// Whether the peer holds a blob (answered [`BlobReply::Stored`] or [`BlobReply::Missing`]):
-    /// an upload of something the peer has costs one round trip, not the bytes.
-    HasBlob { hash: BlobHash },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BlobReply {
-    Sending { size: u64 },
+    Sending {
+        size: u64,
+    },
     Stored,
     Missing,
-    Rejected { reason: String },
+    Rejected {
+        reason: String,
+    },
+    /// Send the bytes of the blob from `offset` on.
+    Continue {
+        offset: u64,
+    },
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -20,8 +20,8 @@ use upglobe_protocol::messages::limits::{
     UNCLAIMED_UPLOAD_BYTES_MAX, WORKFLOW_INPUT_BYTES_MAX,
 };
 use upglobe_protocol::messages::{
-    BlobReply, ClientRequest, ClientResponse, ClientWelcome, DatasetInfo, DatasetKind, DatasetRequest, FromWorker,
-    Greeting, Hello, Manifest, Outcome, ResultsPage, StreamRequest, ToWorker, Welcome,
+    ClientRequest, ClientResponse, ClientWelcome, DatasetInfo, DatasetKind, DatasetRequest, FromWorker, Greeting,
+    Hello, Manifest, Outcome, ResultsPage, StreamRequest, ToWorker, Welcome,
 };
 use upglobe_protocol::tls::{SchedulerIdentity, peer_id, random_secret};
 use upglobe_protocol::token::secrets_match;
@@ -938,8 +938,11 @@ async fn receive_upload(
     hash: upglobe_protocol::BlobHash,
     size: u64,
 ) -> std::result::Result<(), upglobe_datasets::DatasetError> {
+    // A client's dataset may be large and its link flaky: what a broken upload delivered is kept
+    // for the next attempt. A worker's results are not (a worker could leave partials about).
+    let resumable = matches!(peer, Peer::Client(_));
     if shared.blobs.contains(&hash) {
-        return transfer::serve_put(send, recv, &shared.blobs, hash, size).await;
+        return transfer::serve_put(send, recv, &shared.blobs, hash, size, resumable).await;
     }
     let allowed = match peer {
         Peer::Worker(worker) => shared.uploads.reserve(*worker, size, shared.worker_unclaimed_bytes_max),
@@ -959,7 +962,7 @@ async fn receive_upload(
     if let Err(reason) = allowed {
         return transfer::refuse_put(send, hash, reason).await;
     }
-    let result = transfer::serve_put(send, recv, &shared.blobs, hash, size).await;
+    let result = transfer::serve_put(send, recv, &shared.blobs, hash, size, resumable).await;
     // A transfer that stored nothing (broken, or not the promised bytes) costs nothing.
     if !shared.blobs.contains(&hash) {
         match peer {
@@ -980,15 +983,6 @@ async fn serve_streams(connection: quinn::Connection, shared: Arc<Shared>, peer:
                 match frame::expect::<StreamRequest, _>(&mut recv).await? {
                     StreamRequest::GetSlices { hash, ranges } => {
                         _ = transfer::serve_slices(&mut send, &shared.blobs, hash, &ranges).await?
-                    }
-                    StreamRequest::HasBlob { hash } => {
-                        let reply = if shared.blobs.contains(&hash) && shared.blobs.touch(&hash).is_ok() {
-                            BlobReply::Stored
-                        } else {
-                            BlobReply::Missing
-                        };
-                        frame::write(&mut send, &reply).await?;
-                        let _ = send.finish();
                     }
                     StreamRequest::PutBlob { hash, size } => {
                         receive_upload(&mut send, &mut recv, &shared, &peer, hash, size).await?

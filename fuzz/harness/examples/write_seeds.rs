@@ -157,7 +157,6 @@ fn frame_seeds(fuzz: &Path) {
         )
         .unwrap()
     });
-    frame("stream-has-blob", &|b| encode_into(&StreamRequest::HasBlob { hash: BlobHash([5; 32]) }, b).unwrap());
     let holding = FromWorker::Holding { blobs: vec![BlobHash([5; 32]), BlobHash([6; 32])] };
     frame("from-worker-holding", &|b| encode_into(&holding, b).unwrap());
     let add = upglobe_protocol::messages::DatasetRequest::Add {
@@ -182,6 +181,7 @@ fn frame_seeds(fuzz: &Path) {
         ("stored", BlobReply::Stored),
         ("missing", BlobReply::Missing),
         ("rejected", BlobReply::Rejected { reason: "too large".into() }),
+        ("continue", BlobReply::Continue { offset: 4096 }),
     ] {
         frame(&format!("blob-reply-{name}"), &|b| encode_into(&reply, b).unwrap());
     }
