@@ -276,15 +276,23 @@ impl BlobStore {
                 collected.bytes += size;
             }
         }
+        collected.temporary = self.remove_stale_temporary(spare_after)?;
+        Ok(collected)
+    }
+
+    /// Removes temporary files (transfers that died, partials nobody resumed) not written since
+    /// `spare_after`; returns how many.
+    pub fn remove_stale_temporary(&self, spare_after: std::time::SystemTime) -> Result<u64> {
         let temporary = self.root.join("tmp");
+        let mut removed = 0;
         for entry in std::fs::read_dir(&temporary).map_err(io(format!("cannot list {}", temporary.display())))? {
             let entry = entry.map_err(io(format!("cannot list {}", temporary.display())))?;
             let stale = entry.metadata().and_then(|m| m.modified()).is_ok_and(|m| m < spare_after);
             if stale && std::fs::remove_file(entry.path()).is_ok() {
-                collected.temporary += 1;
+                removed += 1;
             }
         }
-        Ok(collected)
+        Ok(removed)
     }
 }
 

@@ -398,7 +398,11 @@ fn step_at(element: &hdf5::Group, at: &str, index: usize) -> Found<i64> {
     match steps.ndim() {
         0 => {
             let interval: i64 = steps.read_scalar().map_err(read)?;
-            Ok(offset(&steps).map_err(read)? + interval * index as i64)
+            i64::try_from(index)
+                .ok()
+                .and_then(|index| interval.checked_mul(index))
+                .and_then(|step| step.checked_add(offset(&steps).ok()?))
+                .ok_or_else(|| format!("{at}/step: the step of sample {index} does not fit in 64 bits"))
         }
         1 => Ok(steps.read_slice_1d::<i64, _>(index..index + 1).map_err(read)?[0]),
         _ => Err(format!("{at}/step has shape {:?}; it must be [samples] or a scalar", steps.shape())),
@@ -420,8 +424,10 @@ fn sample_at(element: &hdf5::Group, at: &str, step: i64) -> Found<usize> {
     let found = match steps.ndim() {
         0 => {
             let interval: i64 = steps.read_scalar().map_err(read)?;
-            let since = step - offset(&steps).map_err(read)?;
-            (interval > 0 && since >= 0 && since % interval == 0).then(|| (since / interval) as usize)
+            let since = step.checked_sub(offset(&steps).map_err(read)?);
+            since
+                .filter(|since| interval > 0 && *since >= 0 && since % interval == 0)
+                .map(|since| (since / interval) as usize)
         }
         // Steps are a few bytes per sample; reading them all is cheap even for a long trajectory.
         _ => steps.read_raw::<i64>().map_err(read)?.iter().position(|s| *s == step),

@@ -331,8 +331,12 @@ impl Partial {
 
     /// Whether the last group is verified, which proves the size.
     pub fn size_proved(&self) -> Result<bool> {
-        let last = ChunkNum(self.size().div_ceil(CHUNK_BYTES).saturating_sub(1));
-        Ok(!self.missing()?.contains(&last))
+        Ok(self.proved_by(&self.missing()?))
+    }
+
+    /// Whether, with `missing` what is not verified yet, the size is proved.
+    pub fn proved_by(&self, missing: &ChunkRanges) -> bool {
+        !missing.contains(&ChunkNum(self.size().div_ceil(CHUNK_BYTES).saturating_sub(1)))
     }
 
     fn root(&self) -> blake3::Hash {
@@ -435,13 +439,23 @@ impl Partial {
 
     /// Moves a wholly verified partial into the store as the blob. Refuses (and keeps the partial)
     /// while any range is missing.
-    pub fn finish(self, store: &BlobStore) -> Result<()> {
+    pub fn finish(&self, store: &BlobStore) -> Result<()> {
         let missing = self.missing()?;
         if !missing.is_empty() {
             return Err(DatasetError::Incomplete {
                 expected: self.hash.to_hex(),
                 received: self.size() - bytes_in(&missing, self.size()),
                 size: self.size(),
+            });
+        }
+        // The files at the partial's paths must be the ones verified here (another process sharing
+        // this cache may have replaced them): only then are they renamed into place.
+        use std::os::unix::fs::MetadataExt;
+        let same = |file: &File, path: &PathBuf| matches!((file.metadata(), std::fs::metadata(path)), (Ok(a), Ok(b)) if a.ino() == b.ino() && a.dev() == b.dev());
+        if !same(&self.data, &self.data_path) || !same(&self.outboard, &self.outboard_path) {
+            return Err(DatasetError::Transfer {
+                hash: self.hash.short(),
+                message: "another download replaced this partial; fetch it again".into(),
             });
         }
         self.data.sync_all().map_err(io(format!("cannot sync {}", self.data_path.display())))?;

@@ -22,12 +22,17 @@ use crate::{BlobStore, DatasetError, Result};
 const BUFFER_BYTES: usize = 1 << 20;
 /// A transfer that receives nothing for this long has stalled.
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The slowest a source may deliver a piece before it is dropped for the download.
+const MIN_RATE_BYTES_PER_S: u64 = 16 << 10;
 /// How long an upload the peer stopped waits for the peer's reason.
 const REFUSAL_WAIT: Duration = Duration::from_secs(5);
 /// Encoded bytes handed from the encoding thread to the stream at once, and how many such pieces
 /// may wait: the sender hashes nothing and copies each byte once, into these buffers.
 const PIECE_BYTES: usize = 1 << 20;
 const PIECES_QUEUED: usize = 8;
+/// Encodings served at once by this process (each has a thread and up to ~10 MiB of buffers).
+const SERVES_MAX: usize = 32;
+static SERVES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SERVES_MAX);
 /// Received buffers (about a packet's data each) handed to the decoding thread at once, at most.
 const CHUNKS_PER_HANDOFF: usize = 64;
 
@@ -179,6 +184,10 @@ pub async fn download(connection: &quinn::Connection, store: &BlobStore, hash: B
 /// left by an earlier attempt is resumed. A blob already stored is only touched, so a cache
 /// evicts it last.
 pub async fn download_from(sources: &[Source], store: &BlobStore, hash: BlobHash, options: &Options) -> Result<Report> {
+    // One download of a blob at a time in this process: the partial is one file. A second waits,
+    // then finds the blob stored (or the partial to resume).
+    let lock = download_lock(store, hash);
+    let _held = lock.lock().await;
     if store.contains(&hash) {
         store.touch(&hash)?;
         let size = store.size(&hash).unwrap_or(0);
@@ -205,19 +214,28 @@ pub async fn download_from(sources: &[Source], store: &BlobStore, hash: BlobHash
     };
 
     // The size first, proved by the last group: from the partial of an earlier attempt, or from
-    // the first source that proves it.
-    let mut partial = match store.existing_partial(&hash)? {
-        Some(partial) if partial.size_proved()? => Some(partial),
-        Some(_) => {
-            store.remove_partial(&hash);
-            None
-        }
-        None => None,
+    // the first source that proves it. (Hashing a partial again is file work: off the runtime.)
+    let resumable = {
+        let store = store.clone();
+        blocking(hash, move || match store.existing_partial(&hash)? {
+            Some(partial) => {
+                let missing = partial.missing()?;
+                if partial.proved_by(&missing) {
+                    return Ok(Some((partial, missing)));
+                }
+                store.remove_partial(&hash);
+                Ok(None)
+            }
+            None => Ok(None),
+        })
+        .await?
     };
     let mut resumed_bytes = 0;
-    if let Some(partial) = &partial {
-        resumed_bytes = partial.size() - slices::bytes_in(&partial.missing()?, partial.size());
-        tracing::info!(blob = %hash.short(), verified = resumed_bytes, size = partial.size(), "resuming a download");
+    let mut partial = None;
+    if let Some((found, missing)) = resumable {
+        resumed_bytes = found.size() - slices::bytes_in(&missing, found.size());
+        tracing::info!(blob = %hash.short(), verified = resumed_bytes, size = found.size(), "resuming a download");
+        partial = Some(Arc::new(found));
     }
     let received = options.progress.received.clone();
     for (k, source) in sources.iter().enumerate() {
@@ -227,18 +245,17 @@ pub async fn download_from(sources: &[Source], store: &BlobStore, hash: BlobHash
         let last = slices::last_group();
         let proved = async {
             let (size, recv) = ask(&source.connection, hash, &last).await?;
-            let made = Arc::new(store.partial(&hash, size)?);
+            // The size is the source's claim until its last group verifies: a full disk here may
+            // be its lie, so it fails this source, not the download.
+            let store = store.clone();
+            let made = Arc::new(blocking(hash, move || store.partial(&hash, size)).await?);
             let outcome = decode_stream(recv, made.clone(), last, received.clone(), None, |_| {}).await;
             Ok::<_, DatasetError>((made, outcome))
         };
         match proved.await {
             Ok((made, Ok(decoded))) => {
                 delivered[k].fetch_add(decoded.verified_bytes, Ordering::Relaxed);
-                partial = Some(Arc::try_unwrap(made).expect("the decoder is done"));
-            }
-            Ok((_, Err((_, e)))) | Err(e) if is_local(&e) => {
-                store.remove_partial(&hash);
-                return Err(e);
+                partial = Some(made);
             }
             Ok((_, Err((_, e)))) | Err(e) => {
                 store.remove_partial(&hash);
@@ -250,11 +267,13 @@ pub async fn download_from(sources: &[Source], store: &BlobStore, hash: BlobHash
     let size = partial.size();
     let progress = &options.progress;
     progress.size.store(size, Ordering::Relaxed);
-    let missing = partial.missing()?;
+    let missing = {
+        let partial = partial.clone();
+        blocking(hash, move || partial.missing()).await?
+    };
     progress.verified.store(size - slices::bytes_in(&missing, size), Ordering::Relaxed);
     let pieces = slices::split(&missing, (options.piece_bytes / slices::CHUNK_BYTES).max(16), size);
     let queue = Arc::new(Mutex::new(pieces.into_iter().collect::<VecDeque<_>>()));
-    let partial = Arc::new(partial);
     let fatal: Arc<Mutex<Option<DatasetError>>> = Arc::default();
 
     // Streams pull pieces until the queue is empty or their source is dropped; a dropped source's
@@ -314,12 +333,34 @@ pub async fn download_from(sources: &[Source], store: &BlobStore, hash: BlobHash
             return Err(e);
         }
     }
-    let partial = Arc::try_unwrap(partial).expect("every stream is done");
-    partial.finish(store)?;
+    {
+        let store = store.clone();
+        blocking(hash, move || partial.finish(&store)).await?;
+    }
     let dropped = dropped.lock().expect("dropped sources").clone();
     let per_source =
         sources.iter().zip(&delivered).map(|(s, bytes)| (s.name.clone(), bytes.load(Ordering::Relaxed))).collect();
     Ok(Report { size, resumed_bytes, received_bytes: received.load(Ordering::Relaxed), dropped, per_source })
+}
+
+/// Runs file work (hashing a partial, allocating one, syncing it) on a blocking thread.
+async fn blocking<T: Send + 'static>(hash: BlobHash, work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| failed(&hash, format!("file work failed: {e}")))?
+}
+
+/// The lock that serialises downloads of one blob into one store, within this process.
+fn download_lock(store: &BlobStore, hash: BlobHash) -> Arc<tokio::sync::Mutex<()>> {
+    type Locks = std::collections::HashMap<(std::path::PathBuf, BlobHash), std::sync::Weak<tokio::sync::Mutex<()>>>;
+    static LOCKS: std::sync::LazyLock<Mutex<Locks>> = std::sync::LazyLock::new(Mutex::default);
+    let mut locks = LOCKS.lock().expect("download locks");
+    locks.retain(|_, lock| lock.strong_count() > 0);
+    let key = (store.root().to_path_buf(), hash);
+    if let Some(lock) = locks.get(&key).and_then(std::sync::Weak::upgrade) {
+        return lock;
+    }
+    let lock = Arc::new(tokio::sync::Mutex::new(()));
+    locks.insert(key, Arc::downgrade(&lock));
+    lock
 }
 
 /// Failures of this machine (a full disk, a file that cannot be written), not of a source.
@@ -329,15 +370,22 @@ fn is_local(e: &DatasetError) -> bool {
 
 /// Asks a source for ranges of a blob; returns the size it claims and the stream of the encoding.
 async fn ask(connection: &quinn::Connection, hash: BlobHash, ranges: &ChunkRanges) -> Result<(u64, quinn::RecvStream)> {
+    // A source that grants no stream, or never answers, is given up on.
+    tokio::time::timeout(STALL_TIMEOUT, ask_now(connection, hash, ranges))
+        .await
+        .map_err(|_| failed(&hash, format!("no answer for {} s", STALL_TIMEOUT.as_secs())))?
+}
+
+async fn ask_now(
+    connection: &quinn::Connection,
+    hash: BlobHash,
+    ranges: &ChunkRanges,
+) -> Result<(u64, quinn::RecvStream)> {
     let (mut send, mut recv) = connection.open_bi().await.map_err(|e| failed(&hash, e.to_string()))?;
     let request = StreamRequest::GetSlices { hash, ranges: slices::to_wire(ranges) };
     frame::write(&mut send, &request).await.map_err(|e| failed(&hash, e.to_string()))?;
     send.finish().map_err(|e| failed(&hash, e.to_string()))?;
-    let reply = tokio::time::timeout(STALL_TIMEOUT, frame::expect::<BlobReply, _>(&mut recv))
-        .await
-        .map_err(|_| failed(&hash, format!("no answer for {} s", STALL_TIMEOUT.as_secs())))?
-        .map_err(|e| failed(&hash, e.to_string()))?;
-    match reply {
+    match frame::expect::<BlobReply, _>(&mut recv).await.map_err(|e| failed(&hash, e.to_string()))? {
         BlobReply::Sending { size } if size <= BLOB_BYTES_MAX => Ok((size, recv)),
         BlobReply::Sending { size } => Err(failed(&hash, format!("{size} bytes exceeds the blob limit"))),
         BlobReply::Missing => Err(failed(&hash, "the peer does not have it")),
@@ -357,6 +405,11 @@ async fn decode_stream(
     progress: impl FnMut(u64) + Send + 'static,
 ) -> std::result::Result<slices::Decoded, (slices::Decoded, DatasetError)> {
     let hash = partial.hash();
+    // A source that trickles (a packet a minute keeps a plain stall timeout quiet) loses the piece
+    // once it is slower than MIN_RATE over the whole of it.
+    let expected = slices::bytes_in(&slices::resolve(&ranges, partial.size()), partial.size());
+    let budget = STALL_TIMEOUT.max(Duration::from_secs_f64(expected as f64 / MIN_RATE_BYTES_PER_S as f64));
+    let deadline = tokio::time::Instant::now() + budget;
     let (tx, rx) = mpsc::channel::<Vec<Bytes>>(PIECES_QUEUED);
     let decoder = tokio::task::spawn_blocking(move || {
         let reader = ChannelReader { rx, pending: std::collections::VecDeque::new() };
@@ -367,7 +420,13 @@ async fn decode_stream(
     // one wake-up of the decoder per batch, not per packet.
     let mut chunks = vec![Bytes::new(); CHUNKS_PER_HANDOFF];
     loop {
-        match tokio::time::timeout(STALL_TIMEOUT, recv.read_chunks(&mut chunks)).await {
+        let wait = STALL_TIMEOUT.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        let read = if wait.is_zero() {
+            Err(())
+        } else {
+            tokio::time::timeout(wait, recv.read_chunks(&mut chunks)).await.map_err(|_| ())
+        };
+        match read {
             Ok(Ok(Some(count))) => {
                 let batch: Vec<Bytes> = chunks[..count].iter_mut().map(std::mem::take).collect();
                 let bytes: u64 = batch.iter().map(|b| b.len() as u64).sum();
@@ -386,7 +445,13 @@ async fn decode_stream(
                 broke = Some(e.to_string());
                 break;
             }
-            Err(_) => {
+            Err(()) if tokio::time::Instant::now() >= deadline => {
+                let rate = MIN_RATE_BYTES_PER_S >> 10;
+                broke = Some(format!("slower than {rate} KiB/s over a piece of {expected} bytes"));
+                let _ = recv.stop(0u32.into());
+                break;
+            }
+            Err(()) => {
                 broke = Some(format!("no data for {} s", STALL_TIMEOUT.as_secs()));
                 let _ = recv.stop(0u32.into());
                 break;
@@ -511,6 +576,17 @@ pub async fn serve_slices(
         let _ = send.finish();
         return Ok(0);
     };
+    // A bounded number of encodings at once, each with its thread and a few MiB of buffers: a
+    // peer that opens many streams and reads none waits here, holding nothing.
+    let _serving = SERVES.acquire().await.map_err(|_| failed(&hash, "the server is stopping"))?;
+    // The outboard is made once per blob (the first request hashes the blob; the others wait for
+    // it), before the answer starts, so no receiver waits on a silent stream.
+    {
+        let lock = download_lock(store, hash);
+        let _held = lock.lock().await;
+        let made = store.clone();
+        blocking(hash, move || made.outboard(&hash).map(|_| ())).await?;
+    }
     frame::write(send, &BlobReply::Sending { size }).await.map_err(io)?;
     let (tx, mut rx) = mpsc::channel::<Bytes>(PIECES_QUEUED);
     let encoding = store.clone();
@@ -523,9 +599,18 @@ pub async fn serve_slices(
     let mut broke = None;
     while let Some(piece) = rx.recv().await {
         sent += piece.len() as u64;
-        if let Err(e) = send.write_chunk(piece).await {
-            broke = Some(e);
-            break;
+        // A receiver that stops reading (flow control never opens) is given up on.
+        match tokio::time::timeout(STALL_TIMEOUT, send.write_chunk(piece)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                broke = Some(e.to_string());
+                break;
+            }
+            Err(_) => {
+                broke = Some(format!("it read nothing for {} s", STALL_TIMEOUT.as_secs()));
+                let _ = send.reset(0u32.into());
+                break;
+            }
         }
     }
     drop(rx);

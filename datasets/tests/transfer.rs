@@ -215,3 +215,23 @@ async fn a_broken_upload_resumes_where_it_stopped() {
     transfer::upload_path(&connection, &path, hash, &sent).await.unwrap();
     assert!(connection.stats().udp_tx.bytes - before < 10_000);
 }
+
+/// Two tasks that need the same input at once share one download: the second waits and finds the
+/// blob stored (the partial is one file; two writers would ruin it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_downloads_of_one_blob_at_once_both_end_with_it() {
+    let bytes = data(SIZE / 4, 5);
+    let peer = Peer::start();
+    let hash = peer.store.put(&bytes).unwrap();
+    let (_dir, store) = receiver();
+    let sources = [peer.source("peer").await];
+    let options = Options { piece_bytes: 1 << 20, ..Options::default() };
+    let (a, b) = tokio::join!(
+        transfer::download_from(&sources, &store, hash, &options),
+        transfer::download_from(&sources, &store, hash, &options),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.received_bytes.min(b.received_bytes), 0, "one of them fetched nothing");
+    assert_eq!(store.get(&hash).unwrap(), bytes);
+    assert!(store.existing_partial(&hash).unwrap().is_none());
+}

@@ -34,8 +34,9 @@ pub mod limits {
     /// Datasets one scheduler keeps by name, and the bytes of a dataset's name (a path).
     pub const DATASETS_MAX: usize = 100_000;
     pub const DATASET_NAME_BYTES_MAX: usize = 1024;
-    /// Files in one directory dataset.
+    /// Files in one directory dataset, and the bytes of its manifest.
     pub const MANIFEST_FILES_MAX: usize = 100_000;
+    pub const MANIFEST_BYTES_MAX: u64 = 32 << 20;
     pub const REPLICAS_MAX: u32 = 7;
     pub const JOBS_PER_WORKFLOW_MAX: usize = 10_000;
     pub const CHUNKS_PER_JOB_MAX: u64 = 10_000_000;

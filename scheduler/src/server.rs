@@ -535,7 +535,7 @@ impl Owner {
     /// The datasets kept by name. Not a scheduling decision: the table is the store's alone, and
     /// garbage collection keeps what it names.
     fn datasets(&mut self, request: DatasetRequest) -> std::result::Result<Vec<DatasetInfo>, String> {
-        use upglobe_protocol::messages::limits::{DATASET_NAME_BYTES_MAX, DATASETS_MAX};
+        use upglobe_protocol::messages::limits::{DATASET_NAME_BYTES_MAX, DATASETS_MAX, MANIFEST_BYTES_MAX};
         let store_error = |e: SchedulerError| format!("the scheduler's store failed: {e}");
         match request {
             DatasetRequest::List => self.store.datasets(None).map_err(store_error),
@@ -565,7 +565,13 @@ impl Owner {
                     return Err(format!("the scheduler does not hold the manifest {}", directory.to_hex()));
                 }
                 if kind == DatasetKind::Directory {
-                    // A manifest names files that must all be here, whole.
+                    // A manifest names files that must all be here, whole. It is read on this
+                    // loop, so its size is bounded first.
+                    if size > MANIFEST_BYTES_MAX {
+                        return Err(format!(
+                            "dataset {name}: a manifest of {size} bytes; at most {MANIFEST_BYTES_MAX}"
+                        ));
+                    }
                     let bytes = self.blobs.get(&hash).map_err(|e| e.to_string())?;
                     let manifest = Manifest::decode(&bytes).map_err(|e| format!("dataset {name}: {e}"))?;
                     if let Some(file) = manifest.files.iter().find(|f| self.blobs.size(&f.blob) != Some(f.size)) {

@@ -830,32 +830,61 @@ fn replicas_spread_over_every_capable_worker() {
 }
 
 /// A worker that holds a chunk's large input gets the chunk while it has room; small inputs do
-/// not pull work together. `status` counts the assignments that found their inputs in place.
+/// not pull work together, nor do inputs a worker only claims to hold. `status` counts the
+/// assignments that found their inputs in place.
 #[test]
 fn chunks_go_where_their_large_inputs_are() {
     use upglobe_scheduler::core::LOCALITY_BYTES_MIN;
-    let run = |size: u64| {
+    let run = |size: u64, claimed_only: bool| {
         let mut core = Core::new(Config::default(), 1);
         let (a, b) = (WorkerId([1; 32]), WorkerId([2; 32]));
-        core.handle_worker_joined(0, a, &hello("a", 4, true)).unwrap();
-        core.handle_worker_joined(0, b, &hello("b", 4, true)).unwrap();
         let input = FileRef { name: "traj.h5md".into(), blob: BlobHash([0xb1; 32]), size };
-        core.handle_holding(b, &[input.blob]);
-        let mut spec = command_spec("sum", vec![1, 2, 3, 4]);
-        let JobKind::Command(command) = &mut spec.kind else { unreachable!() };
-        command.inputs = vec![input.clone()];
-        let submission = Submission { name: "sim".into(), source: "# source".into(), jobs: vec![spec] };
-        let evidence = Evidence::gather(upglobe_scheduler::core::checks::submission_blobs(&submission), |hash| {
-            (*hash == input.blob).then_some(BlobFact { size, tail: vec![0; 32] })
-        });
-        let (_, jobs) = core.handle_submit(0, submission, &evidence).unwrap();
+        let job = |name: &str, tasks: Vec<i64>| {
+            let mut spec = command_spec(name, tasks);
+            let JobKind::Command(command) = &mut spec.kind else { unreachable!() };
+            command.inputs = vec![input.clone()];
+            spec
+        };
+        let submit = |core: &mut Core, spec: JobSpec| {
+            let submission = Submission { name: "sim".into(), source: "# source".into(), jobs: vec![spec] };
+            let evidence = Evidence::gather(upglobe_scheduler::core::checks::submission_blobs(&submission), |hash| {
+                (*hash == input.blob).then_some(BlobFact { size, tail: vec![0; 32] })
+            });
+            core.handle_submit(0, submission, &evidence).unwrap().1[0].1
+        };
+        core.handle_worker_joined(0, b, &hello("b", 4, true)).unwrap();
+        if claimed_only {
+            core.handle_holding(b, &[input.blob]);
+        } else {
+            // B runs a task on the input first: then it surely holds it.
+            submit(&mut core, job("first", vec![0]));
+            for (worker, assignment) in assignments(&mut core) {
+                let output = Output::Command {
+                    exit_code: 0,
+                    files: vec![file("out/a.csv", 3)],
+                    stdout: file("stdout", 4),
+                    stderr: file("stderr", 5),
+                };
+                let evidence = uploaded(&output);
+                core.handle_finished(
+                    1,
+                    worker,
+                    common::sign(&core, assignment.id, Outcome::Completed(output)),
+                    &evidence,
+                );
+            }
+        }
+        core.handle_worker_joined(2, a, &hello("a", 4, true)).unwrap();
+        let id = submit(&mut core, job("sum", vec![1, 2, 3, 4]));
         let given: Vec<WorkerId> = assignments(&mut core).into_iter().map(|(worker, _)| worker).collect();
-        (given, core.job_status(0, jobs[0].1).unwrap())
+        (given, core.job_status(3, id).unwrap())
     };
-    let (given, status) = run(LOCALITY_BYTES_MIN);
+    let (given, status) = run(LOCALITY_BYTES_MIN, false);
     assert_eq!(given, vec![WorkerId([2; 32]); 4], "every task where the input is");
     assert_eq!((status.assignments, status.assignments_local), (4, 4));
-    let (given, status) = run(1024);
+    let (given, status) = run(1024, false);
     assert_eq!(given.iter().filter(|w| **w == WorkerId([1; 32])).count(), 2, "small inputs spread: {given:?}");
-    assert_eq!((status.assignments, status.assignments_local), (4, 3), "the first on a fetched input");
+    assert_eq!((status.assignments, status.assignments_local), (4, 2));
+    let (given, _) = run(LOCALITY_BYTES_MIN, true);
+    assert_eq!(given.iter().filter(|w| **w == WorkerId([1; 32])).count(), 2, "a claim draws nothing: {given:?}");
 }

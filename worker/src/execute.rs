@@ -94,6 +94,26 @@ async fn fetch_verified(fetcher: &Fetcher<'_>, hash: BlobHash) -> Result<Vec<u8>
     }
 }
 
+/// Awaits a handful of futures together; their outputs in order.
+async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futures.map(Box::pin).collect();
+    let mut done: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, slot) in pinned.iter_mut().zip(done.iter_mut()) {
+            if slot.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(output) => *slot = Some(output),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    done.into_iter().map(|slot| slot.expect("every future finished")).collect()
+}
+
 /// Fetches a blob from the scheduler in verified slices (resuming what an earlier attempt, or an
 /// earlier run of this worker, verified), at the worker's download rate, logging progress.
 pub async fn fetch(fetcher: &Fetcher<'_>, hash: BlobHash) -> Result<transfer::Report, upglobe_datasets::DatasetError> {
@@ -109,8 +129,14 @@ pub async fn fetch(fetcher: &Fetcher<'_>, hash: BlobHash) -> Result<transfer::Re
         options.piece_bytes = (rate / 2).clamp(1 << 20, 8 << 20);
     }
     let mut sources = vec![transfer::Source { name: "scheduler".into(), connection: connection.clone() }];
-    for peer in fetcher.peers.iter().filter(|p| p.blob == hash) {
-        match crate::peers::connect(fetcher.identity, &config.token.secret, peer).await {
+    // Peers are asked at once, each within its own timeout: unreachable ones (behind NAT) cost
+    // one timeout in all, not one each.
+    let attempts =
+        fetcher.peers.iter().filter(|p| p.blob == hash).map(|peer| async move {
+            (peer, crate::peers::connect(fetcher.identity, &config.token.secret, peer).await)
+        });
+    for (peer, connected) in join_all(attempts).await {
+        match connected {
             Ok(connection) => {
                 sources.push(transfer::Source { name: format!("peer {}", peer.worker.short()), connection })
             }

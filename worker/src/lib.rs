@@ -437,7 +437,17 @@ fn evict(node: &Node, running: &RunningMap) {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot evict from the blob cache"),
     }
+    // Partial downloads nobody resumed within a day (the input's job ended, or went elsewhere).
+    let day_ago = std::time::SystemTime::now() - PARTIALS_KEPT;
+    match blobs.remove_stale_temporary(day_ago) {
+        Ok(removed) if removed > 0 => tracing::info!(files = removed, "removed stale partial downloads"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot clean the cache's temporary files"),
+    }
 }
+
+/// How long a partial download waits to be resumed before it is removed.
+const PARTIALS_KEPT: Duration = Duration::from_secs(24 * 3600);
 
 async fn upload_outputs(
     connection: &quinn::Connection,

@@ -104,12 +104,16 @@ pub async fn list(client: &Client) -> Result<Vec<DatasetInfo>> {
 /// A dataset by full hash, unique hash prefix (8+ hex digits) or name.
 pub fn resolve(datasets: &[DatasetInfo], given: &str) -> Result<DatasetInfo> {
     let given = given.trim();
-    let by_hash: Vec<&DatasetInfo> = if given.len() >= 8 && given.chars().all(|c| c.is_ascii_hexdigit()) {
+    let mut by_hash: Vec<&DatasetInfo> = if given.len() >= 8 && given.chars().all(|c| c.is_ascii_hexdigit()) {
         let prefix = given.to_ascii_lowercase();
         datasets.iter().filter(|d| d.hash.to_hex().starts_with(&prefix)).collect()
     } else {
         Vec::new()
     };
+    // The same bytes under several names are one dataset to fetch or forget: the one put by
+    // itself (not as a file of a directory) first.
+    by_hash.sort_by_key(|d| (d.hash, d.directory.is_some()));
+    by_hash.dedup_by_key(|d| d.hash);
     let by_name: Vec<&DatasetInfo> = datasets.iter().filter(|d| d.name == given).collect();
     match (by_hash.as_slice(), by_name.as_slice()) {
         ([one], _) | ([], [one]) => Ok((*one).clone()),
@@ -251,11 +255,10 @@ async fn fetch_to(client: &Client, hash: BlobHash, size: u64, target: &Path, wha
     if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    // A link costs no space when the cache is on the same file system; a copy otherwise.
+    // A copy, not a link: the user may change the file, and the cache must keep the bytes its
+    // name promises.
     let _ = std::fs::remove_file(target);
-    if std::fs::hard_link(&cached, target).is_err() {
-        std::fs::copy(&cached, target).with_context(|| format!("cannot write {}", target.display()))?;
-    }
+    std::fs::copy(&cached, target).with_context(|| format!("cannot write {}", target.display()))?;
     Ok(())
 }
 
@@ -321,6 +324,14 @@ mod tests {
         assert_eq!(resolve(&datasets, "other").unwrap().hash, BlobHash([0xac; 32]));
         assert!(resolve(&datasets, "abc").unwrap_err().to_string().contains("no dataset 'abc'"));
         let twins = [dataset(0xab, "x"), dataset(0xab, "y")];
-        assert!(resolve(&twins, "abababab").unwrap_err().to_string().contains("several"));
+        assert_eq!(resolve(&twins, "abababab").unwrap().hash, BlobHash([0xab; 32]), "one blob, two names");
+        let prefix_twins = [
+            dataset(0xab, "x"),
+            DatasetInfo {
+                hash: BlobHash([0xab; 31].iter().copied().chain([1]).collect::<Vec<u8>>().try_into().unwrap()),
+                ..dataset(0, "y")
+            },
+        ];
+        assert!(resolve(&prefix_twins, "abababab").unwrap_err().to_string().contains("several"));
     }
 }

@@ -66,10 +66,11 @@ pub struct NodeArgs {
     /// Do not serve the cache to other workers.
     #[arg(long)]
     no_peers: bool,
-    /// HOST:PORT other workers should dial to reach this one (behind NAT: the forwarded port).
-    /// Default: the address this worker reaches the scheduler from, with the port it serves on.
-    #[arg(long, value_name = "HOST:PORT")]
-    peer_advertise: Option<String>,
+    /// IP:PORT other workers should dial to reach this one (behind NAT: the public address and
+    /// forwarded port). Default: the address this worker reaches the scheduler from, with the port
+    /// it serves on.
+    #[arg(long, value_name = "IP:PORT")]
+    peer_advertise: Option<std::net::SocketAddr>,
     /// Hold downloads to this rate (e.g. 50MB, 10MiB: bytes per second), on a link shared with
     /// people. Default: as fast as the path allows.
     #[arg(long, value_name = "BYTES_PER_S", value_parser = flags::bytes(DOWNLOAD_RATE))]
@@ -159,7 +160,7 @@ fn node_config(context: &Context, args: NodeArgs, role: NodeRole) -> Result<Work
     config.cache_bytes_max = args.cache_size;
     config.download_rate = args.download_rate;
     config.peer_listen = (!args.no_peers).then_some(args.serve_peers);
-    config.peer_advertise = args.peer_advertise;
+    config.peer_advertise = args.peer_advertise.map(|a| a.to_string());
     Ok(config)
 }
 

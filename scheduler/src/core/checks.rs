@@ -135,8 +135,10 @@ pub fn check_hello(hello: &Hello) -> Result<(), String> {
     }
     if let Some(address) = &hello.peer_address {
         check_text("the peer address", address, DESCRIPTION_BYTES_MAX)?;
-        if address.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
-            return Err(format!("the peer address {address:?} is not HOST:PORT"));
+        // An IP address, not a name: workers would otherwise resolve and dial whatever name a
+        // stranger chose.
+        if address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!("the peer address {address:?} is not IP:PORT"));
         }
     }
     check_resources("the worker", &hello.resources)

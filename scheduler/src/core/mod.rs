@@ -25,7 +25,7 @@ pub use checks::{BlobFact, Evidence};
 pub use state::{Snapshot, SnapshotJob, SnapshotResult};
 pub use trust::{Provisional, Standing};
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use trust::{Check, CheckId, TrustTimer};
 use upglobe_protocol::messages::{
@@ -214,29 +214,37 @@ struct Worker {
     peer_address: Option<String>,
 }
 
-/// Blobs a worker probably holds: what it said it held when it joined, what it was sent to fetch
-/// and what it produced. A guess (its cache may have evicted some), bounded: the oldest is
-/// forgotten first.
+/// Blobs a worker probably holds: what it said it held when it joined, and (confirmed) what it
+/// produced or fetched for a task it completed. A guess (its cache may have evicted some), bounded:
+/// the oldest is forgotten first. Only confirmed holdings weigh in placing chunks, so a worker
+/// cannot draw work to itself by claiming inputs; any holding makes it a peer source, where every
+/// slice is verified and a false claim costs the fetcher one refused request.
 #[derive(Debug, Clone, Default)]
 struct Holding {
     order: std::collections::VecDeque<BlobHash>,
-    set: std::collections::HashSet<BlobHash>,
+    confirmed: HashMap<BlobHash, bool>,
 }
 
 impl Holding {
-    fn insert(&mut self, blob: BlobHash) {
-        if !self.set.insert(blob) {
+    fn insert(&mut self, blob: BlobHash, confirmed: bool) {
+        if let Some(known) = self.confirmed.get_mut(&blob) {
+            *known |= confirmed;
             return;
         }
+        self.confirmed.insert(blob, confirmed);
         self.order.push_back(blob);
         if self.order.len() > upglobe_protocol::messages::limits::HOLDING_MAX {
             let oldest = self.order.pop_front().expect("over the bound");
-            self.set.remove(&oldest);
+            self.confirmed.remove(&oldest);
         }
     }
 
     fn contains(&self, blob: &BlobHash) -> bool {
-        self.set.contains(blob)
+        self.confirmed.contains_key(blob)
+    }
+
+    fn confirmed(&self, blob: &BlobHash) -> bool {
+        self.confirmed.get(blob).copied().unwrap_or(false)
     }
 }
 
@@ -494,7 +502,7 @@ impl Core {
     pub fn handle_holding(&mut self, worker: WorkerId, blobs: &[BlobHash]) {
         let Some(w) = self.workers.get_mut(&worker) else { return };
         for blob in blobs.iter().take(upglobe_protocol::messages::limits::HOLDING_MAX) {
-            w.holding.insert(*blob);
+            w.holding.insert(*blob, false);
         }
     }
 
@@ -569,10 +577,12 @@ impl Core {
             (Outcome::Failed { reason }, Ok(())) => self.attempt_failed(now, chunk_id, Some(worker), truncate(reason)),
             (_, Err(reason)) => self.attempt_failed(now, chunk_id, Some(worker), truncate(reason)),
             (Outcome::Completed(output), Ok(())) => {
+                let inputs = self.chunk_inputs(chunk_id);
                 if let Some(w) = self.workers.get_mut(&worker) {
                     w.completed += 1;
-                    for blob in output.blobs() {
-                        w.holding.insert(blob);
+                    // It fetched the inputs and made the outputs: both are in its cache now.
+                    for blob in output.blobs().into_iter().chain(inputs.into_iter().map(|(blob, _)| blob)) {
+                        w.holding.insert(blob, true);
                     }
                 }
                 self.add_result(now, chunk_id, worker, assignment, output);
@@ -1076,7 +1086,11 @@ impl Core {
 
     /// Bytes of a chunk's inputs a worker holds.
     fn held_bytes(&self, worker: &Worker, chunk_id: ChunkId) -> u64 {
-        self.chunk_inputs(chunk_id).iter().filter(|(blob, _)| worker.holding.contains(blob)).map(|(_, size)| size).sum()
+        self.chunk_inputs(chunk_id)
+            .iter()
+            .filter(|(blob, _)| worker.holding.confirmed(blob))
+            .map(|(_, size)| size)
+            .sum()
     }
 
     /// Whether some worker has room for a job's chunks right now.
@@ -1093,12 +1107,8 @@ impl Core {
             self.chunks.get_mut(&chunk_id).expect("open").target = target;
         }
         let inputs = self.chunk_inputs(chunk_id);
-        let w = self.workers.get_mut(&worker).expect("assigning to a known worker");
-        let local = inputs.iter().all(|(blob, _)| w.holding.contains(blob));
-        // It fetches what it lacks: afterwards it holds them.
-        for (blob, _) in &inputs {
-            w.holding.insert(*blob);
-        }
+        let w = &self.workers[&worker];
+        let local = inputs.iter().all(|(blob, _)| w.holding.confirmed(blob));
         if let Some(job) = self.jobs.get_mut(&chunk_id.job) {
             job.placed += 1;
             job.placed_local += u64::from(local && !inputs.is_empty());

@@ -49,8 +49,8 @@ const MIGRATIONS: [&str; (FORMAT_VERSION - 1) as usize] = [
      CREATE INDEX signed_results_by_chunk ON signed_results (job, chunk);
      CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);",
     "CREATE TABLE datasets (
-         hash BLOB PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL, size INTEGER NOT NULL,
-         added INTEGER NOT NULL, directory BLOB);
+         hash BLOB NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL, size INTEGER NOT NULL,
+         added INTEGER NOT NULL, directory BLOB, PRIMARY KEY (hash, name));
      CREATE INDEX datasets_by_directory ON datasets (directory);",
 ];
 
@@ -412,7 +412,8 @@ impl Store {
     }
 
     /// The BLAKE3 hash of the workflow file a job came from.
-    /// Keeps a blob as a dataset (again: a second put of the same bytes renames it).
+    /// Keeps a blob as a dataset under a name (the same bytes may have several: a file in two
+    /// directories, or put again under another name; a second put under the same name renews it).
     pub fn add_dataset(&mut self, info: &DatasetInfo) -> Result<()> {
         let kind = match info.kind {
             DatasetKind::File => "file",
@@ -466,10 +467,16 @@ impl Store {
         Ok(found)
     }
 
-    /// Forgets a dataset and, for a directory, the files put with it; returns what was forgotten.
+    /// Forgets the datasets put as `hash` (not the files inside other directories that have the
+    /// same bytes) and, for a directory, the files put with it; returns what was forgotten.
     pub fn remove_dataset(&mut self, hash: upglobe_protocol::BlobHash) -> Result<Vec<DatasetInfo>> {
-        let removed = self.datasets(Some(hash))?;
-        self.connection.execute("DELETE FROM datasets WHERE hash = ?1 OR directory = ?1", [&hash.0[..]])?;
+        let removed: Vec<DatasetInfo> = self
+            .datasets(Some(hash))?
+            .into_iter()
+            .filter(|d| d.directory.is_none() || d.directory == Some(hash))
+            .collect();
+        self.connection
+            .execute("DELETE FROM datasets WHERE (hash = ?1 AND directory IS NULL) OR directory = ?1", [&hash.0[..]])?;
         Ok(removed)
     }
 
