@@ -164,6 +164,11 @@ fn a_peer_serving_corrupt_bytes_is_dropped_and_the_input_arrives_whole() {
     let second = cluster.submit(&workflow(1));
     cluster.wait_for("the second job", Duration::from_secs(60), |c| c.job(&second)["state"] == "completed");
 
+    // One frame's worth of the input, fetched and verified alone by the command line.
+    let frame = dir.path().join("frame.bin");
+    cluster.json(&["dataset", "get", &hash, "--range", "1000000..1100000", "--out", frame.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&frame).unwrap(), bytes[1_000_000..1_100_000]);
+
     let honest = cluster.workers[1].log();
     assert!(honest.contains("source dropped for this download"), "{honest}");
     assert!(honest.contains("does not verify against its hash"), "{honest}");

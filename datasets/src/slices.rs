@@ -90,6 +90,14 @@ pub fn resolve(ranges: &ChunkRanges, size: u64) -> ChunkRanges {
     bao_tree::io::round_up_to_chunks_groups(inside, BLOCK) & &blob
 }
 
+/// The chunks that hold a range of bytes.
+pub fn chunks_of(bytes: &std::ops::Range<u64>) -> ChunkRanges {
+    if bytes.start >= bytes.end {
+        return ChunkRanges::empty();
+    }
+    ChunkRanges::from(ChunkNum(bytes.start / CHUNK_BYTES)..ChunkNum(bytes.end.div_ceil(CHUNK_BYTES)))
+}
+
 /// Bytes of blob data that `ranges` cover in a blob of `size` bytes.
 pub fn bytes_in(ranges: &ChunkRanges, size: u64) -> u64 {
     let bytes = |chunk: u64| chunk.saturating_mul(CHUNK_BYTES).min(size);
@@ -233,6 +241,35 @@ impl BlobStore {
                 Err(e)
             }
         }
+    }
+
+    /// Verified bytes of a blob: from the store, or from a partial download that holds them (a
+    /// range fetched alone). An error names what is not there.
+    pub fn read_range(&self, hash: &BlobHash, bytes: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        let (file, size, source) = if self.contains(hash) {
+            let (file, size) = self.open_blob(hash)?;
+            (file, size, self.path(hash))
+        } else {
+            let Some(partial) = self.existing_partial(hash)? else {
+                return Err(DatasetError::Missing(hash.to_hex()));
+            };
+            let wanted = chunks_of(&(bytes.start.min(partial.size())..bytes.end.min(partial.size())));
+            if !(partial.missing()? & wanted).is_empty() {
+                return Err(DatasetError::Incomplete {
+                    expected: hash.to_hex(),
+                    received: partial.size() - bytes_in(&partial.missing()?, partial.size()),
+                    size: partial.size(),
+                });
+            }
+            let size = partial.size();
+            let path = partial.data_path.clone();
+            (partial.data, size, path)
+        };
+        let end = bytes.end.min(size);
+        let start = bytes.start.min(end);
+        let mut out = vec![0u8; (end - start) as usize];
+        file.read_exact_at(&mut out, start).map_err(io(format!("cannot read {}", source.display())))?;
+        Ok(out)
     }
 
     pub fn remove_partial(&self, hash: &BlobHash) {

@@ -59,11 +59,20 @@ pub struct Options {
     pub piece_bytes: u64,
     pub rate_bytes_per_s: Option<u64>,
     pub progress: Progress,
+    /// Only these bytes (one frame of a trajectory, say): they are fetched and verified into the
+    /// partial, which stays partial unless that was all that was missing ([`BlobStore::read_range`]).
+    pub only: Option<std::ops::Range<u64>>,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { streams_per_source: 4, piece_bytes: 8 << 20, rate_bytes_per_s: None, progress: Progress::default() }
+        Options {
+            streams_per_source: 4,
+            piece_bytes: 8 << 20,
+            rate_bytes_per_s: None,
+            progress: Progress::default(),
+            only: None,
+        }
     }
 }
 
@@ -267,10 +276,13 @@ pub async fn download_from(sources: &[Source], store: &BlobStore, hash: BlobHash
     let size = partial.size();
     let progress = &options.progress;
     progress.size.store(size, Ordering::Relaxed);
-    let missing = {
+    let mut missing = {
         let partial = partial.clone();
         blocking(hash, move || partial.missing()).await?
     };
+    if let Some(only) = &options.only {
+        missing = missing & slices::resolve(&slices::chunks_of(only), size);
+    }
     progress.verified.store(size - slices::bytes_in(&missing, size), Ordering::Relaxed);
     let pieces = slices::split(&missing, (options.piece_bytes / slices::CHUNK_BYTES).max(16), size);
     let queue = Arc::new(Mutex::new(pieces.into_iter().collect::<VecDeque<_>>()));
@@ -335,7 +347,12 @@ pub async fn download_from(sources: &[Source], store: &BlobStore, hash: BlobHash
     }
     {
         let store = store.clone();
-        blocking(hash, move || partial.finish(&store)).await?;
+        let whole = options.only.is_none();
+        blocking(hash, move || {
+            // A range alone leaves the partial partial, unless nothing else was missing.
+            if whole || partial.missing()?.is_empty() { partial.finish(&store) } else { Ok(()) }
+        })
+        .await?;
     }
     let dropped = dropped.lock().expect("dropped sources").clone();
     let per_source =

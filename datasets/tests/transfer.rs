@@ -235,3 +235,25 @@ async fn two_downloads_of_one_blob_at_once_both_end_with_it() {
     assert_eq!(store.get(&hash).unwrap(), bytes);
     assert!(store.existing_partial(&hash).unwrap().is_none());
 }
+
+/// One frame of a trajectory: a byte range is fetched and verified alone, without the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_is_fetched_and_verified_alone() {
+    let bytes = data(SIZE / 4, 6);
+    let peer = Peer::start();
+    let hash = peer.store.put(&bytes).unwrap();
+    let (_dir, store) = receiver();
+    let sources = [peer.source("peer").await];
+    let frame = 7_000_123..7_500_000u64;
+    let options = Options { only: Some(frame.clone()), ..Options::default() };
+    let report = transfer::download_from(&sources, &store, hash, &options).await.unwrap();
+    assert!(report.received_bytes < 600_000, "{} bytes for a 0.5 MB range", report.received_bytes);
+    assert!(!store.contains(&hash), "a range is not the blob");
+    let read = store.read_range(&hash, frame.clone()).unwrap();
+    assert_eq!(read, bytes[frame.start as usize..frame.end as usize]);
+    assert!(store.read_range(&hash, 0..1000).is_err(), "bytes not fetched are not handed out");
+    // The rest later: the blob is whole and the range was not fetched twice.
+    let report = transfer::download_from(&sources, &store, hash, &Options::default()).await.unwrap();
+    assert!(report.resumed_bytes >= frame.end - frame.start, "{}", report.resumed_bytes);
+    assert_eq!(store.get(&hash).unwrap(), bytes);
+}

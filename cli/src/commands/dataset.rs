@@ -44,6 +44,9 @@ pub enum Command {
         dataset: String,
         #[arg(long)]
         out: PathBuf,
+        /// Only bytes START..END of a file (one frame of a trajectory): fetched and verified alone.
+        #[arg(long, value_name = "START..END", value_parser = byte_range)]
+        range: Option<std::ops::Range<u64>>,
         #[arg(long, env = "UPGLOBE_CONNECT")]
         connect: Option<String>,
     },
@@ -69,10 +72,14 @@ pub async fn run(context: &Context, command: Command) -> Result<i32> {
             show(context, &datasets, "");
             client.close();
         }
-        Command::Get { dataset, out, connect: given } => {
+        Command::Get { dataset, out, range, connect: given } => {
             let client = connect(context, given.as_deref()).await?;
             let found = resolve(&list(&client).await?, &dataset)?;
-            get(&client, &found, &out).await?;
+            match range {
+                Some(range) if found.kind == DatasetKind::File => get_range(&client, &found, range, &out).await?,
+                Some(_) => bail!("--range takes a file; {} is a directory", found.name),
+                None => get(&client, &found, &out).await?,
+            }
             match context.format {
                 Format::Json => output::json(&json!({ "hash": found.hash.to_hex(), "written": out })),
                 Format::Text => println!("wrote {} ({})", out.display(), found.name),
@@ -245,6 +252,30 @@ async fn get(client: &Client, dataset: &DatasetInfo, out: &Path) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `START..END` in bytes, END excluded.
+fn byte_range(text: &str) -> std::result::Result<std::ops::Range<u64>, String> {
+    let (start, end) = text.split_once("..").ok_or("write the range as START..END (bytes, END excluded)")?;
+    let number = |t: &str| t.trim().parse::<u64>().map_err(|_| format!("'{t}' is not a byte offset"));
+    let (start, end) = (number(start)?, number(end)?);
+    if start >= end {
+        return Err(format!("{start}..{end} is empty"));
+    }
+    Ok(start..end)
+}
+
+async fn get_range(client: &Client, dataset: &DatasetInfo, range: std::ops::Range<u64>, out: &Path) -> Result<()> {
+    if range.end > dataset.size {
+        bail!("{} is {} bytes; the range {}..{} goes past its end", dataset.name, dataset.size, range.start, range.end);
+    }
+    let options = transfer::Options { only: Some(range.clone()), ..transfer::Options::default() };
+    client.fetch_range(dataset.hash, &options).await?;
+    let bytes = client.blobs().read_range(&dataset.hash, range)?;
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    std::fs::write(out, bytes).with_context(|| format!("cannot write {}", out.display()))
 }
 
 async fn fetch_to(client: &Client, hash: BlobHash, size: u64, target: &Path, what: &str) -> Result<()> {
