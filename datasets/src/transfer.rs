@@ -281,7 +281,7 @@ pub async fn download_from(sources: &[Source], store: &BlobStore, hash: BlobHash
         blocking(hash, move || partial.missing()).await?
     };
     if let Some(only) = &options.only {
-        missing = missing & slices::resolve(&slices::chunks_of(only), size);
+        missing &= slices::resolve(&slices::chunks_of(only), size);
     }
     progress.verified.store(size - slices::bytes_in(&missing, size), Ordering::Relaxed);
     let pieces = slices::split(&missing, (options.piece_bytes / slices::CHUNK_BYTES).max(16), size);
