@@ -36,7 +36,16 @@ async fn a_peer_with_the_secret_is_served_and_others_are_refused() {
     assert!(error.contains("not a worker of this cluster") || error.contains("closed"), "{error}");
 
     // A server other than the one named: the client does not talk to it.
-    let impostor = PeerSource { worker: client.id().unwrap(), ..source };
+    let impostor = PeerSource { worker: client.id().unwrap(), ..source.clone() };
     let error = peers::connect(&client, "cluster secret", &impostor).await.unwrap_err().to_string();
     assert!(error.contains("not the worker the scheduler named"), "{error}");
+
+    // One worker may hold a few connections, not every slot.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(peers::connect(&client, "cluster secret", &source).await.unwrap());
+    }
+    let error = peers::connect(&client, "cluster secret", &source).await.unwrap_err().to_string();
+    assert!(error.contains("too many connections"), "{error}");
+    drop(held);
 }
