@@ -126,7 +126,7 @@ async fn admit(
     me: WorkerId,
 ) -> std::result::Result<(WorkerId, quinn::SendStream), String> {
     let peer = peer_id(connection).map_err(|e| e.to_string())?;
-    let (mut send, mut recv) = tokio::time::timeout(CONNECT_TIMEOUT, connection.accept_bi())
+    let (send, mut recv) = tokio::time::timeout(CONNECT_TIMEOUT, connection.accept_bi())
         .await
         .map_err(|_| "no greeting in time".to_string())?
         .map_err(|e| e.to_string())?;
