@@ -18,7 +18,10 @@ pub mod limits {
     /// Largest frame on any stream after a peer has proven its secret.
     pub const FRAME_BYTES_MAX: usize = 64 << 20;
     /// Largest first frame of a connection, read before the peer has proven anything.
-    pub const GREETING_BYTES_MAX: usize = 4 << 10;
+    pub const GREETING_BYTES_MAX: usize = 16 << 10;
+    /// GPUs and wgpu adapters one worker may describe in its hello.
+    pub const GPUS_DESCRIBED_MAX: usize = 16;
+    pub const ADAPTERS_MAX: usize = 8;
     /// Connections that have not yet proven their secret, at once; more are refused.
     pub const UNAUTHENTICATED_CONNECTIONS_MAX: usize = 256;
     /// Largest blob (checkpoint, input or output file).
@@ -354,6 +357,21 @@ pub struct Hello {
     pub owner: Option<String>,
     /// `HOST:PORT` where it serves its cache to other workers, if it does.
     pub peer_address: Option<String>,
+    /// NVIDIA GPUs found through NVML (`resources.gpus` counts them) and wgpu adapters (the MD
+    /// engine's devices), for placement and for `upglobe workers`.
+    pub gpus: Vec<GpuDevice>,
+    pub adapters: Vec<String>,
+}
+
+/// A GPU as NVML describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuDevice {
+    pub name: String,
+    pub uuid: String,
+    pub vram_total_bytes: u64,
+    pub vram_free_bytes: u64,
+    pub driver: String,
+    pub utilisation_percent: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -761,6 +779,9 @@ pub struct JobStatus {
     /// held every input (locality: nothing to fetch).
     pub assignments: u64,
     pub assignments_local: u64,
+    /// Why a running job has nothing running, when no worker can take its chunks ("no worker has
+    /// 2 GPUs; the most any has is 1").
+    pub waiting: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -827,6 +848,8 @@ pub struct WorkerStatus {
     pub standing: String,
     pub audits_passed: u64,
     pub audits_failed: u64,
+    pub gpus: Vec<GpuDevice>,
+    pub adapters: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -486,6 +486,8 @@ fn hello(node: &SimNode, index: usize, cpus: u32) -> Hello {
         // Every node is its own owner: colluders come from different owners on purpose.
         owner: Some(format!("owner-{index}")),
         peer_address: None,
+        gpus: vec![],
+        adapters: vec![],
     }
 }
 

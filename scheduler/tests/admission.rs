@@ -30,6 +30,8 @@ async fn another_protocol_version_is_refused_with_a_reason() {
         signing_key: common::key().public(),
         owner: None,
         peer_address: None,
+        gpus: vec![],
+        adapters: vec![],
     };
     frame::write(&mut send, &Greeting::Worker(hello)).await.unwrap();
     let answer = tokio::time::timeout(Duration::from_secs(10), frame::read::<ToWorker, _>(&mut recv)).await.unwrap();
@@ -156,6 +158,8 @@ fn worker_hello(scheduler: &Scheduler, name: &str) -> Hello {
         signing_key: common::key().public(),
         owner: None,
         peer_address: None,
+        gpus: vec![],
+        adapters: vec![],
     }
 }
 

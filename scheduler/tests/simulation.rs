@@ -888,3 +888,48 @@ fn chunks_go_where_their_large_inputs_are() {
     let (given, _) = run(LOCALITY_BYTES_MIN, true);
     assert_eq!(given.iter().filter(|w| **w == WorkerId([1; 32])).count(), 2, "a claim draws nothing: {given:?}");
 }
+
+fn gpu_hello(name: &str, gpus: usize) -> upglobe_protocol::messages::Hello {
+    let mut hello = hello(name, 4, true);
+    hello.resources.gpus = gpus as u32;
+    hello.gpus = (0..gpus)
+        .map(|k| upglobe_protocol::messages::GpuDevice {
+            name: "A100".into(),
+            uuid: format!("GPU-{k}"),
+            vram_total_bytes: 80 << 30,
+            vram_free_bytes: 80 << 30,
+            driver: "550".into(),
+            utilisation_percent: 0,
+        })
+        .collect();
+    hello
+}
+
+/// Jobs asking for GPUs go to workers that have them, and a job no worker can ever hold says why
+/// it waits; a hello whose GPU count and descriptions disagree is refused.
+#[test]
+fn gpu_jobs_go_to_gpu_workers_and_say_why_they_wait() {
+    let mut core = Core::new(Config::default(), 1);
+    let (plain, gpu) = (WorkerId([1; 32]), WorkerId([2; 32]));
+    core.handle_worker_joined(0, plain, &hello("plain", 4, true)).unwrap();
+    core.handle_worker_joined(0, gpu, &gpu_hello("gpu", 2)).unwrap();
+    let mut one = command_spec("one", vec![1, 2]);
+    one.resources.gpus = 1;
+    let mut four = command_spec("four", vec![1]);
+    four.resources.gpus = 4;
+    let ids = submit(&mut core, 0, vec![one, four]).unwrap();
+    let given: Vec<WorkerId> = assignments(&mut core).into_iter().map(|(worker, _)| worker).collect();
+    assert_eq!(given, vec![gpu, gpu], "both tasks on the GPU worker, one GPU each");
+    let id = |name: &str| ids.iter().find(|(n, _)| n.ends_with(name)).unwrap().1;
+    let waiting = core.job_status(1, id("four")).unwrap().waiting;
+    assert_eq!(waiting.as_deref(), Some("no worker has 4 GPUs (the most any has is 2)"));
+    assert_eq!(core.job_status(1, id("one")).unwrap().waiting, None, "running jobs do not wait");
+    let workers = core.workers();
+    let described = workers.iter().find(|w| w.id == gpu).unwrap();
+    assert_eq!((described.gpus.len(), described.gpus[0].name.as_str()), (2, "A100"));
+
+    let mut lying = gpu_hello("liar", 1);
+    lying.resources.gpus = 8;
+    let refused = core.handle_worker_joined(2, WorkerId([3; 32]), &lying).unwrap_err();
+    assert!(refused.contains("offers 8 GPUs but describes 1"), "{refused}");
+}

@@ -61,9 +61,46 @@ fn mode() -> Option<Mode> {
     std::env::var(VARIABLE).ok().and_then(|text| parse(&text).ok())
 }
 
+/// `UPGLOBE_FAKE_GPUS=COUNTxNAME:GiB` (e.g. `2xA100:80`): the worker describes that many fake
+/// GPUs instead of asking NVML, so tests can place GPU jobs on machines without one.
+pub const FAKE_GPUS: &str = "UPGLOBE_FAKE_GPUS";
+
+/// The fake GPUs asked for, if any (only with the `cheat` feature).
+pub fn fake_gpus() -> Option<Result<Vec<upglobe_protocol::messages::GpuDevice>, String>> {
+    if !cfg!(feature = "cheat") {
+        return None;
+    }
+    let text = std::env::var(FAKE_GPUS).ok()?;
+    Some(parse_fake_gpus(&text))
+}
+
+fn parse_fake_gpus(text: &str) -> Result<Vec<upglobe_protocol::messages::GpuDevice>, String> {
+    let bad = || format!("{FAKE_GPUS}: '{text}' is not COUNTxNAME:GiB (e.g. 2xA100:80)");
+    let (count, rest) = text.split_once('x').ok_or_else(bad)?;
+    let (name, gib) = rest.rsplit_once(':').ok_or_else(bad)?;
+    let count: usize = count.parse().ok().filter(|c| (1..=16).contains(c)).ok_or_else(bad)?;
+    let gib: u64 = gib.parse().ok().filter(|g| (1..=1024).contains(g)).ok_or_else(bad)?;
+    Ok((0..count)
+        .map(|k| upglobe_protocol::messages::GpuDevice {
+            name: name.to_string(),
+            uuid: format!("GPU-fake-{k}"),
+            vram_total_bytes: gib << 30,
+            vram_free_bytes: gib << 30,
+            driver: "fake".into(),
+            utilisation_percent: 0,
+        })
+        .collect())
+}
+
 /// Checked when the worker starts: a cheat asked of a build without the feature, or a mode that
 /// does not parse, stops it.
 pub fn check_environment() -> Result<(), String> {
+    if let Ok(text) = std::env::var(FAKE_GPUS) {
+        if !cfg!(feature = "cheat") {
+            return Err(format!("{FAKE_GPUS} is set but this build has no cheat feature"));
+        }
+        parse_fake_gpus(&text)?;
+    }
     let Ok(text) = std::env::var(VARIABLE) else { return Ok(()) };
     if !cfg!(feature = "cheat") {
         return Err(format!("{VARIABLE} is set but this build has no cheat feature"));
@@ -140,6 +177,14 @@ impl Cheat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fake_gpus_parse() {
+        let gpus = parse_fake_gpus("2xA100:80").unwrap();
+        assert_eq!(gpus.len(), 2);
+        assert_eq!((gpus[1].name.as_str(), gpus[1].vram_total_bytes), ("A100", 80 << 30));
+        assert!(parse_fake_gpus("2xA100").is_err() && parse_fake_gpus("0xA100:80").is_err());
+    }
 
     #[test]
     fn modes_parse() {

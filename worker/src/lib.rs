@@ -61,6 +61,10 @@ pub struct WorkerConfig {
     /// first out; what running tasks use is never evicted, nor the intermediate states of chunks
     /// that are not settled.
     pub cache_bytes_max: u64,
+    /// NVIDIA GPUs (their number is `resources.gpus`) and wgpu adapters, as reported to the
+    /// scheduler.
+    pub gpus: Vec<upglobe_protocol::messages::GpuDevice>,
+    pub adapters: Vec<String>,
     /// Where to serve this worker's cache to other workers (`None`: not at all), and the
     /// `HOST:PORT` they should dial (default: the address this worker reaches the scheduler from,
     /// with the port it listens on).
@@ -91,6 +95,8 @@ impl WorkerConfig {
             backoff_max: Duration::from_secs(10),
             cache_bytes_max: CACHE_BYTES_DEFAULT,
             download_rate: None,
+            gpus: Vec::new(),
+            adapters: Vec::new(),
             peer_listen: Some(std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
             peer_advertise: None,
             role: NodeRole::Worker,
@@ -231,6 +237,8 @@ async fn session(node: &Node, identity: &PeerIdentity) -> Result<String> {
                 .map(|ip| std::net::SocketAddr::new(ip, port).to_string()),
             (_, None) => None,
         },
+        gpus: config.gpus.clone(),
+        adapters: config.adapters.clone(),
     };
     frame::write(&mut send, &Greeting::Worker(hello)).await?;
     let welcome = match frame::read::<ToWorker, _>(&mut recv).await {

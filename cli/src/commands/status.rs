@@ -76,6 +76,7 @@ pub fn status_json(status: &JobStatus) -> Value {
         "disagreements": status.disagreements,
         "assignments": status.assignments,
         "assignments_local": status.assignments_local,
+        "waiting": status.waiting,
         "failures": status.failures.iter().map(|f| json!({
             "chunk": f.chunk,
             "worker": f.worker.map(|w| w.to_hex()),
@@ -113,6 +114,9 @@ fn print_statuses(jobs: &[JobStatus], detailed: bool) {
     for status in jobs {
         if let JobState::Failed { reason } = &status.state {
             println!("job {} failed: {reason}", status.id);
+        }
+        if let Some(why) = &status.waiting {
+            println!("job {} waits: {why}", status.id);
         }
         if detailed {
             if status.assignments > 0 {
@@ -281,7 +285,24 @@ fn worker_json(w: &WorkerStatus) -> Value {
         "completed": w.completed, "disagreements": w.disagreements, "quarantined": w.quarantined,
         "role": match w.role { NodeRole::Worker => "worker", NodeRole::Verifier => "verifier" },
         "owner": w.owner, "standing": w.standing, "audits_passed": w.audits_passed, "audits_failed": w.audits_failed,
+        "gpus": w.gpus.iter().map(|g| json!({
+            "name": g.name, "uuid": g.uuid, "vram_total_bytes": g.vram_total_bytes,
+            "vram_free_bytes": g.vram_free_bytes, "driver": g.driver, "utilisation_percent": g.utilisation_percent,
+        })).collect::<Vec<_>>(),
+        "adapters": w.adapters,
     })
+}
+
+/// A worker's GPUs in a few words: "2× A100 (80 GiB)", or "-".
+fn gpus_text(w: &WorkerStatus) -> String {
+    let Some(first) = w.gpus.first() else { return "-".into() };
+    let gib = first.vram_total_bytes as f64 / (1u64 << 30) as f64;
+    let same = w.gpus.iter().all(|g| g.name == first.name && g.vram_total_bytes == first.vram_total_bytes);
+    if same {
+        format!("{}× {} ({gib:.0} GiB)", w.gpus.len(), first.name)
+    } else {
+        w.gpus.iter().map(|g| g.name.clone()).collect::<Vec<_>>().join(", ")
+    }
 }
 
 pub async fn workers(context: &Context, args: WorkersArgs) -> Result<i32> {
@@ -307,6 +328,7 @@ pub async fn workers(context: &Context, args: WorkersArgs) -> Result<i32> {
                         w.name.clone(),
                         state.into(),
                         w.device.clone(),
+                        gpus_text(w),
                         w.resources.cpus.to_string(),
                         w.running.to_string(),
                         w.completed.to_string(),
@@ -321,6 +343,7 @@ pub async fn workers(context: &Context, args: WorkersArgs) -> Result<i32> {
                 "NAME",
                 "STATE",
                 "DEVICE",
+                "GPUS",
                 "CPUS",
                 "RUNNING",
                 "DONE",

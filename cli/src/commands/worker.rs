@@ -149,6 +149,21 @@ fn node_config(context: &Context, args: NodeArgs, role: NodeRole) -> Result<Work
     if let Some(memory) = args.memory {
         config.resources.memory_bytes = memory;
     }
+    // GPUs: NVML's (or, in a test build, fake ones); without the driver, said once.
+    let gpus = match upglobe_worker::cheat::fake_gpus() {
+        Some(fake) => fake.map_err(anyhow::Error::msg)?,
+        None => upglobe_worker::resources::detect_gpus().unwrap_or_else(|reason| {
+            tracing::info!("{reason}; this node offers no GPU");
+            Vec::new()
+        }),
+    };
+    config.resources.gpus = gpus.len() as u32;
+    config.gpus = gpus;
+    config.adapters = upglobe_kernels::gpu::adapters()
+        .iter()
+        .take(upglobe_protocol::messages::limits::ADAPTERS_MAX)
+        .map(|a| a.to_string())
+        .collect();
     config.device = match (args.device, role) {
         (Some(device), _) => parse_device(&device)?,
         // The reference kernel: a GPU where there is one (faster), the CPU engine otherwise; both give

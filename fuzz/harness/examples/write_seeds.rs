@@ -88,6 +88,15 @@ fn frame_seeds(fuzz: &Path) {
         signing_key: PublicKey([4; 32]),
         owner: Some("lab-a".into()),
         peer_address: Some("192.0.2.7:7413".into()),
+        gpus: vec![GpuDevice {
+            name: "A100".into(),
+            uuid: "GPU-1".into(),
+            vram_total_bytes: 80 << 30,
+            vram_free_bytes: 79 << 30,
+            driver: "550".into(),
+            utilisation_percent: 3,
+        }],
+        adapters: vec!["NVIDIA A100 (Vulkan)".into()],
     };
     let client_hello = ClientHello { protocol: 1, secret: "s3cret".into(), software: "upglobe 0.1.0".into() };
     frame("greeting-worker", &|b| encode_into(&Greeting::Worker(hello.clone()), b).unwrap());
@@ -264,6 +273,7 @@ fn frame_seeds(fuzz: &Path) {
         disagreements: 1,
         assignments: 3,
         assignments_local: 2,
+        waiting: Some("no worker has 2 GPUs (the most any has is 1)".into()),
     };
     let states = [JobState::Waiting, JobState::Running, JobState::Completed, JobState::Cancelled];
     let statuses: Vec<JobStatus> =
@@ -298,6 +308,15 @@ fn frame_seeds(fuzz: &Path) {
         standing: "trusted, audits at 50 %".into(),
         audits_passed: 3,
         audits_failed: 0,
+        gpus: vec![GpuDevice {
+            name: "A100".into(),
+            uuid: "GPU-1".into(),
+            vram_total_bytes: 80 << 30,
+            vram_free_bytes: 79 << 30,
+            driver: "550".into(),
+            utilisation_percent: 3,
+        }],
+        adapters: vec!["NVIDIA A100 (Vulkan)".into()],
     };
     for (name, response) in [
         ("submitted", ClientResponse::Submitted { workflow: WorkflowId(1), jobs: vec![("melt".into(), JobId(2))] }),

@@ -133,6 +133,24 @@ pub fn check_hello(hello: &Hello) -> Result<(), String> {
     if let Some(owner) = &hello.owner {
         upglobe_protocol::messages::check_name(owner).map_err(|e| format!("the owner name {e}"))?;
     }
+    use upglobe_protocol::messages::limits::{ADAPTERS_MAX, GPUS_DESCRIBED_MAX};
+    if hello.gpus.len() > GPUS_DESCRIBED_MAX || hello.adapters.len() > ADAPTERS_MAX {
+        return Err(format!("at most {GPUS_DESCRIBED_MAX} GPUs and {ADAPTERS_MAX} adapters may be described"));
+    }
+    if hello.resources.gpus as usize != hello.gpus.len() {
+        return Err(format!("the worker offers {} GPUs but describes {}", hello.resources.gpus, hello.gpus.len()));
+    }
+    for gpu in &hello.gpus {
+        check_text("a GPU's name", &gpu.name, NAME_BYTES_MAX)?;
+        check_text("a GPU's UUID", &gpu.uuid, NAME_BYTES_MAX)?;
+        check_text("a GPU's driver", &gpu.driver, NAME_BYTES_MAX)?;
+        if gpu.vram_free_bytes > gpu.vram_total_bytes || gpu.utilisation_percent > 100 {
+            return Err(format!("GPU {:?} reports impossible figures", gpu.name));
+        }
+    }
+    for adapter in &hello.adapters {
+        check_text("an adapter's description", adapter, DESCRIPTION_BYTES_MAX)?;
+    }
     if let Some(address) = &hello.peer_address {
         check_text("the peer address", address, DESCRIPTION_BYTES_MAX)?;
         // An IP address, not a name: workers would otherwise resolve and dial whatever name a

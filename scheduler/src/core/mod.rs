@@ -212,6 +212,8 @@ struct Worker {
     holding: Holding,
     /// Where it serves its cache to other workers, if it does.
     peer_address: Option<String>,
+    gpus: Vec<upglobe_protocol::messages::GpuDevice>,
+    adapters: Vec<String>,
 }
 
 /// Blobs a worker probably holds: what it said it held when it joined, and (confirmed) what it
@@ -470,6 +472,8 @@ impl Core {
             standing,
             holding,
             peer_address: hello.peer_address.clone(),
+            gpus: hello.gpus.clone(),
+            adapters: hello.adapters.clone(),
         };
         self.workers.insert(worker, entry);
         // More cpus may widen the windows of running array jobs.
@@ -1093,6 +1097,47 @@ impl Core {
             .sum()
     }
 
+    /// Why no worker takes a job's chunks, when none could even if it were idle: the resource no
+    /// connected worker has enough of, and the most any has. `None` when some worker could (it is
+    /// only busy).
+    fn why_waiting(&self, job: JobId) -> Option<String> {
+        let spec = &self.jobs[&job].spec;
+        let able: Vec<&Worker> = self.workers.values().filter(|w| self.may_run(w, &spec.kind)).collect();
+        if able.is_empty() {
+            return Some(match spec.kind {
+                JobKind::Command(_) => "no connected worker runs commands (workers need --allow-commands)".into(),
+                _ => "no worker is connected".into(),
+            });
+        }
+        let needs = &spec.resources;
+        if able.iter().any(|w| needs.fits_in(&w.capacity)) {
+            return None;
+        }
+        let most = |of: fn(&Resources) -> u64| able.iter().map(|w| of(&w.capacity)).max().unwrap_or(0);
+        let gib = |bytes: u64| format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64);
+        let reasons = [
+            (needs.gpus as u64 > most(|r| r.gpus as u64)).then(|| {
+                format!("no worker has {} GPUs (the most any has is {})", needs.gpus, most(|r| r.gpus as u64))
+            }),
+            (needs.cpus as u64 > most(|r| r.cpus as u64)).then(|| {
+                format!("no worker has {} cpus (the most any has is {})", needs.cpus, most(|r| r.cpus as u64))
+            }),
+            (needs.memory_bytes > most(|r| r.memory_bytes)).then(|| {
+                format!(
+                    "no worker has {} of memory (the most any has is {})",
+                    gib(needs.memory_bytes),
+                    gib(most(|r| r.memory_bytes))
+                )
+            }),
+        ];
+        let reasons: Vec<String> = reasons.into_iter().flatten().collect();
+        Some(if reasons.is_empty() {
+            "no single worker has all of the cpus, memory and GPUs it asks for".into()
+        } else {
+            reasons.join("; ")
+        })
+    }
+
     /// Whether some worker has room for a job's chunks right now.
     fn placeable(&self, job: JobId) -> bool {
         let spec = &self.jobs[&job].spec;
@@ -1270,6 +1315,9 @@ impl Core {
             disagreements: job.disagreements,
             assignments: job.placed,
             assignments_local: job.placed_local,
+            waiting: (job.state == JobState::Running && running == 0 && job.open > 0)
+                .then(|| self.why_waiting(id))
+                .flatten(),
         })
     }
 
@@ -1295,6 +1343,8 @@ impl Core {
                 standing: self.standing_label(w),
                 audits_passed: w.standing.audits_passed,
                 audits_failed: w.standing.audits_failed,
+                gpus: w.gpus.clone(),
+                adapters: w.adapters.clone(),
             })
             .collect()
     }

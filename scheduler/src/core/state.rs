@@ -191,6 +191,8 @@ impl Worker {
             standing: Standing { failures: disagreements, ..Standing::default() },
             holding: Default::default(),
             peer_address: None,
+            gpus: Vec::new(),
+            adapters: Vec::new(),
         }
     }
 }

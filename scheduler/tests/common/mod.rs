@@ -57,5 +57,7 @@ pub fn hello(name: &str, cpus: u32, allow_commands: bool) -> Hello {
         signing_key: key().public(),
         owner: None,
         peer_address: None,
+        gpus: vec![],
+        adapters: vec![],
     }
 }
