@@ -180,3 +180,40 @@ fn a_peer_serving_corrupt_bytes_is_dropped_and_the_input_arrives_whole() {
         .unwrap_or_else(|e| panic!("no sum.txt under {}: {e}", out.display()));
     assert_eq!(summed.split_whitespace().next().unwrap(), sha256(&input));
 }
+
+/// A directory is put as its files and a manifest, comes back whole, and `rm` of it leaves a file
+/// with the same bytes that was put by itself.
+#[test]
+fn a_directory_round_trips_and_rm_forgets_only_what_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 0);
+    let tree = dir.path().join("inputs");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("a.dat"), vec![3u8; 200_000]).unwrap();
+    std::fs::write(tree.join("sub/b.txt"), "hello\n").unwrap();
+    let alone = dir.path().join("b.txt");
+    std::fs::write(&alone, "hello\n").unwrap();
+
+    let put = cluster.json(&["dataset", "put", tree.to_str().unwrap()]);
+    let names: Vec<&str> = put.as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["inputs", "inputs/a.dat", "inputs/sub/b.txt"]);
+    assert_eq!(put[0]["kind"], "directory");
+    let single = cluster.json(&["dataset", "put", alone.to_str().unwrap()]);
+    assert_eq!(single[0]["hash"], put[2]["hash"], "the same bytes, another name");
+
+    let back = dir.path().join("back");
+    cluster.json(&["dataset", "get", "inputs", "--out", back.to_str().unwrap()]);
+    assert_eq!(std::fs::read(back.join("a.dat")).unwrap(), vec![3u8; 200_000]);
+    assert_eq!(std::fs::read_to_string(back.join("sub/b.txt")).unwrap(), "hello\n");
+
+    let removed = cluster.json(&["dataset", "rm", "inputs"]);
+    assert_eq!(removed.as_array().unwrap().len(), 3, "{removed}");
+    let left = cluster.json(&["dataset", "ls"]);
+    let left: Vec<&str> = left.as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
+    assert_eq!(left, ["b.txt"]);
+    let out = dir.path().join("b-again.txt");
+    cluster.json(&["dataset", "get", "b.txt", "--out", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(out).unwrap(), "hello\n");
+    let missing = cluster.run(&["dataset", "get", "inputs", "--out", back.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no dataset 'inputs'"), "{missing:?}");
+}
