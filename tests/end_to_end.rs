@@ -393,3 +393,47 @@ fn a_million_task_array_submits_runs_and_reports_status() {
     assert_eq!(written, verified, "one directory per verified task");
     assert!(out.join("million.sweep/1/stdout").exists());
 }
+
+/// A command's usage is metered and signed: the CPU time of a CPU-bound loop matches what the
+/// same loop takes here, and the bytes in and out are the input's and the outputs' sizes.
+#[test]
+fn a_command_is_metered_cpu_memory_and_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 0);
+    cluster.add_worker(&["--allow-commands"]);
+    let script = "i=0; while [ $i -lt 400000 ]; do i=$((i+1)); done; head -c 3000000 /dev/zero > out.bin";
+    std::fs::write(dir.path().join("in.bin"), vec![7u8; 1_000_000]).unwrap();
+    let workflow = format!(
+        "name = \"meter\"\n[jobs.loop]\nkind = \"command\"\nargv = [\"sh\", \"-c\", \"{script}\"]\n\
+         inputs = [\"in.bin\"]\noutputs = [\"out.bin\"]\n"
+    );
+    let job = cluster.submit(&workflow);
+    cluster.wait_for("the job", Duration::from_secs(120), |c| c.job(&job)["state"] == "completed");
+
+    // The same loop here, by the CPU time the kernel counts for it (not wall time, which other
+    // tests running beside this one would stretch).
+    let children_cpu_ms = || {
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `usage` is a writable rusage.
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+        let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
+        ms(usage.ru_utime) + ms(usage.ru_stime)
+    };
+    let before = children_cpu_ms();
+    let local = std::process::Command::new("sh").args(["-c", script]).current_dir(dir.path()).status().unwrap();
+    assert!(local.success());
+    let local_ms = children_cpu_ms() - before;
+
+    let rows = cluster.json(&["status", &job, "--usage"]);
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    let cpu_ms = row["cpu_ms"].as_u64().unwrap();
+    assert!(cpu_ms * 2 >= local_ms && cpu_ms <= local_ms * 2 + 200, "cpu {cpu_ms} ms against {local_ms} ms here");
+    assert!(cpu_ms <= row["elapsed_ms"].as_u64().unwrap() + 50, "{row}");
+    assert!(row["peak_memory_bytes"].as_u64().unwrap() > 0, "{row}");
+    assert!(row["bytes_in"].as_u64().unwrap() >= 1_000_000, "{row}");
+    assert!(row["bytes_out"].as_u64().unwrap() >= 3_000_000, "{row}");
+    let text = cluster.run(&["status", &job, "--usage"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("1 signed results"), "{text:?}");
+}

@@ -26,6 +26,8 @@ pub mod limits {
     pub const UNAUTHENTICATED_CONNECTIONS_MAX: usize = 256;
     /// Largest blob (checkpoint, input or output file).
     pub const BLOB_BYTES_MAX: u64 = 16 << 30;
+    /// Signed usage rows in one answer.
+    pub const USAGE_ROWS_MAX: usize = 10_000;
     /// Workers named as sources of one assignment's inputs.
     pub const PEER_SOURCES_MAX: usize = 8;
     /// Workers serving blobs to one worker at once.
@@ -380,6 +382,9 @@ pub struct Progress {
     pub steps_done: u64,
 }
 
+// A result is the common message and lives only while it is read and handled; boxing it would
+// cost an allocation per message to save stack space for heartbeats.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FromWorker {
     Heartbeat {
@@ -649,6 +654,18 @@ pub enum ClientRequest {
     },
     /// The datasets the scheduler keeps by name (`upglobe dataset …`).
     Datasets(DatasetRequest),
+    /// The signed usage of a job's results, chunk by chunk (at most [`limits::USAGE_ROWS_MAX`]).
+    Usage {
+        job: String,
+    },
+}
+
+/// One signed result's usage: what a worker claims, under its signature, that a chunk cost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkUsage {
+    pub chunk: u32,
+    pub worker: WorkerId,
+    pub usage: crate::trust::Usage,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -861,6 +878,7 @@ pub enum ClientResponse {
     Workers(Vec<WorkerStatus>),
     Verification(Box<VerificationReport>),
     Datasets(Vec<DatasetInfo>),
+    Usage(Vec<ChunkUsage>),
     Error { message: String },
 }
 

@@ -69,6 +69,18 @@ pub struct Usage {
     pub gpus: u32,
     /// MD steps computed (0 for other work).
     pub steps: u64,
+    /// CPU time the task's processes used, user and system (measured for commands: the kernel's
+    /// account of the process and everything it waited for).
+    #[serde(default)]
+    pub cpu_ms: Option<u64>,
+    /// Their peak resident memory.
+    #[serde(default)]
+    pub peak_memory_bytes: Option<u64>,
+    /// Bytes fetched for the task (inputs) and uploaded from it (results).
+    #[serde(default)]
+    pub bytes_in: u64,
+    #[serde(default)]
+    pub bytes_out: u64,
 }
 
 /// An Ed25519 public key.
@@ -115,11 +127,19 @@ impl ResultStatement {
             None => hasher.update(&[0]),
         };
         hasher.update(&self.digest.0);
-        let Usage { elapsed_ms, cpus, gpus, steps } = self.usage;
+        let Usage { elapsed_ms, cpus, gpus, steps, cpu_ms, peak_memory_bytes, bytes_in, bytes_out } = self.usage;
         hasher.update(&elapsed_ms.to_le_bytes());
         hasher.update(&cpus.to_le_bytes());
         hasher.update(&gpus.to_le_bytes());
         hasher.update(&steps.to_le_bytes());
+        for measured in [cpu_ms, peak_memory_bytes] {
+            match measured {
+                Some(value) => hasher.update(&[1]).update(&value.to_le_bytes()),
+                None => hasher.update(&[0]),
+            };
+        }
+        hasher.update(&bytes_in.to_le_bytes());
+        hasher.update(&bytes_out.to_le_bytes());
         *hasher.finalize().as_bytes()
     }
 
@@ -260,7 +280,7 @@ mod tests {
             assignment: AssignmentId(3),
             input: Some(BlobHash([4; 32])),
             digest: Digest([5; 32]),
-            usage: Usage { elapsed_ms: 6, cpus: 7, gpus: 0, steps: 8 },
+            usage: Usage { elapsed_ms: 6, cpus: 7, gpus: 0, steps: 8, ..Usage::default() },
         };
         let signature = key.sign(&statement);
         assert!(statement.verify(&key.public(), &signature));

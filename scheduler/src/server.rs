@@ -430,7 +430,10 @@ impl Owner {
             // once it is committed: they are answered after that, so the status and the rows of
             // one answer describe the same moment.
             Input::Client {
-                request: request @ (ClientRequest::Results { .. } | ClientRequest::Verification { .. }),
+                request:
+                    request @ (ClientRequest::Results { .. }
+                    | ClientRequest::Verification { .. }
+                    | ClientRequest::Usage { .. }),
                 reply,
             } => {
                 replies.push(Reply::AfterCommit(reply, request));
@@ -518,6 +521,13 @@ impl Owner {
                 None => error(format!("no job '{job}' (give a job id or WORKFLOW.JOB)")),
             },
             ClientRequest::Workers => ClientResponse::Workers(self.core.workers()),
+            ClientRequest::Usage { job } => match self.core.find_job(&job) {
+                Some(id) => match self.store.usage(id, upglobe_protocol::messages::limits::USAGE_ROWS_MAX) {
+                    Ok(rows) => ClientResponse::Usage(rows),
+                    Err(e) => error(e.to_string()),
+                },
+                None => error(format!("no job '{job}' (give a job id or WORKFLOW.JOB)")),
+            },
             ClientRequest::Datasets(request) => match self.datasets(request) {
                 Ok(datasets) => ClientResponse::Datasets(datasets),
                 Err(message) => error(message),

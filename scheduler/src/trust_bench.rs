@@ -852,7 +852,7 @@ impl<'a> Simulation<'a> {
         if node.kind != Kind::Verifier {
             node.held.insert(assignment, Held { recipe: running.recipe, servable: running.servable });
         }
-        let usage = Usage { elapsed_ms: self.now - running.started_ms, cpus: 1, gpus: 0, steps };
+        let usage = Usage { elapsed_ms: self.now - running.started_ms, cpus: 1, gpus: 0, steps, ..Usage::default() };
         let outcome = Outcome::Completed(output.clone());
         let statement =
             ResultStatement { chunk: running.chunk, assignment, input: Some(input), digest: outcome.digest(), usage };

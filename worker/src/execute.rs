@@ -19,11 +19,19 @@ use crate::WorkerConfig;
 pub struct Executed {
     pub output: Output,
     pub link_starts: Vec<BlobHash>,
+    pub measured: Measured,
+}
+
+/// What the kernel measured of a task's processes (commands; MD runs inside the worker).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Measured {
+    pub cpu_ms: Option<u64>,
+    pub peak_memory_bytes: Option<u64>,
 }
 
 impl From<Output> for Executed {
     fn from(output: Output) -> Executed {
-        Executed { output, link_starts: Vec::new() }
+        Executed { output, link_starts: Vec::new(), measured: Measured::default() }
     }
 }
 
@@ -36,6 +44,8 @@ pub struct Fetcher<'a> {
     pub blobs: &'a BlobStore,
     pub identity: &'a upglobe_protocol::tls::PeerIdentity,
     pub peers: &'a [upglobe_protocol::messages::PeerSource],
+    /// Bytes received for the task's inputs, counted as they arrive.
+    pub fetched: &'a AtomicU64,
 }
 
 /// Runs an assignment; `Err` carries the reason of a failure, in words for the job's status.
@@ -71,9 +81,10 @@ pub async fn run(
             }
             let scratch = config.data_dir.join("work").join(assignment.id.0.to_string());
             let command = CommandTask { argv, inputs, outputs, timeout: Duration::from_secs(timeout_s) };
-            let result = run_command(fetcher, &scratch, &command, &cancel).await;
+            let mut measured = Measured::default();
+            let result = run_command(fetcher, &scratch, &command, &cancel, &mut measured).await;
             let _ = std::fs::remove_dir_all(&scratch);
-            result.map(Executed::from)
+            result.map(|output| Executed { output, link_starts: Vec::new(), measured })
         }
     }
 }
@@ -163,6 +174,7 @@ pub async fn fetch(fetcher: &Fetcher<'_>, hash: BlobHash) -> Result<transfer::Re
     for source in &sources[1..] {
         source.connection.close(0u32.into(), b"fetched");
     }
+    fetcher.fetched.fetch_add(report.received_bytes, std::sync::atomic::Ordering::Relaxed);
     if report.size > 0 {
         let from: Vec<String> = report.per_source.iter().map(|(name, bytes)| format!("{name}:{bytes}")).collect();
         tracing::info!(
@@ -272,7 +284,7 @@ pub fn run_md(
         "md chunk done"
     );
     let output = Output::Md { state_hash, checkpoint, checkpoint_bytes: encoded.len() as u64, thermo, chain };
-    Ok(Executed { output, link_starts })
+    Ok(Executed { output, link_starts, measured: Measured::default() })
 }
 
 struct CommandTask {
@@ -293,6 +305,7 @@ async fn run_command(
     scratch: &Path,
     task: &CommandTask,
     cancel: &AtomicBool,
+    measured: &mut Measured,
 ) -> Result<Output, String> {
     let blobs = fetcher.blobs;
     let _ = std::fs::remove_dir_all(scratch);
@@ -310,31 +323,33 @@ async fn run_command(
     let stderr_path = scratch.join("stderr");
     let open = |p: &Path| std::fs::File::create(p).map_err(|e| format!("cannot create {}: {e}", p.display()));
     let program = task.argv.first().ok_or("empty argv")?;
-    let mut child = tokio::process::Command::new(program)
+    let child = std::process::Command::new(program)
         .args(&task.argv[1..])
         .current_dir(&files)
         .stdin(std::process::Stdio::null())
         .stdout(open(&stdout_path)?)
         .stderr(open(&stderr_path)?)
-        .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot start '{program}': {e}"))?;
+    // Reaped here with wait4, which also returns the kernel's account of what the process (and
+    // everything it waited for) used: the task's metered CPU time and peak memory.
+    let mut child = Reaper { pid: child.id() as libc::pid_t, reaped: false };
     let started = Instant::now();
-    let status = loop {
-        tokio::select! {
-            status = child.wait() => break status.map_err(|e| format!("waiting for '{program}': {e}"))?,
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {
-                if cancel.load(Ordering::Relaxed) {
-                    let _ = child.kill().await;
-                    return Err("cancelled".into());
-                }
-                if started.elapsed() > task.timeout {
-                    let _ = child.kill().await;
-                    return Err(format!("'{program}' timed out after {}s", task.timeout.as_secs()));
-                }
-            }
+    let (status, used) = loop {
+        if let Some(done) = child.try_reap().map_err(|e| format!("waiting for '{program}': {e}"))? {
+            break done;
         }
+        if cancel.load(Ordering::Relaxed) {
+            child.kill();
+            return Err("cancelled".into());
+        }
+        if started.elapsed() > task.timeout {
+            child.kill();
+            return Err(format!("'{program}' timed out after {}s", task.timeout.as_secs()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    *measured = Measured { cpu_ms: Some(used.cpu_ms), peak_memory_bytes: Some(used.peak_memory_bytes) };
     if !status.success() {
         let tail = std::fs::read_to_string(&stderr_path).unwrap_or_default();
         let tail: String =
@@ -353,6 +368,61 @@ async fn run_command(
         stdout: store("stdout", &stdout_path)?,
         stderr: store("stderr", &stderr_path)?,
     })
+}
+
+/// What the kernel says a finished command used.
+struct Used {
+    cpu_ms: u64,
+    peak_memory_bytes: u64,
+}
+
+/// A command's process, killed and reaped if the task ends before it does.
+struct Reaper {
+    pid: libc::pid_t,
+    reaped: bool,
+}
+
+impl Reaper {
+    /// The exit status and what it used, if it has ended.
+    fn try_reap(&mut self) -> std::io::Result<Option<(std::process::ExitStatus, Used)>> {
+        use std::os::unix::process::ExitStatusExt;
+        let mut status = 0;
+        // SAFETY: `status` and `usage` are writable and `pid` is our child, not yet reaped.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let reaped = unsafe { libc::wait4(self.pid, &mut status, libc::WNOHANG, &mut usage) };
+        if reaped < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if reaped == 0 {
+            return Ok(None);
+        }
+        self.reaped = true;
+        let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
+        let used = Used {
+            cpu_ms: ms(usage.ru_utime) + ms(usage.ru_stime),
+            // Linux counts maxrss in KiB.
+            peak_memory_bytes: usage.ru_maxrss.max(0) as u64 * 1024,
+        };
+        Ok(Some((std::process::ExitStatus::from_raw(status), used)))
+    }
+
+    fn kill(&mut self) {
+        if self.reaped {
+            return;
+        }
+        // SAFETY: signalling and reaping our own unreaped child.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+        }
+        self.reaped = true;
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// Files matching the output patterns, stored as blobs.

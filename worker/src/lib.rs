@@ -363,7 +363,15 @@ fn start_task(
         };
         tracing::debug!(assignment = %id, %chunk, "started");
         let (config, blobs) = (&node.config, &node.blobs);
-        let fetcher = execute::Fetcher { config, connection: &connection, blobs, identity: &node.identity, peers: &[] };
+        let fetched = AtomicU64::new(0);
+        let fetcher = execute::Fetcher {
+            config,
+            connection: &connection,
+            blobs,
+            identity: &node.identity,
+            peers: &[],
+            fetched: &fetched,
+        };
         let sources = assignment.sources.clone();
         let fetcher = execute::Fetcher { peers: &sources, ..fetcher };
         let executed = execute::run(&fetcher, assignment, cancel.clone(), steps_done, pinned).await;
@@ -371,9 +379,13 @@ fn start_task(
             running.lock().expect("running map").remove(&id);
             return;
         }
+        let mut measured = execute::Measured::default();
+        let mut bytes_out = 0;
         let outcome = match executed {
             Ok(executed) => match upload_outputs(&connection, blobs, &executed.output).await {
                 Ok(()) => {
+                    measured = executed.measured;
+                    bytes_out = executed.output.blobs().iter().filter_map(|b| blobs.size(b)).sum();
                     node.retained.keep(id, executed.link_starts);
                     Outcome::Completed(executed.output)
                 }
@@ -388,7 +400,16 @@ fn start_task(
         }
         let computed = if matches!(outcome, Outcome::Completed(_)) { steps } else { 0 };
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        let usage = Usage { elapsed_ms, cpus: resources.cpus, gpus: resources.gpus, steps: computed };
+        let usage = Usage {
+            elapsed_ms,
+            cpus: resources.cpus,
+            gpus: resources.gpus,
+            steps: computed,
+            cpu_ms: measured.cpu_ms,
+            peak_memory_bytes: measured.peak_memory_bytes,
+            bytes_in: fetched.load(Ordering::Relaxed),
+            bytes_out,
+        };
         let statement = ResultStatement { chunk, assignment: id, input, digest: outcome.digest(), usage };
         let signature = node.key.sign(&statement);
         let _ = outbox.send(FromWorker::Finished { assignment: id, outcome, usage, signature });

@@ -25,6 +25,10 @@ pub struct StatusArgs {
     /// decision (audits, disputes, reputation changes, invalidations).
     #[arg(long, requires = "job", conflicts_with = "watch")]
     verification: bool,
+    /// Show what each of the job's results cost, as its worker signed it: wall time, CPU time,
+    /// peak memory, bytes in and out (what payments will bill).
+    #[arg(long, requires = "job", conflicts_with_all = ["watch", "verification"])]
+    usage: bool,
     /// The client token (or a file holding it). Default: HOME/scheduler/client.token.
     #[arg(long, env = "UPGLOBE_CONNECT")]
     connect: Option<String>,
@@ -138,6 +142,19 @@ fn print_statuses(jobs: &[JobStatus], detailed: bool) {
 
 pub async fn status(context: &Context, args: StatusArgs) -> Result<i32> {
     let client = connect(context, args.connect.as_deref()).await?;
+    if args.usage {
+        let job = args.job.clone().expect("clap requires a job");
+        let rows = match client.request(ClientRequest::Usage { job }).await? {
+            ClientResponse::Usage(rows) => rows,
+            other => bail!("unexpected answer {other:?}"),
+        };
+        match context.format {
+            Format::Json => output::json(&Value::Array(rows.iter().map(usage_json).collect())),
+            Format::Text => print_usage(&rows),
+        }
+        client.close();
+        return Ok(0);
+    }
     if args.verification {
         let job = args.job.clone().expect("clap requires a job");
         let report = match client.request(ClientRequest::Verification { job }).await? {
@@ -164,6 +181,51 @@ pub async fn status(context: &Context, args: StatusArgs) -> Result<i32> {
     }
     client.close();
     Ok(0)
+}
+
+fn usage_json(row: &upglobe_protocol::messages::ChunkUsage) -> Value {
+    let u = &row.usage;
+    json!({
+        "chunk": row.chunk, "worker": row.worker.to_hex(), "elapsed_ms": u.elapsed_ms, "cpus": u.cpus,
+        "gpus": u.gpus, "steps": u.steps, "cpu_ms": u.cpu_ms, "peak_memory_bytes": u.peak_memory_bytes,
+        "bytes_in": u.bytes_in, "bytes_out": u.bytes_out,
+    })
+}
+
+fn print_usage(rows: &[upglobe_protocol::messages::ChunkUsage]) {
+    if rows.is_empty() {
+        println!("no signed results yet");
+        return;
+    }
+    let seconds = |ms: u64| format!("{:.2}", ms as f64 / 1000.0);
+    let mib = |bytes: u64| format!("{:.1}", bytes as f64 / (1u64 << 20) as f64);
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let u = &r.usage;
+            vec![
+                r.chunk.to_string(),
+                r.worker.short(),
+                seconds(u.elapsed_ms),
+                u.cpu_ms.map_or("-".into(), seconds),
+                u.peak_memory_bytes.map_or("-".into(), mib),
+                mib(u.bytes_in),
+                mib(u.bytes_out),
+                u.steps.to_string(),
+            ]
+        })
+        .collect();
+    let header = ["CHUNK", "WORKER", "WALL S", "CPU S", "PEAK MIB", "IN MIB", "OUT MIB", "STEPS"];
+    println!("{}", table(&header, &body));
+    let total = |f: fn(&upglobe_protocol::trust::Usage) -> u64| rows.iter().map(|r| f(&r.usage)).sum::<u64>();
+    println!(
+        "{} signed results: {} s wall, {} s CPU, {} MiB in, {} MiB out",
+        rows.len(),
+        seconds(total(|u| u.elapsed_ms)),
+        seconds(total(|u| u.cpu_ms.unwrap_or(0))),
+        mib(total(|u| u.bytes_in)),
+        mib(total(|u| u.bytes_out)),
+    );
 }
 
 fn print_verification(report: &VerificationReport) {

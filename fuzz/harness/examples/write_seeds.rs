@@ -112,7 +112,16 @@ fn frame_seeds(fuzz: &Path) {
         ("empty", Outcome::Completed(Output::Empty { value: 9 })),
         ("failed", Outcome::Failed { reason: "out of memory".into() }),
     ] {
-        let usage = Usage { elapsed_ms: 1234, cpus: 2, gpus: 0, steps: 500 };
+        let usage = Usage {
+            elapsed_ms: 1234,
+            cpus: 2,
+            gpus: 0,
+            steps: 500,
+            cpu_ms: Some(2000),
+            peak_memory_bytes: Some(1 << 28),
+            bytes_in: 1 << 20,
+            bytes_out: 4096,
+        };
         let signature = Signature(vec![7; 64]);
         let message = FromWorker::Finished { assignment: AssignmentId(4), outcome, usage, signature };
         frame(&format!("from-worker-finished-{name}"), &|b| encode_into(&message, b).unwrap());

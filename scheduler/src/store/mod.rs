@@ -351,6 +351,27 @@ impl Store {
         Ok(value)
     }
 
+    /// The usage signed with a job's results, by chunk then arrival, at most `limit` rows.
+    pub fn usage(&self, job: JobId, limit: usize) -> Result<Vec<upglobe_protocol::messages::ChunkUsage>> {
+        let sql = "SELECT chunk, worker, usage FROM signed_results WHERE job = ?1 ORDER BY chunk, id LIMIT ?2";
+        let mut statement = self.connection.prepare_cached(sql)?;
+        let rows = statement.query_map(params![job.0, limit as i64], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?, row.get::<_, String>(2)?))
+        })?;
+        let mut found = Vec::new();
+        for row in rows {
+            let (chunk, worker, usage) = row?;
+            let worker: [u8; 32] =
+                worker.try_into().map_err(|_| SchedulerError::Store("a worker id that is not 32 bytes".into()))?;
+            found.push(upglobe_protocol::messages::ChunkUsage {
+                chunk: chunk as u32,
+                worker: WorkerId(worker),
+                usage: from_json(&usage, "usage")?,
+            });
+        }
+        Ok(found)
+    }
+
     /// The newest verification decisions about a job, oldest first.
     pub fn trust_events(&self, job: JobId, limit: usize) -> Result<Vec<TrustEvent>> {
         let sql = "SELECT event FROM trust_events WHERE job = ?1 ORDER BY id DESC LIMIT ?2";
