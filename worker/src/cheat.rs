@@ -131,9 +131,12 @@ pub async fn serve_corrupt(connection: quinn::Connection, cache: upglobe_dataset
     let rotten_root = cache.root().join("rotten");
     let Ok(rotten) = upglobe_datasets::BlobStore::open(&rotten_root) else { return };
     while let Ok((mut send, mut recv)) = connection.accept_bi().await {
-        let (cache, rotten) = (cache.clone(), rotten.clone());
+        let (cache, rotten, rotten_root) = (cache.clone(), rotten.clone(), rotten_root.clone());
         tokio::spawn(async move {
             if let Ok(StreamRequest::GetSlices { hash, ranges }) = frame::expect::<StreamRequest, _>(&mut recv).await {
+                // One rotten copy, made whole before any request sees it (streams ask at once).
+                static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+                let making = MAKING.lock().expect("rotten copies");
                 if !rotten.contains(&hash) && cache.outboard(&hash).is_ok() {
                     tracing::warn!(blob = %hash.short(), "cheating: serving a peer rotten bytes");
                     let mut bytes = std::fs::read(cache.path(&hash)).unwrap_or_default();
@@ -142,9 +145,12 @@ pub async fn serve_corrupt(connection: quinn::Connection, cache: upglobe_dataset
                     }
                     let target = rotten.path(&hash);
                     let _ = std::fs::create_dir_all(target.parent().expect("a parent"));
-                    let _ = std::fs::write(&target, &bytes);
                     let _ = std::fs::copy(cache.outboard_path(&hash), rotten.outboard_path(&hash));
+                    let staged = rotten_root.join("tmp").join("staged");
+                    let _ = std::fs::write(&staged, &bytes);
+                    let _ = std::fs::rename(&staged, &target);
                 }
+                drop(making);
                 let _ = upglobe_datasets::transfer::serve_slices(&mut send, &rotten, hash, &ranges).await;
             }
         });
