@@ -99,29 +99,18 @@ pub fn peer_endpoint(identity: &PeerIdentity, listen: SocketAddr, idle_timeout: 
         .map_err(|source| ProtocolError::Io { context: format!("cannot listen for peers on {listen}"), cause: source })
 }
 
-/// Connects to the worker with id `peer` at `address` (as the scheduler named it).
+/// Connects to the worker with id `peer` at `address`, an `IP:PORT` (as the scheduler named it:
+/// never a name to resolve).
 pub async fn connect_peer(
     address: &str,
     peer: crate::WorkerId,
     identity: &PeerIdentity,
     idle_timeout: Duration,
 ) -> Result<quinn::Connection> {
-    let failed = |message: String| ProtocolError::Connection { peer: address.to_string(), message };
-    let resolved: SocketAddr = tokio::net::lookup_host(address)
-        .await
-        .map_err(|e| failed(format!("cannot resolve: {e}")))?
-        .next()
-        .ok_or_else(|| failed("the name resolves to no address".into()))?;
-    let bind: SocketAddr = if resolved.is_ipv6() { "[::]:0".parse().unwrap() } else { "0.0.0.0:0".parse().unwrap() };
-    let mut endpoint = endpoint(bind, None)
-        .map_err(|source| ProtocolError::Io { context: "cannot open a UDP socket".into(), cause: source })?;
-    let crypto = QuicClientConfig::try_from(identity.peer_client_config(peer)?)
-        .map_err(|e| ProtocolError::Tls(format!("quic peer client config: {e}")))?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport(idle_timeout));
-    endpoint.set_default_client_config(config);
-    let connecting = endpoint.connect(resolved, "upglobe-peer").map_err(|e| failed(e.to_string()))?;
-    connecting.await.map_err(|e| failed(describe_connection_error(&e)))
+    let resolved: SocketAddr = address
+        .parse()
+        .map_err(|_| ProtocolError::Connection { peer: address.to_string(), message: "not an IP:PORT".into() })?;
+    dial(resolved, identity.peer_client_config(peer)?, "upglobe-peer", idle_timeout).await
 }
 
 /// Connects to a peer at `address` whose certificate chains to the CA with `ca_fingerprint`.
@@ -131,16 +120,26 @@ pub async fn connect_to(
     identity: &PeerIdentity,
     idle_timeout: Duration,
 ) -> Result<quinn::Connection> {
+    dial(address, identity.client_config(ca_fingerprint)?, SERVER_NAME, idle_timeout).await
+}
+
+/// A client endpoint of its own, and a connection from it to `address` with `crypto`.
+async fn dial(
+    address: SocketAddr,
+    crypto: rustls::ClientConfig,
+    server_name: &str,
+    idle_timeout: Duration,
+) -> Result<quinn::Connection> {
     let failed = |message: String| ProtocolError::Connection { peer: address.to_string(), message };
     let bind: SocketAddr = if address.is_ipv6() { "[::]:0".parse().unwrap() } else { "0.0.0.0:0".parse().unwrap() };
     let mut endpoint = endpoint(bind, None)
         .map_err(|source| ProtocolError::Io { context: "cannot open a UDP socket".into(), cause: source })?;
-    let crypto = QuicClientConfig::try_from(identity.client_config(ca_fingerprint)?)
-        .map_err(|e| ProtocolError::Tls(format!("quic client config: {e}")))?;
+    let crypto =
+        QuicClientConfig::try_from(crypto).map_err(|e| ProtocolError::Tls(format!("quic client config: {e}")))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport(idle_timeout));
     endpoint.set_default_client_config(config);
-    let connecting = endpoint.connect(address, SERVER_NAME).map_err(|e| failed(e.to_string()))?;
+    let connecting = endpoint.connect(address, server_name).map_err(|e| failed(e.to_string()))?;
     connecting.await.map_err(|e| failed(describe_connection_error(&e)))
 }
 

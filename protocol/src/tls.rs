@@ -186,8 +186,17 @@ impl PeerIdentity {
 
     /// A client configuration that trusts only the CA with `ca_fingerprint`.
     pub fn client_config(&self, ca_fingerprint: [u8; 32]) -> Result<rustls::ClientConfig> {
+        self.pinned_client_config(Pin::Ca(ca_fingerprint))
+    }
+
+    /// A client configuration that accepts only the peer whose key has the id `peer`.
+    pub fn peer_client_config(&self, peer: WorkerId) -> Result<rustls::ClientConfig> {
+        self.pinned_client_config(Pin::Key(peer))
+    }
+
+    fn pinned_client_config(&self, pin: Pin) -> Result<rustls::ClientConfig> {
         let provider = provider();
-        let verifier = Arc::new(PinnedCa { fingerprint: ca_fingerprint, provider: provider.clone() });
+        let verifier = Arc::new(Pinned { pin, provider: provider.clone() });
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| tls_error("client config", e))?
@@ -198,9 +207,7 @@ impl PeerIdentity {
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(config)
     }
-}
 
-impl PeerIdentity {
     /// A server configuration for serving blobs to other workers: this identity's certificate,
     /// and a client certificate required (its key is the peer's id).
     pub fn peer_server_config(&self) -> Result<rustls::ServerConfig> {
@@ -214,67 +221,6 @@ impl PeerIdentity {
             .map_err(|e| tls_error("peer server certificate", e))?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(config)
-    }
-
-    /// A client configuration that accepts only the peer whose key has the id `peer`.
-    pub fn peer_client_config(&self, peer: WorkerId) -> Result<rustls::ClientConfig> {
-        let provider = provider();
-        let verifier = Arc::new(PinnedPeer { id: peer, provider: provider.clone() });
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| tls_error("peer client config", e))?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_client_auth_cert(vec![self.certificate.clone()], self.key.clone_key())
-            .map_err(|e| tls_error("client certificate", e))?;
-        config.alpn_protocols = vec![ALPN.to_vec()];
-        Ok(config)
-    }
-}
-
-/// Accepts a server only if its certificate carries the key with the id the scheduler named; the
-/// handshake signature then proves the server holds that key.
-#[derive(Debug)]
-struct PinnedPeer {
-    id: WorkerId,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedPeer {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        match certificate_id(end_entity) {
-            Ok(id) if id == self.id => Ok(ServerCertVerified::assertion()),
-            _ => Err(rustls::Error::General("the peer is not the worker the scheduler named".into())),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -340,13 +286,23 @@ impl ClientCertVerifier for AnyClientKey {
     }
 }
 
+/// What a client accepts as its server.
 #[derive(Debug)]
-struct PinnedCa {
-    fingerprint: [u8; 32],
+enum Pin {
+    /// The scheduler: a certificate chaining to the CA with this fingerprint (the token's).
+    Ca([u8; 32]),
+    /// A peer worker: a certificate carrying the key with the id the scheduler named; the
+    /// handshake signature then proves the server holds that key.
+    Key(WorkerId),
+}
+
+#[derive(Debug)]
+struct Pinned {
+    pin: Pin,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for PinnedCa {
+impl ServerCertVerifier for Pinned {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -355,9 +311,18 @@ impl ServerCertVerifier for PinnedCa {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let fingerprint_pinned = match self.pin {
+            Pin::Key(id) => {
+                return match certificate_id(end_entity) {
+                    Ok(found) if found == id => Ok(ServerCertVerified::assertion()),
+                    _ => Err(rustls::Error::General("the peer is not the worker the scheduler named".into())),
+                };
+            }
+            Pin::Ca(fingerprint_pinned) => fingerprint_pinned,
+        };
         let ca = intermediates
             .iter()
-            .find(|c| fingerprint(c) == self.fingerprint)
+            .find(|c| fingerprint(c) == fingerprint_pinned)
             .ok_or_else(|| rustls::Error::General(WRONG_SCHEDULER.into()))?;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
