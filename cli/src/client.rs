@@ -121,19 +121,12 @@ impl Client {
         Ok(self.blobs.get(&hash)?)
     }
 
-    /// Fetches part of a blob (`options.only`) into the local cache, verified.
-    pub async fn fetch_range(&self, hash: BlobHash, options: &transfer::Options) -> Result<()> {
-        let source =
-            transfer::Source { name: format!("scheduler at {}", self.address), connection: self.connection.clone() };
-        transfer::download_from(&[source], &self.blobs, hash, options).await?;
-        Ok(())
-    }
-
     pub fn blobs(&self) -> &BlobStore {
         &self.blobs
     }
 
-    /// Fetches a blob into the local cache, in verified slices; returns where it is.
+    /// Fetches a blob (or with `options.only`, part of it) into the local cache, in verified
+    /// slices; returns where the whole blob is once it is.
     pub async fn fetch(&self, hash: BlobHash, options: &transfer::Options) -> Result<PathBuf> {
         let source =
             transfer::Source { name: format!("scheduler at {}", self.address), connection: self.connection.clone() };

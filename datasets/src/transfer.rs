@@ -597,8 +597,9 @@ pub async fn serve_slices(
     // peer that opens many streams and reads none waits here, holding nothing.
     let _serving = SERVES.acquire().await.map_err(|_| failed(&hash, "the server is stopping"))?;
     // The outboard is made once per blob (the first request hashes the blob; the others wait for
-    // it), before the answer starts, so no receiver waits on a silent stream.
-    {
+    // it), before the answer starts, so no receiver waits on a silent stream. Once it exists,
+    // requests take no lock.
+    if !store.outboard_path(&hash).exists() {
         let lock = download_lock(store, hash);
         let _held = lock.lock().await;
         let made = store.clone();
@@ -657,6 +658,21 @@ async fn receive(recv: &mut quinn::RecvStream, mut writer: crate::BlobWriter, ha
     }
     writer.finish()?;
     Ok(())
+}
+
+/// Serves slices of `store` to every connection `endpoint` accepts, until it closes (a test's or a
+/// benchmark's source).
+pub fn serve_endpoint(endpoint: quinn::Endpoint, store: BlobStore) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let store = store.clone();
+            tokio::spawn(async move {
+                if let Ok(connection) = incoming.await {
+                    serve_connection(connection, store).await;
+                }
+            });
+        }
+    })
 }
 
 /// Serves requests for slices on one connection until it closes: a worker serving its cache to

@@ -139,18 +139,7 @@ async fn quic(
         net::server_endpoint(&identity, "127.0.0.1:0".parse().expect("an address"), net::IDLE_TIMEOUT_DEFAULT)
             .map_err(|e| failed(e.to_string()))?;
     let address = endpoint.local_addr().map_err(io("quic endpoint"))?;
-    let accepting = endpoint.clone();
-    let serving = sender.clone();
-    let server = tokio::spawn(async move {
-        while let Some(incoming) = accepting.accept().await {
-            let store = serving.clone();
-            tokio::spawn(async move {
-                if let Ok(connection) = incoming.await {
-                    transfer::serve_connection(connection, store).await;
-                }
-            });
-        }
-    });
+    let server = transfer::serve_endpoint(endpoint.clone(), sender.clone());
     let receiver = BlobStore::open(dir.join("quic-receiver"))?;
     let peer = PeerIdentity::generate("bench").map_err(|e| failed(e.to_string()))?;
     let mut sources = Vec::new();

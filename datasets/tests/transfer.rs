@@ -40,18 +40,7 @@ impl Peer {
         let (identity, _) = SchedulerIdentity::load_or_create(dir.path()).unwrap();
         let endpoint =
             net::server_endpoint(&identity, "127.0.0.1:0".parse().unwrap(), net::IDLE_TIMEOUT_DEFAULT).unwrap();
-        let accepting = endpoint.clone();
-        let serving = store.clone();
-        tokio::spawn(async move {
-            while let Some(incoming) = accepting.accept().await {
-                let store = serving.clone();
-                tokio::spawn(async move {
-                    if let Ok(connection) = incoming.await {
-                        transfer::serve_connection(connection, store).await;
-                    }
-                });
-            }
-        });
+        transfer::serve_endpoint(endpoint.clone(), store.clone());
         Peer { _dir: dir, store, ca: identity.ca_fingerprint(), endpoint }
     }
 

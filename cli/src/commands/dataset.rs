@@ -270,7 +270,7 @@ async fn get_range(client: &Client, dataset: &DatasetInfo, range: std::ops::Rang
         bail!("{} is {} bytes; the range {}..{} goes past its end", dataset.name, dataset.size, range.start, range.end);
     }
     let options = transfer::Options { only: Some(range.clone()), ..transfer::Options::default() };
-    client.fetch_range(dataset.hash, &options).await?;
+    client.fetch(dataset.hash, &options).await?;
     let bytes = client.blobs().read_range(&dataset.hash, range)?;
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
