@@ -1060,6 +1060,12 @@ impl Core {
         // A worker that failed this chunk runs it again only when no other could: otherwise one broken
         // worker, freed at once by its failures, would use up every attempt while healthy ones are busy.
         let others_exist = self.workers.iter().any(|(id, w)| eligible(id, w) && !chunk.failed_by.contains(id));
+        // The chunk's inputs once, not per comparison.
+        let inputs = self.chunk_inputs(chunk_id);
+        let held = |w: &Worker| {
+            let bytes = Self::held_bytes(w, &inputs);
+            if bytes >= LOCALITY_BYTES_MIN { bytes } else { 0 }
+        };
         self.workers
             .iter()
             .filter(|(id, w)| {
@@ -1069,8 +1075,7 @@ impl Core {
             // need not move. Below LOCALITY_BYTES_MIN moving them costs less than piling work on one
             // worker (and replicas of small MD chains should meet different workers).
             .min_by(|(a_id, a), (b_id, b)| {
-                let weight = |held: u64| if held >= LOCALITY_BYTES_MIN { held } else { 0 };
-                let (held_a, held_b) = (weight(self.held_bytes(a, chunk_id)), weight(self.held_bytes(b, chunk_id)));
+                let (held_a, held_b) = (held(a), held(b));
                 held_b.cmp(&held_a).then(placement_order(a, b)).then(a_id.cmp(b_id))
             })
             .map(|(id, _)| *id)
@@ -1088,9 +1093,9 @@ impl Core {
         }
     }
 
-    /// Bytes of a chunk's inputs a worker holds.
-    fn held_bytes(&self, worker: &Worker, chunk_id: ChunkId) -> u64 {
-        self.chunk_inputs(chunk_id)
+    /// Bytes of `inputs` a worker holds.
+    fn held_bytes(worker: &Worker, inputs: &[(BlobHash, u64)]) -> u64 {
+        inputs
             .iter()
             .filter(|(blob, _)| worker.holding.confirmed(blob))
             .map(|(_, size)| size)
