@@ -29,6 +29,16 @@ fn sha256(path: &std::path::Path) -> String {
     String::from_utf8_lossy(&output.stdout).split_whitespace().next().unwrap().to_string()
 }
 
+/// The checksum a single-task `sha256sum … > sum.txt` job wrote, from its results (task 0's
+/// directory under WORKFLOW.JOB).
+fn summed_by(cluster: &Cluster, job: &str, stem: &str) -> String {
+    let out = cluster.dir.join("results");
+    cluster.json(&["results", job, "--out", out.to_str().unwrap()]);
+    let path = out.join(stem).join("0").join("sum.txt");
+    let summed = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    summed.split_whitespace().next().unwrap().to_string()
+}
+
 /// Sums the `bytes=N` of the scheduler's log lines about serving slices (finished or cut off).
 fn served_bytes(log: &str) -> u64 {
     log.lines()
@@ -87,12 +97,7 @@ fn a_worker_killed_mid_download_resumes_and_is_sent_little_twice() {
     assert!(served - (SIZE as u64) < SIZE as u64 / 10, "sent {served} bytes for {SIZE}");
 
     // The command read the very bytes that were put.
-    let out = dir.path().join("results");
-    cluster.json(&["results", &job, "--out", out.to_str().unwrap()]);
-    let summed = std::fs::read_to_string(out.join("sum.sum").join("0").join("sum.txt"))
-        .or_else(|_| std::fs::read_to_string(out.join("sum.sum").join("sum.txt")))
-        .unwrap_or_else(|e| panic!("no sum.txt under {}: {e}", out.display()));
-    assert_eq!(summed.split_whitespace().next().unwrap(), sha256(&input));
+    assert_eq!(summed_by(&cluster, &job, "sum.sum"), sha256(&input));
 }
 
 /// Each worker fetches an input the other already holds: the scheduler names the holder with the
@@ -173,12 +178,7 @@ fn a_peer_serving_corrupt_bytes_is_dropped_and_the_input_arrives_whole() {
     assert!(honest.contains("source dropped for this download"), "{honest}");
     assert!(honest.contains("does not verify against its hash"), "{honest}");
     assert!(cluster.workers[0].log().contains("serving a peer rotten bytes"), "the cheat was never asked");
-    let out = dir.path().join("results");
-    cluster.json(&["results", &second, "--out", out.to_str().unwrap()]);
-    let summed = std::fs::read_to_string(out.join("sum1.sum").join("0").join("sum.txt"))
-        .or_else(|_| std::fs::read_to_string(out.join("sum1.sum").join("sum.txt")))
-        .unwrap_or_else(|e| panic!("no sum.txt under {}: {e}", out.display()));
-    assert_eq!(summed.split_whitespace().next().unwrap(), sha256(&input));
+    assert_eq!(summed_by(&cluster, &second, "sum1.sum"), sha256(&input));
 }
 
 /// A directory is put as its files and a manifest, comes back whole, and `rm` of it leaves a file

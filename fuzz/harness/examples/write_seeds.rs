@@ -56,6 +56,18 @@ fn workflow_seeds(fuzz: &Path) {
     write(fuzz, "workflow", "langevin.toml", langevin.as_bytes());
 }
 
+/// The GPU a seed worker describes (in its hello and in the workers list).
+fn hello_gpus() -> Vec<GpuDevice> {
+    vec![GpuDevice {
+        name: "A100".into(),
+        uuid: "GPU-1".into(),
+        vram_total_bytes: 80 << 30,
+        vram_free_bytes: 79 << 30,
+        driver: "550".into(),
+        utilisation_percent: 3,
+    }]
+}
+
 fn frame_seeds(fuzz: &Path) {
     let mut all = Vec::new();
     let mut frame = |name: &str, encode: &dyn Fn(&mut Vec<u8>)| {
@@ -88,14 +100,7 @@ fn frame_seeds(fuzz: &Path) {
         signing_key: PublicKey([4; 32]),
         owner: Some("lab-a".into()),
         peer_address: Some("192.0.2.7:7413".into()),
-        gpus: vec![GpuDevice {
-            name: "A100".into(),
-            uuid: "GPU-1".into(),
-            vram_total_bytes: 80 << 30,
-            vram_free_bytes: 79 << 30,
-            driver: "550".into(),
-            utilisation_percent: 3,
-        }],
+        gpus: hello_gpus(),
         adapters: vec!["NVIDIA A100 (Vulkan)".into()],
     };
     let client_hello = ClientHello { protocol: 1, secret: "s3cret".into(), software: "upglobe 0.1.0".into() };
@@ -317,14 +322,7 @@ fn frame_seeds(fuzz: &Path) {
         standing: "trusted, audits at 50 %".into(),
         audits_passed: 3,
         audits_failed: 0,
-        gpus: vec![GpuDevice {
-            name: "A100".into(),
-            uuid: "GPU-1".into(),
-            vram_total_bytes: 80 << 30,
-            vram_free_bytes: 79 << 30,
-            driver: "550".into(),
-            utilisation_percent: 3,
-        }],
+        gpus: hello_gpus(),
         adapters: vec!["NVIDIA A100 (Vulkan)".into()],
     };
     for (name, response) in [
