@@ -1095,11 +1095,7 @@ impl Core {
 
     /// Bytes of `inputs` a worker holds.
     fn held_bytes(worker: &Worker, inputs: &[(BlobHash, u64)]) -> u64 {
-        inputs
-            .iter()
-            .filter(|(blob, _)| worker.holding.confirmed(blob))
-            .map(|(_, size)| size)
-            .sum()
+        inputs.iter().filter(|(blob, _)| worker.holding.confirmed(blob)).map(|(_, size)| size).sum()
     }
 
     /// Why no worker takes a job's chunks, when none could even if it were idle: the resource no
