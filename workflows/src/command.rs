@@ -236,21 +236,23 @@ fn dataset_input<'t>(
         );
         return None;
     };
-    if !check_relative(reporter, "inputs", &name) {
-        return None;
-    }
-    if !seen.insert(name.value) {
-        reporter.error(name.at, format!("input '{}' appears twice", name.value));
-        return None;
-    }
-    let Some(hash) = upglobe_protocol::BlobHash::from_hex(dataset.value) else {
+    // The name and the hash are checked apart, so a table wrong in both says so at once.
+    let named = check_relative(reporter, "inputs", &name) && {
+        let fresh = seen.insert(name.value);
+        if !fresh {
+            reporter.error(name.at, format!("input '{}' appears twice", name.value));
+        }
+        fresh
+    };
+    let hash = upglobe_protocol::BlobHash::from_hex(dataset.value);
+    if hash.is_none() {
         reporter.error_with_hint(
             dataset.at,
             format!("'{}' is not a dataset hash", dataset.value),
             "a dataset is named by the 64 hex digits `upglobe dataset put` and `upglobe dataset ls` print",
         );
-        return None;
-    };
+    }
+    let hash = hash.filter(|_| named)?;
     Some(InputFile { name: name.value.to_string(), source: InputSource::Dataset(hash) })
 }
 

@@ -516,7 +516,7 @@ fn every_verify_error_is_reported_at_once() {
 fn dataset_inputs_need_a_name_and_a_hash() {
     let folder = tempfile::tempdir().unwrap();
     let source = format!(
-        "{MELT}{REPORT}inputs = [{{ name = \"a.h5md\", dataset = \"abc\" }}, {{ name = \"b\" }}, 7, {{ name = \"/abs\", dataset = \"{}\" }}]\n",
+        "{MELT}{REPORT}inputs = [{{ name = \"a.h5md\", dataset = \"abc\" }}, {{ name = \"b\" }}, 7, {{ name = \"/abs\", dataset = \"{}\" }}, {{ name = \"../x\", dataset = \"zz\" }}]\n",
         "ab".repeat(32)
     );
     let errors = parse_in(folder.path(), &source).unwrap_err();
@@ -527,6 +527,8 @@ fn dataset_inputs_need_a_name_and_a_hash() {
             "w.toml:24:49: an input table needs 'name' and 'dataset'\n  hint: write { name = \"traj.h5md\", dataset = \"HASH\" } with the hash `upglobe dataset put` printed",
             "w.toml:24:65: expected a file name or a table { name, dataset } for 'inputs', found an integer",
             "w.toml:24:77: '/abs' in 'inputs' is an absolute path\n  hint: inputs are copied into the task's working directory under the name written; copy or link the file next to the workflow file and name it relative to there",
+            "w.toml:24:174: '../x' in 'inputs' goes up with '..'\n  hint: inputs are copied into the task's working directory under the name written; copy or link the file next to the workflow file and name it relative to there",
+            "w.toml:24:192: 'zz' is not a dataset hash\n  hint: a dataset is named by the 64 hex digits `upglobe dataset put` and `upglobe dataset ls` print",
         ]
     );
 }
