@@ -22,7 +22,7 @@ pub use ids::{AssignmentId, BlobHash, ChunkId, Digest, JobId, WorkerId, Workflow
 pub use token::{Role, Token};
 
 /// Revision of the messages; peers must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// TLS application protocol: the major version of the wire format.
 pub const ALPN: &[u8] = b"upglobe/1";
 /// Name in the scheduler's certificate; workers check it.

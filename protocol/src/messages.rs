@@ -197,8 +197,15 @@ pub enum Task {
     /// Advance the MD state in blob `input` by `steps` steps, recording the state hash every
     /// `chain_every` steps (a divisor of `steps`) and keeping those states until the chunk settles.
     Md { input: BlobHash, steps: u64, thermo_every: u64, thermo_at_start: bool, chain_every: u64 },
-    /// Run a program (only on workers that allow commands).
-    Command { argv: Vec<String>, inputs: Vec<FileRef>, outputs: Vec<String>, timeout_s: u64 },
+    /// Run a program (only on workers that allow commands), or a container (only on workers with
+    /// a dockerd); a checkpointed job's previous checkpoint files come among the inputs.
+    Command {
+        argv: Vec<String>,
+        inputs: Vec<FileRef>,
+        outputs: Vec<String>,
+        timeout_s: u64,
+        container: Option<ContainerSpec>,
+    },
     /// Do nothing but answer: for measuring the scheduler.
     Empty { value: u64 },
 }
@@ -583,6 +590,69 @@ pub struct CommandJob {
     pub inputs: Vec<FileRef>,
     pub outputs: Vec<String>,
     pub timeout_s: u64,
+    /// Run inside this image rather than on the worker's own system.
+    pub container: Option<ContainerSpec>,
+    /// Run as a chain of chunks, each resuming from the checkpoint files of the one before.
+    pub checkpoint: Option<CheckpointContract>,
+}
+
+/// A program run in a container: hardened by the worker (no network unless asked for and allowed,
+/// no capabilities, read-only root, a non-root user, limits), on exactly the image the job pinned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub image: ImagePin,
+    /// The job asks for a network; only workers started with `--allow-network` give it one.
+    pub network: bool,
+}
+
+/// An image pinned by content, so every replica runs the same bytes: by the BLAKE3 hash of a
+/// `docker save` archive in the blob store (`upglobe image push`; the worker loads it and runs the
+/// image id its manifest names), by an image id the worker must already hold, or by a registry
+/// digest (`repo@sha256:…`) the worker pulls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePin {
+    /// As the user named it (`busybox:1.36`, `repo@sha256:…`).
+    pub name: String,
+    /// `sha256:` and 64 hex digits: the digest of the image's configuration (which names its layers
+    /// by digest).
+    pub id: Option<String>,
+    pub archive: Option<FileRef>,
+}
+
+impl ImagePin {
+    /// Whether the pin names the bytes: an archive, an id, or a registry digest.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(id) = &self.id {
+            Self::check_id(id)?;
+        }
+        let by_digest =
+            self.name.split_once("@sha256:").is_some_and(|(_, hex)| Self::check_id(&format!("sha256:{hex}")).is_ok());
+        if self.id.is_none() && self.archive.is_none() && !by_digest {
+            return Err(format!("image {:?} is not pinned by an archive, an id or a registry digest", self.name));
+        }
+        Ok(())
+    }
+
+    /// Checks an image id: `sha256:` and 64 lowercase hex digits.
+    pub fn check_id(id: &str) -> Result<(), String> {
+        let hex = id.strip_prefix("sha256:").unwrap_or("");
+        if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            Ok(())
+        } else {
+            Err(format!("image id {:?} is not 'sha256:' and 64 hex digits", id.chars().take(80).collect::<String>()))
+        }
+    }
+}
+
+/// How a program that checkpoints is cut into chunks: chunk 0 runs the job's `argv`, every later
+/// chunk runs `resume` with the previous chunk's checkpoint files placed among its inputs. In both,
+/// `{chunk}` stands for the chunk's index (from 0) and `{chunks}` for their number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointContract {
+    pub chunks: u32,
+    pub resume: Vec<String>,
+    /// Relative paths of the files that form the checkpoint; every chunk must produce all of them.
+    pub files: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -599,6 +669,7 @@ impl JobKind {
     pub fn name(&self) -> &'static str {
         match self {
             JobKind::Md(_) => "md",
+            JobKind::Command(CommandJob { container: Some(_), .. }) => "container",
             JobKind::Command(_) => "command",
             JobKind::Empty { .. } => "empty",
         }
@@ -607,6 +678,7 @@ impl JobKind {
     pub fn chunks(&self) -> u64 {
         match self {
             JobKind::Md(md) => md.total_steps / md.chunk_steps.max(1),
+            JobKind::Command(CommandJob { checkpoint: Some(checkpoint), .. }) => checkpoint.chunks as u64,
             JobKind::Command(command) => command.tasks.len().max(1),
             JobKind::Empty { chunks } => *chunks as u64,
         }

@@ -646,6 +646,8 @@ fn command_spec(name: &str, tasks: Vec<i64>) -> JobSpec {
             inputs: vec![],
             outputs: vec!["out/*.csv".into()],
             timeout_s: 60,
+            container: None,
+            checkpoint: None,
         }),
     }
 }

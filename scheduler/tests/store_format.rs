@@ -84,6 +84,8 @@ fn scenario() -> Vec<Record> {
                 inputs: vec![file("in.txt", 50)],
                 outputs: vec!["out/*.csv".into()],
                 timeout_s: 600,
+                container: None,
+                checkpoint: None,
             }),
         },
         JobSpec {

@@ -334,6 +334,8 @@ fn tolerance_results_agree_by_comparison_and_a_disagreement_asks_for_more() {
         inputs: vec![],
         outputs: vec!["energy.txt".into()],
         timeout_s: 60,
+        container: None,
+        checkpoint: None,
     };
     let spec = JobSpec {
         name: "fp".into(),

@@ -75,7 +75,7 @@ pub async fn run(
             .await
             .map_err(|e| format!("the MD task panicked: {e}"))?
         }
-        Task::Command { argv, inputs, outputs, timeout_s } => {
+        Task::Command { argv, inputs, outputs, timeout_s, container: _ } => {
             if !config.allow_commands {
                 return Err("this worker does not run commands (start it with --allow-commands)".into());
             }

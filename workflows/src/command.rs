@@ -5,9 +5,16 @@ use std::path::{Component, Path};
 use crate::diagnostic::Reporter;
 use crate::document::{Spanned, Table, Value};
 use crate::fields::{Field, Located, Section, integer_value, string_value, wrong_type};
-use crate::{CommandJob, InputFile, InputSource};
+use crate::{CommandJob, ContainerImage, InputFile, InputSource};
+use upglobe_protocol::messages::CheckpointContract;
+use upglobe_protocol::messages::limits::{CHUNKS_PER_JOB_MAX, DESCRIPTION_BYTES_MAX};
 
-pub(crate) const KEYS: &[&str] = &["argv", "tasks", "inputs", "outputs", "timeout"];
+pub(crate) const KEYS: &[&str] = &["argv", "tasks", "inputs", "outputs", "timeout", "checkpoint"];
+/// Keys only container jobs have.
+pub(crate) const IMAGE_KEYS: &[&str] = &["image", "network"];
+pub(crate) const CONTAINER_KEYS: &[&str] =
+    &["argv", "tasks", "inputs", "outputs", "timeout", "checkpoint", "image", "network"];
+const CHECKPOINT_KEYS: &[&str] = &["chunks", "resume", "files"];
 
 /// Array tasks per job; each becomes a chunk the scheduler tracks.
 pub const TASKS_MAX: usize = upglobe_protocol::messages::limits::CHUNKS_PER_JOB_MAX as usize;
@@ -21,13 +28,15 @@ pub const OUTPUTS_MAX: usize = upglobe_protocol::messages::limits::FILES_PER_TAS
 const RANGE_HINT: &str =
     "write a range as \"first-last\" with whole numbers, e.g. \"1-10\" (both included), or list ids as [1, 2, 3]";
 
-pub(crate) fn read(reporter: &mut Reporter, job: &Section, base_dir: &Path) -> Option<CommandJob> {
-    let argv = argv(reporter, job);
+pub(crate) fn read(reporter: &mut Reporter, job: &Section, base_dir: &Path, container: bool) -> Option<CommandJob> {
+    let argv = argv(reporter, job, "argv");
     let argv = job.require(reporter, "argv", argv);
     let tasks = tasks(reporter, job).or(Vec::new());
     let inputs = inputs(reporter, job, base_dir).or(Vec::new());
     let outputs = outputs(reporter, job).or(Vec::new());
     let timeout_s = timeout(reporter, job).or(TIMEOUT_S_DEFAULT);
+    let image = if container { image(reporter, job).map(Some) } else { Some(None) };
+    let checkpoint = checkpoint(reporter, job, tasks.as_deref());
     if let (Some(argv), Some(tasks)) = (&argv, &tasks)
         && tasks.is_empty()
         && argv.value.iter().any(|a| a.contains("{task}"))
@@ -40,7 +49,90 @@ pub(crate) fn read(reporter: &mut Reporter, job: &Section, base_dir: &Path) -> O
         );
         return None;
     }
-    Some(CommandJob { argv: argv?.value, tasks: tasks?, inputs: inputs?, outputs: outputs?, timeout_s: timeout_s? })
+    let (image, checkpoint, mut outputs) = (image?, checkpoint?, outputs?);
+    // The checkpoint files are outputs of every chunk; they need not be written twice.
+    for file in checkpoint.iter().flat_map(|c| &c.files) {
+        if !outputs.iter().any(|pattern| pattern.trim_start_matches("./") == file) {
+            outputs.push(file.clone());
+        }
+    }
+    Some(CommandJob {
+        argv: argv?.value,
+        tasks: tasks?,
+        inputs: inputs?,
+        outputs,
+        timeout_s: timeout_s?,
+        container: image,
+        checkpoint,
+    })
+}
+
+/// `image = "NAME"` and `network = true|false` of a container job.
+fn image(reporter: &mut Reporter, job: &Section) -> Option<ContainerImage> {
+    let image = job.string(reporter, "image");
+    let image = job.require(reporter, "image", image)?;
+    let network = job.boolean(reporter, "network").or(false);
+    let problem = if image.value.is_empty() {
+        Some("'image' is empty".to_string())
+    } else if image.value.len() > DESCRIPTION_BYTES_MAX
+        || image.value.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        Some(format!("'image' must be an image name of at most {DESCRIPTION_BYTES_MAX} bytes without spaces"))
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        reporter.error_with_hint(
+            image.at,
+            problem,
+            "name an image as docker does, e.g. image = \"busybox:1.36\"; send it with `upglobe image push NAME`",
+        );
+        return None;
+    }
+    Some(ContainerImage { image: image.value.to_string(), network: network?, location: reporter.location(image.at) })
+}
+
+/// `[jobs.NAME.checkpoint]`: `chunks`, the `resume` command and the checkpoint `files`.
+fn checkpoint(reporter: &mut Reporter, job: &Section, tasks: Option<&[i64]>) -> Option<Option<CheckpointContract>> {
+    let section = match job.section(reporter, "checkpoint") {
+        Field::Absent => return Some(None),
+        Field::Invalid => return None,
+        Field::Found(found) => found.value,
+    };
+    section.check_keys(reporter, CHECKPOINT_KEYS);
+    let chunks = section.positive_integer(reporter, "chunks").and_then(|chunks| {
+        let fits = u32::try_from(chunks.value).ok().filter(|&c| u64::from(c) <= CHUNKS_PER_JOB_MAX);
+        if fits.is_none() {
+            reporter
+                .error(chunks.at, format!("'chunks' is {}; at most {CHUNKS_PER_JOB_MAX} are allowed", chunks.value));
+        }
+        fits
+    });
+    let chunks = section.require(reporter, "chunks", chunks);
+    let resume = argv(reporter, &section, "resume");
+    let resume = section.require(reporter, "resume", resume);
+    let files = strings(reporter, &section, "files", OUTPUTS_MAX).and_then(|files| {
+        if files.value.is_empty() {
+            reporter.error_with_hint(
+                files.at,
+                "'files' is empty",
+                "name the files that form the checkpoint, e.g. files = [\"restart.bin\"]",
+            );
+            return None;
+        }
+        let checked: Vec<bool> = files.value.iter().map(|file| check_relative(reporter, "files", file)).collect();
+        checked.into_iter().all(|ok| ok).then(|| files.value.iter().map(|f| f.value.to_string()).collect::<Vec<_>>())
+    });
+    let files = section.require(reporter, "files", files);
+    if tasks.is_some_and(|tasks| !tasks.is_empty()) {
+        reporter.error_with_hint(
+            section.table.at,
+            "a job with 'tasks' cannot also have a checkpoint",
+            "array tasks are independent; a checkpointed job is one run cut into chained chunks",
+        );
+        return None;
+    }
+    Some(Some(CheckpointContract { chunks: chunks?.value, resume: resume?.value, files: files?.value }))
 }
 
 /// A bounded array whose elements are all strings, reported one by one.
@@ -63,19 +155,19 @@ fn strings<'t>(reporter: &mut Reporter, job: &Section<'t>, key: &str, maximum: u
     })
 }
 
-fn argv(reporter: &mut Reporter, job: &Section) -> Field<Vec<String>> {
-    let array_at = job.entry("argv").map(|entry| entry.value.at);
-    strings(reporter, job, "argv", ARGUMENTS_MAX).and_then(|argv| {
+fn argv(reporter: &mut Reporter, job: &Section, key: &str) -> Field<Vec<String>> {
+    let array_at = job.entry(key).map(|entry| entry.value.at);
+    strings(reporter, job, key, ARGUMENTS_MAX).and_then(|argv| {
         let Some(program) = argv.value.first() else {
             reporter.error_with_hint(
                 array_at.unwrap_or(argv.at),
-                "'argv' is empty",
+                format!("'{key}' is empty"),
                 "give the program and its arguments, e.g. argv = [\"sh\", \"run.sh\", \"{task}\"]",
             );
             return None;
         };
         if program.value.is_empty() {
-            reporter.error(program.at, "the program name (the first element of 'argv') is empty");
+            reporter.error(program.at, format!("the program name (the first element of '{key}') is empty"));
             return None;
         }
         Some(argv.value.iter().map(|argument| argument.value.to_string()).collect())
@@ -167,6 +259,9 @@ fn check_relative(reporter: &mut Reporter, key: &str, path: &Located<&str>) -> b
         return true;
     };
     let hint = match key {
+        "files" => {
+            "checkpoint files are written by the program inside the task's working directory; name them relative to it"
+        }
         "inputs" => {
             "inputs are copied into the task's working directory under the name written; copy or link the file next to the workflow file and name it relative to there"
         }

@@ -307,6 +307,10 @@ fn example(key: &str) -> &'static str {
         "damping" => "1.0",
         "argv" => "[\"sh\", \"run.sh\", \"{task}\"]",
         "file" => "\"energies.txt\"",
+        "image" => "\"busybox:1.36\"",
+        "chunks" => "5",
+        "resume" => "[\"lmp\", \"-in\", \"resume.in\"]",
+        "files" => "[\"restart.bin\"]",
         "system" | "potential" | "run" => "{ ... }",
         _ => "...",
     }

@@ -12,7 +12,7 @@ use crate::{Job, JobKind, command, md, resources, verify};
 
 const COMMON_KEYS: &[&str] = &["kind", "replicas", "after", "resources", "verify"];
 const MD_KEYS: &[&str] = &["system", "potential", "run", "thermostat"];
-const KINDS: &[&str] = &["md", "command"];
+const KINDS: &[&str] = &["md", "command", "container"];
 
 /// Replicas of an md job by default: two workers that must produce the same state hash.
 pub const MD_REPLICAS_DEFAULT: u32 = 2;
@@ -40,14 +40,17 @@ pub(crate) fn read<'t>(
     base_dir: &Path,
 ) -> (Dependencies<'t>, Option<Job>) {
     let section = Section { table, job: name, name: "" };
-    let kind = kind(reporter, &section);
-    check_keys(reporter, &section, kind);
+    let (kind, container) = match kind(reporter, &section) {
+        Some((kind, container)) => (Some(kind), container),
+        None => (None, false),
+    };
+    check_keys(reporter, &section, kind, container);
     let after = after(reporter, &section);
     let replicas = replicas(reporter, &section, kind);
     let resources = resources::read(reporter, &section);
     let job_kind = match kind {
         Some(Kind::Md) => md::read(reporter, &section, base_dir).map(JobKind::Md),
-        Some(Kind::Command) => command::read(reporter, &section, base_dir).map(JobKind::Command),
+        Some(Kind::Command) => command::read(reporter, &section, base_dir, container).map(JobKind::Command),
         None => None,
     };
     let verification = kind.and_then(|kind| verification(reporter, &section, kind, replicas, job_kind.as_ref()));
@@ -82,16 +85,18 @@ fn verification(
     verify::read(reporter, section, &verify::JobFacts { kind, replicas, replicas_written, outputs })
 }
 
-fn kind(reporter: &mut Reporter, job: &Section) -> Option<Kind> {
+/// The job's kind, and whether it runs in a container (a command job with an image).
+fn kind(reporter: &mut Reporter, job: &Section) -> Option<(Kind, bool)> {
     let kind = job.string(reporter, "kind");
     let kind = job.require(reporter, "kind", kind)?;
     match kind.value {
-        "md" => Some(Kind::Md),
-        "command" => Some(Kind::Command),
+        "md" => Some((Kind::Md, false)),
+        "command" => Some((Kind::Command, false)),
+        "container" => Some((Kind::Command, true)),
         other => {
             let hint = match closest(other, KINDS.iter().copied()) {
                 Some(suggestion) => format!("did you mean '{suggestion}'?"),
-                None => "kind is \"md\" (a molecular dynamics run) or \"command\" (a program)".to_string(),
+                None => "kind is \"md\" (a molecular dynamics run), \"command\" (a program) or \"container\" (a program in an image)".to_string(),
             };
             reporter.error_with_hint(kind.at, format!("unknown kind '{other}'"), hint);
             None
@@ -100,18 +105,35 @@ fn kind(reporter: &mut Reporter, job: &Section) -> Option<Kind> {
 }
 
 /// Checks keys against the job's kind; a key of the other kind gets a message that says so.
-fn check_keys(reporter: &mut Reporter, job: &Section, kind: Option<Kind>) {
-    let (own, own_name, other, other_name) = match kind {
-        Some(Kind::Md) => (MD_KEYS, "md", command::KEYS, "command"),
-        Some(Kind::Command) => (command::KEYS, "command", MD_KEYS, "md"),
+fn check_keys(reporter: &mut Reporter, job: &Section, kind: Option<Kind>, container: bool) {
+    let (own, own_name) = match kind {
+        Some(Kind::Md) => (MD_KEYS, "md"),
+        Some(Kind::Command) if container => (command::CONTAINER_KEYS, "container"),
+        Some(Kind::Command) => (command::KEYS, "command"),
         None => {
-            let all: Vec<&str> = [COMMON_KEYS, MD_KEYS, command::KEYS].concat();
+            let all: Vec<&str> = [COMMON_KEYS, MD_KEYS, command::CONTAINER_KEYS].concat();
             return job.check_keys(reporter, &all);
         }
     };
+    // A key of another kind (and not of this one) says which kinds it belongs to.
+    let kinds_of = |key: &str| -> Option<&'static str> {
+        if own.contains(&key) {
+            return None;
+        }
+        if MD_KEYS.contains(&key) {
+            Some("md")
+        } else if command::IMAGE_KEYS.contains(&key) {
+            Some("container")
+        } else if command::KEYS.contains(&key) {
+            Some("command and container")
+        } else {
+            None
+        }
+    };
     let (of_other_kind, rest): (Vec<&Entry>, Vec<&Entry>) =
-        job.table.entries.iter().partition(|entry| other.contains(&entry.key.as_str()));
+        job.table.entries.iter().partition(|entry| kinds_of(&entry.key).is_some());
     for entry in of_other_kind {
+        let other_name = kinds_of(&entry.key).expect("partitioned on it");
         reporter.error_with_hint(
             entry.key_at,
             format!("'{}' applies only to {other_name} jobs", entry.key),

@@ -90,6 +90,20 @@ pub struct CommandJob {
     /// Glob patterns, relative to the task's working directory, collected after the run.
     pub outputs: Vec<String>,
     pub timeout_s: u64,
+    /// `kind = "container"`: the image to run in, resolved to a pinned id when submitted.
+    pub container: Option<ContainerImage>,
+    /// `[jobs.NAME.checkpoint]`: the run is a chain of chunks resuming from checkpoint files.
+    pub checkpoint: Option<upglobe_protocol::messages::CheckpointContract>,
+}
+
+/// The image of a container job as written; `upglobe submit` pins it to an image id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerImage {
+    pub image: String,
+    /// The job asks for a network (given only by workers that allow it).
+    pub network: bool,
+    /// Where `image` is written, for errors found when it is resolved.
+    pub location: Location,
 }
 
 /// A file a command needs, checked to exist when the workflow was read.

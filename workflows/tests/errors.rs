@@ -71,7 +71,39 @@ fn keys_of_the_other_kind_say_which_kind_they_belong_to() {
     );
     assert_eq!(
         error(&melt_with("kind = \"md\"", "kind = \"md\"\ntimeout = 10")),
-        "w.toml:5:1: 'timeout' applies only to command jobs\n  hint: job 'melt' has kind = \"md\"; remove 'timeout' or change the kind"
+        "w.toml:5:1: 'timeout' applies only to command and container jobs\n  hint: job 'melt' has kind = \"md\"; remove 'timeout' or change the kind"
+    );
+    assert_eq!(
+        error(&format!("{MELT}{REPORT}image = \"busybox\"\n")),
+        "w.toml:24:1: 'image' applies only to container jobs\n  hint: job 'report' has kind = \"command\"; remove 'image' or change the kind"
+    );
+}
+
+#[test]
+fn container_jobs_need_an_image_and_checkpoints_need_their_keys() {
+    let container = "[jobs.c]\nkind = \"container\"\nargv = [\"true\"]\n";
+    assert_eq!(
+        error(container),
+        "w.toml:1:1: job 'c' is missing 'image'\n  hint: add 'image = \"busybox:1.36\"' to [jobs.c]"
+    );
+    assert_eq!(
+        error(&format!("{container}image = \"a b\"\n")),
+        "w.toml:4:9: 'image' must be an image name of at most 256 bytes without spaces\n  hint: name an image as docker does, e.g. image = \"busybox:1.36\"; send it with `upglobe image push NAME`"
+    );
+    let checkpointed = format!("{container}image = \"lmp\"\n[jobs.c.checkpoint]\nchunks = 5\nfiles = [\"../r\"]\n");
+    assert_eq!(
+        errors(&checkpointed),
+        [
+            "w.toml:5:1: job 'c' is missing 'checkpoint.resume'\n  hint: add 'resume = [\"lmp\", \"-in\", \"resume.in\"]' to [jobs.c.checkpoint]",
+            "w.toml:7:10: '../r' in 'files' goes up with '..'\n  hint: checkpoint files are written by the program inside the task's working directory; name them relative to it",
+        ]
+    );
+    let with_tasks = format!(
+        "{container}image = \"lmp\"\ntasks = [1]\n[jobs.c.checkpoint]\nchunks = 5\nresume = [\"x\"]\nfiles = [\"r\"]\n"
+    );
+    assert_eq!(
+        error(&with_tasks),
+        "w.toml:6:1: a job with 'tasks' cannot also have a checkpoint\n  hint: array tasks are independent; a checkpointed job is one run cut into chained chunks"
     );
 }
 
@@ -122,7 +154,7 @@ fn unknown_kinds_and_lattices_are_rejected_at_the_value() {
     );
     assert_eq!(
         error(&melt_with("kind = \"md\"", "kind = \"shell\"")),
-        "w.toml:4:8: unknown kind 'shell'\n  hint: kind is \"md\" (a molecular dynamics run) or \"command\" (a program)"
+        "w.toml:4:8: unknown kind 'shell'\n  hint: kind is \"md\" (a molecular dynamics run), \"command\" (a program) or \"container\" (a program in an image)"
     );
     assert_eq!(
         error(&melt_with("lattice = \"fcc\"", "lattice = \"bcc\"")),

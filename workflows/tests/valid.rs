@@ -77,6 +77,8 @@ fn md_and_command_jobs_parse_into_their_values() {
             }],
             outputs: vec!["*.csv".into()],
             timeout_s: 600,
+            container: None,
+            checkpoint: None,
         }
     );
 }

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod dataset;
 pub mod demo;
+pub mod image;
 pub mod md;
 pub mod results;
 pub mod scheduler;

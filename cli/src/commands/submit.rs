@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::json;
 use upglobe_kernels::{Checkpoint, State};
 use upglobe_protocol::messages::{
-    ClientRequest, ClientResponse, CommandJob, DatasetKind, FileRef, JobKind, JobSpec, MdJob, Submission,
+    ClientRequest, ClientResponse, CommandJob, ContainerSpec, DatasetKind, FileRef, JobKind, JobSpec, MdJob, Submission,
 };
 use upglobe_protocol::{JobId, WorkflowId};
 use upglobe_workflows::{InputSource, Workflow};
@@ -103,12 +103,28 @@ pub async fn submit(client: &Client, workflow: &Workflow) -> Result<(WorkflowId,
                     };
                     inputs.push(FileRef { name: input.name.clone(), blob, size });
                 }
+                let container = match &command.container {
+                    Some(container) => {
+                        let image = super::image::pin(client, &container.image, &mut datasets).await.map_err(|e| {
+                            anyhow::anyhow!(
+                                "{}:{}: job '{}': {e}",
+                                workflow.path.display(),
+                                container.location,
+                                job.name
+                            )
+                        })?;
+                        Some(ContainerSpec { image, network: container.network })
+                    }
+                    None => None,
+                };
                 JobKind::Command(CommandJob {
                     argv: command.argv.clone(),
                     tasks: upglobe_protocol::messages::TaskIds::from_ids(command.tasks.iter().copied()),
                     inputs,
                     outputs: command.outputs.clone(),
                     timeout_s: command.timeout_s,
+                    container,
+                    checkpoint: command.checkpoint.clone(),
                 })
             }
         };

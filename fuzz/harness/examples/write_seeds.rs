@@ -146,6 +146,7 @@ fn frame_seeds(fuzz: &Path) {
                 inputs: vec![file.clone()],
                 outputs: vec!["*.txt".into()],
                 timeout_s: 60,
+                container: None,
             },
         ),
         ("empty", Task::Empty { value: 1 }),
@@ -236,6 +237,8 @@ fn frame_seeds(fuzz: &Path) {
             inputs: vec![file.clone()],
             outputs: vec!["out-*.txt".into()],
             timeout_s: 600,
+            container: None,
+            checkpoint: None,
         }),
         verification: Verification::Tolerance(vec![ToleranceRule {
             file: "out-1.txt".into(),

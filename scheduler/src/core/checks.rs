@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use upglobe_protocol::messages::limits::*;
 use upglobe_protocol::messages::{
-    CommandJob, FileRef, Hello, JobKind, JobSpec, MdJob, Output, Resources, Submission, check_relative_path,
+    CheckpointContract, CommandJob, FileRef, Hello, JobKind, JobSpec, MdJob, Output, Resources, Submission,
+    check_relative_path,
 };
 use upglobe_protocol::{BlobHash, ChunkId};
 
@@ -63,6 +64,7 @@ pub fn submission_blobs(submission: &Submission) -> Vec<BlobHash> {
             JobKind::Md(md) => hashes.push(md.initial),
             JobKind::Command(command) => {
                 hashes.extend(command.inputs.iter().take(FILES_PER_TASK_MAX).map(|f| f.blob));
+                hashes.extend(image_archive(command).map(|f| f.blob));
             }
             JobKind::Empty { .. } => {}
         }
@@ -71,6 +73,10 @@ pub fn submission_blobs(submission: &Submission) -> Vec<BlobHash> {
         }
     }
     hashes
+}
+
+fn image_archive(command: &CommandJob) -> Option<&FileRef> {
+    command.container.as_ref().and_then(|c| c.image.archive.as_ref())
 }
 
 fn input_count(job: &JobSpec) -> usize {
@@ -210,7 +216,7 @@ fn job_input_bytes(job: &JobSpec, evidence: &Evidence) -> u64 {
     let size = |hash: &BlobHash| evidence.fact(hash).map_or(0, |f| f.size);
     match &job.kind {
         JobKind::Md(md) => size(&md.initial),
-        JobKind::Command(command) => command.inputs.iter().map(|f| size(&f.blob)).sum(),
+        JobKind::Command(command) => command.inputs.iter().chain(image_archive(command)).map(|f| size(&f.blob)).sum(),
         JobKind::Empty { .. } => 0,
     }
 }
@@ -312,16 +318,8 @@ fn check_md(name: &str, md: &MdJob, evidence: &Evidence) -> Result<(), String> {
 }
 
 fn check_command(name: &str, command: &CommandJob, evidence: &Evidence) -> Result<(), String> {
-    let CommandJob { argv, tasks, inputs, outputs, timeout_s } = command;
-    if argv.is_empty() || argv.len() > ARGUMENTS_MAX {
-        return Err(format!("job '{name}' has {} arguments; 1 to {ARGUMENTS_MAX} are allowed", argv.len()));
-    }
-    let argument_bytes: usize = argv.iter().map(String::len).sum();
-    if argument_bytes > ARGUMENTS_BYTES_MAX || argv.iter().any(|a| a.contains('\0')) {
-        return Err(format!(
-            "job '{name}': the arguments are {argument_bytes} bytes or contain NUL; at most {ARGUMENTS_BYTES_MAX} are allowed"
-        ));
-    }
+    let CommandJob { argv, tasks, inputs, outputs, timeout_s, container, checkpoint } = command;
+    check_arguments(name, argv)?;
     tasks.check().map_err(|e| format!("job '{name}': {e}"))?;
     if !(1..=TIMEOUT_S_MAX).contains(timeout_s) {
         return Err(format!("job '{name}' has a timeout of {timeout_s} s; 1 to {TIMEOUT_S_MAX} are allowed"));
@@ -334,7 +332,15 @@ fn check_command(name: &str, command: &CommandJob, evidence: &Evidence) -> Resul
             .map_err(|e| format!("job '{name}': output pattern: {e}"))?;
     }
     check_files(inputs).map_err(|e| format!("job '{name}': input {e}"))?;
-    for input in inputs {
+    if let Some(container) = container {
+        let image = &container.image;
+        check_text(&format!("job '{name}': the image name"), &image.name, DESCRIPTION_BYTES_MAX)?;
+        image.check().map_err(|e| format!("job '{name}': {e}"))?;
+    }
+    if let Some(contract) = checkpoint {
+        check_checkpoint(name, contract, tasks.len(), inputs, outputs)?;
+    }
+    for input in inputs.iter().chain(image_archive(command)) {
         match evidence.fact(&input.blob) {
             None => return Err(format!("job '{name}': input '{}' was not uploaded", input.name)),
             Some(fact) if fact.size != input.size => {
@@ -344,6 +350,54 @@ fn check_command(name: &str, command: &CommandJob, evidence: &Evidence) -> Resul
                 ));
             }
             Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_arguments(name: &str, argv: &[String]) -> Result<(), String> {
+    if argv.is_empty() || argv.len() > ARGUMENTS_MAX {
+        return Err(format!("job '{name}' has {} arguments; 1 to {ARGUMENTS_MAX} are allowed", argv.len()));
+    }
+    let argument_bytes: usize = argv.iter().map(String::len).sum();
+    if argument_bytes > ARGUMENTS_BYTES_MAX || argv.iter().any(|a| a.contains('\0')) {
+        return Err(format!(
+            "job '{name}': the arguments are {argument_bytes} bytes or contain NUL; at most {ARGUMENTS_BYTES_MAX} are allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// A checkpoint contract: a resume command, and checkpoint files that are plain relative names,
+/// collected as outputs and not clashing with the job's own inputs (they land beside them).
+fn check_checkpoint(
+    name: &str,
+    contract: &CheckpointContract,
+    tasks: u64,
+    inputs: &[FileRef],
+    outputs: &[String],
+) -> Result<(), String> {
+    if tasks > 0 {
+        return Err(format!("job '{name}' has both array tasks and a checkpoint contract"));
+    }
+    check_arguments(name, &contract.resume).map_err(|e| format!("{e} (resume)"))?;
+    if contract.files.is_empty() || contract.files.len() > FILES_PER_TASK_MAX {
+        return Err(format!(
+            "job '{name}': a checkpoint has {} files; 1 to {FILES_PER_TASK_MAX} are allowed",
+            contract.files.len()
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for file in &contract.files {
+        check_relative_path(file).map_err(|e| format!("job '{name}': checkpoint {e}"))?;
+        if !seen.insert(file.as_str()) {
+            return Err(format!("job '{name}': checkpoint file {file:?} appears twice"));
+        }
+        if inputs.iter().any(|input| input.name == *file) {
+            return Err(format!("job '{name}': checkpoint file {file:?} is also an input"));
+        }
+        if !outputs.iter().any(|pattern| pattern.trim_start_matches("./") == file) {
+            return Err(format!("job '{name}': checkpoint file {file:?} is not among the outputs"));
         }
     }
     Ok(())

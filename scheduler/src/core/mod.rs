@@ -1246,6 +1246,7 @@ impl Core {
                     inputs: command.inputs.clone(),
                     outputs: command.outputs.clone(),
                     timeout_s: command.timeout_s,
+                    container: command.container.clone(),
                 }
             }
             JobKind::Empty { .. } => Task::Empty { value: chunk_id.index as u64 },

@@ -25,7 +25,7 @@ use crate::core::{Record, Snapshot, SnapshotJob, SnapshotResult};
 use crate::{Result, SchedulerError};
 
 /// The format this scheduler writes.
-const FORMAT_VERSION: i64 = 4;
+const FORMAT_VERSION: i64 = 5;
 
 /// `MIGRATIONS[k]` takes a database from format `k + 1` to `k + 2`.
 /// - 1 -> 2: values are the store's own types (the same bytes as format 1's wire types); failures
@@ -34,6 +34,8 @@ const FORMAT_VERSION: i64 = 4;
 ///   of verification decisions and the signed results kept as evidence. The new values are JSON:
 ///   self-describing, so fields and variants added later read without another format.
 /// - 3 -> 4: datasets kept by name (`upglobe dataset put`); garbage collection keeps their blobs.
+/// - 4 -> 5: no table changes; job specs may hold container jobs and checkpoint contracts (a record
+///   variant a format-4 scheduler cannot read, so it must refuse the database).
 const MIGRATIONS: [&str; (FORMAT_VERSION - 1) as usize] = [
     "CREATE INDEX IF NOT EXISTS failures_by_job ON failures (job, chunk);",
     "ALTER TABLE jobs ADD COLUMN verification TEXT;
@@ -52,6 +54,7 @@ const MIGRATIONS: [&str; (FORMAT_VERSION - 1) as usize] = [
          hash BLOB NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL, size INTEGER NOT NULL,
          added INTEGER NOT NULL, directory BLOB, PRIMARY KEY (hash, name));
      CREATE INDEX datasets_by_directory ON datasets (directory);",
+    "",
 ];
 
 /// The format [`SCHEMA`] creates; a new database then takes the migrations after it.
@@ -151,6 +154,8 @@ impl Store {
                 }
                 upglobe_protocol::messages::JobKind::Command(command) => {
                     referenced.extend(command.inputs.iter().map(|f| f.blob));
+                    let archive = command.container.as_ref().and_then(|c| c.image.archive.as_ref());
+                    referenced.extend(archive.map(|f| f.blob));
                 }
                 upglobe_protocol::messages::JobKind::Empty { .. } => {}
             }

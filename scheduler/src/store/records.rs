@@ -9,7 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 use upglobe_protocol::messages::{
-    CommandJob, FileRef, JobKind, JobSpec, JobState, MdJob, Output, Resources, TaskIds, ThermoLine,
+    CheckpointContract, CommandJob, ContainerSpec, FileRef, ImagePin, JobKind, JobSpec, JobState, MdJob, Output,
+    Resources, TaskIds, ThermoLine,
 };
 use upglobe_protocol::{BlobHash, JobId, WorkerId};
 
@@ -56,6 +57,31 @@ pub enum StoredJobKind {
         outputs: Vec<String>,
         timeout_s: u64,
     },
+    /// Container jobs and checkpoint contracts (format 4 reads them; older schedulers never wrote them).
+    CommandV5 {
+        argv: Vec<String>,
+        runs: Vec<(i64, u64)>,
+        inputs: Vec<StoredFile>,
+        outputs: Vec<String>,
+        timeout_s: u64,
+        container: Option<StoredContainer>,
+        checkpoint: Option<StoredCheckpoint>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredContainer {
+    image_name: String,
+    image_id: Option<String>,
+    archive: Option<StoredFile>,
+    network: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredCheckpoint {
+    chunks: u32,
+    resume: Vec<String>,
+    files: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,12 +168,23 @@ impl From<&JobSpec> for StoredJobSpec {
                 chunk_steps: md.chunk_steps,
                 thermo_every: md.thermo_every,
             },
-            JobKind::Command(command) => StoredJobKind::CommandRuns {
+            JobKind::Command(command) => StoredJobKind::CommandV5 {
                 argv: command.argv.clone(),
                 runs: command.tasks.runs().to_vec(),
                 inputs: command.inputs.iter().map(StoredFile::from).collect(),
                 outputs: command.outputs.clone(),
                 timeout_s: command.timeout_s,
+                container: command.container.as_ref().map(|c| StoredContainer {
+                    image_name: c.image.name.clone(),
+                    image_id: c.image.id.clone(),
+                    archive: c.image.archive.as_ref().map(StoredFile::from),
+                    network: c.network,
+                }),
+                checkpoint: command.checkpoint.as_ref().map(|c| StoredCheckpoint {
+                    chunks: c.chunks,
+                    resume: c.resume.clone(),
+                    files: c.files.clone(),
+                }),
             },
             JobKind::Empty { chunks } => StoredJobKind::Empty { chunks: *chunks },
         };
@@ -159,6 +196,10 @@ impl From<&JobSpec> for StoredJobSpec {
             kind,
         }
     }
+}
+
+fn task_ids(runs: Vec<(i64, u64)>) -> TaskIds {
+    TaskIds::from_ids(runs.into_iter().flat_map(|(first, count)| (0..count).map(move |k| first + k as i64)))
 }
 
 impl From<StoredJobSpec> for JobSpec {
@@ -174,16 +215,36 @@ impl From<StoredJobSpec> for JobSpec {
                 inputs: inputs.into_iter().map(FileRef::from).collect(),
                 outputs,
                 timeout_s,
+                container: None,
+                checkpoint: None,
             }),
             StoredJobKind::CommandRuns { argv, runs, inputs, outputs, timeout_s } => JobKind::Command(CommandJob {
                 argv,
-                tasks: TaskIds::from_ids(
-                    runs.into_iter().flat_map(|(first, count)| (0..count).map(move |k| first + k as i64)),
-                ),
+                tasks: task_ids(runs),
                 inputs: inputs.into_iter().map(FileRef::from).collect(),
                 outputs,
                 timeout_s,
+                container: None,
+                checkpoint: None,
             }),
+            StoredJobKind::CommandV5 { argv, runs, inputs, outputs, timeout_s, container, checkpoint } => {
+                JobKind::Command(CommandJob {
+                    argv,
+                    tasks: task_ids(runs),
+                    inputs: inputs.into_iter().map(FileRef::from).collect(),
+                    outputs,
+                    timeout_s,
+                    container: container.map(|c| ContainerSpec {
+                        image: ImagePin { name: c.image_name, id: c.image_id, archive: c.archive.map(FileRef::from) },
+                        network: c.network,
+                    }),
+                    checkpoint: checkpoint.map(|c| CheckpointContract {
+                        chunks: c.chunks,
+                        resume: c.resume,
+                        files: c.files,
+                    }),
+                })
+            }
             StoredJobKind::Empty { chunks } => JobKind::Empty { chunks },
         };
         JobSpec {
