@@ -54,6 +54,9 @@ enum Command {
     /// Inputs kept on the scheduler: put, ls, get, rm.
     #[command(subcommand)]
     Dataset(commands::dataset::Command),
+    /// Container images for `container` jobs: push.
+    #[command(subcommand)]
+    Image(commands::image::Command),
     /// Check workflow files.
     #[command(subcommand)]
     Workflow(commands::workflow::Command),
@@ -111,6 +114,7 @@ fn main() {
             Command::Workers(args) => commands::status::workers(&context, args).await,
             Command::Results(args) => commands::results::run(&context, args).await,
             Command::Dataset(command) => commands::dataset::run(&context, command).await,
+            Command::Image(command) => commands::image::run(&context, command).await,
             Command::Workflow(command) => commands::workflow::run(&context, command),
             Command::Md(command) => commands::md::run(&context, command),
             Command::Bench(command) => commands::bench::run(&context, command).await,

@@ -338,6 +338,8 @@ impl Outcome {
 // The first frame of a connection
 
 /// The first frame on a connection's first stream says who is connecting.
+// One greeting per connection: boxing the hello would save nothing that matters.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Greeting {
     Worker(Hello),
@@ -370,6 +372,10 @@ pub struct Hello {
     /// engine's devices), for placement and for `upglobe workers`.
     pub gpus: Vec<GpuDevice>,
     pub adapters: Vec<String>,
+    /// The local dockerd's version, when the worker runs container jobs.
+    pub containers: Option<String>,
+    /// Containers that ask for a network get one (otherwise such jobs go elsewhere).
+    pub allow_network: bool,
 }
 
 /// A GPU as NVML describes it.
@@ -655,6 +661,8 @@ pub struct CheckpointContract {
     pub files: Vec<String>,
 }
 
+// A job's kind lives once per job, not per chunk; most jobs are command jobs anyway.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum JobKind {
     Md(MdJob),
@@ -939,6 +947,8 @@ pub struct WorkerStatus {
     pub audits_failed: u64,
     pub gpus: Vec<GpuDevice>,
     pub adapters: Vec<String>,
+    /// The dockerd version of a worker that runs containers.
+    pub containers: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -488,6 +488,8 @@ fn hello(node: &SimNode, index: usize, cpus: u32) -> Hello {
         peer_address: None,
         gpus: vec![],
         adapters: vec![],
+        containers: None,
+        allow_network: false,
     }
 }
 

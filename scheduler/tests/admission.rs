@@ -32,6 +32,8 @@ async fn another_protocol_version_is_refused_with_a_reason() {
         peer_address: None,
         gpus: vec![],
         adapters: vec![],
+        containers: None,
+        allow_network: false,
     };
     frame::write(&mut send, &Greeting::Worker(hello)).await.unwrap();
     let answer = tokio::time::timeout(Duration::from_secs(10), frame::read::<ToWorker, _>(&mut recv)).await.unwrap();
@@ -160,6 +162,8 @@ fn worker_hello(scheduler: &Scheduler, name: &str) -> Hello {
         peer_address: None,
         gpus: vec![],
         adapters: vec![],
+        containers: None,
+        allow_network: false,
     }
 }
 

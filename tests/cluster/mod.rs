@@ -205,12 +205,18 @@ impl Cluster {
 
     /// Runs a client command against this cluster.
     pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with_env(args, &[])
+    }
+
+    /// Runs a client command with more environment (`DOCKER_HOST`, for example).
+    pub fn run_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new(UPGLOBE)
             .args(args)
             .arg("--home")
             .arg(self.dir.join("home"))
             .env("UPGLOBE_CONNECT", &self.client_token)
             .env_remove("UPGLOBE_HOME")
+            .envs(env.iter().copied())
             .output()
             .unwrap()
     }

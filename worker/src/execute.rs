@@ -46,6 +46,8 @@ pub struct Fetcher<'a> {
     pub peers: &'a [upglobe_protocol::messages::PeerSource],
     /// Bytes received for the task's inputs, counted as they arrive.
     pub fetched: &'a AtomicU64,
+    /// The local dockerd, for container tasks.
+    pub containers: Option<&'a crate::container::Containers>,
 }
 
 /// Runs an assignment; `Err` carries the reason of a failure, in words for the job's status.
@@ -75,7 +77,27 @@ pub async fn run(
             .await
             .map_err(|e| format!("the MD task panicked: {e}"))?
         }
-        Task::Command { argv, inputs, outputs, timeout_s, container: _ } => {
+        Task::Command { argv, inputs, outputs, timeout_s, container: Some(spec) } => {
+            let Some(containers) = fetcher.containers else {
+                return Err("this worker runs no containers (no dockerd answered when it started)".into());
+            };
+            let scratch = config.data_dir.join("work").join(assignment.id.0.to_string());
+            let task = crate::container::ContainerTask {
+                argv: &argv,
+                inputs: &inputs,
+                outputs: &outputs,
+                timeout: Duration::from_secs(timeout_s),
+                spec: &spec,
+                resources: assignment.resources,
+                name: format!("upglobe-{}-{}", config.name, assignment.id.0),
+                worker: &config.name,
+            };
+            let mut measured = Measured::default();
+            let result = crate::container::run(containers, fetcher, &scratch, &task, &cancel, &mut measured).await;
+            let _ = std::fs::remove_dir_all(&scratch);
+            result.map(|output| Executed { output, link_starts: Vec::new(), measured })
+        }
+        Task::Command { argv, inputs, outputs, timeout_s, container: None } => {
             if !config.allow_commands {
                 return Err("this worker does not run commands (start it with --allow-commands)".into());
             }
@@ -295,7 +317,7 @@ struct CommandTask {
 }
 
 /// A relative path that stays inside the scratch directory.
-fn contained(name: &str) -> Result<PathBuf, String> {
+pub(crate) fn contained(name: &str) -> Result<PathBuf, String> {
     upglobe_protocol::messages::check_relative_path(name)?;
     Ok(PathBuf::from(name))
 }
@@ -426,7 +448,7 @@ impl Drop for Reaper {
 }
 
 /// Files matching the output patterns, stored as blobs.
-fn collect_outputs(blobs: &BlobStore, files: &Path, patterns: &[String]) -> Result<Vec<FileRef>, String> {
+pub(crate) fn collect_outputs(blobs: &BlobStore, files: &Path, patterns: &[String]) -> Result<Vec<FileRef>, String> {
     let mut found = std::collections::BTreeMap::new();
     let root = files.canonicalize().map_err(|e| format!("cannot resolve {}: {e}", files.display()))?;
     for pattern in patterns {

@@ -5,6 +5,7 @@
 //! What runs a task lives in [`execute`]; this module is the session around it.
 
 pub mod cheat;
+pub mod container;
 pub mod execute;
 pub mod peers;
 pub mod resources;
@@ -77,6 +78,10 @@ pub struct WorkerConfig {
     pub role: NodeRole,
     /// The hub (lab, operator) this node belongs to: nodes of one owner never verify each other.
     pub owner: Option<String>,
+    /// Runs container jobs through the local dockerd, if one answers.
+    pub containers: bool,
+    /// Gives a network to containers that ask for one.
+    pub allow_network: bool,
 }
 
 /// A cache large enough for a few large MD systems' checkpoints and their inputs.
@@ -101,6 +106,8 @@ impl WorkerConfig {
             peer_advertise: None,
             role: NodeRole::Worker,
             owner: None,
+            containers: true,
+            allow_network: false,
         }
     }
 }
@@ -144,6 +151,21 @@ pub async fn run(
         }
         None => None,
     };
+    let containers = if config.containers && config.role == NodeRole::Worker {
+        match container::Containers::connect().await {
+            Ok(containers) => {
+                tracing::info!(docker = %containers.version, "running container jobs");
+                containers.remove_stale(&config.name).await;
+                Some(containers)
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, "no container jobs on this worker");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let identity = Arc::new(identity);
     let config = Arc::new(config);
     // Intermediate states outlive a session: a scheduler that restarts may still audit them.
@@ -157,6 +179,7 @@ pub async fn run(
         serving,
         identity: identity.clone(),
         peer_port,
+        containers,
     };
     tokio::pin!(shutdown);
     let mut backoff = BACKOFF_START;
@@ -212,6 +235,8 @@ struct Node {
     identity: Arc<PeerIdentity>,
     /// The port it serves peers on, if it does.
     peer_port: Option<u16>,
+    /// The local dockerd, when this worker runs container jobs.
+    containers: Option<container::Containers>,
 }
 
 /// One connection to the scheduler; returns why it ended.
@@ -239,6 +264,8 @@ async fn session(node: &Node, identity: &PeerIdentity) -> Result<String> {
         },
         gpus: config.gpus.clone(),
         adapters: config.adapters.clone(),
+        containers: node.containers.as_ref().map(|c| c.version.clone()),
+        allow_network: config.allow_network,
     };
     frame::write(&mut send, &Greeting::Worker(hello)).await?;
     let welcome = match frame::read::<ToWorker, _>(&mut recv).await {
@@ -371,6 +398,7 @@ fn start_task(
             identity: &node.identity,
             peers: &[],
             fetched: &fetched,
+            containers: node.containers.as_ref(),
         };
         let sources = assignment.sources.clone();
         let fetcher = execute::Fetcher { peers: &sources, ..fetcher };

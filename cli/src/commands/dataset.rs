@@ -156,7 +156,7 @@ async fn with_bar<T>(bar: &ProgressBar, counter: &AtomicU64, work: impl std::fut
     }
 }
 
-async fn put(client: &Client, path: &Path, name: Option<String>) -> Result<Vec<DatasetInfo>> {
+pub async fn put(client: &Client, path: &Path, name: Option<String>) -> Result<Vec<DatasetInfo>> {
     let metadata = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     let name = match name {
         Some(name) => name,

@@ -58,6 +58,7 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
             "job": status.id.0, "state": status.state.label(), "written": written,
             "chunks_verified": status.chunks_verified, "chunks_total": status.chunks_total,
             "final_state_hash": final_state_hash(&results),
+            "exit_codes": exit_codes(&results),
         })),
         Format::Text => {
             println!("wrote {}", written.display());
@@ -169,6 +170,15 @@ pub async fn write_md(client: &Client, results: &JobResults, path: &Path) -> Res
     };
     write(path, &trajectory)?;
     Ok(())
+}
+
+/// Each verified command or container chunk's exit code, by chunk index.
+fn exit_codes(results: &JobResults) -> Vec<serde_json::Value> {
+    let code = |chunk: &upglobe_protocol::messages::VerifiedChunk| match &chunk.output {
+        Output::Command { exit_code, .. } => Some(json!({"chunk": chunk.index, "exit_code": exit_code})),
+        _ => None,
+    };
+    results.chunks.iter().filter_map(code).collect()
 }
 
 async fn write_command(client: &Client, results: &JobResults, dir: &Path) -> Result<()> {

@@ -22,6 +22,14 @@ pub struct Args {
     /// Run `command` jobs. They are not isolated: only enable this for workflows you trust.
     #[arg(long)]
     allow_commands: bool,
+    /// Run no `container` jobs, even if a dockerd answers (DOCKER_HOST, or /var/run/docker.sock).
+    /// Containers are hardened: no network, no capabilities, a read-only root, a non-root user,
+    /// pids, memory and CPU limits.
+    #[arg(long)]
+    no_containers: bool,
+    /// Give a network to container jobs that ask for one (`network = true`).
+    #[arg(long)]
+    allow_network: bool,
 }
 
 #[derive(clap::Args)]
@@ -109,6 +117,8 @@ fn owner_name(text: &str) -> Result<String, String> {
 pub async fn run(context: &Context, args: Args) -> Result<i32> {
     let mut config = node_config(context, args.node, NodeRole::Worker)?;
     config.allow_commands = args.allow_commands;
+    config.containers = !args.no_containers;
+    config.allow_network = args.allow_network;
     tracing::info!(name = %config.name, cpus = config.resources.cpus, device = %describe_device(&config.device), "worker starting");
     upglobe_worker::run(config, None, stop_signal()).await?;
     Ok(0)

@@ -102,6 +102,8 @@ fn frame_seeds(fuzz: &Path) {
         peer_address: Some("192.0.2.7:7413".into()),
         gpus: hello_gpus(),
         adapters: vec!["NVIDIA A100 (Vulkan)".into()],
+        containers: Some("20.10.24".into()),
+        allow_network: false,
     };
     let client_hello = ClientHello { protocol: 1, secret: "s3cret".into(), software: "upglobe 0.1.0".into() };
     frame("greeting-worker", &|b| encode_into(&Greeting::Worker(hello.clone()), b).unwrap());
@@ -327,6 +329,7 @@ fn frame_seeds(fuzz: &Path) {
         audits_failed: 0,
         gpus: hello_gpus(),
         adapters: vec!["NVIDIA A100 (Vulkan)".into()],
+        containers: Some("20.10.24".into()),
     };
     for (name, response) in [
         ("submitted", ClientResponse::Submitted { workflow: WorkflowId(1), jobs: vec![("melt".into(), JobId(2))] }),

@@ -29,8 +29,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use trust::{Check, CheckId, TrustTimer};
 use upglobe_protocol::messages::{
-    Assignment, Failure, Hello, JobKind, JobSpec, JobState, JobStatus, Outcome, Output, PeerSource, Progress,
-    Resources, Submission, Task, ToWorker, WorkerStatus,
+    Assignment, CommandJob, Failure, Hello, JobKind, JobSpec, JobState, JobStatus, Outcome, Output, PeerSource,
+    Progress, Resources, Submission, Task, ToWorker, WorkerStatus,
 };
 use upglobe_protocol::trust::{
     Finality, NodeRole, PublicKey, ResultStatement, Signature, TrustEvent, TrustEventKind, Usage, Verification,
@@ -197,6 +197,10 @@ struct Worker {
     capacity: Resources,
     free: Resources,
     allow_commands: bool,
+    /// The dockerd version of a worker that runs container jobs; whether it gives them a network
+    /// when they ask.
+    containers: Option<String>,
+    allow_network: bool,
     device: String,
     running: BTreeSet<AssignmentId>,
     completed: u64,
@@ -462,6 +466,8 @@ impl Core {
             capacity: hello.resources,
             free: hello.resources,
             allow_commands: hello.allow_commands,
+            containers: hello.containers.clone(),
+            allow_network: hello.allow_network,
             device: hello.device.clone(),
             running: BTreeSet::new(),
             completed,
@@ -1034,7 +1040,13 @@ impl Core {
         worker.connected
             && worker.role == NodeRole::Worker
             && worker.standing.failures < self.config.disagreements_max
-            && (!matches!(kind, JobKind::Command(_)) || worker.allow_commands)
+            && match kind {
+                JobKind::Command(CommandJob { container: Some(container), .. }) => {
+                    worker.containers.is_some() && (!container.network || worker.allow_network)
+                }
+                JobKind::Command(_) => worker.allow_commands,
+                JobKind::Md(_) | JobKind::Empty { .. } => true,
+            }
     }
 
     fn pick_worker(&self, chunk_id: ChunkId) -> Option<WorkerId> {
@@ -1105,7 +1117,14 @@ impl Core {
         let spec = &self.jobs[&job].spec;
         let able: Vec<&Worker> = self.workers.values().filter(|w| self.may_run(w, &spec.kind)).collect();
         if able.is_empty() {
-            return Some(match spec.kind {
+            return Some(match &spec.kind {
+                JobKind::Command(CommandJob { container: Some(container), .. }) if container.network => {
+                    "no connected worker runs containers with a network (workers need a dockerd and --allow-network)"
+                        .into()
+                }
+                JobKind::Command(CommandJob { container: Some(_), .. }) => {
+                    "no connected worker runs containers (workers need a dockerd they can reach)".into()
+                }
                 JobKind::Command(_) => "no connected worker runs commands (workers need --allow-commands)".into(),
                 _ => "no worker is connected".into(),
             });
@@ -1347,6 +1366,7 @@ impl Core {
                 audits_failed: w.standing.audits_failed,
                 gpus: w.gpus.clone(),
                 adapters: w.adapters.clone(),
+                containers: w.containers.clone(),
             })
             .collect()
     }

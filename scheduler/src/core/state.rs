@@ -181,6 +181,8 @@ impl Worker {
             capacity: Default::default(),
             free: Default::default(),
             allow_commands: false,
+            containers: None,
+            allow_network: false,
             device: String::new(),
             running: BTreeSet::new(),
             completed: 0,

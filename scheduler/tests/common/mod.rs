@@ -59,5 +59,7 @@ pub fn hello(name: &str, cpus: u32, allow_commands: bool) -> Hello {
         peer_address: None,
         gpus: vec![],
         adapters: vec![],
+        containers: None,
+        allow_network: false,
     }
 }

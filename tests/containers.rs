@@ -1,0 +1,178 @@
+//! Container jobs end to end: a scheduler and workers as real processes, a real dockerd (started
+//! by the harness when none answers) and an image built without a registry.
+
+mod cluster;
+mod docker;
+
+use std::time::Duration;
+
+use cluster::Cluster;
+use docker::{Docker, IMAGE};
+use serde_json::Value;
+
+/// A cluster of one worker that runs containers against `docker`, with the test image pushed.
+fn cluster_with_containers(dir: &std::path::Path, docker: &Docker) -> Cluster {
+    let mut cluster = Cluster::start(dir, 0);
+    cluster.add_worker_with(&[], &[("DOCKER_HOST", docker.host.as_str())]);
+    cluster.wait_for("the worker", Duration::from_secs(30), |c| c.connected_workers() == 1);
+    let pushed = cluster.run_with_env(&["image", "push", IMAGE], &[("DOCKER_HOST", docker.host.as_str())]);
+    assert!(pushed.status.success(), "image push failed: {}", String::from_utf8_lossy(&pushed.stderr));
+    cluster
+}
+
+/// Submits `workflow`, waits for every job to end, and returns the jobs' statuses by name.
+fn run_workflow(cluster: &Cluster, workflow: &str) -> std::collections::BTreeMap<String, Value> {
+    let path = cluster.write("containers.toml", workflow);
+    let submitted = cluster.json(&["submit", path.to_str().unwrap()]);
+    let ids: Vec<String> = submitted["jobs"].as_array().unwrap().iter().map(|j| j["id"].to_string()).collect();
+    cluster.wait_for("the container jobs to end", Duration::from_secs(180), |c| {
+        ids.iter().all(|id| matches!(c.job(id)["state"].as_str(), Some("completed" | "failed" | "cancelled")))
+    });
+    ids.iter()
+        .map(|id| {
+            let status = cluster.job(id);
+            (status["job"].as_str().unwrap().to_string(), status)
+        })
+        .collect()
+}
+
+fn results_dir(cluster: &Cluster, job: &str) -> (std::path::PathBuf, Value) {
+    let out = cluster.dir.join("results").join(job);
+    let results = cluster.json(&["results", job, "--out", out.to_str().unwrap()]);
+    (out.join(job).join("0"), results)
+}
+
+#[test]
+fn containers_run_hardened_and_report_what_happened() {
+    let Some(docker) = Docker::get() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster_with_containers(dir.path(), &docker);
+    cluster.write("data.txt", "forty-two\n");
+    let job = |name: &str, argv: &str, extra: &str| {
+        format!("[jobs.{name}]\nkind = \"container\"\nimage = \"{IMAGE}\"\nargv = {argv}\n{extra}\n")
+    };
+    let workflow = [
+        "name = \"c\"\n".to_string(),
+        // Exit code, stdout and stderr, an input under /in, an output from /out.
+        job(
+            "basic",
+            r#"["sh", "-c", "cat /in/data.txt > answer.txt; echo out; echo err >&2; exit 3"]"#,
+            "inputs = [\"data.txt\"]\noutputs = [\"answer.txt\"]",
+        ),
+        // Only the loopback interface; the root file system is read-only; who we are.
+        job(
+            "sandbox",
+            r#"["sh", "-c", "ls /sys/class/net > net.txt; touch /etc/x 2> root.txt; id -u > user.txt; touch /in/x 2>> root.txt; echo ok > /tmp/t && cat /tmp/t > tmp.txt"]"#,
+            "outputs = [\"*.txt\"]",
+        ),
+        // A fork bomb meets the pids limit; the container still ends.
+        job(
+            "forks",
+            r#"["sh", "-c", "n=0; for i in $(seq 1 2000); do sleep 3 & n=$((n+1)); done 2> forks.err; echo started > forks.txt; wait"]"#,
+            "outputs = [\"forks.*\"]",
+        ),
+        // 200 MiB in a 64 MiB container.
+        job(
+            "memory",
+            r#"["dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1"]"#,
+            "[jobs.memory.resources]\nmemory = \"64MiB\"",
+        ),
+        job("slow", r#"["sleep", "60"]"#, "timeout = 2"),
+        // Two seconds of one busy core: what the worker meters.
+        job("busy", r#"["timeout", "2", "sh", "-c", "while :; do :; done"]"#, ""),
+    ]
+    .concat();
+    let jobs = run_workflow(&cluster, &workflow);
+    let state = |name: &str| jobs[name]["state"].as_str().unwrap().to_string();
+    let failure = |name: &str| format!("{} {}", jobs[name]["reason"], jobs[name]["failures"]);
+
+    // A container's exit code is its result: the job completes and reports it.
+    assert_eq!(state("basic"), "completed", "{}", failure("basic"));
+    let (basic, results) = results_dir(&cluster, "c.basic");
+    assert_eq!(results["exit_codes"][0]["exit_code"], 3);
+    assert_eq!(std::fs::read_to_string(basic.join("answer.txt")).unwrap(), "forty-two\n");
+    assert_eq!(std::fs::read_to_string(basic.join("stdout")).unwrap(), "out\n");
+    assert_eq!(std::fs::read_to_string(basic.join("stderr")).unwrap(), "err\n");
+
+    assert_eq!(state("sandbox"), "completed", "{}", failure("sandbox"));
+    let (sandbox, _) = results_dir(&cluster, "c.sandbox");
+    let read = |name: &str| std::fs::read_to_string(sandbox.join(name)).unwrap();
+    assert_eq!(read("net.txt"), "lo\n", "the container has a network interface besides loopback");
+    assert_eq!(read("user.txt"), "65534\n");
+    assert_eq!(read("tmp.txt"), "ok\n");
+    let root = read("root.txt");
+    assert_eq!(root.matches("Read-only file system").count(), 2, "{root}");
+
+    assert_eq!(state("forks"), "completed", "{}", failure("forks"));
+    let (forks, forks_results) = results_dir(&cluster, "c.forks");
+    assert!(forks.exists(), "{forks_results} {}", jobs["forks"]);
+    let listing: Vec<_> = std::fs::read_dir(&forks).unwrap().flatten().map(|e| e.file_name()).collect();
+    let refused = std::fs::read_to_string(forks.join("forks.err")).unwrap_or_else(|e| {
+        panic!("forks.err: {e}; found {listing:?}; stderr: {:?}", std::fs::read_to_string(forks.join("stderr")))
+    });
+    assert!(refused.contains("can't fork") || refused.contains("Resource temporarily unavailable"), "{refused}");
+
+    assert_eq!(state("memory"), "failed");
+    assert!(failure("memory").contains("ran out of memory (limit 64 MiB)"), "{}", failure("memory"));
+    assert_eq!(state("slow"), "failed");
+    assert!(failure("slow").contains("timed out after 2s"), "{}", failure("slow"));
+
+    assert_eq!(state("busy"), "completed", "{}", failure("busy"));
+    let usage = cluster.json(&["status", "c.busy", "--usage"]);
+    let cpu_ms = usage[0]["cpu_ms"].as_u64().expect("a container's CPU time is metered");
+    assert!((1500..=2600).contains(&cpu_ms), "two busy seconds metered as {cpu_ms} ms of CPU");
+    let peak = usage[0]["peak_memory_bytes"].as_u64().expect("a container's peak memory is metered");
+    assert!(peak > 0 && peak < 64 << 20, "peak memory {peak}");
+
+    // The worker is still healthy: it takes another job.
+    let again = run_workflow(&cluster, &job("again", r#"["true"]"#, ""));
+    assert_eq!(again["again"]["state"], "completed");
+}
+
+/// An image the worker's dockerd lacks travels as a dataset and is loaded by digest.
+#[test]
+fn an_image_is_shipped_to_a_worker_that_lacks_it() {
+    let Some(docker) = Docker::get() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let nonce = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    let image = format!("upglobe-test/shipped:{nonce}");
+    docker.build_image(&image, &[("etc/nonce", &nonce)]);
+    let cluster = cluster_with_containers(dir.path(), &docker);
+    let pushed = cluster.run_with_env(&["image", "push", &image], &[("DOCKER_HOST", docker.host.as_str())]);
+    assert!(pushed.status.success(), "image push failed: {}", String::from_utf8_lossy(&pushed.stderr));
+    // The only copy is now the scheduler's.
+    assert!(docker.cli(&["image", "rm", &image]).status.success());
+    let workflow = format!(
+        "[jobs.shipped]\nkind = \"container\"\nimage = \"{image}\"\nargv = [\"sh\", \"-c\", \"cat /etc/nonce > nonce.txt\"]\noutputs = [\"nonce.txt\"]\n"
+    );
+    let jobs = run_workflow(&cluster, &workflow);
+    assert_eq!(jobs["shipped"]["state"], "completed", "{} {}", jobs["shipped"]["reason"], jobs["shipped"]["failures"]);
+    let (out, _) = results_dir(&cluster, "containers.shipped");
+    assert_eq!(std::fs::read_to_string(out.join("nonce.txt")).unwrap(), nonce);
+    let log = cluster.workers[0].log();
+    assert!(log.contains("loading an image"), "the worker did not load the image: {log}");
+}
+
+/// A worker without a dockerd says so and takes no container jobs; a job waits with the reason.
+#[test]
+fn without_dockerd_a_worker_runs_no_containers_and_the_job_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 0);
+    cluster.add_worker_with(&[], &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")]);
+    cluster.wait_for("the worker", Duration::from_secs(30), |c| c.connected_workers() == 1);
+    let image = format!("sha256:{}", "ab".repeat(32));
+    let id = cluster.submit(&format!("[jobs.c]\nkind = \"container\"\nimage = \"{image}\"\nargv = [\"true\"]\n"));
+    cluster.wait_for("the reason the job waits", Duration::from_secs(30), |c| {
+        c.job(&id)["waiting"].as_str().is_some_and(|w| w.contains("no connected worker runs containers"))
+    });
+    let log = cluster.workers[0].log();
+    assert_eq!(log.matches("no container jobs on this worker").count(), 1, "{log}");
+    // A workflow naming an image nobody pushed is refused at submit, at the image's line.
+    let path =
+        cluster.write("unknown.toml", "[jobs.c]\nkind = \"container\"\nimage = \"nowhere:1\"\nargv = [\"true\"]\n");
+    let output = cluster.run(&["submit", path.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unknown.toml:3:9: job 'c': image 'nowhere:1' is not on the scheduler"), "{stderr}");
+    assert!(stderr.contains("upglobe image push nowhere:1"), "{stderr}");
+}
