@@ -54,6 +54,8 @@ enum Command {
     /// Inputs kept on the scheduler: put, ls, get, rm.
     #[command(subcommand)]
     Dataset(commands::dataset::Command),
+    /// Run a command in a container on the cluster; exits with its exit code.
+    Run(commands::run::Args),
     /// Container images for `container` jobs: push.
     #[command(subcommand)]
     Image(commands::image::Command),
@@ -115,6 +117,7 @@ fn main() {
             Command::Results(args) => commands::results::run(&context, args).await,
             Command::Dataset(command) => commands::dataset::run(&context, command).await,
             Command::Image(command) => commands::image::run(&context, command).await,
+            Command::Run(args) => commands::run::run(&context, args).await,
             Command::Workflow(command) => commands::workflow::run(&context, command),
             Command::Md(command) => commands::md::run(&context, command),
             Command::Bench(command) => commands::bench::run(&context, command).await,

@@ -354,7 +354,6 @@ async fn supervise(
         .await
         .map_err(|e| format!("dockerd cannot start the container: {e}"))?;
     let started = Instant::now();
-    let logs = tokio::spawn(copy_logs(docker.clone(), id.to_string(), scratch.to_path_buf()));
     let mut meter = Meter::find(id);
     let mut wait = docker.wait_container(id, None::<WaitContainerOptions>);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -377,7 +376,9 @@ async fn supervise(
         let _ = docker.kill_container(id, Some(KillContainerOptions { signal: "KILL".into() })).await;
     }
     *measured = meter.measured();
-    let _ = tokio::time::timeout(Duration::from_secs(10), logs).await;
+    // Read once the container has ended: all of it, in order (a follow stream opened as a short
+    // container ends can come back empty).
+    copy_logs(docker, id, scratch).await?;
     if let Some(reason) = stopped {
         return Err(reason);
     }
@@ -401,17 +402,18 @@ async fn supervise(
     i32::try_from(exit_code).map_err(|_| format!("the container ended with exit code {exit_code}"))
 }
 
-/// Follows the container's output into `stdout` and `stderr` files until it ends.
-async fn copy_logs(docker: Docker, id: String, scratch: PathBuf) -> Result<(), String> {
+/// Writes an ended container's output into `stdout` and `stderr` files.
+async fn copy_logs(docker: &Docker, id: &str, scratch: &Path) -> Result<(), String> {
     use std::io::Write;
     let open = |name: &str| {
         let path = scratch.join(name);
         std::fs::File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))
     };
     let (mut stdout, mut stderr) = (open("stdout")?, open("stderr")?);
-    let options = LogsOptions { follow: true, stdout: true, stderr: true, ..Default::default() };
-    let mut logs = docker.logs(&id, Some(options));
-    while let Some(Ok(line)) = logs.next().await {
+    let options = LogsOptions { follow: false, stdout: true, stderr: true, ..Default::default() };
+    let mut logs = docker.logs(id, Some(options));
+    while let Some(line) = logs.next().await {
+        let line = line.map_err(|e| format!("dockerd cannot give the container's output: {e}"))?;
         let _ = match line {
             bollard::container::LogOutput::StdErr { message } => stderr.write_all(&message),
             bollard::container::LogOutput::StdOut { message } | bollard::container::LogOutput::Console { message } => {

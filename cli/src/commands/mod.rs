@@ -6,6 +6,7 @@ pub mod demo;
 pub mod image;
 pub mod md;
 pub mod results;
+pub mod run;
 pub mod scheduler;
 pub mod status;
 pub mod submit;
