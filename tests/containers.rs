@@ -218,3 +218,30 @@ fn without_dockerd_a_worker_runs_no_containers_and_the_job_says_why() {
     assert!(stderr.contains("unknown.toml:3:9: job 'c': image 'nowhere:1' is not on the scheduler"), "{stderr}");
     assert!(stderr.contains("upglobe image push nowhere:1"), "{stderr}");
 }
+
+/// `upglobe run` shows the container's output while it runs, not only at the end.
+#[test]
+fn run_streams_the_output_live() {
+    use std::io::BufRead;
+    let Some(docker) = Docker::get() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster_with_containers(dir.path(), &docker);
+    let mut run = std::process::Command::new(cluster::UPGLOBE)
+        .args(["run", "--image", IMAGE, "--", "sh", "-c", "echo first; sleep 5; echo second"])
+        .arg("--home")
+        .arg(dir.path().join("home"))
+        .env("UPGLOBE_CONNECT", &cluster.client_token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(run.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "first");
+    // The line came while the container still ran.
+    let statuses = cluster.json(&["status"]);
+    let job = statuses.as_array().unwrap().iter().find(|j| j["job"] == "container").unwrap();
+    assert_eq!(job["state"], "running", "{job}");
+    assert_eq!(lines.next().unwrap().unwrap(), "second");
+    assert!(lines.next().is_none(), "the output was printed twice");
+    assert!(run.wait().unwrap().success());
+}

@@ -26,6 +26,12 @@ pub mod limits {
     pub const UNAUTHENTICATED_CONNECTIONS_MAX: usize = 256;
     /// Largest blob (checkpoint, input or output file).
     pub const BLOB_BYTES_MAX: u64 = 16 << 30;
+    /// Live output: bytes in one worker message, forwarded per task, and kept per job.
+    pub const LOG_MESSAGE_BYTES_MAX: usize = 64 << 10;
+    pub const LIVE_LOG_BYTES_MAX: u64 = 4 << 20;
+    pub const JOB_LOG_BYTES_MAX: usize = 1 << 20;
+    /// Jobs whose live output the scheduler keeps at once (the oldest go first).
+    pub const LOGGED_JOBS_MAX: usize = 256;
     /// Signed usage rows in one answer.
     pub const USAGE_ROWS_MAX: usize = 10_000;
     /// Workers named as sources of one assignment's inputs.
@@ -219,6 +225,22 @@ pub struct Assignment {
     /// Other workers that hold the task's inputs and serve them to peers: a download asks them for
     /// slices beside the scheduler (at most [`limits::PEER_SOURCES_MAX`]).
     pub sources: Vec<PeerSource>,
+}
+
+/// Live output of a job: the pieces from byte `from` (which is later than asked when older output
+/// was dropped) to `next`, where the next request starts; `done` once the job has finished.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPage {
+    pub from: u64,
+    pub pieces: Vec<LogPiece>,
+    pub next: u64,
+    pub done: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPiece {
+    pub stderr: bool,
+    pub bytes: Vec<u8>,
 }
 
 /// A worker that serves a blob to its peers, as the scheduler knows it.
@@ -419,6 +441,14 @@ pub enum FromWorker {
     /// sent once it joins: the scheduler then places chunks where their inputs already are.
     Holding {
         blobs: Vec<BlobHash>,
+    },
+    /// Output of a running container task, as it comes (at most [`limits::LOG_MESSAGE_BYTES_MAX`]
+    /// per message and [`limits::LIVE_LOG_BYTES_MAX`] per task; the whole output comes with the
+    /// result).
+    Log {
+        assignment: AssignmentId,
+        stderr: bool,
+        bytes: Vec<u8>,
     },
 }
 
@@ -738,6 +768,12 @@ pub enum ClientRequest {
     Usage {
         job: String,
     },
+    /// A job's live output from byte `from` on (of what the scheduler keeps: the last
+    /// [`limits::JOB_LOG_BYTES_MAX`]).
+    Logs {
+        job: String,
+        from: u64,
+    },
 }
 
 /// One signed result's usage: what a worker claims, under its signature, that a chunk cost.
@@ -961,6 +997,7 @@ pub enum ClientResponse {
     Verification(Box<VerificationReport>),
     Datasets(Vec<DatasetInfo>),
     Usage(Vec<ChunkUsage>),
+    Logs(LogPage),
     Error { message: String },
 }
 

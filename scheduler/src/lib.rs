@@ -2,6 +2,7 @@
 //! feeds the core events and carries out its actions.
 
 pub mod core;
+pub mod logs;
 pub mod server;
 pub mod store;
 pub mod trust_bench;

@@ -217,7 +217,8 @@ impl Scheduler {
             watcher.clone(),
         ));
         let sessions = HashMap::new();
-        let owner = Owner { core, store, blobs, clock, sessions, probe, uploads, inputs: weak_inputs };
+        let logs = crate::logs::LiveLogs::default();
+        let owner = Owner { core, store, blobs, clock, sessions, probe, uploads, inputs: weak_inputs, logs };
         let owner = tokio::spawn(owner.run(receiver, watcher));
         tracing::info!(%address, epoch, "scheduler listening");
         Ok(Scheduler { worker_token, client_token, verifier_token, address, created, latencies, shutdown, owner })
@@ -314,6 +315,7 @@ struct Owner {
     /// For answers of work done off the owner task (comparisons); weak, so that the input channel
     /// still closes when every connection is gone.
     inputs: mpsc::WeakSender<Input>,
+    logs: crate::logs::LiveLogs,
 }
 
 struct LatencyProbe {
@@ -398,6 +400,12 @@ impl Owner {
                 match message {
                     FromWorker::Heartbeat { running } => self.core.handle_heartbeat(now, worker, &running),
                     FromWorker::Holding { blobs } => self.core.handle_holding(worker, &blobs),
+                    FromWorker::Log { assignment, stderr, bytes } => {
+                        // Only output of a task the worker holds, filed under that task's job.
+                        if let Some(chunk) = self.core.running_chunk(worker, assignment) {
+                            self.logs.append(chunk.job, assignment, stderr, bytes);
+                        }
+                    }
                     FromWorker::Finished { assignment, outcome, usage, signature } => {
                         let evidence = match &outcome {
                             Outcome::Completed(output) => self.evidence(output_blobs(output)),
@@ -526,6 +534,14 @@ impl Owner {
                     Ok(rows) => ClientResponse::Usage(rows),
                     Err(e) => error(e.to_string()),
                 },
+                None => error(format!("no job '{job}' (give a job id or WORKFLOW.JOB)")),
+            },
+            ClientRequest::Logs { job, from } => match self.core.find_job(&job) {
+                Some(id) => {
+                    let mut page = self.logs.read(id, from);
+                    page.done = self.core.job_status(now, id).is_none_or(|s| s.state.is_finished());
+                    ClientResponse::Logs(page)
+                }
                 None => error(format!("no job '{job}' (give a job id or WORKFLOW.JOB)")),
             },
             ClientRequest::Datasets(request) => match self.datasets(request) {

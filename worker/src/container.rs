@@ -197,6 +197,61 @@ pub fn archive_image_id(path: &Path) -> Result<String, String> {
     Err("not an image archive: it has no manifest.json (make it with `docker save`)".into())
 }
 
+/// Where a running container's output goes as it comes: the scheduler, for `upglobe run`.
+#[derive(Clone)]
+pub struct LogSink {
+    pub assignment: upglobe_protocol::AssignmentId,
+    pub outbox: tokio::sync::mpsc::UnboundedSender<upglobe_protocol::messages::FromWorker>,
+}
+
+/// Follows a container's output and sends it on, in pieces of at most
+/// [`LOG_MESSAGE_BYTES_MAX`], [`LIVE_LOG_BYTES_MAX`] in all (then a note that the rest comes
+/// with the result).
+async fn forward_logs(docker: Docker, id: String, sink: LogSink) {
+    use futures_util::FutureExt;
+    use upglobe_protocol::messages::FromWorker;
+    use upglobe_protocol::messages::limits::{LIVE_LOG_BYTES_MAX, LOG_MESSAGE_BYTES_MAX};
+    let options = LogsOptions { follow: true, stdout: true, stderr: true, ..Default::default() };
+    let mut logs = docker.logs(&id, Some(options)).fuse();
+    let mut sent = 0u64;
+    let piece = |line: bollard::container::LogOutput| match line {
+        bollard::container::LogOutput::StdErr { message } => Some((true, message)),
+        bollard::container::LogOutput::StdOut { message } | bollard::container::LogOutput::Console { message } => {
+            Some((false, message))
+        }
+        bollard::container::LogOutput::StdIn { .. } => None,
+    };
+    while let Some(Ok(line)) = logs.next().await {
+        let Some((stderr, first)) = piece(line) else { continue };
+        let mut bytes = first.to_vec();
+        // Lines that are already there travel together.
+        while bytes.len() < LOG_MESSAGE_BYTES_MAX {
+            match logs.next().now_or_never() {
+                Some(Some(Ok(line))) => match piece(line) {
+                    Some((same, more)) if same == stderr => bytes.extend_from_slice(&more),
+                    Some((_, more)) => {
+                        let _ = sink.outbox.send(FromWorker::Log { assignment: sink.assignment, stderr, bytes });
+                        bytes = more.to_vec();
+                        break;
+                    }
+                    None => {}
+                },
+                _ => break,
+            }
+        }
+        bytes.truncate(LOG_MESSAGE_BYTES_MAX);
+        sent += bytes.len() as u64;
+        if sent > LIVE_LOG_BYTES_MAX {
+            let note = b"[upglobe: live output stops here; the whole output comes with the result]\n".to_vec();
+            let _ = sink.outbox.send(FromWorker::Log { assignment: sink.assignment, stderr: true, bytes: note });
+            return;
+        }
+        if sink.outbox.send(FromWorker::Log { assignment: sink.assignment, stderr, bytes }).is_err() {
+            return;
+        }
+    }
+}
+
 /// One container task, as the scheduler assigned it.
 pub struct ContainerTask<'a> {
     pub argv: &'a [String],
@@ -208,6 +263,7 @@ pub struct ContainerTask<'a> {
     /// The container's name: unique per assignment on this worker.
     pub name: String,
     pub worker: &'a str,
+    pub logs: Option<LogSink>,
 }
 
 /// Runs a container task in `scratch` (which it creates) and collects its outputs.
@@ -354,6 +410,7 @@ async fn supervise(
         .await
         .map_err(|e| format!("dockerd cannot start the container: {e}"))?;
     let started = Instant::now();
+    let forwarding = task.logs.clone().map(|sink| tokio::spawn(forward_logs(docker.clone(), id.to_string(), sink)));
     let mut meter = Meter::find(id);
     let mut wait = docker.wait_container(id, None::<WaitContainerOptions>);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -376,6 +433,12 @@ async fn supervise(
         let _ = docker.kill_container(id, Some(KillContainerOptions { signal: "KILL".into() })).await;
     }
     *measured = meter.measured();
+    if let Some(mut forwarding) = forwarding {
+        // The stream ends with the container; what it has not sent by then is in the result.
+        if tokio::time::timeout(Duration::from_secs(2), &mut forwarding).await.is_err() {
+            forwarding.abort();
+        }
+    }
     // Read once the container has ended: all of it, in order (a follow stream opened as a short
     // container ends can come back empty).
     copy_logs(docker, id, scratch).await?;

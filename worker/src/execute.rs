@@ -46,8 +46,9 @@ pub struct Fetcher<'a> {
     pub peers: &'a [upglobe_protocol::messages::PeerSource],
     /// Bytes received for the task's inputs, counted as they arrive.
     pub fetched: &'a AtomicU64,
-    /// The local dockerd, for container tasks.
+    /// The local dockerd, for container tasks, and where their output goes as it comes.
     pub containers: Option<&'a crate::container::Containers>,
+    pub logs: Option<&'a crate::container::LogSink>,
 }
 
 /// Runs an assignment; `Err` carries the reason of a failure, in words for the job's status.
@@ -91,6 +92,7 @@ pub async fn run(
                 resources: assignment.resources,
                 name: format!("upglobe-{}-{}", config.name, assignment.id.0),
                 worker: &config.name,
+                logs: fetcher.logs.cloned(),
             };
             let mut measured = Measured::default();
             let result = crate::container::run(containers, fetcher, &scratch, &task, &cancel, &mut measured).await;

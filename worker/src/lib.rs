@@ -391,6 +391,7 @@ fn start_task(
         tracing::debug!(assignment = %id, %chunk, "started");
         let (config, blobs) = (&node.config, &node.blobs);
         let fetched = AtomicU64::new(0);
+        let log_sink = container::LogSink { assignment: id, outbox: outbox.clone() };
         let fetcher = execute::Fetcher {
             config,
             connection: &connection,
@@ -399,6 +400,7 @@ fn start_task(
             peers: &[],
             fetched: &fetched,
             containers: node.containers.as_ref(),
+            logs: Some(&log_sink),
         };
         let sources = assignment.sources.clone();
         let fetcher = execute::Fetcher { peers: &sources, ..fetcher };

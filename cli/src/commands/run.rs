@@ -126,6 +126,43 @@ async fn submit(context: &Context, client: &Client, args: &Args) -> Result<Strin
     }
 }
 
+/// The job's output as the scheduler relays it from the worker.
+struct LiveOutput {
+    next: u64,
+    printed: u64,
+    /// No output was dropped between pieces.
+    complete: bool,
+}
+
+impl Default for LiveOutput {
+    fn default() -> LiveOutput {
+        LiveOutput { next: 0, printed: 0, complete: true }
+    }
+}
+
+impl LiveOutput {
+    async fn follow(&mut self, client: &Client, job: &str) -> Result<()> {
+        use std::io::Write;
+        let page = match client.request(ClientRequest::Logs { job: job.to_string(), from: self.next }).await? {
+            ClientResponse::Logs(page) => page,
+            other => bail!("unexpected answer {other:?}"),
+        };
+        self.complete &= page.from == self.next;
+        for piece in &page.pieces {
+            if piece.stderr {
+                std::io::stderr().write_all(&piece.bytes)?;
+            } else {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&piece.bytes)?;
+                out.flush()?;
+            }
+            self.printed += piece.bytes.len() as u64;
+        }
+        self.next = page.next;
+        Ok(())
+    }
+}
+
 /// `SOURCE[:/in/NAME]`: a local file (uploaded) or a dataset by hash or name.
 async fn input(
     client: &Client,
@@ -172,10 +209,12 @@ fn output_pattern(given: &str) -> Result<String> {
     Ok(pattern.to_string())
 }
 
-/// Waits for the job; prints its output and writes its files; the container's exit code.
+/// Waits for the job, printing its output as it comes; writes its files; the container's exit code.
 async fn wait(client: &Client, job: &str, args: &Args, format: Format) -> Result<i32> {
     let mut shown = String::new();
+    let mut live = LiveOutput::default();
     let status = loop {
+        live.follow(client, job).await?;
         let status = super::status::fetch(client, Some(job.to_string())).await?;
         let status = status.into_iter().next().context("the job is gone")?;
         let state = match (&status.state, &status.waiting) {
@@ -203,9 +242,17 @@ async fn wait(client: &Client, job: &str, args: &Args, format: Format) -> Result
     let Some(Output::Command { exit_code, stdout, stderr, files }) = results.chunks.first().map(|c| &c.output) else {
         bail!("job {job} has no container result");
     };
-    use std::io::Write;
-    std::io::stdout().write_all(&client.download(stdout.blob).await?)?;
-    std::io::stderr().write_all(&client.download(stderr.blob).await?)?;
+    live.follow(client, job).await?;
+    if live.complete && live.printed == stdout.size + stderr.size {
+        // All of it was shown as it came.
+    } else {
+        use std::io::Write;
+        if live.printed > 0 {
+            eprintln!("[upglobe: the live output was incomplete; the whole output follows]");
+        }
+        std::io::stdout().write_all(&client.download(stdout.blob).await?)?;
+        std::io::stderr().write_all(&client.download(stderr.blob).await?)?;
+    }
     if !files.is_empty() {
         let dir = args.out.join(format!("{}.container", results.status.workflow_name)).join("0");
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;

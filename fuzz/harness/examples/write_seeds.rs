@@ -185,6 +185,8 @@ fn frame_seeds(fuzz: &Path) {
     });
     let holding = FromWorker::Holding { blobs: vec![BlobHash([5; 32]), BlobHash([6; 32])] };
     frame("from-worker-holding", &|b| encode_into(&holding, b).unwrap());
+    let log = FromWorker::Log { assignment: AssignmentId(3), stderr: true, bytes: b"step 100\n".to_vec() };
+    frame("from-worker-log", &|b| encode_into(&log, b).unwrap());
     let add = upglobe_protocol::messages::DatasetRequest::Add {
         hash: BlobHash([7; 32]),
         name: "traj".into(),
@@ -249,6 +251,33 @@ fn frame_seeds(fuzz: &Path) {
             relative: 1e-6,
         }]),
     };
+    let container_spec = JobSpec {
+        name: "c".into(),
+        after: vec![],
+        replicas: 2,
+        resources,
+        kind: JobKind::Command(CommandJob {
+            argv: vec!["lmp".into(), "-in".into(), "in.lj".into()],
+            tasks: TaskIds::from_ids([]),
+            inputs: vec![file.clone()],
+            outputs: vec!["restart.bin".into()],
+            timeout_s: 600,
+            container: Some(upglobe_protocol::messages::ContainerSpec {
+                image: upglobe_protocol::messages::ImagePin {
+                    name: "lammps:1".into(),
+                    id: None,
+                    archive: Some(file.clone()),
+                },
+                network: false,
+            }),
+            checkpoint: Some(upglobe_protocol::messages::CheckpointContract {
+                chunks: 5,
+                resume: vec!["lmp".into(), "-in".into(), "resume.lj".into()],
+                files: vec!["restart.bin".into()],
+            }),
+        }),
+        verification: Verification::Quorum,
+    };
     let empty_spec = JobSpec {
         name: "e".into(),
         after: vec![],
@@ -260,7 +289,7 @@ fn frame_seeds(fuzz: &Path) {
     let submission = Submission {
         name: "w".into(),
         source: "name = \"w\"\n".into(),
-        jobs: vec![md_spec.clone(), command_spec, empty_spec],
+        jobs: vec![md_spec.clone(), command_spec, container_spec, empty_spec],
     };
     for (name, request) in [
         ("submit", ClientRequest::Submit(submission)),
@@ -270,6 +299,7 @@ fn frame_seeds(fuzz: &Path) {
         ("results", ClientRequest::Results { job: "melt".into(), first_chunk: 0 }),
         ("workers", ClientRequest::Workers),
         ("verification", ClientRequest::Verification { job: "melt".into() }),
+        ("logs", ClientRequest::Logs { job: "c".into(), from: 17 }),
     ] {
         frame(&format!("client-request-{name}"), &|b| encode_into(&request, b).unwrap());
         frame(&format!("stream-client-{name}"), &|b| encode_into(&StreamRequest::Client(request.clone()), b).unwrap());
@@ -337,6 +367,15 @@ fn frame_seeds(fuzz: &Path) {
         ("cancelled", ClientResponse::Cancelled { job: JobId(2) }),
         ("results", ClientResponse::Results(Box::new(results))),
         ("workers", ClientResponse::Workers(vec![worker])),
+        (
+            "logs",
+            ClientResponse::Logs(upglobe_protocol::messages::LogPage {
+                from: 0,
+                pieces: vec![upglobe_protocol::messages::LogPiece { stderr: false, bytes: b"hi\n".to_vec() }],
+                next: 3,
+                done: false,
+            }),
+        ),
         (
             "verification",
             ClientResponse::Verification(Box::new(VerificationReport {

@@ -1291,6 +1291,11 @@ impl Core {
             .map(|(id, _)| *id)
     }
 
+    /// The chunk `worker` runs under `assignment`, if it does.
+    pub fn running_chunk(&self, worker: WorkerId, assignment: AssignmentId) -> Option<ChunkId> {
+        self.leases.get(&assignment).filter(|lease| lease.worker == worker).map(|lease| lease.chunk)
+    }
+
     pub fn job_status(&self, now: u64, id: JobId) -> Option<JobStatus> {
         self.status_with(now, id, &self.in_flight())
     }

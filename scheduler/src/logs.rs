@@ -1,0 +1,106 @@
+//! Live output of running container tasks, kept in memory for `upglobe run` and `upglobe logs`:
+//! not a decision and not durable (the whole output comes with each result), so it lives in the
+//! shell, bounded per job and in the number of jobs.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use upglobe_protocol::messages::limits::{JOB_LOG_BYTES_MAX, LOG_MESSAGE_BYTES_MAX, LOGGED_JOBS_MAX};
+use upglobe_protocol::messages::{LogPage, LogPiece};
+use upglobe_protocol::{AssignmentId, JobId};
+
+#[derive(Default)]
+pub struct LiveLogs {
+    jobs: BTreeMap<JobId, JobLog>,
+}
+
+struct JobLog {
+    /// The assignment whose output is kept: the first to send any. Replicas print the same
+    /// lines, and interleaving them would help nobody.
+    source: AssignmentId,
+    /// Byte offset of the first piece kept, and of the end.
+    start: u64,
+    end: u64,
+    pieces: VecDeque<(u64, LogPiece)>,
+}
+
+impl LiveLogs {
+    /// Appends a piece of a running assignment's output (the shell has checked that the worker
+    /// holds the assignment); truncated to the message bound, older output dropped past the job's.
+    pub fn append(&mut self, job: JobId, assignment: AssignmentId, stderr: bool, mut bytes: Vec<u8>) {
+        bytes.truncate(LOG_MESSAGE_BYTES_MAX);
+        if bytes.is_empty() {
+            return;
+        }
+        if !self.jobs.contains_key(&job) && self.jobs.len() >= LOGGED_JOBS_MAX {
+            let oldest = *self.jobs.keys().next().expect("at the bound, not empty");
+            self.jobs.remove(&oldest);
+        }
+        let log =
+            self.jobs.entry(job).or_insert(JobLog { source: assignment, start: 0, end: 0, pieces: VecDeque::new() });
+        if log.source != assignment {
+            return;
+        }
+        let offset = log.end;
+        log.end += bytes.len() as u64;
+        log.pieces.push_back((offset, LogPiece { stderr, bytes }));
+        while log.end - log.start > JOB_LOG_BYTES_MAX as u64 {
+            let (_, dropped) = log.pieces.pop_front().expect("over the bound, not empty");
+            log.start += dropped.bytes.len() as u64;
+        }
+    }
+
+    /// The output from byte `from` on; `done` is filled in by the caller.
+    pub fn read(&self, job: JobId, from: u64) -> LogPage {
+        let Some(log) = self.jobs.get(&job) else {
+            return LogPage { from, pieces: Vec::new(), next: from, done: false };
+        };
+        let from = from.clamp(log.start, log.end);
+        let mut pieces = Vec::new();
+        for (offset, piece) in &log.pieces {
+            let end = offset + piece.bytes.len() as u64;
+            if end <= from {
+                continue;
+            }
+            let skip = from.saturating_sub(*offset) as usize;
+            pieces.push(LogPiece { stderr: piece.stderr, bytes: piece.bytes[skip..].to_vec() });
+        }
+        LogPage { from, pieces, next: log.end, done: false }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_one_assignments_output_from_any_offset() {
+        let mut logs = LiveLogs::default();
+        let (job, first, replica) = (JobId(1), AssignmentId(1), AssignmentId(2));
+        logs.append(job, first, false, b"hello ".to_vec());
+        logs.append(job, replica, false, b"hello ".to_vec());
+        logs.append(job, first, true, b"world".to_vec());
+        let page = logs.read(job, 3);
+        assert_eq!((page.from, page.next), (3, 11));
+        let text: Vec<(bool, &[u8])> = page.pieces.iter().map(|p| (p.stderr, p.bytes.as_slice())).collect();
+        assert_eq!(text, [(false, &b"lo "[..]), (true, &b"world"[..])]);
+        assert!(logs.read(job, 11).pieces.is_empty());
+        assert_eq!(logs.read(JobId(9), 0).next, 0);
+    }
+
+    #[test]
+    fn drops_the_oldest_output_and_jobs_past_their_bounds() {
+        let mut logs = LiveLogs::default();
+        let job = JobId(1);
+        for _ in 0..40 {
+            logs.append(job, AssignmentId(1), false, vec![b'x'; LOG_MESSAGE_BYTES_MAX * 2]);
+        }
+        let page = logs.read(job, 0);
+        assert_eq!(page.next, 40 * LOG_MESSAGE_BYTES_MAX as u64);
+        assert!(page.next - page.from <= JOB_LOG_BYTES_MAX as u64);
+        for id in 2..(LOGGED_JOBS_MAX as u64 + 2) {
+            logs.append(JobId(id), AssignmentId(id), false, b"x".to_vec());
+        }
+        assert!(logs.read(job, 0).pieces.is_empty(), "the oldest job's output went first");
+        assert_eq!(logs.jobs.len(), LOGGED_JOBS_MAX);
+    }
+}
