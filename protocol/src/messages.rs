@@ -655,6 +655,8 @@ pub struct CheckpointContract {
     pub files: Vec<String>,
 }
 
+// One per job, never in bulk: boxing the command would only add an allocation and noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum JobKind {
     Md(MdJob),
@@ -682,6 +684,13 @@ impl JobKind {
             JobKind::Command(command) => command.tasks.len().max(1),
             JobKind::Empty { chunks } => *chunks as u64,
         }
+    }
+
+    /// Whether the job's chunks form a chain: chunk k starts from what chunk k-1's verified result
+    /// hands on (an MD state, a program's checkpoint files), so it opens only once that one is
+    /// verified, and overturning a chunk undoes every chunk after it.
+    pub fn chained(&self) -> bool {
+        matches!(self, JobKind::Md(_) | JobKind::Command(CommandJob { checkpoint: Some(_), .. }))
     }
 }
 
