@@ -1132,18 +1132,12 @@ impl Core {
                 let size = md.atoms.saturating_mul(STATE_BYTES_PER_ATOM);
                 self.chunks.get(&chunk_id).and_then(|c| c.input).map(|i| (i, size)).into_iter().collect()
             }
-            JobKind::Command(_) => self.command_inputs(chunk_id).iter().map(|f| (f.blob, f.size.max(1))).collect(),
+            JobKind::Command(command) => {
+                let handed = self.jobs[&chunk_id.job].checkpoint_files(chunk_id.index);
+                command.inputs.iter().chain(handed).map(|f| (f.blob, f.size.max(1))).collect()
+            }
             JobKind::Empty { .. } => Vec::new(),
         }
-    }
-
-    /// A command chunk's input files: the job's own, then (for a checkpointed job's chunk k > 0)
-    /// the checkpoint files of accepted chunk k-1, which the submission check keeps from clashing
-    /// with the job's own names.
-    fn command_inputs(&self, chunk_id: ChunkId) -> Vec<FileRef> {
-        let job = &self.jobs[&chunk_id.job];
-        let JobKind::Command(command) = &job.spec.kind else { return Vec::new() };
-        command.inputs.iter().chain(job.checkpoint_files(chunk_id.index)).cloned().collect()
     }
 
     /// Bytes of `inputs` a worker holds.
@@ -1285,10 +1279,12 @@ impl Core {
                 chain_every: md.chunk_steps / self.chain_links_of(chunk_id.job) as u64,
             },
             JobKind::Command(command) => {
-                let argv = command_argv(command, chunk_id.index);
+                // The job's inputs, then (a checkpointed job's chunk k > 0) the checkpoint files of
+                // accepted chunk k-1, whose names the submission check keeps apart from the inputs'.
+                let inputs = command.inputs.iter().chain(job.checkpoint_files(chunk_id.index)).cloned().collect();
                 Task::Command {
-                    argv,
-                    inputs: self.command_inputs(chunk_id),
+                    argv: command_argv(command, chunk_id.index),
+                    inputs,
                     outputs: command.outputs.clone(),
                     timeout_s: command.timeout_s,
                     container: command.container.clone(),
