@@ -691,7 +691,7 @@ pub struct CheckpointContract {
     pub files: Vec<String>,
 }
 
-// A job's kind lives once per job, not per chunk; most jobs are command jobs anyway.
+// One per job, never in bulk: boxing the command would only add an allocation and noise.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum JobKind {
@@ -720,6 +720,13 @@ impl JobKind {
             JobKind::Command(command) => command.tasks.len().max(1),
             JobKind::Empty { chunks } => *chunks as u64,
         }
+    }
+
+    /// Whether the job's chunks form a chain: chunk k starts from what chunk k-1's verified result
+    /// hands on (an MD state, a program's checkpoint files), so it opens only once that one is
+    /// verified, and overturning a chunk undoes every chunk after it.
+    pub fn chained(&self) -> bool {
+        matches!(self, JobKind::Md(_) | JobKind::Command(CommandJob { checkpoint: Some(_), .. }))
     }
 }
 

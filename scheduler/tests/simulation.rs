@@ -4,7 +4,8 @@
 //! from its store. After every event the core's own invariants are checked, and across the whole run:
 //! - no chunk is accepted without a quorum of distinct agreeing workers;
 //! - no chunk is verified twice (the store's primary key would also refuse it);
-//! - an MD chunk only ever starts from the verified checkpoint of the chunk before;
+//! - an MD chunk only ever starts from the verified checkpoint of the chunk before, and a
+//!   checkpointed command's chunk from the verified checkpoint files of the chunk before;
 //! - once the faults stop, every job completes (enough honest workers remain).
 //!
 //! A failing seed replays exactly: `SIMULATION_SEED=1234 cargo nextest run -p upglobe-scheduler simulation`.
@@ -70,9 +71,32 @@ fn honest_output(chunk: ChunkId, task: &Task) -> Output {
             }
         }
         Task::Empty { value } => Output::Empty { value: *value },
-        Task::Command { .. } => unreachable!("no command jobs in the simulation"),
+        Task::Command { argv, inputs, .. } => {
+            // A checkpointing program: its thermo and checkpoint depend on everything it was given.
+            let mut given = blake3::Hasher::new();
+            for argument in argv {
+                given.update(argument.as_bytes()).update(&[0]);
+            }
+            for input in inputs {
+                given.update(input.name.as_bytes()).update(&input.blob.0);
+            }
+            let given = *given.finalize().as_bytes();
+            let file = |name: &str| {
+                let blob = BlobHash(*blake3::hash(&[name.as_bytes(), &given].concat()).as_bytes());
+                FileRef { name: name.into(), blob, size: 0xf100 + name.len() as u64 }
+            };
+            Output::Command {
+                exit_code: 0,
+                files: vec![file(CHECKPOINT_FILE), file("thermo.dat")],
+                stdout: file("stdout"),
+                stderr: file("stderr"),
+            }
+        }
     }
 }
+
+/// The checkpoint file of the simulation's checkpointed command job.
+const CHECKPOINT_FILE: &str = "state.restart";
 
 /// A consistent lie: a wrong state, uploaded as a checkpoint that ends with it.
 fn wrong_output(chunk: ChunkId, task: &Task, rng: &mut Rng) -> Output {
@@ -84,7 +108,11 @@ fn wrong_output(chunk: ChunkId, task: &Task, rng: &mut Rng) -> Output {
             Output::Md { state_hash, checkpoint, checkpoint_bytes, thermo, chain }
         }
         Output::Empty { value } => Output::Empty { value: value + 1 + rng.below(5) },
-        other => other,
+        Output::Command { exit_code, mut files, stdout, stderr } => {
+            // A checkpoint that is not what the program would write from its inputs.
+            files[0].blob.0[0] ^= 1 + rng.below(255) as u8;
+            Output::Command { exit_code, files, stdout, stderr }
+        }
     }
 }
 
@@ -94,7 +122,14 @@ fn malformed_output(chunk: ChunkId, task: &Task, rng: &mut Rng) -> (Output, Evid
     let honest = honest_output(chunk, task);
     let consistent = uploaded(&honest);
     match (honest, rng.below(4)) {
-        (Output::Md { .. }, 0) | (Output::Empty { .. }, _) => (
+        (Output::Command { exit_code, mut files, stdout, stderr }, roll) if roll < 2 => {
+            // Without its checkpoint file: the next chunk would have nothing to resume from.
+            files.retain(|f| f.name != CHECKPOINT_FILE);
+            let output = Output::Command { exit_code, files, stdout, stderr };
+            let evidence = uploaded(&output);
+            (output, evidence)
+        }
+        (Output::Md { .. }, 0) | (Output::Empty { .. }, _) | (Output::Command { .. }, _) => (
             Output::Md {
                 state_hash: [1; 32],
                 checkpoint: BlobHash([2; 32]),
@@ -148,6 +183,8 @@ struct Simulation {
     network: Vec<(u64, WorkerId, AssignmentId, Outcome, Evidence)>,
     jobs: BTreeMap<JobId, JobSpec>,
     verified: BTreeMap<ChunkId, Output>,
+    /// The task each chunk was last assigned as (every replica of a chunk gets the same one).
+    assigned: BTreeMap<ChunkId, Task>,
     restarts: u32,
     faults: bool,
 }
@@ -176,6 +213,7 @@ impl Simulation {
             network: Vec::new(),
             jobs: BTreeMap::new(),
             verified: BTreeMap::new(),
+            assigned: BTreeMap::new(),
             restarts: 0,
             faults: true,
         }
@@ -204,8 +242,13 @@ impl Simulation {
             resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
             kind: JobKind::Empty { chunks: 12 },
         };
-        let specs =
-            vec![md("melt", 8, 2, vec![]), md("anneal", 5, 3, vec!["melt".into()]), empty, md("solo", 4, 1, vec![])];
+        let specs = vec![
+            md("melt", 8, 2, vec![]),
+            md("anneal", 5, 3, vec!["melt".into()]),
+            empty,
+            md("solo", 4, 1, vec![]),
+            checkpointed_spec("program", 6, 2),
+        ];
         let ids = submit(&mut self.core, self.now, specs.clone()).unwrap();
         for (name, id) in ids {
             self.jobs.insert(id, specs.iter().find(|s| s.name == name).unwrap().clone());
@@ -272,6 +315,24 @@ impl Simulation {
                     };
                     assert_eq!(*input, expected, "{} did not start from the verified checkpoint", assignment.chunk);
                 }
+                if let Task::Command { inputs, .. } = &assignment.task {
+                    let (job, index) = (assignment.chunk.job, assignment.chunk.index);
+                    let expected = match index.checked_sub(1) {
+                        None => None,
+                        Some(previous) => match &self.verified[&ChunkId { job, index: previous }] {
+                            Output::Command { files, .. } => files.iter().find(|f| f.name == CHECKPOINT_FILE),
+                            _ => unreachable!(),
+                        },
+                    };
+                    let handed: Vec<&FileRef> = inputs.iter().filter(|f| f.name == CHECKPOINT_FILE).collect();
+                    assert_eq!(
+                        handed,
+                        Vec::from_iter(expected),
+                        "{} did not start from the verified checkpoint files",
+                        assignment.chunk
+                    );
+                }
+                self.assigned.insert(assignment.chunk, assignment.task.clone());
                 w.tasks.push((assignment.id, assignment.chunk, assignment.task, answer_at));
             }
             // Quorum jobs never ask for served states; settled chunks need nothing.
@@ -285,7 +346,7 @@ impl Simulation {
         let id = self.workers[k].id;
         self.workers[k].connected = true;
         self.workers[k].tasks.clear();
-        self.core.handle_worker_joined(self.now, id, &hello(&format!("w{k}"), 1 + (k as u32 % 3), false)).unwrap();
+        self.core.handle_worker_joined(self.now, id, &hello(&format!("w{k}"), 1 + (k as u32 % 3), true)).unwrap();
     }
 
     fn step(&mut self) {
@@ -468,6 +529,7 @@ fn dishonest_worker_is_outvoted_and_quarantined() {
                     chain_every: md.chunk_steps / chain_links(&JobKind::Md(md.clone())) as u64,
                 }
             }
+            JobKind::Command(_) => sim.assigned[chunk].clone(),
             _ => Task::Empty { value: chunk.index as u64 },
         };
         assert_eq!(output, &honest_output(*chunk, &task), "a wrong result was verified for {chunk}");
@@ -648,6 +710,30 @@ fn command_spec(name: &str, tasks: Vec<i64>) -> JobSpec {
             timeout_s: 60,
             container: None,
             checkpoint: None,
+        }),
+    }
+}
+
+/// A program that checkpoints into [`CHECKPOINT_FILE`] and resumes from it.
+fn checkpointed_spec(name: &str, chunks: u32, replicas: u32) -> JobSpec {
+    JobSpec {
+        name: name.into(),
+        after: vec![],
+        replicas,
+        verification: upglobe_protocol::trust::Verification::Quorum,
+        resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
+        kind: JobKind::Command(CommandJob {
+            argv: vec!["start".into(), "{chunk}/{chunks}".into()],
+            tasks: upglobe_protocol::messages::TaskIds::from_ids([]),
+            inputs: vec![],
+            outputs: vec!["thermo.dat".into(), CHECKPOINT_FILE.into()],
+            timeout_s: 60,
+            container: None,
+            checkpoint: Some(upglobe_protocol::messages::CheckpointContract {
+                chunks,
+                resume: vec!["resume".into(), "{chunk}/{chunks}".into()],
+                files: vec![CHECKPOINT_FILE.into()],
+            }),
         }),
     }
 }

@@ -23,7 +23,43 @@ fn every_example_loads() {
             loaded += 1;
         }
     }
-    assert_eq!(loaded, 4);
+    assert_eq!(loaded, 5);
+}
+
+#[test]
+fn lammps_lj_is_a_checkpointed_program_in_five_chunks() {
+    let workflow = load_example("lammps-lj.toml");
+    let [job] = workflow.jobs.as_slice() else { panic!("one job expected") };
+    let JobKind::Command(command) = &job.kind else { panic!("a command job expected") };
+    let contract = command.checkpoint.as_ref().expect("a checkpoint contract");
+    assert_eq!((contract.chunks, contract.files.as_slice()), (5, ["lj.restart".to_string()].as_slice()));
+    // The checkpoint is collected beside the thermo, and nothing LAMMPS writes with timings is.
+    assert_eq!(command.outputs, ["thermo.dat", "lj.restart"]);
+    assert_eq!((job.replicas, &job.verification), (2, &Verification::Quorum));
+    for argv in [&command.argv, &contract.resume] {
+        assert_eq!(argv[..5], ["lmp", "-screen", "none", "-log", "log.lammps"]);
+        assert!(argv.iter().any(|a| a == "{chunks}"), "{argv:?}");
+    }
+    assert!(contract.resume.iter().any(|a| a == "{chunk}"));
+    for (input, name) in command.inputs.iter().zip(["in.lj", "resume.lj", "thermo.lj"]) {
+        assert_eq!(input.source, upglobe_workflows::InputSource::Path(examples().join(name)));
+    }
+    // The classic in.lj, with the two changes its comment explains.
+    let script = std::fs::read_to_string(examples().join("in.lj")).unwrap();
+    for line in [
+        "lattice         fcc 0.8442",
+        "region          box block 0 20 0 20 0 20",
+        "velocity        all create 3.0 87287 loop geom",
+        "pair_style      lj/cut 2.5",
+        "neighbor        0.3 bin",
+        "neigh_modify    delay 0 every 10 check no",
+        "atom_modify     sort 0 0.0",
+        "fix             1 all nve",
+        "run             ${steps}",
+        "write_restart   lj.restart",
+    ] {
+        assert!(script.lines().any(|l| l == line), "in.lj lacks {line:?}");
+    }
 }
 
 #[test]

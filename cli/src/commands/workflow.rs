@@ -44,9 +44,15 @@ pub fn run(context: &Context, command: Command) -> Result<i32> {
                                 md.total_steps / md.chunk_steps,
                                 md.chunk_steps
                             ),
-                            JobKind::Command(c) => {
-                                format!("command, {} tasks", c.tasks.len().max(1))
-                            }
+                            JobKind::Command(c) => match &c.checkpoint {
+                                Some(contract) => format!(
+                                    "{}, {} checkpointed chunks resuming from {}",
+                                    if c.container.is_some() { "container" } else { "command" },
+                                    contract.chunks,
+                                    contract.files.join(", ")
+                                ),
+                                None => format!("command, {} tasks", c.tasks.len().max(1)),
+                            },
                         };
                         println!("  {}: {what}, {} replicas", job.name, job.replicas);
                     }

@@ -387,6 +387,14 @@ fn check_checkpoint(
             contract.files.len()
         ));
     }
+    // A chunk after the first gets the job's inputs and the checkpoint files together.
+    if inputs.len() + contract.files.len() > FILES_PER_TASK_MAX {
+        return Err(format!(
+            "job '{name}' has {} inputs and {} checkpoint files; a chunk gets at most {FILES_PER_TASK_MAX} files",
+            inputs.len(),
+            contract.files.len()
+        ));
+    }
     let mut seen = BTreeSet::new();
     for file in &contract.files {
         check_relative_path(file).map_err(|e| format!("job '{name}': checkpoint {e}"))?;
@@ -433,7 +441,7 @@ pub fn check_output(
             check_interval(output, evidence, chain_links)?;
             check_thermo(md, chunk, thermo)
         }
-        (JobKind::Command(_), Output::Command { files, stdout, stderr, .. }) => {
+        (JobKind::Command(command), Output::Command { files, stdout, stderr, .. }) => {
             if files.len() > FILES_PER_TASK_MAX {
                 return Err(format!("the result has {} files; at most {FILES_PER_TASK_MAX} are allowed", files.len()));
             }
@@ -441,14 +449,35 @@ pub fn check_output(
                 return Err("the result's standard output and error must be named 'stdout' and 'stderr'".into());
             }
             check_files(files.iter().chain([stdout, stderr])).map_err(|e| format!("the result's file {e}"))?;
-            match files.iter().chain([stdout, stderr]).find(|f| evidence.fact(&f.blob).expect("checked").size != f.size)
+            if let Some(file) =
+                files.iter().chain([stdout, stderr]).find(|f| evidence.fact(&f.blob).expect("checked").size != f.size)
             {
-                Some(file) => Err(format!("the result's file {:?} does not have the size it claims", file.name)),
+                return Err(format!("the result's file {:?} does not have the size it claims", file.name));
+            }
+            match &command.checkpoint {
+                Some(contract) => check_checkpoint_files(contract, chunk, files),
                 None => Ok(()),
             }
         }
         (JobKind::Empty { .. }, Output::Empty { .. }) => Ok(()),
         _ => Err(format!("the worker returned a result of the wrong kind for a {} job", kind.name())),
+    }
+}
+
+/// A checkpointed command's result holds every file of the checkpoint: the next chunk starts from
+/// them, and the last chunk's are the job's final state. (Their contents are the program's
+/// business; replicas agreeing on them is what verifies them.)
+fn check_checkpoint_files(contract: &CheckpointContract, chunk: ChunkId, files: &[FileRef]) -> Result<(), String> {
+    let written: BTreeSet<&str> = files.iter().map(|f| f.name.as_str()).collect();
+    match contract.files.iter().find(|name| !written.contains(name.as_str())) {
+        Some(missing) => Err(format!(
+            "the result lacks checkpoint file {missing:?}: chunk {} of {} must write every file of the job's \
+             checkpoint ({})",
+            chunk.index,
+            contract.chunks,
+            contract.files.join(", ")
+        )),
+        None => Ok(()),
     }
 }
 

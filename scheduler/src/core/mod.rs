@@ -11,7 +11,8 @@
 //! it was.
 //!
 //! One chunk's life: a job starts when every job it runs after has completed; its chunks become ready
-//! (an MD job's chunk k only once chunk k-1 is verified, with that verified checkpoint as its input);
+//! (a chained job's chunk k only once chunk k-1 is verified, starting from what that one handed on:
+//! an MD job's verified state, a checkpointed command's verified checkpoint files);
 //! a ready chunk is assigned to distinct workers until `replicas` results agree on a digest, and is then
 //! verified exactly once. Disagreement asks for further replicas up to a bound; failures and expired
 //! leases put the chunk back, up to a bounded number of attempts.
@@ -29,8 +30,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use trust::{Check, CheckId, TrustTimer};
 use upglobe_protocol::messages::{
-    Assignment, CommandJob, Failure, Hello, JobKind, JobSpec, JobState, JobStatus, Outcome, Output, PeerSource,
-    Progress, Resources, Submission, Task, ToWorker, WorkerStatus,
+    Assignment, CommandJob, Failure, FileRef, Hello, JobKind, JobSpec, JobState, JobStatus, Outcome, Output,
+    PeerSource, Progress, Resources, Submission, Task, ToWorker, WorkerStatus,
 };
 use upglobe_protocol::trust::{
     Finality, NodeRole, PublicKey, ResultStatement, Signature, TrustEvent, TrustEventKind, Usage, Verification,
@@ -158,7 +159,8 @@ pub enum Record {
     Finalized {
         chunk: ChunkId,
     },
-    /// Chunks of an MD job from `from_chunk` on are no longer accepted (the job runs again from there).
+    /// Chunks of a chained job from `from_chunk` on are no longer accepted (the job runs again from
+    /// there).
     Invalidated {
         job: JobId,
         from_chunk: u32,
@@ -267,8 +269,9 @@ struct Job {
     next_open: u64,
     /// Chunks of this job open now.
     open: u64,
-    /// The checkpoints of an MD job's accepted chunks, in order (the last is the next chunk's input).
-    checkpoints: Vec<BlobHash>,
+    /// What the accepted chunks of a chained job hand on, in order (the last is the next chunk's
+    /// start).
+    chain: Vec<Handoff>,
     /// Accepted chunks that may still be overturned.
     provisional: BTreeMap<u32, Provisional>,
     started_ms: Option<u64>,
@@ -278,6 +281,42 @@ struct Job {
     /// worker that already held every input.
     placed: u64,
     placed_local: u64,
+}
+
+impl Job {
+    /// The checkpoint files that chunk `index` of a checkpointed command starts from: those of the
+    /// accepted chunk before it (none for chunk 0, or for jobs that are not checkpointed commands).
+    fn checkpoint_files(&self, index: u32) -> &[FileRef] {
+        match index.checked_sub(1).and_then(|previous| self.chain.get(previous as usize)) {
+            Some(Handoff::Files(files)) => files,
+            _ => &[],
+        }
+    }
+}
+
+/// What an accepted chunk of a chained job hands to the next one.
+#[derive(Debug, Clone, PartialEq)]
+enum Handoff {
+    /// An MD job's state after the chunk.
+    State(BlobHash),
+    /// A checkpointed program's checkpoint files, in the order its contract names them.
+    Files(Vec<FileRef>),
+}
+
+impl Handoff {
+    /// What an accepted `output` of a job of `kind` hands on; `None` for jobs that are not chained.
+    fn of(kind: &JobKind, output: &Output) -> Option<Handoff> {
+        match (kind, output) {
+            (JobKind::Md(_), Output::Md { checkpoint, .. }) => Some(Handoff::State(*checkpoint)),
+            (JobKind::Command(CommandJob { checkpoint: Some(contract), .. }), Output::Command { files, .. }) => {
+                // `checks::check_output` refused results without every checkpoint file, so each
+                // name is found; the files beside them (thermo, logs) are not handed on.
+                let handed = contract.files.iter().filter_map(|name| files.iter().find(|f| f.name == *name));
+                Some(Handoff::Files(handed.cloned().collect()))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// One worker's result for a chunk.
@@ -677,7 +716,7 @@ impl Core {
             verified: IndexSet::default(),
             next_open: 0,
             open: 0,
-            checkpoints: Vec::new(),
+            chain: Vec::new(),
             provisional: BTreeMap::new(),
             started_ms: None,
             failures: Vec::new(),
@@ -722,12 +761,12 @@ impl Core {
             self.finish_job(id, JobState::Completed);
             return;
         }
-        match &job.spec.kind {
-            JobKind::Md(_) => {
-                let index = job.verified.len() as u32;
-                self.open_chunk(ChunkId { job: id, index });
-            }
-            _ => self.fill_window(id),
+        if job.spec.kind.chained() {
+            // Accepted chunks of a chain are always its first ones, so the next is the count.
+            let index = job.verified.len() as u32;
+            self.open_chunk(ChunkId { job: id, index });
+        } else {
+            self.fill_window(id);
         }
     }
 
@@ -742,7 +781,7 @@ impl Core {
         loop {
             let job = self.jobs.get_mut(&id).expect("filling a known job");
             if job.state != JobState::Running
-                || matches!(job.spec.kind, JobKind::Md(_))
+                || job.spec.kind.chained()
                 || job.open >= window
                 || job.next_open >= job.chunks_total
             {
@@ -758,9 +797,14 @@ impl Core {
 
     fn open_chunk(&mut self, chunk_id: ChunkId) {
         let job = &self.jobs[&chunk_id.job];
-        let input = match (&job.spec.kind, job.checkpoints.last()) {
+        assert!(
+            !job.spec.kind.chained() || job.chain.len() == chunk_id.index as usize,
+            "chunk {chunk_id} opened while {} chunks of its chain are accepted",
+            job.chain.len()
+        );
+        let input = match (&job.spec.kind, job.chain.last()) {
             (JobKind::Md(md), None) => Some(md.initial),
-            (JobKind::Md(_), Some(checkpoint)) => Some(*checkpoint),
+            (JobKind::Md(_), Some(Handoff::State(state))) => Some(*state),
             _ => None,
         };
         let target = match job.spec.verification {
@@ -869,12 +913,12 @@ impl Core {
         let disagreeing: Vec<WorkerId> =
             chunk.results.iter().filter(|r| r.digest != digest).map(|r| r.worker).collect();
         job.disagreements += disagreeing.len() as u64;
-        if let Output::Md { checkpoint, .. } = &output {
-            assert_eq!(job.checkpoints.len(), chunk_id.index as usize, "md chunks are accepted in order");
-            job.checkpoints.push(*checkpoint);
+        if let Some(handoff) = Handoff::of(&job.spec.kind, &output) {
+            assert_eq!(job.chain.len(), chunk_id.index as usize, "chained chunks are accepted in order");
+            job.chain.push(handoff);
         }
         let complete = job.verified.len() as u64 == job.chunks_total;
-        let next_md = matches!(job.spec.kind, JobKind::Md(_)) && !complete;
+        let next_in_chain = job.spec.kind.chained() && !complete;
         let finality = if provisional.is_some() { Finality::Provisional } else { Finality::Final };
         let is_md = matches!(output, Output::Md { .. });
         self.persist(Record::ChunkVerified {
@@ -912,7 +956,7 @@ impl Core {
         if complete {
             self.finish_job(chunk_id.job, JobState::Completed);
             self.start_jobs(now);
-        } else if next_md {
+        } else if next_in_chain {
             self.open_chunk(ChunkId { job: chunk_id.job, index: chunk_id.index + 1 });
         } else {
             self.fill_window(chunk_id.job);
@@ -1100,7 +1144,10 @@ impl Core {
                 let size = md.atoms.saturating_mul(STATE_BYTES_PER_ATOM);
                 self.chunks.get(&chunk_id).and_then(|c| c.input).map(|i| (i, size)).into_iter().collect()
             }
-            JobKind::Command(command) => command.inputs.iter().map(|f| (f.blob, f.size.max(1))).collect(),
+            JobKind::Command(command) => {
+                let handed = self.jobs[&chunk_id.job].checkpoint_files(chunk_id.index);
+                command.inputs.iter().chain(handed).map(|f| (f.blob, f.size.max(1))).collect()
+            }
             JobKind::Empty { .. } => Vec::new(),
         }
     }
@@ -1251,18 +1298,12 @@ impl Core {
                 chain_every: md.chunk_steps / self.chain_links_of(chunk_id.job) as u64,
             },
             JobKind::Command(command) => {
-                let task_id = command.tasks.get(chunk_id.index as u64);
-                let argv = command
-                    .argv
-                    .iter()
-                    .map(|a| match task_id {
-                        Some(t) => a.replace("{task}", &t.to_string()),
-                        None => a.clone(),
-                    })
-                    .collect();
+                // The job's inputs, then (a checkpointed job's chunk k > 0) the checkpoint files of
+                // accepted chunk k-1, whose names the submission check keeps apart from the inputs'.
+                let inputs = command.inputs.iter().chain(job.checkpoint_files(chunk_id.index)).cloned().collect();
                 Task::Command {
-                    argv,
-                    inputs: command.inputs.clone(),
+                    argv: command_argv(command, chunk_id.index),
+                    inputs,
                     outputs: command.outputs.clone(),
                     timeout_s: command.timeout_s,
                     container: command.container.clone(),
@@ -1489,6 +1530,23 @@ impl IndexSet {
             self.words.truncate(word + 1);
         }
         self.len = self.words.iter().map(|w| w.count_ones() as u64).sum();
+    }
+}
+
+/// The arguments of a command's chunk: an array task's with `{task}` replaced by its id; a
+/// checkpointed job's `argv` for chunk 0 and `resume` after it, with `{chunk}` replaced by the index
+/// and `{chunks}` by their number. Neither number is longer than its placeholder (at most
+/// `CHUNKS_PER_JOB_MAX`, eight digits), so the arguments stay within the bounds they were checked
+/// against.
+fn command_argv(command: &CommandJob, index: u32) -> Vec<String> {
+    if let Some(contract) = &command.checkpoint {
+        let template = if index == 0 { &command.argv } else { &contract.resume };
+        let (chunk, chunks) = (index.to_string(), contract.chunks.to_string());
+        return template.iter().map(|a| a.replace("{chunks}", &chunks).replace("{chunk}", &chunk)).collect();
+    }
+    match command.tasks.get(index as u64) {
+        Some(task) => command.argv.iter().map(|a| a.replace("{task}", &task.to_string())).collect(),
+        None => command.argv.clone(),
     }
 }
 

@@ -6,7 +6,7 @@ use upglobe_protocol::messages::{Failure, JobSpec, JobState, Output};
 use upglobe_protocol::trust::{NodeRole, PublicKey};
 use upglobe_protocol::{AssignmentId, ChunkId, Digest, JobId, WorkerId, WorkflowId};
 
-use super::{Config, Core, FAILURES_KEPT_MAX, Provisional, ResultEntry, Standing, Worker, Workflow};
+use super::{Config, Core, FAILURES_KEPT_MAX, Handoff, Provisional, ResultEntry, Standing, Worker, Workflow};
 
 /// Failed attempts of a chunk: how many, and on which workers.
 type Attempts = (u32, BTreeSet<WorkerId>);
@@ -85,29 +85,29 @@ impl Core {
         core
     }
 
-    /// Marks accepted chunks and rebuilds each MD job's chain of checkpoints; returns the provisional
-    /// ones.
+    /// Marks accepted chunks and rebuilds each chained job's chain (MD states, checkpoint files);
+    /// returns the provisional ones.
     fn restore_verified(
         &mut self,
         verified: Vec<(ChunkId, Output, Option<Provisional>)>,
     ) -> Vec<(ChunkId, Provisional)> {
-        let mut checkpoints: BTreeMap<ChunkId, upglobe_protocol::BlobHash> = BTreeMap::new();
+        let mut handoffs: BTreeMap<ChunkId, Handoff> = BTreeMap::new();
         let mut provisional = Vec::new();
         for (chunk, output, held) in verified {
             let Some(job) = self.jobs.get_mut(&chunk.job) else {
                 continue;
             };
             job.verified.insert(chunk.index);
-            if let Output::Md { checkpoint, .. } = output {
-                checkpoints.insert(chunk, checkpoint);
+            if let Some(handoff) = Handoff::of(&job.spec.kind, &output) {
+                handoffs.insert(chunk, handoff);
             }
             provisional.extend(held.map(|h| (chunk, h)));
         }
-        for (chunk, checkpoint) in checkpoints {
+        for (chunk, handoff) in handoffs {
             let job = self.jobs.get_mut(&chunk.job).expect("known");
-            // MD chunks are accepted in order, and invalidation removes whole tails.
-            if job.checkpoints.len() == chunk.index as usize {
-                job.checkpoints.push(checkpoint);
+            // Chained chunks are accepted in order, and invalidation removes whole tails.
+            if job.chain.len() == chunk.index as usize {
+                job.chain.push(handoff);
             }
         }
         provisional

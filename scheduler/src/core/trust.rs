@@ -968,7 +968,7 @@ impl Core {
         replacement: Option<(Output, (WorkerId, AssignmentId))>,
     ) {
         let Some(job) = self.jobs.get(&chunk_id.job) else { return };
-        if !job.verified.contains(&chunk_id.index) || !matches!(job.spec.kind, JobKind::Md(_)) {
+        if !job.verified.contains(&chunk_id.index) || !job.spec.kind.chained() {
             return;
         }
         let culprit = job.provisional.get(&chunk_id.index).map(|p| p.worker);
@@ -989,7 +989,7 @@ impl Core {
         let job = self.jobs.get_mut(&chunk_id.job).expect("known");
         job.verified.truncate(chunk_id.index);
         job.provisional.retain(|index, _| *index < chunk_id.index);
-        job.checkpoints.truncate(chunk_id.index as usize);
+        job.chain.truncate(chunk_id.index as usize);
         if job.state.is_finished() {
             job.state = JobState::Running;
         }
