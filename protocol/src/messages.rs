@@ -225,6 +225,10 @@ pub struct Assignment {
     /// Other workers that hold the task's inputs and serve them to peers: a download asks them for
     /// slices beside the scheduler (at most [`limits::PEER_SOURCES_MAX`]).
     pub sources: Vec<PeerSource>,
+    /// The worker's GPUs the task gets, by UUID (`resources.gpus` of them, when the worker
+    /// described its GPUs), and the wgpu backend an MD task runs on, if the job named one.
+    pub gpus: Vec<String>,
+    pub backend: Option<String>,
 }
 
 /// Live output of a job: the pieces from byte `from` (which is later than asked when older output
@@ -459,6 +463,9 @@ pub struct Welcome {
     pub heartbeat_interval_ms: u64,
 }
 
+// Assignments are most of what goes to a worker; boxing each would cost an allocation to shrink
+// the rare messages.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToWorker {
     Welcome(Welcome),
@@ -730,6 +737,19 @@ impl JobKind {
     }
 }
 
+/// What a job asks of the GPUs it is given (`resources.gpus` counts them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuRequest {
+    /// Free memory each of its GPUs must have; 0: any.
+    pub vram_bytes: u64,
+    /// The wgpu backend its MD chunks run on (`vulkan`, `metal`, `dx12`, `gl`); None: any.
+    pub backend: Option<String>,
+}
+
+impl GpuRequest {
+    pub const BACKENDS: [&str; 4] = ["vulkan", "metal", "dx12", "gl"];
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobSpec {
     pub name: String,
@@ -739,6 +759,7 @@ pub struct JobSpec {
     pub resources: Resources,
     pub kind: JobKind,
     pub verification: Verification,
+    pub gpu: GpuRequest,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -992,6 +1013,8 @@ pub struct WorkerStatus {
     pub adapters: Vec<String>,
     /// The dockerd version of a worker that runs containers.
     pub containers: Option<String>,
+    /// What its running tasks hold now.
+    pub busy: Resources,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

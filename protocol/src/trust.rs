@@ -81,6 +81,10 @@ pub struct Usage {
     pub bytes_in: u64,
     #[serde(default)]
     pub bytes_out: u64,
+    /// GPU time: each GPU the task held for as long as it ran (an MD chunk on a wgpu adapter
+    /// counts its kernel's run).
+    #[serde(default)]
+    pub gpu_ms: u64,
 }
 
 /// An Ed25519 public key.
@@ -127,7 +131,8 @@ impl ResultStatement {
             None => hasher.update(&[0]),
         };
         hasher.update(&self.digest.0);
-        let Usage { elapsed_ms, cpus, gpus, steps, cpu_ms, peak_memory_bytes, bytes_in, bytes_out } = self.usage;
+        let Usage { elapsed_ms, cpus, gpus, steps, cpu_ms, peak_memory_bytes, bytes_in, bytes_out, gpu_ms } =
+            self.usage;
         hasher.update(&elapsed_ms.to_le_bytes());
         hasher.update(&cpus.to_le_bytes());
         hasher.update(&gpus.to_le_bytes());
@@ -140,6 +145,7 @@ impl ResultStatement {
         }
         hasher.update(&bytes_in.to_le_bytes());
         hasher.update(&bytes_out.to_le_bytes());
+        hasher.update(&gpu_ms.to_le_bytes());
         *hasher.finalize().as_bytes()
     }
 

@@ -636,6 +636,7 @@ impl<'a> Simulation<'a> {
                 thermo_every: self.config.chunk_steps,
             }),
             verification,
+            gpu: Default::default(),
         }
     }
 

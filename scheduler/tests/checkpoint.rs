@@ -34,6 +34,7 @@ fn melt(chunks: u32, replicas: u32) -> JobSpec {
         name: "melt".into(),
         after: vec![],
         replicas,
+        gpu: Default::default(),
         verification: Verification::Quorum,
         resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
         kind: JobKind::Command(CommandJob {

@@ -224,6 +224,7 @@ impl Simulation {
             name: name.into(),
             after,
             replicas,
+            gpu: Default::default(),
             verification: upglobe_protocol::trust::Verification::Quorum,
             resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
             kind: JobKind::Md(MdJob {
@@ -238,6 +239,7 @@ impl Simulation {
             name: "sweep".into(),
             after: vec![],
             replicas: 2,
+            gpu: Default::default(),
             verification: upglobe_protocol::trust::Verification::Quorum,
             resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
             kind: JobKind::Empty { chunks: 12 },
@@ -564,6 +566,7 @@ fn md_spec(name: &str, chunks: u64, after: Vec<String>) -> JobSpec {
         name: name.into(),
         after,
         replicas: 1,
+        gpu: Default::default(),
         verification: upglobe_protocol::trust::Verification::Quorum,
         resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
         kind: JobKind::Md(MdJob {
@@ -665,6 +668,7 @@ fn a_worker_leaving_while_its_job_fails_is_handled() {
         name: "sweep".into(),
         after: vec![],
         replicas: 1,
+        gpu: Default::default(),
         verification: upglobe_protocol::trust::Verification::Quorum,
         resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
         kind: JobKind::Empty { chunks: 3 },
@@ -700,6 +704,7 @@ fn command_spec(name: &str, tasks: Vec<i64>) -> JobSpec {
         name: name.into(),
         after: vec![],
         replicas: 1,
+        gpu: Default::default(),
         verification: upglobe_protocol::trust::Verification::Quorum,
         resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
         kind: JobKind::Command(CommandJob {
@@ -720,6 +725,7 @@ fn checkpointed_spec(name: &str, chunks: u32, replicas: u32) -> JobSpec {
         name: name.into(),
         after: vec![],
         replicas,
+        gpu: Default::default(),
         verification: upglobe_protocol::trust::Verification::Quorum,
         resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
         kind: JobKind::Command(CommandJob {
@@ -1020,4 +1026,50 @@ fn gpu_jobs_go_to_gpu_workers_and_say_why_they_wait() {
     lying.resources.gpus = 8;
     let refused = core.handle_worker_joined(2, WorkerId([3; 32]), &lying).unwrap_err();
     assert!(refused.contains("offers 8 GPUs but describes 1"), "{refused}");
+}
+
+/// A job's GPU requests: each task gets GPUs of its own with the memory it asks (two tasks never
+/// share one, so a GPU's memory is never oversubscribed), the scheduler names them by UUID and
+/// gives them back when the task ends, and a request no worker can meet says why it waits.
+#[test]
+fn gpu_memory_and_backend_requests_are_met_or_explained() {
+    let mut core = Core::new(Config::default(), 1);
+    let gpu = WorkerId([2; 32]);
+    let mut hello = gpu_hello("gpu", 2);
+    hello.gpus[1].vram_free_bytes = 10 << 30;
+    hello.adapters = vec!["NVIDIA A100 (vulkan, discretegpu, NVIDIA 550)".into()];
+    core.handle_worker_joined(0, gpu, &hello).unwrap();
+    let mut big = command_spec("big", vec![1, 2, 3]);
+    big.resources.gpus = 1;
+    big.gpu.vram_bytes = 40 << 30;
+    big.gpu.backend = Some("vulkan".into());
+    let mut huge = command_spec("huge", vec![1]);
+    huge.resources.gpus = 1;
+    huge.gpu.vram_bytes = 100 << 30;
+    let mut metal = command_spec("metal", vec![1]);
+    metal.resources.gpus = 1;
+    metal.gpu.backend = Some("metal".into());
+    let ids = submit(&mut core, 0, vec![big, huge, metal]).unwrap();
+    let id = |name: &str| ids.iter().find(|(n, _)| n.ends_with(name)).unwrap().1;
+    // Only GPU-0 has 40 GiB free: one task at a time, on it.
+    let given = assignments(&mut core);
+    assert_eq!(given.len(), 1, "{given:?}");
+    assert_eq!(given[0].1.gpus, ["GPU-0"]);
+    assert_eq!(given[0].1.backend.as_deref(), Some("vulkan"));
+    assert_eq!(core.job_status(1, id("big")).unwrap().waiting, None, "big waits only for a busy GPU");
+    assert_eq!(
+        core.job_status(1, id("huge")).unwrap().waiting.as_deref(),
+        Some("no worker has a GPU with 100.0 GiB free (the most any GPU has is 80.0 GiB)")
+    );
+    assert_eq!(
+        core.job_status(1, id("metal")).unwrap().waiting.as_deref(),
+        Some("no worker has a GPU adapter on the metal backend")
+    );
+    assert_eq!(core.workers()[0].busy.gpus, 1);
+    // The GPU comes back when the task ends (here it failed), and goes to the next attempt.
+    let failed = Outcome::Failed { reason: "out of GPU memory".into() };
+    core.handle_finished(2, gpu, common::sign(&core, given[0].1.id, failed), &Evidence::default());
+    let next = assignments(&mut core);
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert_eq!(next[0].1.gpus, ["GPU-0"]);
 }

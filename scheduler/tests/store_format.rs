@@ -62,6 +62,7 @@ fn scenario() -> Vec<Record> {
             name: "melt".into(),
             after: vec![],
             replicas: 2,
+            gpu: Default::default(),
             verification: upglobe_protocol::trust::Verification::Quorum,
             resources,
             kind: JobKind::Md(MdJob {
@@ -76,6 +77,7 @@ fn scenario() -> Vec<Record> {
             name: "sweep".into(),
             after: vec![],
             replicas: 1,
+            gpu: Default::default(),
             verification: upglobe_protocol::trust::Verification::Quorum,
             resources,
             kind: JobKind::Command(CommandJob {
@@ -92,6 +94,7 @@ fn scenario() -> Vec<Record> {
             name: "later".into(),
             after: vec!["melt".into()],
             replicas: 1,
+            gpu: Default::default(),
             verification: upglobe_protocol::trust::Verification::Quorum,
             resources,
             kind: JobKind::Empty { chunks: 2 },
@@ -232,4 +235,53 @@ fn a_database_of_a_newer_format_is_refused_with_a_reason() {
     rusqlite::Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
     let error = Store::open(&path).err().expect("a newer format was opened").to_string();
     assert!(error.contains("format version 99"), "{error}");
+}
+
+/// Format 5's job record: a container image pin, a checkpoint contract and a GPU request come back
+/// from the database as they went in.
+#[test]
+fn container_checkpoint_and_gpu_requests_survive_the_store() {
+    use upglobe_protocol::messages::{CheckpointContract, ContainerSpec, GpuRequest, ImagePin};
+    let spec = JobSpec {
+        name: "lmp".into(),
+        after: vec![],
+        replicas: 2,
+        resources: Resources { cpus: 2, memory_bytes: 1 << 30, gpus: 1 },
+        kind: JobKind::Command(CommandJob {
+            argv: vec!["lmp".into(), "-in".into(), "in.lj".into()],
+            tasks: upglobe_protocol::messages::TaskIds::from_ids([]),
+            inputs: vec![file("in.lj", 30)],
+            outputs: vec!["lj.restart".into(), "thermo.dat".into()],
+            timeout_s: 600,
+            container: Some(ContainerSpec {
+                image: ImagePin { name: "lammps:1".into(), id: None, archive: Some(file("image.tar", 90)) },
+                network: false,
+            }),
+            checkpoint: Some(CheckpointContract {
+                chunks: 5,
+                resume: vec!["lmp".into(), "-in".into(), "resume.lj".into()],
+                files: vec!["lj.restart".into()],
+            }),
+        }),
+        verification: upglobe_protocol::trust::Verification::Quorum,
+        gpu: GpuRequest { vram_bytes: 16 << 30, backend: Some("vulkan".into()) },
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let mut store = Store::open(&path).unwrap();
+    store.next_epoch().unwrap();
+    let record = Record::WorkflowSubmitted {
+        id: upglobe_protocol::WorkflowId(1),
+        name: "w".into(),
+        source: String::new(),
+        jobs: vec![(upglobe_protocol::JobId(1), spec.clone(), vec![])],
+    };
+    store.apply(&[record]).unwrap();
+    drop(store);
+    let mut store = Store::open(&path).unwrap();
+    let epoch = store.next_epoch().unwrap();
+    let snapshot = store.load(epoch).unwrap();
+    assert_eq!(snapshot.jobs[0].spec, spec);
+    let referenced = store.referenced_blobs().unwrap();
+    assert!(referenced.contains(&file("image.tar", 90).blob), "garbage collection keeps the image archive");
 }

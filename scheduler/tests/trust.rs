@@ -95,6 +95,7 @@ impl World {
             replicas: 2,
             resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
             kind: JobKind::Md(md),
+            gpu: Default::default(),
             verification: Verification::Adaptive,
         };
         let submission = Submission { name: "trust".into(), source: String::new(), jobs: vec![spec] };
@@ -343,6 +344,7 @@ fn tolerance_results_agree_by_comparison_and_a_disagreement_asks_for_more() {
         replicas: 2,
         resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
         kind: JobKind::Command(command),
+        gpu: Default::default(),
         verification: Verification::Tolerance(vec![rule]),
     };
     let submission = Submission { name: "tol".into(), source: String::new(), jobs: vec![spec] };

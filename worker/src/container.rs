@@ -262,6 +262,8 @@ pub struct ContainerTask<'a> {
     pub resources: Resources,
     /// The container's name: unique per assignment on this worker.
     pub name: String,
+    /// UUIDs of the GPUs the scheduler gave the task (empty: as many as `resources.gpus`, any).
+    pub gpus: &'a [String],
     pub worker: &'a str,
     pub logs: Option<LogSink>,
 }
@@ -345,10 +347,16 @@ fn container_body(
     };
     let memory = i64::try_from(memory).unwrap_or(i64::MAX);
     let network = if task.spec.network && allow_network { "bridge" } else { "none" };
+    // NVIDIA's container runtime gives exactly the GPUs the scheduler chose, by UUID.
     let gpus = (task.resources.gpus > 0).then(|| {
+        let (count, device_ids) = match task.gpus {
+            [] => (Some(i64::from(task.resources.gpus)), None),
+            uuids => (None, Some(uuids.to_vec())),
+        };
         vec![DeviceRequest {
             driver: Some("nvidia".into()),
-            count: Some(i64::from(task.resources.gpus)),
+            count,
+            device_ids,
             capabilities: Some(vec![vec!["gpu".into()]]),
             ..Default::default()
         }]
@@ -432,7 +440,8 @@ async fn supervise(
     if stopped.is_some() {
         let _ = docker.kill_container(id, Some(KillContainerOptions { signal: "KILL".into() })).await;
     }
-    *measured = meter.measured();
+    *measured =
+        Measured { gpu_ms: started.elapsed().as_millis() as u64 * u64::from(task.resources.gpus), ..meter.measured() };
     if let Some(mut forwarding) = forwarding {
         // The stream ends with the container; what it has not sent by then is in the result.
         if tokio::time::timeout(Duration::from_secs(2), &mut forwarding).await.is_err() {
@@ -552,7 +561,7 @@ impl Meter {
     }
 
     fn measured(&self) -> Measured {
-        Measured { cpu_ms: self.cpu_ms, peak_memory_bytes: self.peak_memory_bytes }
+        Measured { cpu_ms: self.cpu_ms, peak_memory_bytes: self.peak_memory_bytes, gpu_ms: 0 }
     }
 }
 

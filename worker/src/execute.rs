@@ -27,6 +27,8 @@ pub struct Executed {
 pub struct Measured {
     pub cpu_ms: Option<u64>,
     pub peak_memory_bytes: Option<u64>,
+    /// Milliseconds of GPU time (all GPUs together).
+    pub gpu_ms: u64,
 }
 
 impl From<Output> for Executed {
@@ -64,10 +66,7 @@ pub async fn run(
         Task::Empty { value } => Ok(Output::Empty { value }.into()),
         Task::Md { input, steps, thermo_every, thermo_at_start, chain_every } => {
             let bytes = fetch_verified(fetcher, input).await.map_err(|e| format!("fetching the input state: {e}"))?;
-            let device = match &config.device {
-                Device::Cpu { threads: 0 } => Device::Cpu { threads: assignment.resources.cpus.max(1) as usize },
-                other => other.clone(),
-            };
+            let device = md_device(config, &assignment)?;
             let blobs = blobs.clone();
             let md = MdChunk { input: bytes, input_blob: input, steps, thermo_every, thermo_at_start, chain_every };
             let chunk = assignment.chunk;
@@ -91,6 +90,7 @@ pub async fn run(
                 spec: &spec,
                 resources: assignment.resources,
                 name: format!("upglobe-{}-{}", config.name, assignment.id.0),
+                gpus: &assignment.gpus,
                 worker: &config.name,
                 logs: fetcher.logs.cloned(),
             };
@@ -104,13 +104,36 @@ pub async fn run(
                 return Err("this worker does not run commands (start it with --allow-commands)".into());
             }
             let scratch = config.data_dir.join("work").join(assignment.id.0.to_string());
-            let command = CommandTask { argv, inputs, outputs, timeout: Duration::from_secs(timeout_s) };
+            let timeout = Duration::from_secs(timeout_s);
+            let command = CommandTask { gpus: assignment.resources.gpus, argv, inputs, outputs, timeout };
             let mut measured = Measured::default();
             let result = run_command(fetcher, &scratch, &command, &cancel, &mut measured).await;
             let _ = std::fs::remove_dir_all(&scratch);
             result.map(|output| Executed { output, link_starts: Vec::new(), measured })
         }
     }
+}
+
+/// The engine of an MD task: a job that asks for GPUs runs on a wgpu adapter (of its backend, if
+/// it named one), whatever the worker's default; otherwise the worker's device, with as many CPU
+/// threads as the job's cpus when it runs on all.
+fn md_device(config: &WorkerConfig, assignment: &Assignment) -> Result<Device, String> {
+    if assignment.resources.gpus > 0 {
+        let adapters = upglobe_kernels::gpu::adapters();
+        let wanted = assignment.backend.as_deref();
+        let adapter = adapters.iter().find(|a| wanted.is_none_or(|b| a.backend == b));
+        return match adapter {
+            Some(adapter) => Ok(Device::Wgpu { adapter: Some(adapter.index) }),
+            None => Err(format!(
+                "the job asks for a GPU ({}) and this worker has no such wgpu adapter",
+                wanted.unwrap_or("any backend")
+            )),
+        };
+    }
+    Ok(match &config.device {
+        Device::Cpu { threads: 0 } => Device::Cpu { threads: assignment.resources.cpus.max(1) as usize },
+        other => other.clone(),
+    })
 }
 
 /// A blob's bytes, fetched if missing, and fetched again if the local copy is corrupt (a cached copy
@@ -308,10 +331,15 @@ pub fn run_md(
         "md chunk done"
     );
     let output = Output::Md { state_hash, checkpoint, checkpoint_bytes: encoded.len() as u64, thermo, chain };
-    Ok(Executed { output, link_starts, measured: Measured::default() })
+    let on_gpu = matches!(device, Device::Wgpu { .. });
+    let measured =
+        Measured { gpu_ms: if on_gpu { started.elapsed().as_millis() as u64 } else { 0 }, ..Measured::default() };
+    Ok(Executed { output, link_starts, measured })
 }
 
 struct CommandTask {
+    /// GPUs the task holds, for its metered GPU time.
+    gpus: u32,
     argv: Vec<String>,
     inputs: Vec<FileRef>,
     outputs: Vec<String>,
@@ -373,7 +401,11 @@ async fn run_command(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    *measured = Measured { cpu_ms: Some(used.cpu_ms), peak_memory_bytes: Some(used.peak_memory_bytes) };
+    *measured = Measured {
+        cpu_ms: Some(used.cpu_ms),
+        peak_memory_bytes: Some(used.peak_memory_bytes),
+        gpu_ms: started.elapsed().as_millis() as u64 * u64::from(task.gpus),
+    };
     if !status.success() {
         let tail = std::fs::read_to_string(&stderr_path).unwrap_or_default();
         let tail: String =

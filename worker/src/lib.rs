@@ -439,6 +439,7 @@ fn start_task(
             peak_memory_bytes: measured.peak_memory_bytes,
             bytes_in: fetched.load(Ordering::Relaxed),
             bytes_out,
+            gpu_ms: measured.gpu_ms,
         };
         let statement = ResultStatement { chunk, assignment: id, input, digest: outcome.digest(), usage };
         let signature = node.key.sign(&statement);

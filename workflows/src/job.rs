@@ -55,11 +55,12 @@ pub(crate) fn read<'t>(
     };
     let verification = kind.and_then(|kind| verification(reporter, &section, kind, replicas, job_kind.as_ref()));
     let job = match (&after, replicas, resources, job_kind, verification) {
-        (Some(after), Some(replicas), Some(resources), Some(kind), Some(verification)) => Some(Job {
+        (Some(after), Some(replicas), Some((resources, gpu)), Some(kind), Some(verification)) => Some(Job {
             name: name.to_string(),
             after: after.iter().map(|name| name.value.to_string()).collect(),
             replicas,
             resources,
+            gpu,
             kind,
             verification,
             location: reporter.location(table.at),

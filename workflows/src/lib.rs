@@ -56,6 +56,8 @@ pub struct Job {
     pub replicas: u32,
     /// What one replica needs on a worker.
     pub resources: Resources,
+    /// What it asks of its GPUs (free memory, the wgpu backend of MD chunks).
+    pub gpu: upglobe_protocol::messages::GpuRequest,
     pub kind: JobKind,
     /// How the results of its chunks are trusted: the `[jobs.NAME.verify]` table, or the default of
     /// the kind (adaptive for md, quorum for commands).

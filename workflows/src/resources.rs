@@ -1,12 +1,12 @@
 //! `[jobs.NAME.resources]`: what one replica of a job needs on a worker.
 
-use upglobe_protocol::messages::Resources;
+use upglobe_protocol::messages::{GpuRequest, Resources};
 
 use crate::diagnostic::Reporter;
 use crate::document::Value;
 use crate::fields::{Field, Section};
 
-const KEYS: &[&str] = &["cpus", "gpus", "memory"];
+const KEYS: &[&str] = &["cpus", "gpus", "memory", "vram", "backend"];
 
 const UNITS: &[(&str, u64)] = &[
     ("B", 1),
@@ -22,19 +22,53 @@ const UNITS: &[(&str, u64)] = &[
 
 const MEMORY_HINT: &str = "write an integer number of bytes, or a string with a unit: B, KiB, MiB, GiB, TiB, KB, MB, GB, TB (e.g. \"512MiB\")";
 
-/// The resources of a job: one CPU and nothing else unless the table says more.
-pub(crate) fn read(reporter: &mut Reporter, job: &Section) -> Option<Resources> {
+/// The resources of a job, and what it asks of its GPUs: one CPU and nothing else unless the
+/// table says more.
+pub(crate) fn read(reporter: &mut Reporter, job: &Section) -> Option<(Resources, GpuRequest)> {
     let defaults = Resources { cpus: 1, memory_bytes: 0, gpus: 0 };
     let section = match job.section(reporter, "resources") {
-        Field::Absent => return Some(defaults),
+        Field::Absent => return Some((defaults, GpuRequest::default())),
         Field::Invalid => return None,
         Field::Found(found) => found.value,
     };
     section.check_keys(reporter, KEYS);
     let cpus = count(reporter, &section, "cpus", 1).or(defaults.cpus);
     let gpus = count(reporter, &section, "gpus", 0).or(defaults.gpus);
-    let memory_bytes = memory(reporter, &section).or(defaults.memory_bytes);
-    Some(Resources { cpus: cpus?, memory_bytes: memory_bytes?, gpus: gpus? })
+    let memory_bytes = memory(reporter, &section, "memory").or(defaults.memory_bytes);
+    let vram_bytes = memory(reporter, &section, "vram").or(0);
+    let backend = backend(reporter, &section);
+    if gpus == Some(0) {
+        for key in ["vram", "backend"] {
+            if let Some(entry) = section.entry(key) {
+                reporter.error_with_hint(
+                    entry.key_at,
+                    format!("'{key}' asks something of the job's GPUs, but it asks for none"),
+                    "add gpus = 1 (or more) to the table",
+                );
+                return None;
+            }
+        }
+    }
+    let resources = Resources { cpus: cpus?, memory_bytes: memory_bytes?, gpus: gpus? };
+    Some((resources, GpuRequest { vram_bytes: vram_bytes?, backend: backend? }))
+}
+
+/// `backend = "vulkan"`: the wgpu backend of the job's MD chunks.
+fn backend(reporter: &mut Reporter, section: &Section) -> Option<Option<String>> {
+    let backend = match section.string(reporter, "backend") {
+        Field::Absent => return Some(None),
+        Field::Invalid => return None,
+        Field::Found(found) => found,
+    };
+    if GpuRequest::BACKENDS.contains(&backend.value) {
+        return Some(Some(backend.value.to_string()));
+    }
+    let hint = match crate::fields::closest(backend.value, GpuRequest::BACKENDS) {
+        Some(suggestion) => format!("did you mean '{suggestion}'?"),
+        None => format!("backends are {}", GpuRequest::BACKENDS.join(", ")),
+    };
+    reporter.error_with_hint(backend.at, format!("unknown GPU backend '{}'", backend.value), hint);
+    None
 }
 
 fn count(reporter: &mut Reporter, section: &Section, key: &str, minimum: u32) -> Field<u32> {
@@ -48,8 +82,8 @@ fn count(reporter: &mut Reporter, section: &Section, key: &str, minimum: u32) ->
     })
 }
 
-fn memory(reporter: &mut Reporter, section: &Section) -> Field<u64> {
-    let Some(entry) = section.entry("memory") else {
+fn memory(reporter: &mut Reporter, section: &Section, key: &str) -> Field<u64> {
+    let Some(entry) = section.entry(key) else {
         return Field::Absent;
     };
     let at = entry.value.at;
@@ -57,7 +91,7 @@ fn memory(reporter: &mut Reporter, section: &Section) -> Field<u64> {
         Value::Integer(bytes) => u64::try_from(*bytes).map_err(|_| format!("memory {bytes} is negative")),
         Value::String(text) => parse_memory(text),
         _ => {
-            return crate::fields::wrong_type(reporter, "an integer or a string", "memory", &entry.value);
+            return crate::fields::wrong_type(reporter, "an integer or a string", key, &entry.value);
         }
     };
     match bytes {

@@ -564,3 +564,20 @@ fn dataset_inputs_need_a_name_and_a_hash() {
         ]
     );
 }
+
+#[test]
+fn gpu_requests_need_gpus_and_a_known_backend() {
+    // MELT has 18 lines; the resources table starts at line 19.
+    assert_eq!(
+        error(&format!("{MELT}[jobs.melt.resources]\nvram = \"16GiB\"\n")),
+        "w.toml:20:1: 'vram' asks something of the job's GPUs, but it asks for none\n  hint: add gpus = 1 (or more) to the table"
+    );
+    assert_eq!(
+        error(&format!("{MELT}[jobs.melt.resources]\ngpus = 1\nbackend = \"vulkn\"\n")),
+        "w.toml:21:11: unknown GPU backend 'vulkn'\n  hint: did you mean 'vulkan'?"
+    );
+    assert_eq!(
+        error(&format!("{MELT}[jobs.melt.resources]\ngpus = 1\nvram = \"lots\"\n")),
+        "w.toml:21:8: cannot read memory 'lots'\n  hint: write an integer number of bytes, or a string with a unit: B, KiB, MiB, GiB, TiB, KB, MB, GB, TB (e.g. \"512MiB\")"
+    );
+}

@@ -224,3 +224,13 @@ fn inputs_may_name_datasets_by_hash() {
     assert_eq!(command.inputs[1].name, "data/traj.h5md");
     assert_eq!(command.inputs[1].source, InputSource::Dataset(upglobe_protocol::BlobHash([0xcd; 32])));
 }
+
+#[test]
+fn gpu_requests_are_read() {
+    let source = format!("{}[jobs.melt.resources]\ngpus = 2\nvram = \"16GiB\"\nbackend = \"vulkan\"\n", common::MELT);
+    let workflow = upglobe_workflows::parse("w.toml", std::path::Path::new("."), &source).unwrap();
+    let job = &workflow.jobs[0];
+    assert_eq!(job.resources.gpus, 2);
+    assert_eq!(job.gpu.vram_bytes, 16 << 30);
+    assert_eq!(job.gpu.backend.as_deref(), Some("vulkan"));
+}

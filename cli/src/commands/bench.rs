@@ -341,6 +341,7 @@ async fn bench_scheduler(args: &SchedulerArgs) -> Result<Value> {
         replicas: args.replicas,
         resources: Resources { cpus: 1, memory_bytes: 0, gpus: 0 },
         kind: JobKind::Empty { chunks: args.chunks },
+        gpu: Default::default(),
         verification: Verification::Quorum,
     };
     let submission = Submission { name: "bench".into(), source: String::new(), jobs: vec![job] };

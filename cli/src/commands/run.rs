@@ -33,6 +33,9 @@ pub struct Args {
     memory: Option<u64>,
     #[arg(long, default_value_t = 0)]
     gpus: u32,
+    /// Free memory each GPU must have, e.g. 16GiB.
+    #[arg(long, value_parser = upglobe_workflows::parse_memory, requires = "gpus")]
+    vram: Option<u64>,
     /// `SOURCE:/in/NAME`: a local file, or a dataset (hash or name), mounted read-only at /in/NAME.
     /// `SOURCE` alone mounts it at /in/ with its file name.
     #[arg(long = "input", value_name = "SOURCE:/in/NAME")]
@@ -113,6 +116,7 @@ async fn submit(context: &Context, client: &Client, args: &Args) -> Result<Strin
             container: Some(ContainerSpec { image, network: args.network }),
             checkpoint: None,
         }),
+        gpu: upglobe_protocol::messages::GpuRequest { vram_bytes: args.vram.unwrap_or(0), backend: None },
         verification: Verification::Quorum,
     };
     let source = format!("# upglobe run --image {} -- {}\n", args.image, args.command.join(" "));

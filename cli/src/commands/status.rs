@@ -188,7 +188,7 @@ fn usage_json(row: &upglobe_protocol::messages::ChunkUsage) -> Value {
     json!({
         "chunk": row.chunk, "worker": row.worker.to_hex(), "elapsed_ms": u.elapsed_ms, "cpus": u.cpus,
         "gpus": u.gpus, "steps": u.steps, "cpu_ms": u.cpu_ms, "peak_memory_bytes": u.peak_memory_bytes,
-        "bytes_in": u.bytes_in, "bytes_out": u.bytes_out,
+        "bytes_in": u.bytes_in, "bytes_out": u.bytes_out, "gpu_ms": u.gpu_ms,
     })
 }
 
@@ -211,18 +211,20 @@ fn print_usage(rows: &[upglobe_protocol::messages::ChunkUsage]) {
                 u.peak_memory_bytes.map_or("-".into(), mib),
                 mib(u.bytes_in),
                 mib(u.bytes_out),
+                seconds(u.gpu_ms),
                 u.steps.to_string(),
             ]
         })
         .collect();
-    let header = ["CHUNK", "WORKER", "WALL S", "CPU S", "PEAK MIB", "IN MIB", "OUT MIB", "STEPS"];
+    let header = ["CHUNK", "WORKER", "WALL S", "CPU S", "PEAK MIB", "IN MIB", "OUT MIB", "GPU S", "STEPS"];
     println!("{}", table(&header, &body));
     let total = |f: fn(&upglobe_protocol::trust::Usage) -> u64| rows.iter().map(|r| f(&r.usage)).sum::<u64>();
     println!(
-        "{} signed results: {} s wall, {} s CPU, {} MiB in, {} MiB out",
+        "{} signed results: {} s wall, {} s CPU, {} s GPU, {} MiB in, {} MiB out",
         rows.len(),
         seconds(total(|u| u.elapsed_ms)),
         seconds(total(|u| u.cpu_ms.unwrap_or(0))),
+        seconds(total(|u| u.gpu_ms)),
         mib(total(|u| u.bytes_in)),
         mib(total(|u| u.bytes_out)),
     );
@@ -352,6 +354,8 @@ fn worker_json(w: &WorkerStatus) -> Value {
             "vram_free_bytes": g.vram_free_bytes, "driver": g.driver, "utilisation_percent": g.utilisation_percent,
         })).collect::<Vec<_>>(),
         "adapters": w.adapters,
+        "containers": w.containers,
+        "busy": { "cpus": w.busy.cpus, "gpus": w.busy.gpus, "memory_bytes": w.busy.memory_bytes },
     })
 }
 
@@ -360,11 +364,12 @@ fn gpus_text(w: &WorkerStatus) -> String {
     let Some(first) = w.gpus.first() else { return "-".into() };
     let gib = first.vram_total_bytes as f64 / (1u64 << 30) as f64;
     let same = w.gpus.iter().all(|g| g.name == first.name && g.vram_total_bytes == first.vram_total_bytes);
-    if same {
+    let devices = if same {
         format!("{}× {} ({gib:.0} GiB)", w.gpus.len(), first.name)
     } else {
         w.gpus.iter().map(|g| g.name.clone()).collect::<Vec<_>>().join(", ")
-    }
+    };
+    format!("{devices}, {} busy", w.busy.gpus)
 }
 
 pub async fn workers(context: &Context, args: WorkersArgs) -> Result<i32> {
@@ -391,7 +396,8 @@ pub async fn workers(context: &Context, args: WorkersArgs) -> Result<i32> {
                         state.into(),
                         w.device.clone(),
                         gpus_text(w),
-                        w.resources.cpus.to_string(),
+                        format!("{}/{}", w.busy.cpus, w.resources.cpus),
+                        w.containers.as_ref().map_or("-".into(), |v| format!("docker {v}")),
                         w.running.to_string(),
                         w.completed.to_string(),
                         w.disagreements.to_string(),
@@ -406,7 +412,8 @@ pub async fn workers(context: &Context, args: WorkersArgs) -> Result<i32> {
                 "STATE",
                 "DEVICE",
                 "GPUS",
-                "CPUS",
+                "CPUS BUSY",
+                "CONTAINERS",
                 "RUNNING",
                 "DONE",
                 "DISAGREED",

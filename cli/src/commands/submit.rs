@@ -134,6 +134,7 @@ pub async fn submit(client: &Client, workflow: &Workflow) -> Result<(WorkflowId,
             replicas: job.replicas,
             resources: job.resources,
             kind,
+            gpu: job.gpu.clone(),
             verification: job.verification.clone(),
         });
     }

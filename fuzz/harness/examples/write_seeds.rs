@@ -128,6 +128,7 @@ fn frame_seeds(fuzz: &Path) {
             peak_memory_bytes: Some(1 << 28),
             bytes_in: 1 << 20,
             bytes_out: 4096,
+            gpu_ms: 2468,
         };
         let signature = Signature(vec![7; 64]);
         let message = FromWorker::Finished { assignment: AssignmentId(4), outcome, usage, signature };
@@ -161,7 +162,10 @@ fn frame_seeds(fuzz: &Path) {
             worker: WorkerId([2; 32]),
             address: "192.0.2.8:7413".into(),
         }];
-        let message = ToWorker::Assign(Assignment { id: AssignmentId(8), chunk, task, resources, sources });
+        let gpus = vec!["GPU-8e0c".to_string()];
+        let backend = Some("vulkan".to_string());
+        let message =
+            ToWorker::Assign(Assignment { id: AssignmentId(8), chunk, task, resources, sources, gpus, backend });
         frame(&format!("to-worker-assign-{name}"), &|b| encode_into(&message, b).unwrap());
     }
     frame("to-worker-cancel", &|b| {
@@ -228,6 +232,7 @@ fn frame_seeds(fuzz: &Path) {
             chunk_steps: 500,
             thermo_every: 50,
         }),
+        gpu: Default::default(),
         verification: Verification::Adaptive,
     };
     let command_spec = JobSpec {
@@ -244,6 +249,7 @@ fn frame_seeds(fuzz: &Path) {
             container: None,
             checkpoint: None,
         }),
+        gpu: Default::default(),
         verification: Verification::Tolerance(vec![ToleranceRule {
             file: "out-1.txt".into(),
             values: Compared::Columns(vec![2, 3]),
@@ -276,6 +282,7 @@ fn frame_seeds(fuzz: &Path) {
                 files: vec!["restart.bin".into()],
             }),
         }),
+        gpu: Default::default(),
         verification: Verification::Quorum,
     };
     let empty_spec = JobSpec {
@@ -284,6 +291,7 @@ fn frame_seeds(fuzz: &Path) {
         replicas: 3,
         resources,
         kind: JobKind::Empty { chunks: 10 },
+        gpu: Default::default(),
         verification: Verification::Quorum,
     };
     let submission = Submission {
@@ -360,6 +368,7 @@ fn frame_seeds(fuzz: &Path) {
         gpus: hello_gpus(),
         adapters: vec!["NVIDIA A100 (Vulkan)".into()],
         containers: Some("20.10.24".into()),
+        busy: Resources { cpus: 2, memory_bytes: 1 << 30, gpus: 1 },
     };
     for (name, response) in [
         ("submitted", ClientResponse::Submitted { workflow: WorkflowId(1), jobs: vec![("melt".into(), JobId(2))] }),

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use upglobe_protocol::messages::limits::*;
 use upglobe_protocol::messages::{
-    CheckpointContract, CommandJob, FileRef, Hello, JobKind, JobSpec, MdJob, Output, Resources, Submission,
+    CheckpointContract, CommandJob, FileRef, GpuRequest, Hello, JobKind, JobSpec, MdJob, Output, Resources, Submission,
     check_relative_path,
 };
 use upglobe_protocol::{BlobHash, ChunkId};
@@ -233,6 +233,7 @@ fn check_job(job: &JobSpec, names: &BTreeSet<&str>, evidence: &Evidence) -> Resu
         return Err(format!("job '{name}' asks for {} replicas; 1 to {REPLICAS_MAX} are allowed", job.replicas));
     }
     check_resources(&format!("job '{name}'"), &job.resources)?;
+    check_gpu_request(name, job)?;
     check_verification(job)?;
     let chunks = job.kind.chunks();
     if chunks == 0 || chunks > CHUNKS_PER_JOB_MAX {
@@ -353,6 +354,27 @@ fn check_command(name: &str, command: &CommandJob, evidence: &Evidence) -> Resul
         }
     }
     Ok(())
+}
+
+fn check_gpu_request(name: &str, job: &JobSpec) -> Result<(), String> {
+    let request = &job.gpu;
+    if (request.vram_bytes > 0 || request.backend.is_some()) && job.resources.gpus == 0 {
+        return Err(format!("job '{name}' asks for GPU memory or a backend but for no GPU"));
+    }
+    if request.vram_bytes > MEMORY_BYTES_MAX {
+        return Err(format!(
+            "job '{name}' asks for {} bytes of GPU memory; at most {MEMORY_BYTES_MAX}",
+            request.vram_bytes
+        ));
+    }
+    match &request.backend {
+        Some(backend) if !GpuRequest::BACKENDS.contains(&backend.as_str()) => Err(format!(
+            "job '{name}' asks for GPU backend {:?}; backends are {}",
+            backend.chars().take(32).collect::<String>(),
+            GpuRequest::BACKENDS.join(", ")
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn check_arguments(name: &str, argv: &[String]) -> Result<(), String> {

@@ -30,8 +30,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use trust::{Check, CheckId, TrustTimer};
 use upglobe_protocol::messages::{
-    Assignment, CommandJob, Failure, FileRef, Hello, JobKind, JobSpec, JobState, JobStatus, Outcome, Output,
-    PeerSource, Progress, Resources, Submission, Task, ToWorker, WorkerStatus,
+    Assignment, CommandJob, Failure, FileRef, GpuRequest, Hello, JobKind, JobSpec, JobState, JobStatus, Outcome,
+    Output, PeerSource, Progress, Resources, Submission, Task, ToWorker, WorkerStatus,
 };
 use upglobe_protocol::trust::{
     Finality, NodeRole, PublicKey, ResultStatement, Signature, TrustEvent, TrustEventKind, Usage, Verification,
@@ -219,6 +219,9 @@ struct Worker {
     /// Where it serves its cache to other workers, if it does.
     peer_address: Option<String>,
     gpus: Vec<upglobe_protocol::messages::GpuDevice>,
+    /// Which of `gpus` a running assignment holds: a GPU goes to one task at a time, so its
+    /// memory is never shared by two.
+    gpu_busy: Vec<bool>,
     adapters: Vec<String>,
 }
 
@@ -359,6 +362,8 @@ struct Lease {
     input: Option<BlobHash>,
     /// For a verifier: the check it runs.
     check: Option<CheckId>,
+    /// Indices of the worker's GPUs it holds.
+    gpus: Vec<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -518,6 +523,7 @@ impl Core {
             holding,
             peer_address: hello.peer_address.clone(),
             gpus: hello.gpus.clone(),
+            gpu_busy: vec![false; hello.gpus.len()],
             adapters: hello.adapters.clone(),
         };
         self.workers.insert(worker, entry);
@@ -1011,6 +1017,11 @@ impl Core {
         if let Some(worker) = self.workers.get_mut(&lease.worker) {
             worker.running.remove(&assignment);
             worker.free = worker.free.plus(&lease.resources);
+            for &index in &lease.gpus {
+                if let Some(busy) = worker.gpu_busy.get_mut(index) {
+                    *busy = false;
+                }
+            }
         }
         if let Some(chunk) = self.chunks.get_mut(&lease.chunk) {
             chunk.running.remove(&assignment);
@@ -1125,7 +1136,10 @@ impl Core {
         self.workers
             .iter()
             .filter(|(id, w)| {
-                eligible(id, w) && needs.fits_in(&w.free) && (!others_exist || !chunk.failed_by.contains(id))
+                eligible(id, w)
+                    && needs.fits_in(&w.free)
+                    && gpus_for(w, needs.gpus, &job.spec.gpu).is_some()
+                    && (!others_exist || !chunk.failed_by.contains(id))
             })
             // Locality first, where it matters: bytes of the chunk's inputs the worker already holds
             // need not move. Below LOCALITY_BYTES_MIN moving them costs less than piling work on one
@@ -1177,6 +1191,9 @@ impl Core {
             });
         }
         let needs = &spec.resources;
+        if let Some(reason) = why_no_gpu(&able, needs.gpus, &spec.gpu) {
+            return Some(reason);
+        }
         if able.iter().any(|w| needs.fits_in(&w.capacity)) {
             return None;
         }
@@ -1208,7 +1225,11 @@ impl Core {
     /// Whether some worker has room for a job's chunks right now.
     fn placeable(&self, job: JobId) -> bool {
         let spec = &self.jobs[&job].spec;
-        self.workers.values().any(|w| self.may_run(w, &spec.kind) && spec.resources.fits_in(&w.free))
+        self.workers.values().any(|w| {
+            self.may_run(w, &spec.kind)
+                && spec.resources.fits_in(&w.free)
+                && gpus_for(w, spec.resources.gpus, &spec.gpu).is_some()
+        })
     }
 
     fn assign(&mut self, now: u64, chunk_id: ChunkId, worker: WorkerId) {
@@ -1249,14 +1270,22 @@ impl Core {
             _ => None,
         };
         let sources = self.peer_sources(worker, &task);
+        let request = &self.jobs[&chunk_id.job].spec.gpu;
+        let backend = request.backend.clone();
+        let gpus = gpus_for(&self.workers[&worker], resources.gpus, request).unwrap_or_default();
         let w = self.workers.get_mut(&worker).expect("assigning to a known worker");
         w.free = w.free.minus(&resources);
         w.running.insert(id);
         w.last_assigned = id.0;
-        let lease = Lease { chunk: chunk_id, worker, resources, deadline_ms, steps_done: 0, input, check };
+        for &index in &gpus {
+            w.gpu_busy[index] = true;
+        }
+        let uuids = gpus.iter().map(|&index| w.gpus[index].uuid.clone()).collect();
+        let lease = Lease { chunk: chunk_id, worker, resources, deadline_ms, steps_done: 0, input, check, gpus };
         self.leases.insert(id, lease);
         self.deadlines.insert((deadline_ms, id));
-        self.send(worker, ToWorker::Assign(Assignment { id, chunk: chunk_id, task, resources, sources }));
+        let assignment = Assignment { id, chunk: chunk_id, task, resources, sources, gpus: uuids, backend };
+        self.send(worker, ToWorker::Assign(assignment));
         id
     }
 
@@ -1413,6 +1442,7 @@ impl Core {
                 gpus: w.gpus.clone(),
                 adapters: w.adapters.clone(),
                 containers: w.containers.clone(),
+                busy: w.capacity.minus(&w.free),
             })
             .collect()
     }
@@ -1576,4 +1606,56 @@ fn truncate(mut reason: String) -> String {
         reason.push('…');
     }
     reason
+}
+
+/// Whether an adapter, as workers describe it (`NAME (backend, type, driver)`, where the name and
+/// the driver may hold parentheses of their own), runs on `backend`.
+fn on_backend(adapter: &str, backend: &str) -> bool {
+    adapter.contains(&format!("({backend}, "))
+}
+
+/// The worker's GPUs a task of a job may take now: `count` free ones with the memory the job asks
+/// for, on a worker with an adapter of its backend. A worker that counts GPUs without describing
+/// them (no NVML) offers them only to jobs that ask nothing of their memory. `None`: not here.
+fn gpus_for(worker: &Worker, count: u32, request: &GpuRequest) -> Option<Vec<usize>> {
+    if count == 0 {
+        return Some(Vec::new());
+    }
+    if let Some(backend) = &request.backend
+        && !worker.adapters.iter().any(|a| on_backend(a, backend))
+    {
+        return None;
+    }
+    if worker.gpus.is_empty() {
+        return (request.vram_bytes == 0).then(Vec::new);
+    }
+    let free: Vec<usize> = (0..worker.gpus.len())
+        .filter(|&i| !worker.gpu_busy[i] && worker.gpus[i].vram_free_bytes >= request.vram_bytes)
+        .take(count as usize)
+        .collect();
+    (free.len() == count as usize).then_some(free)
+}
+
+/// Why no worker able to run a job could ever give it GPUs as it asks, if that is why it waits.
+fn why_no_gpu(able: &[&Worker], count: u32, request: &GpuRequest) -> Option<String> {
+    if count == 0 {
+        return None;
+    }
+    if let Some(backend) = &request.backend {
+        let has = |w: &&&Worker| w.adapters.iter().any(|a| on_backend(a, backend));
+        if !able.iter().any(|w| has(&w)) {
+            return Some(format!("no worker has a GPU adapter on the {backend} backend"));
+        }
+    }
+    if request.vram_bytes == 0 {
+        return None;
+    }
+    let gib = |bytes: u64| format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64);
+    let enough = |w: &Worker| w.gpus.iter().filter(|g| g.vram_free_bytes >= request.vram_bytes).count();
+    if able.iter().any(|w| enough(w) >= count as usize) {
+        return None;
+    }
+    let most = able.iter().flat_map(|w| w.gpus.iter().map(|g| g.vram_free_bytes)).max().unwrap_or(0);
+    let gpus = if count == 1 { "a GPU".to_string() } else { format!("{count} GPUs") };
+    Some(format!("no worker has {gpus} with {} free (the most any GPU has is {})", gib(request.vram_bytes), gib(most)))
 }

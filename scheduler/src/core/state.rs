@@ -194,6 +194,7 @@ impl Worker {
             holding: Default::default(),
             peer_address: None,
             gpus: Vec::new(),
+            gpu_busy: Vec::new(),
             adapters: Vec::new(),
         }
     }

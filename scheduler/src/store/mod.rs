@@ -34,8 +34,9 @@ const FORMAT_VERSION: i64 = 5;
 ///   of verification decisions and the signed results kept as evidence. The new values are JSON:
 ///   self-describing, so fields and variants added later read without another format.
 /// - 3 -> 4: datasets kept by name (`upglobe dataset put`); garbage collection keeps their blobs.
-/// - 4 -> 5: no table changes; job specs may hold container jobs and checkpoint contracts (a record
-///   variant a format-4 scheduler cannot read, so it must refuse the database).
+/// - 4 -> 5: job specs may hold container jobs and checkpoint contracts (a record variant a
+///   format-4 scheduler cannot read, so it must refuse the database), and a job's GPU request
+///   (free memory per GPU, wgpu backend) is a JSON column.
 const MIGRATIONS: [&str; (FORMAT_VERSION - 1) as usize] = [
     "CREATE INDEX IF NOT EXISTS failures_by_job ON failures (job, chunk);",
     "ALTER TABLE jobs ADD COLUMN verification TEXT;
@@ -54,7 +55,7 @@ const MIGRATIONS: [&str; (FORMAT_VERSION - 1) as usize] = [
          hash BLOB NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL, size INTEGER NOT NULL,
          added INTEGER NOT NULL, directory BLOB, PRIMARY KEY (hash, name));
      CREATE INDEX datasets_by_directory ON datasets (directory);",
-    "",
+    "ALTER TABLE jobs ADD COLUMN gpu TEXT;",
 ];
 
 /// The format [`SCHEMA`] creates; a new database then takes the migrations after it.
@@ -249,7 +250,7 @@ impl Store {
         let rows = statement.query_map([], |row| Ok((WorkflowId(row.get(0)?), row.get(1)?)))?;
         snapshot.workflows = rows.collect::<Result<_, _>>()?;
         let mut statement =
-            c.prepare("SELECT id, workflow, spec, after, finished, verification FROM jobs ORDER BY id")?;
+            c.prepare("SELECT id, workflow, spec, after, finished, verification, gpu FROM jobs ORDER BY id")?;
         let rows = statement.query_map([], |row| {
             Ok((
                 row.get::<_, u64>(0)?,
@@ -258,13 +259,17 @@ impl Store {
                 row.get::<_, Vec<u8>>(3)?,
                 row.get::<_, Option<Vec<u8>>>(4)?,
                 row.get::<_, Option<String>>(5)?,
+                row.get::<_, Option<String>>(6)?,
             ))
         })?;
         for row in rows {
-            let (id, workflow, spec, after, finished, verification) = row?;
+            let (id, workflow, spec, after, finished, verification, gpu) = row?;
             let mut spec: upglobe_protocol::messages::JobSpec = decode::<StoredJobSpec>(&spec, "job spec")?.into();
             if let Some(verification) = verification {
                 spec.verification = from_json(&verification, "verification policy")?;
+            }
+            if let Some(gpu) = gpu {
+                spec.gpu = from_json(&gpu, "GPU request")?;
             }
             snapshot.jobs.push(SnapshotJob {
                 id: JobId(id),
@@ -525,14 +530,16 @@ fn apply_one(t: &rusqlite::Transaction, record: &Record) -> Result<()> {
             for (job, spec, after) in jobs {
                 exec(
                     t,
-                    "INSERT INTO jobs (id, workflow, name, spec, after, verification) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO jobs (id, workflow, name, spec, after, verification, gpu)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     params![
                         job.0,
                         id.0,
                         spec.name,
                         encode(&StoredJobSpec::from(spec)),
                         encode(&StoredJobIds::from(&after[..])),
-                        to_json(&spec.verification)
+                        to_json(&spec.verification),
+                        to_json(&spec.gpu)
                     ],
                 )?;
             }

@@ -57,7 +57,7 @@ pub enum StoredJobKind {
         outputs: Vec<String>,
         timeout_s: u64,
     },
-    /// Container jobs and checkpoint contracts (format 4 reads them; older schedulers never wrote them).
+    /// Format 5: container jobs and checkpoint contracts.
     CommandV5 {
         argv: Vec<String>,
         runs: Vec<(i64, u64)>,
@@ -249,6 +249,7 @@ impl From<StoredJobSpec> for JobSpec {
         };
         JobSpec {
             // The policy lives in its own column (format 3); jobs from before it compared replicas.
+            gpu: Default::default(),
             verification: upglobe_protocol::trust::Verification::Quorum,
             name: spec.name,
             after: spec.after,
