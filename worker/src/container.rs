@@ -53,23 +53,32 @@ pub struct Containers {
     docker: Docker,
     /// Docker's version, for the hello and `upglobe workers`.
     pub version: String,
+    /// This worker's key id: its containers' names and labels carry it, so workers sharing a
+    /// dockerd (two on one host, or test clusters) never touch each other's containers.
+    node: String,
 }
 
 impl Containers {
-    /// Connects to the dockerd at `DOCKER_HOST` (a unix socket) or `/var/run/docker.sock`.
-    pub async fn connect() -> Result<Containers, String> {
+    /// Connects to the dockerd at `DOCKER_HOST` (a unix socket) or `/var/run/docker.sock`, for the
+    /// worker whose key id is `node`.
+    pub async fn connect(node: &upglobe_protocol::WorkerId) -> Result<Containers, String> {
         let docker = Docker::connect_with_unix_defaults().map_err(|e| format!("cannot reach dockerd: {e}"))?;
         let version = tokio::time::timeout(Duration::from_secs(5), docker.version())
             .await
             .map_err(|_| "dockerd did not answer within 5 s".to_string())?
             .map_err(|e| format!("dockerd does not answer: {e}"))?;
         let version = version.version.unwrap_or_else(|| "unknown".into());
-        Ok(Containers { docker, version })
+        Ok(Containers { docker, version, node: node.to_hex() })
+    }
+
+    /// The name of an assignment's container: unique per worker and assignment.
+    pub fn name(&self, assignment: upglobe_protocol::AssignmentId) -> String {
+        format!("upglobe-{}-{}", &self.node[..16], assignment.0)
     }
 
     /// Removes containers a previous run of this worker left behind (killed mid-task).
-    pub async fn remove_stale(&self, worker: &str) {
-        let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL}.worker={worker}")])]);
+    pub async fn remove_stale(&self) {
+        let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL}.worker={}", self.node)])]);
         let options = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
         let Ok(stale) = self.docker.list_containers(Some(options)).await else { return };
         for container in stale {
@@ -260,11 +269,10 @@ pub struct ContainerTask<'a> {
     pub timeout: Duration,
     pub spec: &'a ContainerSpec,
     pub resources: Resources,
-    /// The container's name: unique per assignment on this worker.
+    /// The container's name ([`Containers::name`]).
     pub name: String,
     /// UUIDs of the GPUs the scheduler gave the task (empty: as many as `resources.gpus`, any).
     pub gpus: &'a [String],
-    pub worker: &'a str,
     pub logs: Option<LogSink>,
 }
 
@@ -297,7 +305,7 @@ pub async fn run(
         fetch(fetcher, input.blob).await.map_err(|e| format!("fetching '{}': {e}", input.name))?;
         mounts.push(bind(&fetcher.blobs.path(&input.blob), &format!("/in/{}", name.display()), true));
     }
-    let body = container_body(task, &image, mounts, config.allow_network);
+    let body = container_body(task, &image, mounts, config.allow_network, &containers.node);
     let options = CreateContainerOptions { name: Some(task.name.clone()), ..Default::default() };
     // A container of the same name is a leftover of this assignment's earlier attempt.
     containers.remove(&task.name).await;
@@ -340,6 +348,7 @@ fn container_body(
     image: &str,
     mounts: Vec<Mount>,
     allow_network: bool,
+    node: &str,
 ) -> ContainerCreateBody {
     let memory = match task.resources.memory_bytes {
         0 => MEMORY_DEFAULT_BYTES,
@@ -392,10 +401,7 @@ fn container_body(
         user: Some(USER.into()),
         working_dir: Some("/out".into()),
         network_disabled: Some(network == "none"),
-        labels: Some(HashMap::from([
-            (LABEL.into(), task.name.clone()),
-            (format!("{LABEL}.worker"), task.worker.to_string()),
-        ])),
+        labels: Some(HashMap::from([(LABEL.into(), task.name.clone()), (format!("{LABEL}.worker"), node.to_string())])),
         host_config: Some(host_config),
         ..Default::default()
     }

@@ -89,9 +89,8 @@ pub async fn run(
                 timeout: Duration::from_secs(timeout_s),
                 spec: &spec,
                 resources: assignment.resources,
-                name: format!("upglobe-{}-{}", config.name, assignment.id.0),
+                name: containers.name(assignment.id),
                 gpus: &assignment.gpus,
-                worker: &config.name,
                 logs: fetcher.logs.cloned(),
             };
             let mut measured = Measured::default();

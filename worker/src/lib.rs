@@ -152,10 +152,10 @@ pub async fn run(
         None => None,
     };
     let containers = if config.containers && config.role == NodeRole::Worker {
-        match container::Containers::connect().await {
+        match container::Containers::connect(&identity.id()?).await {
             Ok(containers) => {
                 tracing::info!(docker = %containers.version, "running container jobs");
-                containers.remove_stale(&config.name).await;
+                containers.remove_stale().await;
                 Some(containers)
             }
             Err(reason) => {

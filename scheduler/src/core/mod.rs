@@ -927,6 +927,16 @@ impl Core {
         let next_in_chain = job.spec.kind.chained() && !complete;
         let finality = if provisional.is_some() { Finality::Provisional } else { Finality::Final };
         let is_md = matches!(output, Output::Md { .. });
+        // A container's exit code is part of its verified result; one that is not 0 fails the job
+        // (as jobs after it expect), with the output kept for `upglobe results`.
+        let exited = match (&job.spec.kind, &output) {
+            (JobKind::Command(CommandJob { container: Some(_), .. }), Output::Command { exit_code, .. })
+                if *exit_code != 0 =>
+            {
+                Some(*exit_code)
+            }
+            _ => None,
+        };
         self.persist(Record::ChunkVerified {
             chunk: chunk_id,
             digest,
@@ -959,7 +969,10 @@ impl Core {
             self.release(assignment);
             self.send(worker, ToWorker::Cancel { assignment, reason: format!("chunk {chunk_id} already verified") });
         }
-        if complete {
+        if let Some(code) = exited {
+            let reason = format!("chunk {} exited with code {code}; its output is kept", chunk_id.index);
+            self.fail_job_for_chunk(now, chunk_id, reason);
+        } else if complete {
             self.finish_job(chunk_id.job, JobState::Completed);
             self.start_jobs(now);
         } else if next_in_chain {
