@@ -277,3 +277,31 @@ fn a_contract_whose_chunks_would_get_too_many_files_is_refused() {
         format!("job 'melt' has 2 inputs and {} checkpoint files; a chunk gets at most {limit} files", limit - 1)
     );
 }
+
+/// A chunk that hands back the checkpoint it was given made no progress (or never wrote its
+/// checkpoint, and the copy it was given was collected): refused, and the chunk runs again.
+#[test]
+fn a_chunk_that_hands_back_its_own_checkpoint_is_refused() {
+    let mut core = Core::new(Config::default(), 1);
+    let ids = workers(&mut core, 1);
+    let job = submit(&mut core, melt(3, 1));
+    let first = assignments(&mut core);
+    let output = program(&first[0].1.task, true);
+    answer(&mut core, 1, ids[0], &first[0].1, output.clone());
+    let second = assignments(&mut core);
+    assert_eq!(second[0].1.chunk, ChunkId { job, index: 1 });
+    // The program wrote its thermo but left the checkpoint it resumed from as it was.
+    let Output::Command { files, .. } = output else { unreachable!() };
+    let mut stale = program(&second[0].1.task, true);
+    if let Output::Command { files: written, .. } = &mut stale {
+        written.retain(|f| f.name != CHECKPOINT);
+        written.extend(files.iter().filter(|f| f.name == CHECKPOINT).cloned());
+    }
+    answer(&mut core, 2, ids[0], &second[0].1, stale);
+    let status = core.job_status(3, job).unwrap();
+    assert_eq!(status.chunks_verified, 1);
+    let reason = &status.failures.last().expect("the refusal is recorded").reason;
+    assert!(reason.contains("handed back the checkpoint it was given (lj.restart)"), "{reason}");
+    let again = assignments(&mut core);
+    assert_eq!(again[0].1.chunk, ChunkId { job, index: 1 });
+}

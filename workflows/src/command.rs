@@ -124,6 +124,16 @@ fn checkpoint(reporter: &mut Reporter, job: &Section, tasks: Option<&[i64]>) -> 
         checked.into_iter().all(|ok| ok).then(|| files.value.iter().map(|f| f.value.to_string()).collect::<Vec<_>>())
     });
     let files = section.require(reporter, "files", files);
+    if let Some(resume) = &resume
+        && resume.value.iter().any(|a| a.contains("{task}"))
+    {
+        reporter.error_with_hint(
+            resume.at,
+            "'resume' uses {task}, but a checkpointed job has no tasks",
+            "use {chunk} (the chunk's index, from 0) or {chunks} (their number)",
+        );
+        return None;
+    }
     if tasks.is_some_and(|tasks| !tasks.is_empty()) {
         reporter.error_with_hint(
             section.table.at,

@@ -581,3 +581,12 @@ fn gpu_requests_need_gpus_and_a_known_backend() {
         "w.toml:21:8: cannot read memory 'lots'\n  hint: write an integer number of bytes, or a string with a unit: B, KiB, MiB, GiB, TiB, KB, MB, GB, TB (e.g. \"512MiB\")"
     );
 }
+
+#[test]
+fn a_resume_command_has_no_task_placeholder() {
+    let source = "[jobs.c]\nkind = \"command\"\nargv = [\"run\"]\n[jobs.c.checkpoint]\nchunks = 2\nresume = [\"run\", \"{task}\"]\nfiles = [\"state\"]\n";
+    assert_eq!(
+        error(source),
+        "w.toml:6:10: 'resume' uses {task}, but a checkpointed job has no tasks\n  hint: use {chunk} (the chunk's index, from 0) or {chunks} (their number)"
+    );
+}

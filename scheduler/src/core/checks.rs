@@ -486,6 +486,23 @@ pub fn check_output(
     }
 }
 
+/// A checkpointed chunk after the first must hand on a checkpoint other than the one it was given:
+/// the same bytes in every file mean the program made no progress (or did not write its
+/// checkpoint, and the copy it was given was collected), and accepting that would let a chain
+/// "complete" without running.
+pub fn check_progress(given: &[FileRef], output: &Output) -> Result<(), String> {
+    let Output::Command { files, .. } = output else { return Ok(()) };
+    let unchanged = given.iter().all(|g| files.iter().any(|f| f.name == g.name && f.blob == g.blob));
+    if unchanged && !given.is_empty() {
+        let names: Vec<&str> = given.iter().map(|g| g.name.as_str()).collect();
+        return Err(format!(
+            "the chunk handed back the checkpoint it was given ({}): the program made no progress or did not write its checkpoint",
+            names.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 /// A checkpointed command's result holds every file of the checkpoint: the next chunk starts from
 /// them, and the last chunk's are the job's final state. (Their contents are the program's
 /// business; replicas agreeing on them is what verifies them.)

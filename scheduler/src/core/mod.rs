@@ -624,7 +624,13 @@ impl Core {
         let checked = match (&outcome, signed) {
             (_, false) => Err("the result's signature does not verify with the worker's key".to_string()),
             (Outcome::Completed(output), true) => {
-                checks::check_output(&job.spec.kind, chunk_id, output, evidence, links)
+                checks::check_output(&job.spec.kind, chunk_id, output, evidence, links).and_then(|()| {
+                    let given = chunk_id.index.checked_sub(1).and_then(|previous| job.chain.get(previous as usize));
+                    match given {
+                        Some(Handoff::Files(given)) => checks::check_progress(given, output),
+                        _ => Ok(()),
+                    }
+                })
             }
             (Outcome::Failed { .. }, true) => Ok(()),
         };
