@@ -332,15 +332,25 @@ fn refused(config: &WorkerConfig, reason: String) -> WorkerError {
     WorkerError::Refused { address: config.token.address.clone(), reason }
 }
 
+/// Free text a node describes itself with, cut (at a character) to what the scheduler accepts.
+pub fn fit_description(text: &str) -> String {
+    let limit = upglobe_protocol::messages::limits::DESCRIPTION_BYTES_MAX;
+    let mut end = text.len().min(limit);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
 pub fn describe_device(device: &Device) -> String {
-    match device {
+    fit_description(&match device {
         Device::Cpu { threads: 0 } => "cpu".into(),
         Device::Cpu { threads } => format!("cpu ({threads} threads)"),
         Device::Wgpu { .. } => match upglobe_kernels::gpu::adapters().first() {
             Some(adapter) => format!("wgpu: {adapter}"),
             None => "wgpu (no adapter found)".into(),
         },
-    }
+    })
 }
 
 async fn heartbeats(outbox: mpsc::UnboundedSender<FromWorker>, running: RunningMap, interval: Duration) {

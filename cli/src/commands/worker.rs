@@ -172,7 +172,7 @@ fn node_config(context: &Context, args: NodeArgs, role: NodeRole) -> Result<Work
     config.adapters = upglobe_kernels::gpu::adapters()
         .iter()
         .take(upglobe_protocol::messages::limits::ADAPTERS_MAX)
-        .map(|a| a.to_string())
+        .map(|a| upglobe_worker::fit_description(&a.to_string()))
         .collect();
     config.device = match (args.device, role) {
         (Some(device), _) => parse_device(&device)?,

@@ -35,11 +35,24 @@ pub struct AdapterDescription {
     pub backend: String,
     pub device_type: String,
     pub driver: String,
+    /// The limits that bound the systems it can hold: the largest buffer and storage binding.
+    pub max_buffer_bytes: u64,
+    pub max_storage_binding_bytes: u64,
 }
 
 impl std::fmt::Display for AdapterDescription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}, {}, {})", self.name, self.backend, self.device_type, self.driver)
+        let mib = |bytes: u64| bytes >> 20;
+        write!(
+            f,
+            "{} ({}, {}, {}; buffers up to {} MiB, storage bindings up to {} MiB)",
+            self.name,
+            self.backend,
+            self.device_type,
+            self.driver,
+            mib(self.max_buffer_bytes),
+            mib(self.max_storage_binding_bytes)
+        )
     }
 }
 
@@ -47,19 +60,22 @@ fn instance() -> wgpu::Instance {
     wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
 }
 
-fn describe(index: usize, info: &wgpu::AdapterInfo) -> AdapterDescription {
+fn describe(index: usize, adapter: &wgpu::Adapter) -> AdapterDescription {
+    let (info, limits) = (adapter.get_info(), adapter.limits());
     AdapterDescription {
         index,
         name: info.name.clone(),
         backend: format!("{:?}", info.backend).to_lowercase(),
         device_type: format!("{:?}", info.device_type).to_lowercase(),
         driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+        max_buffer_bytes: limits.max_buffer_size,
+        max_storage_binding_bytes: u64::from(limits.max_storage_buffer_binding_size),
     }
 }
 
 /// Adapters that can run compute shaders, in the order `--device wgpu:N` counts them.
 pub fn adapters() -> Vec<AdapterDescription> {
-    compute_adapters(&instance()).iter().enumerate().map(|(i, a)| describe(i, &a.get_info())).collect()
+    compute_adapters(&instance()).iter().enumerate().map(|(i, a)| describe(i, a)).collect()
 }
 
 fn compute_adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
@@ -118,7 +134,7 @@ impl GpuEngine {
             return Err(KernelError::Gpu(format!("adapter {chosen} does not exist; there are {}", adapters.len())));
         }
         let adapter = adapters.swap_remove(chosen);
-        let description = describe(chosen, &adapter.get_info());
+        let description = describe(chosen, &adapter);
         let limits = adapter.limits();
         if limits.max_storage_buffers_per_shader_stage < BINDINGS - 1 {
             return Err(KernelError::Gpu(format!(
