@@ -69,7 +69,7 @@ fn describe(index: usize, adapter: &wgpu::Adapter) -> AdapterDescription {
         device_type: format!("{:?}", info.device_type).to_lowercase(),
         driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
         max_buffer_bytes: limits.max_buffer_size,
-        max_storage_binding_bytes: u64::from(limits.max_storage_buffer_binding_size),
+        max_storage_binding_bytes: limits.max_storage_buffer_binding_size,
     }
 }
 
