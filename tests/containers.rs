@@ -64,7 +64,7 @@ fn containers_run_hardened_and_report_what_happened() {
         // Only the loopback interface; the root file system is read-only; who we are.
         job(
             "sandbox",
-            r#"["sh", "-c", "ls /sys/class/net > net.txt; touch /etc/x 2> root.txt; id -u > user.txt; touch /in/x 2>> root.txt; echo ok > /tmp/t && cat /tmp/t > tmp.txt"]"#,
+            r#"["sh", "-c", "ls /sys/class/net > net.txt; touch /etc/x 2> root.txt; id -u > user.txt; touch /in/x 2>> root.txt; echo ok > /tmp/t && cat /tmp/t > tmp.txt; ln -s /etc/passwd passwd.txt; mkdir d; ln -s / d/root.txt"]"#,
             "outputs = [\"*.txt\"]",
         ),
         // A fork bomb meets the pids limit; the container still ends.
@@ -109,6 +109,7 @@ fn containers_run_hardened_and_report_what_happened() {
     assert_eq!(read("net.txt"), "lo\n", "the container has a network interface besides loopback");
     assert_eq!(read("user.txt"), "65534\n");
     assert_eq!(read("tmp.txt"), "ok\n");
+    assert!(!sandbox.join("passwd.txt").exists(), "a link out of /out was collected");
     let root = read("root.txt");
     assert_eq!(root.matches("Read-only file system").count(), 2, "{root}");
 
@@ -229,7 +230,7 @@ fn run_streams_the_output_live() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster_with_containers(dir.path(), &docker);
     let mut run = std::process::Command::new(cluster::UPGLOBE)
-        .args(["run", "--image", IMAGE, "--", "sh", "-c", "echo first; sleep 5; echo second"])
+        .args(["run", "--image", IMAGE, "--", "sh", "-c", "echo first; sleep 10; echo second"])
         .arg("--home")
         .arg(dir.path().join("home"))
         .env("UPGLOBE_CONNECT", &cluster.client_token)
@@ -246,4 +247,23 @@ fn run_streams_the_output_live() {
     assert_eq!(lines.next().unwrap().unwrap(), "second");
     assert!(lines.next().is_none(), "the output was printed twice");
     assert!(run.wait().unwrap().success());
+
+    // Ctrl-C stops the job, as `docker run` stops its container.
+    let mut run = std::process::Command::new(cluster::UPGLOBE)
+        .args(["run", "--image", IMAGE, "--", "sh", "-c", "echo started; sleep 600"])
+        .arg("--home")
+        .arg(dir.path().join("home"))
+        .env("UPGLOBE_CONNECT", &cluster.client_token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(run.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "started");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(run.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(run.wait().unwrap().code(), Some(130));
+    let statuses = cluster.json(&["status"]);
+    let cancelled = statuses.as_array().unwrap().iter().filter(|j| j["state"] == "cancelled").count();
+    assert_eq!(cancelled, 1, "{statuses}");
 }

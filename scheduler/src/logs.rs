@@ -14,8 +14,9 @@ pub struct LiveLogs {
 }
 
 struct JobLog {
-    /// The assignment whose output is kept: the first to send any. Replicas print the same
-    /// lines, and interleaving them would help nobody.
+    /// The assignment whose output is kept: the first to send any, until it ends (the next chunk,
+    /// or a retry, takes over). Replicas print the same lines, and interleaving them would help
+    /// nobody.
     source: AssignmentId,
     /// Byte offset of the first piece kept, and of the end.
     start: u64,
@@ -26,7 +27,15 @@ struct JobLog {
 impl LiveLogs {
     /// Appends a piece of a running assignment's output (the shell has checked that the worker
     /// holds the assignment); truncated to the message bound, older output dropped past the job's.
-    pub fn append(&mut self, job: JobId, assignment: AssignmentId, stderr: bool, mut bytes: Vec<u8>) {
+    /// `running` says whether an assignment still runs: a source that ended gives way.
+    pub fn append(
+        &mut self,
+        job: JobId,
+        assignment: AssignmentId,
+        stderr: bool,
+        mut bytes: Vec<u8>,
+        running: impl Fn(AssignmentId) -> bool,
+    ) {
         bytes.truncate(LOG_MESSAGE_BYTES_MAX);
         if bytes.is_empty() {
             return;
@@ -38,7 +47,10 @@ impl LiveLogs {
         let log =
             self.jobs.entry(job).or_insert(JobLog { source: assignment, start: 0, end: 0, pieces: VecDeque::new() });
         if log.source != assignment {
-            return;
+            if running(log.source) {
+                return;
+            }
+            log.source = assignment;
         }
         let offset = log.end;
         log.end += bytes.len() as u64;
@@ -76,15 +88,19 @@ mod tests {
     fn keeps_one_assignments_output_from_any_offset() {
         let mut logs = LiveLogs::default();
         let (job, first, replica) = (JobId(1), AssignmentId(1), AssignmentId(2));
-        logs.append(job, first, false, b"hello ".to_vec());
-        logs.append(job, replica, false, b"hello ".to_vec());
-        logs.append(job, first, true, b"world".to_vec());
+        let running = |_| true;
+        logs.append(job, first, false, b"hello ".to_vec(), running);
+        logs.append(job, replica, false, b"hello ".to_vec(), running);
+        logs.append(job, first, true, b"world".to_vec(), running);
         let page = logs.read(job, 3);
         assert_eq!((page.from, page.next), (3, 11));
         let text: Vec<(bool, &[u8])> = page.pieces.iter().map(|p| (p.stderr, p.bytes.as_slice())).collect();
         assert_eq!(text, [(false, &b"lo "[..]), (true, &b"world"[..])]);
         assert!(logs.read(job, 11).pieces.is_empty());
         assert_eq!(logs.read(JobId(9), 0).next, 0);
+        // Once the first assignment has ended, the next chunk's output follows.
+        logs.append(job, AssignmentId(3), false, b"!".to_vec(), |a| a != first);
+        assert_eq!(logs.read(job, 11).pieces[0].bytes, b"!");
     }
 
     #[test]
@@ -92,13 +108,13 @@ mod tests {
         let mut logs = LiveLogs::default();
         let job = JobId(1);
         for _ in 0..40 {
-            logs.append(job, AssignmentId(1), false, vec![b'x'; LOG_MESSAGE_BYTES_MAX * 2]);
+            logs.append(job, AssignmentId(1), false, vec![b'x'; LOG_MESSAGE_BYTES_MAX * 2], |_| true);
         }
         let page = logs.read(job, 0);
         assert_eq!(page.next, 40 * LOG_MESSAGE_BYTES_MAX as u64);
         assert!(page.next - page.from <= JOB_LOG_BYTES_MAX as u64);
         for id in 2..(LOGGED_JOBS_MAX as u64 + 2) {
-            logs.append(JobId(id), AssignmentId(id), false, b"x".to_vec());
+            logs.append(JobId(id), AssignmentId(id), false, b"x".to_vec(), |_| true);
         }
         assert!(logs.read(job, 0).pieces.is_empty(), "the oldest job's output went first");
         assert_eq!(logs.jobs.len(), LOGGED_JOBS_MAX);

@@ -403,7 +403,8 @@ impl Owner {
                     FromWorker::Log { assignment, stderr, bytes } => {
                         // Only output of a task the worker holds, filed under that task's job.
                         if let Some(chunk) = self.core.running_chunk(worker, assignment) {
-                            self.logs.append(chunk.job, assignment, stderr, bytes);
+                            let core = &self.core;
+                            self.logs.append(chunk.job, assignment, stderr, bytes, |a| core.is_running(a));
                         }
                     }
                     FromWorker::Finished { assignment, outcome, usage, signature } => {

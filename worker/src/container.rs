@@ -31,15 +31,12 @@ use crate::execute::{Fetcher, Measured, collect_outputs, contained, fetch};
 /// The label every container this worker starts carries, so that a restarted worker removes the
 /// ones a crash left behind.
 const LABEL: &str = "org.upglobe.task";
-/// The unprivileged user commands run as (`nobody` on most distributions); `/tmp` is theirs (some
-/// kernels ignore a tmpfs's `mode`, none its `uid`).
-const UID: u32 = 65534;
-const USER: &str = "65534:65534";
+/// The unprivileged user containers of a worker running as root run as (`nobody` on most
+/// distributions); a worker running as another user runs them as itself.
+const NOBODY: u32 = 65534;
 /// Processes (threads included) one container may have: enough for a parallel program, not for a
 /// fork bomb to exhaust the worker's pid space.
 pub const PIDS_MAX: i64 = 512;
-/// Memory a container gets when the job asks for none.
-pub const MEMORY_DEFAULT_BYTES: u64 = 2 << 30;
 /// Size of the tmpfs at `/tmp`.
 const TMP_BYTES: u64 = 256 << 20;
 /// Docker keeps at most this much of a container's output; the worker stores what it keeps.
@@ -144,6 +141,9 @@ impl Containers {
                 .map_err(|e| format!("reading the image archive: {e}"))?
                 .map_err(|e| format!("image {}: {e}", pin.name))?
         };
+        if let Some(pinned) = pin.id.as_ref().filter(|pinned| **pinned != id) {
+            return Err(format!("image {}: the archive holds image {id}, not the pinned {pinned}", pin.name));
+        }
         if !self.has_image(&id).await {
             tracing::info!(image = %pin.name, id = %id, bytes = archive.size, "loading an image");
             let file =
@@ -177,33 +177,63 @@ impl Containers {
     }
 }
 
-/// The image id a `docker save` archive holds: its manifest's one `Config`, whose file name is the
+/// The image id a `docker save` archive holds: its one manifest's `Config`, whose file name is the
 /// digest of the configuration (`<hex>.json` from older dockerd, `blobs/sha256/<hex>` in the OCI
-/// layout).
+/// layout). The archive must name no image: `docker load` would otherwise tag the worker's images
+/// (`ubuntu:22.04`, anything) with the job author's, so tags (`RepoTags`, a `repositories` file,
+/// name annotations in `index.json`) and a second manifest (dockerd reads the last one) are refused.
 pub fn archive_image_id(path: &Path) -> Result<String, String> {
     let file = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let mut archive = tar::Archive::new(file);
     let not_archive = |e: std::io::Error| format!("not an image archive (`docker save` output): {e}");
+    let mut id = None;
     for entry in archive.entries().map_err(not_archive)? {
         let entry = entry.map_err(not_archive)?;
-        if entry.path().map_err(not_archive)?.as_ref() != Path::new("manifest.json") {
-            continue;
-        }
-        let mut text = String::new();
-        entry.take(MANIFEST_BYTES_MAX).read_to_string(&mut text).map_err(not_archive)?;
-        let manifest: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| format!("the archive's manifest.json is not JSON: {e}"))?;
-        let images = manifest.as_array().ok_or("the archive's manifest.json is not a list of images")?;
-        let [image] = images.as_slice() else {
-            return Err(format!("the archive holds {} images; push one image per archive", images.len()));
+        let name = entry.path().map_err(not_archive)?.to_string_lossy().trim_start_matches("./").to_string();
+        let read = |entry: tar::Entry<'_, std::fs::File>| -> Result<String, String> {
+            let mut text = String::new();
+            entry.take(MANIFEST_BYTES_MAX).read_to_string(&mut text).map_err(not_archive)?;
+            Ok(text)
         };
-        let config = image.get("Config").and_then(|c| c.as_str()).ok_or("the archive's manifest names no Config")?;
-        let hex = config.strip_prefix("blobs/sha256/").or_else(|| config.strip_suffix(".json")).unwrap_or(config);
-        let id = format!("sha256:{hex}");
-        ImagePin::check_id(&id).map_err(|_| format!("the archive's manifest names config {config:?}, not a digest"))?;
-        return Ok(id);
+        match name.as_str() {
+            "manifest.json" if id.is_some() => return Err("the archive has two manifest.json files".into()),
+            "manifest.json" => id = Some(manifest_image_id(&read(entry)?)?),
+            "repositories" => {
+                let text = read(entry)?;
+                if !matches!(serde_json::from_str::<serde_json::Value>(&text), Ok(v) if v.as_object().is_some_and(|o| o.is_empty()))
+                {
+                    return Err(TAGGED.into());
+                }
+            }
+            "index.json" => {
+                let text = read(entry)?;
+                if text.contains("org.opencontainers.image.ref.name") || text.contains("io.containerd.image.name") {
+                    return Err(TAGGED.into());
+                }
+            }
+            _ => {}
+        }
     }
-    Err("not an image archive: it has no manifest.json (make it with `docker save`)".into())
+    id.ok_or_else(|| "not an image archive: it has no manifest.json (make it with `upglobe image push`)".to_string())
+}
+
+const TAGGED: &str = "the archive names images (tags), which loading would apply to the worker's own; push it with `upglobe image push`, which saves it by id";
+
+fn manifest_image_id(text: &str) -> Result<String, String> {
+    let manifest: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("the archive's manifest.json is not JSON: {e}"))?;
+    let images = manifest.as_array().ok_or("the archive's manifest.json is not a list of images")?;
+    let [image] = images.as_slice() else {
+        return Err(format!("the archive holds {} images; push one image per archive", images.len()));
+    };
+    if image.get("RepoTags").is_some_and(|tags| !tags.is_null() && tags.as_array().is_none_or(|t| !t.is_empty())) {
+        return Err(TAGGED.into());
+    }
+    let config = image.get("Config").and_then(|c| c.as_str()).ok_or("the archive's manifest names no Config")?;
+    let hex = config.strip_prefix("blobs/sha256/").or_else(|| config.strip_suffix(".json")).unwrap_or(config);
+    let id = format!("sha256:{hex}");
+    ImagePin::check_id(&id).map_err(|_| format!("the archive's manifest names config {config:?}, not a digest"))?;
+    Ok(id)
 }
 
 /// Where a running container's output goes as it comes: the scheduler, for `upglobe run`.
@@ -273,6 +303,8 @@ pub struct ContainerTask<'a> {
     pub name: String,
     /// UUIDs of the GPUs the scheduler gave the task (empty: as many as `resources.gpus`, any).
     pub gpus: &'a [String],
+    /// The memory limit of a job that asks for none: what the worker offers.
+    pub memory_default: u64,
     pub logs: Option<LogSink>,
 }
 
@@ -290,14 +322,23 @@ pub async fn run(
         return Err("the job asks for a network and this worker allows none (start it with --allow-network)".into());
     }
     let image = containers.ensure_image(fetcher, &task.spec.image).await?;
+    // An image's volumes would be writable anonymous volumes of any size: a tmpfs of /tmp's size
+    // covers each, so /out stays the only place a container's files outlive it.
+    let volumes = match containers.docker.inspect_image(&image).await {
+        Ok(inspected) => inspected.config.and_then(|c| c.volumes).unwrap_or_default(),
+        Err(e) => return Err(format!("dockerd cannot describe image {image}: {e}")),
+    };
     let _ = std::fs::remove_dir_all(scratch);
     let out = scratch.join("out");
     std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    // The container's user is not the worker's: it may write /out and nothing else of the host.
+    // Only the container's user may use /out: no other user of the host can swap a file there for a
+    // link while the worker collects it.
+    let user = container_user();
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777))
-            .map_err(|e| format!("cannot open {} to the container: {e}", out.display()))?;
+        let cannot = |e: std::io::Error| format!("cannot give {} to the container: {e}", out.display());
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o700)).map_err(cannot)?;
+        std::os::unix::fs::chown(&out, Some(user.0), Some(user.1)).map_err(cannot)?;
     }
     let mut mounts = vec![bind(&out, "/out", false)];
     for input in task.inputs {
@@ -305,7 +346,7 @@ pub async fn run(
         fetch(fetcher, input.blob).await.map_err(|e| format!("fetching '{}': {e}", input.name))?;
         mounts.push(bind(&fetcher.blobs.path(&input.blob), &format!("/in/{}", name.display()), true));
     }
-    let body = container_body(task, &image, mounts, config.allow_network, &containers.node);
+    let body = container_body(task, &image, mounts, &volumes, user, config.allow_network, &containers.node);
     let options = CreateContainerOptions { name: Some(task.name.clone()), ..Default::default() };
     // A container of the same name is a leftover of this assignment's earlier attempt.
     containers.remove(&task.name).await;
@@ -343,18 +384,37 @@ fn bind(source: &Path, target: &str, read_only: bool) -> Mount {
 }
 
 /// The hardened container: see the module's documentation.
+/// The user and group a container runs as.
+fn container_user() -> (u32, u32) {
+    // SAFETY: plain getters without arguments.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if uid == 0 { (NOBODY, NOBODY) } else { (uid, gid) }
+}
+
+/// A task's memory limit: what its job asks for, or what the worker offers.
+fn memory_limit(task: &ContainerTask<'_>) -> u64 {
+    match task.resources.memory_bytes {
+        0 => task.memory_default,
+        bytes => bytes,
+    }
+}
+
 fn container_body(
     task: &ContainerTask<'_>,
     image: &str,
     mounts: Vec<Mount>,
+    volumes: &[String],
+    (uid, gid): (u32, u32),
     allow_network: bool,
     node: &str,
 ) -> ContainerCreateBody {
-    let memory = match task.resources.memory_bytes {
-        0 => MEMORY_DEFAULT_BYTES,
-        bytes => bytes,
-    };
-    let memory = i64::try_from(memory).unwrap_or(i64::MAX);
+    let memory = i64::try_from(memory_limit(task)).unwrap_or(i64::MAX);
+    let tmpfs_options = format!("rw,nosuid,nodev,size={TMP_BYTES},uid={uid},gid={gid},mode=1777");
+    let mut tmpfs = HashMap::from([("/tmp".to_string(), tmpfs_options.clone())]);
+    for volume in volumes.iter().filter(|v| v.starts_with('/') && *v != "/out" && !v.starts_with("/in/") && *v != "/in")
+    {
+        tmpfs.insert(volume.clone(), tmpfs_options.clone());
+    }
     let network = if task.spec.network && allow_network { "bridge" } else { "none" };
     // NVIDIA's container runtime gives exactly the GPUs the scheduler chose, by UUID.
     let gpus = (task.resources.gpus > 0).then(|| {
@@ -375,10 +435,7 @@ fn container_body(
         cap_drop: Some(vec!["ALL".into()]),
         security_opt: Some(vec!["no-new-privileges".into()]),
         readonly_rootfs: Some(true),
-        tmpfs: Some(HashMap::from([(
-            "/tmp".into(),
-            format!("rw,nosuid,nodev,size={TMP_BYTES},uid={UID},gid={UID},mode=1777"),
-        )])),
+        tmpfs: Some(tmpfs),
         pids_limit: Some(PIDS_MAX),
         memory: Some(memory),
         memory_swap: Some(memory),
@@ -398,7 +455,7 @@ fn container_body(
     ContainerCreateBody {
         image: Some(image.into()),
         cmd: Some(task.argv.to_vec()),
-        user: Some(USER.into()),
+        user: Some(format!("{uid}:{gid}")),
         working_dir: Some("/out".into()),
         network_disabled: Some(network == "none"),
         labels: Some(HashMap::from([(LABEL.into(), task.name.clone()), (format!("{LABEL}.worker"), node.to_string())])),
@@ -466,12 +523,14 @@ async fn supervise(
         .map_err(|e| format!("dockerd cannot say how the container ended: {e}"))?
         .state
         .unwrap_or_default();
+    if state.running != Some(false) {
+        // The wait ended (a broken stream) while the container still runs: its outputs are partial.
+        let _ = docker.kill_container(id, Some(KillContainerOptions { signal: "KILL".into() })).await;
+        return Err("the worker lost track of the container (dockerd's wait ended while it ran)".into());
+    }
     let exit_code = state.exit_code.unwrap_or(-1);
     if state.oom_killed == Some(true) {
-        let limit = match task.resources.memory_bytes {
-            0 => MEMORY_DEFAULT_BYTES,
-            bytes => bytes,
-        };
+        let limit = memory_limit(task);
         return Err(format!("the container ran out of memory (limit {} MiB) and was killed", limit >> 20));
     }
     if let Some(error) = state.error.filter(|e| !e.is_empty()) {
@@ -597,9 +656,35 @@ mod tests {
     fn the_image_id_comes_from_the_archive_manifest() {
         let hex = "ab".repeat(32);
         for config in [format!("{hex}.json"), format!("blobs/sha256/{hex}")] {
-            let archive = archive_with(Some(&format!(r#"[{{"Config":"{config}","RepoTags":["x:1"],"Layers":[]}}]"#)));
+            let archive = archive_with(Some(&format!(r#"[{{"Config":"{config}","RepoTags":null,"Layers":[]}}]"#)));
             assert_eq!(archive_image_id(archive.path()), Ok(format!("sha256:{hex}")));
         }
+    }
+
+    #[test]
+    fn archives_that_would_tag_images_or_hide_a_second_manifest_are_refused() {
+        let good = format!(r#"[{{"Config":"{}.json","RepoTags":null}}]"#, "ab".repeat(32));
+        let build = |entries: &[(&str, &str)]| {
+            let file = tempfile::NamedTempFile::new().unwrap();
+            let mut builder = tar::Builder::new(file.reopen().unwrap());
+            for (name, text) in entries {
+                let mut header = tar::Header::new_gnu();
+                header.set_size(text.len() as u64);
+                header.set_mode(0o644);
+                header.set_cksum();
+                builder.append_data(&mut header, name, text.as_bytes()).unwrap();
+            }
+            builder.finish().unwrap();
+            file
+        };
+        let id = |entries: &[(&str, &str)]| archive_image_id(build(entries).path());
+        assert!(id(&[("manifest.json", &good)]).is_ok());
+        assert!(id(&[("manifest.json", &good), ("repositories", "{}")]).is_ok());
+        assert!(id(&[("manifest.json", &good), ("./manifest.json", &good)]).unwrap_err().contains("two manifest.json"));
+        let repositories = r#"{"ubuntu":{"22.04":"abc"}}"#;
+        assert!(id(&[("manifest.json", &good), ("repositories", repositories)]).unwrap_err().contains("tags"));
+        let index = r#"{"manifests":[{"annotations":{"io.containerd.image.name":"docker.io/library/ubuntu:22.04"}}]}"#;
+        assert!(id(&[("index.json", index), ("manifest.json", &good)]).unwrap_err().contains("tags"));
     }
 
     #[test]
@@ -609,6 +694,8 @@ mod tests {
         assert!(message(Some("{")).contains("not JSON"));
         assert!(message(Some("[]")).contains("holds 0 images"));
         assert!(message(Some(r#"[{"Config":"../../etc/passwd"}]"#)).contains("not a digest"));
+        let tagged = format!(r#"[{{"Config":"{}.json","RepoTags":["ubuntu:22.04"]}}]"#, "ab".repeat(32));
+        assert!(message(Some(&tagged)).contains("names images (tags)"));
         let not_tar = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(not_tar.path(), vec![7u8; 4096]).unwrap();
         assert!(archive_image_id(not_tar.path()).is_err());

@@ -70,12 +70,17 @@ pub async fn run(
             let blobs = blobs.clone();
             let md = MdChunk { input: bytes, input_blob: input, steps, thermo_every, thermo_at_start, chain_every };
             let chunk = assignment.chunk;
-            tokio::task::spawn_blocking(move || {
+            let mut executed = tokio::task::spawn_blocking(move || {
                 let cheat = crate::cheat::for_chunk(chunk.index);
                 run_md(&blobs, &md, &device, &cancel, &steps_done, &pinned, cheat)
             })
             .await
-            .map_err(|e| format!("the MD task panicked: {e}"))?
+            .map_err(|e| format!("the MD task panicked: {e}"))??;
+            // GPU time is billed for GPUs the task holds, not for a worker's own default device.
+            if assignment.resources.gpus == 0 {
+                executed.measured.gpu_ms = 0;
+            }
+            Ok(executed)
         }
         Task::Command { argv, inputs, outputs, timeout_s, container: Some(spec) } => {
             let Some(containers) = fetcher.containers else {
@@ -91,6 +96,7 @@ pub async fn run(
                 resources: assignment.resources,
                 name: containers.name(assignment.id),
                 gpus: &assignment.gpus,
+                memory_default: config.resources.memory_bytes,
                 logs: fetcher.logs.cloned(),
             };
             let mut measured = Measured::default();
@@ -483,6 +489,7 @@ impl Drop for Reaper {
 /// Files matching the output patterns, stored as blobs.
 pub(crate) fn collect_outputs(blobs: &BlobStore, files: &Path, patterns: &[String]) -> Result<Vec<FileRef>, String> {
     let mut found = std::collections::BTreeMap::new();
+    let mut total = 0u64;
     let root = files.canonicalize().map_err(|e| format!("cannot resolve {}: {e}", files.display()))?;
     for pattern in patterns {
         contained(pattern.trim_start_matches("./")).map_err(|e| format!("output pattern {e}"))?;
@@ -495,6 +502,20 @@ pub(crate) fn collect_outputs(blobs: &BlobStore, files: &Path, patterns: &[Strin
         for path in matches.flatten().filter(|p| regular(p) && inside(p)) {
             let name = path.strip_prefix(files).expect("matches are inside").to_string_lossy().replace('\\', "/");
             if !found.contains_key(&name) {
+                // What the scheduler would refuse is refused here, before anything is stored.
+                use upglobe_protocol::messages::limits::{
+                    BLOB_BYTES_MAX, FILES_PER_TASK_MAX, UNCLAIMED_UPLOAD_BYTES_MAX,
+                };
+                let size = std::fs::symlink_metadata(&path).map(|m| m.len()).unwrap_or(0);
+                total = total.saturating_add(size);
+                if found.len() >= FILES_PER_TASK_MAX {
+                    return Err(format!("the task wrote more than {FILES_PER_TASK_MAX} output files"));
+                }
+                if size > BLOB_BYTES_MAX || total > UNCLAIMED_UPLOAD_BYTES_MAX {
+                    return Err(format!(
+                        "the task's outputs are too large: '{name}' is {size} bytes (at most {BLOB_BYTES_MAX} per file and {UNCLAIMED_UPLOAD_BYTES_MAX} in all)"
+                    ));
+                }
                 let (blob, size) = blobs.put_file(&path).map_err(|e| e.to_string())?;
                 found.insert(name.clone(), FileRef { name, blob, size });
             }

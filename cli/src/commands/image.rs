@@ -6,14 +6,23 @@ use upglobe_protocol::messages::{DatasetInfo, DatasetKind, FileRef, ImagePin};
 
 use crate::client::Client;
 
-/// The dataset name an image's archive is kept under.
-pub fn dataset_name(image: &str) -> String {
-    format!("images/{image}")
+/// The dataset name an image's archive is kept under: its name and its id, so a submission knows
+/// which id it pins without reading the archive, and a rebuilt image is a new dataset.
+pub fn dataset_name(image: &str, id: &str) -> String {
+    format!("images/{image}@{id}")
+}
+
+/// The id the local dockerd gives `image`, if there is a dockerd and it has the image.
+async fn local_image_id(image: &str) -> Option<String> {
+    let docker = bollard::Docker::connect_with_unix_defaults().ok()?;
+    let inspected = tokio::time::timeout(std::time::Duration::from_secs(5), docker.inspect_image(image)).await.ok()?;
+    inspected.ok()?.id
 }
 
 /// Pins an image as written in a workflow: an image id (`sha256:…`) or a registry digest
-/// (`repo@sha256:…`) pins itself; any other name must have been pushed, and is pinned to the newest
-/// archive kept under it.
+/// (`repo@sha256:…`) pins itself; any other name must have been pushed, and is pinned to the archive
+/// of the id the local dockerd gives it (so a rebuilt image is not silently replaced by an older
+/// push), or, without a local image, to the newest archive pushed under the name.
 pub async fn pin(client: &Client, image: &str, datasets: &mut Option<Vec<DatasetInfo>>) -> Result<ImagePin> {
     if ImagePin::check_id(image).is_ok() {
         return Ok(ImagePin { name: image.into(), id: Some(image.into()), archive: None });
@@ -25,17 +34,33 @@ pub async fn pin(client: &Client, image: &str, datasets: &mut Option<Vec<Dataset
     if datasets.is_none() {
         *datasets = Some(super::dataset::list(client).await?);
     }
-    let name = dataset_name(image);
-    let newest =
-        datasets.iter().flatten().filter(|d| d.name == name && d.kind == DatasetKind::File).max_by_key(|d| d.added);
-    let Some(archive) = newest else {
-        bail!(
-            "image '{image}' is not on the scheduler: send it with `upglobe image push {image}` \
-             (or name it by id, sha256:…, or by registry digest, repo@sha256:…)"
-        );
+    let prefix = format!("images/{image}@");
+    let pushed: Vec<(&DatasetInfo, &str)> = datasets
+        .iter()
+        .flatten()
+        .filter(|d| d.kind == DatasetKind::File)
+        .filter_map(|d| d.name.strip_prefix(&prefix).map(|id| (d, id)))
+        .filter(|(_, id)| ImagePin::check_id(id).is_ok())
+        .collect();
+    let local = local_image_id(image).await;
+    let chosen = match &local {
+        Some(local) => pushed.iter().find(|(_, id)| id == local),
+        None => pushed.iter().max_by_key(|(d, _)| d.added),
     };
-    let archive = FileRef { name: "image.tar".into(), blob: archive.hash, size: archive.size };
-    Ok(ImagePin { name: image.into(), id: None, archive: Some(archive) })
+    let Some((archive, id)) = chosen else {
+        match (&local, pushed.is_empty()) {
+            (Some(local), false) => bail!(
+                "image '{image}' was rebuilt since it was pushed (the local dockerd has {local}): \
+                 send it again with `upglobe image push {image}`"
+            ),
+            _ => bail!(
+                "image '{image}' is not on the scheduler: send it with `upglobe image push {image}` \
+                 (or name it by id, sha256:…, or by registry digest, repo@sha256:…)"
+            ),
+        }
+    };
+    let file = FileRef { name: "image.tar".into(), blob: archive.hash, size: archive.size };
+    Ok(ImagePin { name: image.into(), id: Some(id.to_string()), archive: Some(file) })
 }
 
 #[derive(clap::Subcommand)]
@@ -83,17 +108,19 @@ pub async fn push(context: &super::Context, client: &Client, image: &str) -> Res
         }
         other => anyhow::anyhow!("cannot inspect image '{image}': {other}"),
     })?;
-    let id = inspected.id.unwrap_or_default();
+    let id = inspected.id.filter(|id| ImagePin::check_id(id).is_ok()).context("dockerd gave the image no id")?;
     let dir = crate::client::cache_dir(&context.home).join("images");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut file = tempfile::NamedTempFile::new_in(&dir).context("cannot create a file for the image")?;
-    let mut saved = docker.export_image(image);
+    // Saved by id, not by name: the archive then names no image, and workers refuse archives
+    // that do (loading one would tag their own images).
+    let mut saved = docker.export_image(&id);
     while let Some(bytes) = saved.next().await {
         let bytes = bytes.with_context(|| format!("docker save {image}"))?;
         file.write_all(&bytes).context("writing the image archive")?;
     }
     file.flush()?;
-    let added = super::dataset::put(client, file.path(), Some(dataset_name(image))).await?;
+    let added = super::dataset::put(client, file.path(), Some(dataset_name(image, &id))).await?;
     let archive = added.into_iter().next().context("the scheduler kept no dataset")?;
     Ok((id, archive))
 }

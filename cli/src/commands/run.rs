@@ -130,18 +130,38 @@ async fn submit(context: &Context, client: &Client, args: &Args) -> Result<Strin
     }
 }
 
-/// The job's output as the scheduler relays it from the worker.
+/// The job's output as the scheduler relays it from one worker, before anything is verified: it is
+/// shown as it comes (control characters other than line breaks and tabs made visible on a
+/// terminal), and hashed, so that the verified output is shown instead where they differ.
 struct LiveOutput {
     next: u64,
-    printed: u64,
     /// No output was dropped between pieces.
     complete: bool,
+    stdout: blake3::Hasher,
+    stderr: blake3::Hasher,
 }
 
 impl Default for LiveOutput {
     fn default() -> LiveOutput {
-        LiveOutput { next: 0, printed: 0, complete: true }
+        LiveOutput { next: 0, complete: true, stdout: blake3::Hasher::new(), stderr: blake3::Hasher::new() }
     }
+}
+
+/// Bytes for a terminal: escape sequences and other control characters become visible.
+fn harmless(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let control = |b: &u8| (*b < 0x20 && !matches!(b, b'\n' | b'\t' | b'\r')) || *b == 0x7f;
+    if !bytes.iter().any(control) {
+        return std::borrow::Cow::Borrowed(bytes);
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 16);
+    for b in bytes {
+        if control(b) {
+            out.extend_from_slice(format!("^{}", (b ^ 0x40) as char).as_bytes());
+        } else {
+            out.push(*b);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 impl LiveOutput {
@@ -151,16 +171,21 @@ impl LiveOutput {
             ClientResponse::Logs(page) => page,
             other => bail!("unexpected answer {other:?}"),
         };
+        use std::io::IsTerminal;
         self.complete &= page.from == self.next;
         for piece in &page.pieces {
             if piece.stderr {
-                std::io::stderr().write_all(&piece.bytes)?;
+                self.stderr.update(&piece.bytes);
+                let mut err = std::io::stderr();
+                let bytes = if err.is_terminal() { harmless(&piece.bytes) } else { piece.bytes.as_slice().into() };
+                err.write_all(&bytes)?;
             } else {
+                self.stdout.update(&piece.bytes);
                 let mut out = std::io::stdout().lock();
-                out.write_all(&piece.bytes)?;
+                let bytes = if out.is_terminal() { harmless(&piece.bytes) } else { piece.bytes.as_slice().into() };
+                out.write_all(&bytes)?;
                 out.flush()?;
             }
-            self.printed += piece.bytes.len() as u64;
         }
         self.next = page.next;
         Ok(())
@@ -217,6 +242,9 @@ fn output_pattern(given: &str) -> Result<String> {
 async fn wait(client: &Client, job: &str, args: &Args, format: Format) -> Result<i32> {
     let mut shown = String::new();
     let mut live = LiveOutput::default();
+    // Listening from the start: a Ctrl-C between two polls would otherwise be lost.
+    let stop = super::stop_signal();
+    tokio::pin!(stop);
     let status = loop {
         live.follow(client, job).await?;
         let status = super::status::fetch(client, Some(job.to_string())).await?;
@@ -232,7 +260,15 @@ async fn wait(client: &Client, job: &str, args: &Args, format: Format) -> Result
         if status.state.is_finished() {
             break status;
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+            // Ctrl-C stops the container too, as `docker run` does.
+            _ = &mut stop => {
+                client.request(ClientRequest::Cancel { job: job.to_string() }).await?;
+                eprintln!("job {job}: cancelled");
+                return Ok(130);
+            }
+        }
     };
     // A container that ran to its end has a verified result, whatever its exit code.
     let results = super::results::fetch(client, job).await?;
@@ -244,12 +280,15 @@ async fn wait(client: &Client, job: &str, args: &Args, format: Format) -> Result
         return Ok(NOT_RUN);
     };
     live.follow(client, job).await?;
-    if live.complete && live.printed == stdout.size + stderr.size {
-        // All of it was shown as it came.
+    let shown = |hasher: &blake3::Hasher| upglobe_protocol::BlobHash(*hasher.finalize().as_bytes());
+    if live.complete && shown(&live.stdout) == stdout.blob && shown(&live.stderr) == stderr.blob {
+        // What was shown as it came is the verified output.
     } else {
         use std::io::Write;
-        if live.printed > 0 {
-            eprintln!("[upglobe: the live output was incomplete; the whole output follows]");
+        if live.next > 0 {
+            eprintln!(
+                "[upglobe: the live output was incomplete or not what was verified; the verified output follows]"
+            );
         }
         std::io::stdout().write_all(&client.download(stdout.blob).await?)?;
         std::io::stderr().write_all(&client.download(stderr.blob).await?)?;

@@ -218,7 +218,9 @@ fn print_usage(rows: &[upglobe_protocol::messages::ChunkUsage]) {
         .collect();
     let header = ["CHUNK", "WORKER", "WALL S", "CPU S", "PEAK MIB", "IN MIB", "OUT MIB", "GPU S", "STEPS"];
     println!("{}", table(&header, &body));
-    let total = |f: fn(&upglobe_protocol::trust::Usage) -> u64| rows.iter().map(|r| f(&r.usage)).sum::<u64>();
+    let total = |f: fn(&upglobe_protocol::trust::Usage) -> u64| {
+        rows.iter().fold(0u64, |sum, r| sum.saturating_add(f(&r.usage)))
+    };
     println!(
         "{} signed results: {} s wall, {} s CPU, {} s GPU, {} MiB in, {} MiB out",
         rows.len(),

@@ -157,6 +157,14 @@ pub fn check_hello(hello: &Hello) -> Result<(), String> {
     for adapter in &hello.adapters {
         check_text("an adapter's description", adapter, DESCRIPTION_BYTES_MAX)?;
     }
+    // GPUs are handed to tasks by UUID: two alike would be one GPU given twice.
+    let uuids: BTreeSet<&str> = hello.gpus.iter().map(|g| g.uuid.as_str()).collect();
+    if uuids.len() != hello.gpus.len() {
+        return Err("two of the worker's GPUs have the same UUID".into());
+    }
+    if let Some(containers) = &hello.containers {
+        check_text("the docker version", containers, NAME_BYTES_MAX)?;
+    }
     if let Some(address) = &hello.peer_address {
         check_text("the peer address", address, DESCRIPTION_BYTES_MAX)?;
         // An IP address, not a name: workers would otherwise resolve and dial whatever name a
@@ -463,7 +471,7 @@ pub fn check_output(
             check_interval(output, evidence, chain_links)?;
             check_thermo(md, chunk, thermo)
         }
-        (JobKind::Command(command), Output::Command { files, stdout, stderr, .. }) => {
+        (JobKind::Command(command), Output::Command { exit_code, files, stdout, stderr }) => {
             if files.len() > FILES_PER_TASK_MAX {
                 return Err(format!("the result has {} files; at most {FILES_PER_TASK_MAX} are allowed", files.len()));
             }
@@ -477,8 +485,10 @@ pub fn check_output(
                 return Err(format!("the result's file {:?} does not have the size it claims", file.name));
             }
             match &command.checkpoint {
-                Some(contract) => check_checkpoint_files(contract, chunk, files),
-                None => Ok(()),
+                // A program that failed (a container's exit code, which fails the job) owes no
+                // checkpoint: the failure is what is reported.
+                Some(contract) if *exit_code == 0 => check_checkpoint_files(contract, chunk, files),
+                _ => Ok(()),
             }
         }
         (JobKind::Empty { .. }, Output::Empty { .. }) => Ok(()),
@@ -486,12 +496,25 @@ pub fn check_output(
     }
 }
 
+/// Usage a worker signs is billed: GPU time past the GPUs it held for as long as it ran is not
+/// possible, and a result that claims it is refused.
+pub fn check_usage(usage: &upglobe_protocol::trust::Usage, gpus_held: u32) -> Result<(), String> {
+    let most = usage.elapsed_ms.saturating_mul(u64::from(gpus_held));
+    if usage.gpu_ms > most {
+        return Err(format!(
+            "the result claims {} ms of GPU time; {gpus_held} GPUs held for {} ms give at most {most}",
+            usage.gpu_ms, usage.elapsed_ms
+        ));
+    }
+    Ok(())
+}
+
 /// A checkpointed chunk after the first must hand on a checkpoint other than the one it was given:
 /// the same bytes in every file mean the program made no progress (or did not write its
 /// checkpoint, and the copy it was given was collected), and accepting that would let a chain
 /// "complete" without running.
 pub fn check_progress(given: &[FileRef], output: &Output) -> Result<(), String> {
-    let Output::Command { files, .. } = output else { return Ok(()) };
+    let Output::Command { files, exit_code: 0, .. } = output else { return Ok(()) };
     let unchanged = given.iter().all(|g| files.iter().any(|f| f.name == g.name && f.blob == g.blob));
     if unchanged && !given.is_empty() {
         let names: Vec<&str> = given.iter().map(|g| g.name.as_str()).collect();

@@ -595,7 +595,7 @@ impl Core {
         if lease.worker != worker {
             return;
         }
-        let (chunk_id, check, input) = (lease.chunk, lease.check, lease.input);
+        let (chunk_id, check, input, gpus_held) = (lease.chunk, lease.check, lease.input, lease.resources.gpus);
         self.release(assignment);
         let statement = ResultStatement { chunk: chunk_id, assignment, input, digest: outcome.digest(), usage };
         let key = self.workers[&worker].signing_key;
@@ -624,7 +624,9 @@ impl Core {
         let checked = match (&outcome, signed) {
             (_, false) => Err("the result's signature does not verify with the worker's key".to_string()),
             (Outcome::Completed(output), true) => {
-                checks::check_output(&job.spec.kind, chunk_id, output, evidence, links).and_then(|()| {
+                let output_checked = checks::check_usage(&usage, gpus_held)
+                    .and_then(|()| checks::check_output(&job.spec.kind, chunk_id, output, evidence, links));
+                output_checked.and_then(|()| {
                     let given = chunk_id.index.checked_sub(1).and_then(|previous| job.chain.get(previous as usize));
                     match given {
                         Some(Handoff::Files(given)) => checks::check_progress(given, output),
@@ -1282,7 +1284,10 @@ impl Core {
         let id = AssignmentId(self.next_assignment);
         self.next_assignment += 1;
         assert!(self.next_assignment & ((1 << ASSIGNMENT_COUNTER_BITS) - 1) != 0, "assignment counter exhausted");
-        let resources = self.jobs[&chunk_id.job].spec.resources;
+        let resources = match check {
+            Some(_) => check_resources(&self.jobs[&chunk_id.job].spec.resources),
+            None => self.jobs[&chunk_id.job].spec.resources,
+        };
         let deadline_ms = now + self.config.lease_timeout_ms;
         let input = match &task {
             Task::Md { input, .. } => Some(*input),
@@ -1291,7 +1296,8 @@ impl Core {
         let sources = self.peer_sources(worker, &task);
         let request = &self.jobs[&chunk_id.job].spec.gpu;
         let backend = request.backend.clone();
-        let gpus = gpus_for(&self.workers[&worker], resources.gpus, request).unwrap_or_default();
+        let gpus = gpus_for(&self.workers[&worker], resources.gpus, request)
+            .expect("a task is placed only where its GPUs are free");
         let w = self.workers.get_mut(&worker).expect("assigning to a known worker");
         w.free = w.free.minus(&resources);
         w.running.insert(id);
@@ -1378,6 +1384,11 @@ impl Core {
             .rev()
             .find(|(_, j)| j.name == job && self.workflows[&j.workflow].name == workflow)
             .map(|(id, _)| *id)
+    }
+
+    /// Whether `assignment` still runs.
+    pub fn is_running(&self, assignment: AssignmentId) -> bool {
+        self.leases.contains_key(&assignment)
     }
 
     /// The chunk `worker` runs under `assignment`, if it does.
@@ -1490,6 +1501,12 @@ impl Core {
         for (id, worker) in &self.workers {
             let used = worker.running.iter().fold(Resources::default(), |sum, a| sum.plus(&self.leases[a].resources));
             assert_eq!(worker.free.plus(&used), worker.capacity, "worker {} resources", id.short());
+            // Each described GPU is held by at most one lease, and the busy marks are exactly theirs.
+            let mut held = vec![false; worker.gpus.len()];
+            for index in worker.running.iter().flat_map(|a| &self.leases[a].gpus) {
+                assert!(!std::mem::replace(&mut held[*index], true), "GPU {index} of {} held twice", id.short());
+            }
+            assert_eq!(held, worker.gpu_busy, "GPU marks of worker {}", id.short());
             assert!(worker.connected || worker.running.is_empty());
         }
         for (id, job) in &self.jobs {
@@ -1625,6 +1642,12 @@ fn truncate(mut reason: String) -> String {
         reason.push('…');
     }
     reason
+}
+
+/// What a verifier's check of a job's chunk holds: the job's cpus and memory, not its GPUs (the
+/// check runs on the verifier's own reference device).
+fn check_resources(job: &Resources) -> Resources {
+    Resources { gpus: 0, ..*job }
 }
 
 /// Whether an adapter, as workers describe it (`NAME (backend, type, driver)`, where the name and

@@ -667,7 +667,8 @@ impl Core {
 
     fn pick_verifier(&self, id: CheckId) -> Option<WorkerId> {
         let check = &self.checks[&id];
-        let needs = &self.jobs[&check.chunk.job].spec.resources;
+        // A check runs on the verifier's own reference device, not on the job's GPUs.
+        let needs = &super::check_resources(&self.jobs[&check.chunk.job].spec.resources);
         let owners: BTreeSet<&str> =
             check.claims.iter().filter_map(|c| self.workers.get(&c.worker)).map(|w| w.owner.as_str()).collect();
         self.workers
