@@ -282,6 +282,15 @@ pub async fn run(
         return Err("the job asks for a network and this worker allows none (start it with --allow-network)".into());
     }
     let image = containers.ensure_image(fetcher, &task.spec.image).await?;
+    // Which bytes each task ran, for an operator to match against the pushed archive and image id.
+    let archive = task.spec.image.archive.as_ref().map_or_else(|| "none".to_string(), |a| a.blob.to_hex());
+    tracing::info!(
+        container = %task.name,
+        image = %task.spec.image.name,
+        id = %image,
+        archive = %archive,
+        "running a container"
+    );
     let _ = std::fs::remove_dir_all(scratch);
     let out = scratch.join("out");
     std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
