@@ -308,7 +308,7 @@ fn shared_libraries(objects: &[PathBuf]) -> Vec<PathBuf> {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "ldd failed: {text} {}", String::from_utf8_lossy(&output.stderr));
     let mut libraries = Vec::new();
-    let mut object = String::new();
+    let mut object = objects[0].display().to_string();
     for line in text.lines() {
         // "OBJECT:" heads each object's list when ldd is given several.
         if !line.starts_with(char::is_whitespace) {
@@ -317,7 +317,8 @@ fn shared_libraries(objects: &[PathBuf]) -> Vec<PathBuf> {
         }
         // "\tlibz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x…)", "\t/lib64/ld-linux-x86-64.so.2 (0x…)".
         let named = line.split_once("=>").map_or(line, |(_, path)| path).trim();
-        assert!(!named.starts_with("not found"), "ldd finds no {} for {object}", line.trim());
+        let library = line.split_whitespace().next().unwrap_or_default();
+        assert!(!named.starts_with("not found"), "ldd finds no {library}, which {object} needs");
         let path = named.split_whitespace().next().unwrap_or_default();
         if path.starts_with('/') {
             libraries.push(PathBuf::from(path));
