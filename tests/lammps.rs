@@ -1,10 +1,13 @@
 //! A real program as a checkpointed job: the shipped `workflows/examples/lammps-lj.toml` runs
 //! LAMMPS's in.lj melt with Debian's `lmp` in 5 chunks through write_restart / read_restart, on a
 //! scheduler and two workers as separate processes, every chunk on both workers. The thermo of the
-//! chunks must be the thermo of the same input run in one go. Run with
+//! chunks must be the thermo of the same input run in one go. Its container variant,
+//! `lammps-lj-container.toml`, runs the same scripts in an image built from the host's `lmp` (see
+//! `Docker::lammps_image`), pinned by its archive. Run with
 //! `cargo nextest run -p upglobe-cli --features cheat --test lammps`.
 
 mod cluster;
+mod docker;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use cluster::Cluster;
+use docker::Docker;
 
 const CHUNKS: u64 = 5;
 const STEPS: u64 = 250;
@@ -77,7 +81,67 @@ fn lammps_in_checkpointed_chunks_matches_one_run_and_every_chunk_is_agreed_by_tw
     cluster.add_worker(&["--allow-commands"]);
     cluster.add_worker(&["--allow-commands"]);
     cluster.wait_for("two workers", Duration::from_secs(30), |c| c.connected_workers() == 2);
-    let workflow = examples().join("lammps-lj.toml");
+    let chunks = run_melt(&cluster, &examples().join("lammps-lj.toml"));
+    compare_with_one_go(&chunks, &dir.path().join("one-go"));
+}
+
+/// The container variant: the same scripts run by `lmp` in an image the harness builds from the
+/// host's, pushed to the scheduler and pinned by the submission; workers have a dockerd and no
+/// --allow-commands. Both replicas of every chunk ran the pushed image, and the thermo is still the
+/// host's one-go run, bit for bit.
+#[test]
+fn lammps_in_a_pinned_image_matches_one_run_and_every_chunk_is_agreed_by_two_workers() {
+    if !has_lammps() {
+        return;
+    }
+    let Some(docker) = Docker::get() else { return };
+    let image = docker.lammps_image();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 0);
+    for _ in 0..2 {
+        cluster.add_worker_with(&[], &[("DOCKER_HOST", docker.host.as_str())]);
+    }
+    cluster.wait_for("two workers", Duration::from_secs(30), |c| c.connected_workers() == 2);
+    let pushed = cluster.run_with_env(&["image", "push", &image, "--output", "json"], &[("DOCKER_HOST", &docker.host)]);
+    assert!(pushed.status.success(), "image push {image} failed: {}", String::from_utf8_lossy(&pushed.stderr));
+    let pushed: serde_json::Value = serde_json::from_slice(&pushed.stdout).unwrap();
+    let (id, archive) = (pushed["id"].as_str().unwrap(), pushed["archive"].as_str().unwrap());
+
+    // The shipped workflow names its image "lammps"; here it names the harness's.
+    let source = std::fs::read_to_string(examples().join("lammps-lj-container.toml")).unwrap();
+    let named = "image = \"lammps\"\n";
+    assert_eq!(source.matches(named).count(), 1, "lammps-lj-container.toml: no line {named:?}");
+    let workflow = cluster.write("lammps-lj-container.toml", &source.replace(named, &format!("image = \"{image}\"\n")));
+    for file in ["in.lj", "resume.lj", "thermo.lj"] {
+        std::fs::copy(examples().join(file), dir.path().join(file)).unwrap();
+    }
+    let chunks = run_melt(&cluster, &workflow);
+
+    // Each worker ran every chunk in the image the archive it was sent names: the pushed one.
+    for worker in &cluster.workers {
+        let log = worker.log();
+        let ran: Vec<(&str, &str)> = log
+            .lines()
+            .filter(|line| line.contains("running a container"))
+            .map(|line| (field(line, "id"), field(line, "archive")))
+            .collect();
+        assert_eq!(ran, vec![(id, archive); CHUNKS as usize], "{}: {log}", worker.name);
+    }
+    compare_with_one_go(&chunks, &dir.path().join("one-go"));
+}
+
+/// The value of `name=value` in a log line.
+fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    let prefix = format!("{name}=");
+    line.split_whitespace()
+        .find_map(|token| token.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+}
+
+/// Submits the melt, waits for it, and checks that it completed with every chunk accepted on a
+/// quorum of 2 and each of the two workers running every chunk; where `upglobe results` put the
+/// chunks' files.
+fn run_melt(cluster: &Cluster, workflow: &Path) -> PathBuf {
     let submitted = cluster.json(&["submit", workflow.to_str().unwrap()]);
     let job = submitted["jobs"][0]["id"].to_string();
     cluster.wait_for("the LAMMPS job to finish", Duration::from_secs(300), |c| {
@@ -88,7 +152,6 @@ fn lammps_in_checkpointed_chunks_matches_one_run_and_every_chunk_is_agreed_by_tw
     assert_eq!((status["chunks_verified"].as_u64(), status["chunks_total"].as_u64()), (Some(CHUNKS), Some(CHUNKS)));
     assert_eq!(status["disagreements"], 0, "{status}");
 
-    // Every chunk was accepted on a quorum of 2, and each of the two workers ran every chunk.
     let verification = cluster.json(&["status", &job, "--verification"]);
     let accepted: Vec<(u64, String)> = verification["events"]
         .as_array()
@@ -104,10 +167,16 @@ fn lammps_in_checkpointed_chunks_matches_one_run_and_every_chunk_is_agreed_by_tw
         assert_eq!(worker["completed"].as_u64(), Some(CHUNKS), "{workers}");
     }
 
-    let out = dir.path().join("results");
+    let out = cluster.dir.join("results");
     cluster.json(&["results", &job, "--out", out.to_str().unwrap()]);
-    let chunks = out.join("lammps-lj.melt");
-    let reference = one_go(&dir.path().join("one-go"));
+    let name = format!("{}.{}", status["workflow"].as_str().unwrap(), status["job"].as_str().unwrap());
+    out.join(name)
+}
+
+/// Compares the thermo of the chunks (under `chunks`, as `upglobe results` wrote them) with the
+/// host's `lmp` running the same input in one go in `one_go_dir`: equal to the last bit.
+fn compare_with_one_go(chunks: &Path, one_go_dir: &Path) {
+    let reference = one_go(one_go_dir);
     let steps: Vec<u64> = (0..=STEPS / THERMO_EVERY).map(|k| k * THERMO_EVERY).collect();
     assert_eq!(reference.keys().copied().collect::<Vec<_>>(), steps);
     let mut compared = 0;

@@ -88,8 +88,9 @@ impl Containers {
 
     async fn remove(&self, id: &str) {
         let options = RemoveContainerOptions { force: true, v: true, ..Default::default() };
-        if let Err(e) = self.docker.remove_container(id, Some(options)).await {
-            tracing::warn!(container = %id, error = %e, "cannot remove a container");
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+            Err(e) => tracing::warn!(container = %id, error = %e, "cannot remove a container"),
         }
     }
 
@@ -322,6 +323,15 @@ pub async fn run(
         return Err("the job asks for a network and this worker allows none (start it with --allow-network)".into());
     }
     let image = containers.ensure_image(fetcher, &task.spec.image).await?;
+    // Which bytes each task ran, for an operator to match against the pushed archive and image id.
+    let archive = task.spec.image.archive.as_ref().map_or_else(|| "none".to_string(), |a| a.blob.to_hex());
+    tracing::info!(
+        container = %task.name,
+        image = %task.spec.image.name,
+        id = %image,
+        archive = %archive,
+        "running a container"
+    );
     // An image's volumes would be writable anonymous volumes of any size: a tmpfs of /tmp's size
     // covers each, so /out stays the only place a container's files outlive it.
     let volumes = match containers.docker.inspect_image(&image).await {

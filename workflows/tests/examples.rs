@@ -23,27 +23,16 @@ fn every_example_loads() {
             loaded += 1;
         }
     }
-    assert_eq!(loaded, 5);
+    assert_eq!(loaded, 6);
 }
 
 #[test]
 fn lammps_lj_is_a_checkpointed_program_in_five_chunks() {
-    let workflow = load_example("lammps-lj.toml");
-    let [job] = workflow.jobs.as_slice() else { panic!("one job expected") };
-    let JobKind::Command(command) = &job.kind else { panic!("a command job expected") };
-    let contract = command.checkpoint.as_ref().expect("a checkpoint contract");
-    assert_eq!((contract.chunks, contract.files.as_slice()), (5, ["lj.restart".to_string()].as_slice()));
-    // The checkpoint is collected beside the thermo, and nothing LAMMPS writes with timings is.
-    assert_eq!(command.outputs, ["thermo.dat", "lj.restart"]);
-    assert_eq!((job.replicas, &job.verification), (2, &Verification::Quorum));
-    for argv in [&command.argv, &contract.resume] {
-        assert_eq!(argv[..5], ["lmp", "-screen", "none", "-log", "log.lammps"]);
-        assert!(argv.iter().any(|a| a == "{chunks}"), "{argv:?}");
-    }
-    assert!(contract.resume.iter().any(|a| a == "{chunk}"));
-    for (input, name) in command.inputs.iter().zip(["in.lj", "resume.lj", "thermo.lj"]) {
-        assert_eq!(input.source, upglobe_workflows::InputSource::Path(examples().join(name)));
-    }
+    let command = lammps_lj_melt("lammps-lj.toml");
+    assert!(command.container.is_none());
+    let contract = command.checkpoint.as_ref().unwrap();
+    assert_eq!(command.argv[5..], ["-var", "chunks", "{chunks}", "-in", "in.lj"]);
+    assert_eq!(contract.resume[contract.resume.len() - 2..], ["-in", "resume.lj"]);
     // The classic in.lj, with the two changes its comment explains.
     let script = std::fs::read_to_string(examples().join("in.lj")).unwrap();
     for line in [
@@ -60,6 +49,43 @@ fn lammps_lj_is_a_checkpointed_program_in_five_chunks() {
     ] {
         assert!(script.lines().any(|l| l == line), "in.lj lacks {line:?}");
     }
+}
+
+/// The one job of a LAMMPS melt example, checked for what both variants share: 5 chunks through
+/// lj.restart, the thermo and the restart as outputs, 2 replicas under quorum, the same scripts.
+fn lammps_lj_melt(name: &str) -> upglobe_workflows::CommandJob {
+    let workflow = load_example(name);
+    let [job] = workflow.jobs.as_slice() else { panic!("{name}: one job expected") };
+    let JobKind::Command(command) = &job.kind else { panic!("{name}: a command job expected") };
+    let contract = command.checkpoint.as_ref().expect("a checkpoint contract");
+    assert_eq!((contract.chunks, contract.files.as_slice()), (5, ["lj.restart".to_string()].as_slice()));
+    // The checkpoint is collected beside the thermo, and nothing LAMMPS writes with timings is.
+    assert_eq!(command.outputs, ["thermo.dat", "lj.restart"]);
+    assert_eq!((job.replicas, &job.verification), (2, &Verification::Quorum));
+    for argv in [&command.argv, &contract.resume] {
+        assert_eq!(argv[..5], ["lmp", "-screen", "none", "-log", "log.lammps"]);
+        assert!(argv.iter().any(|a| a == "{chunks}"), "{argv:?}");
+    }
+    assert!(contract.resume.iter().any(|a| a == "{chunk}"));
+    for (input, name) in command.inputs.iter().zip(["in.lj", "resume.lj", "thermo.lj"]) {
+        assert_eq!(input.source, upglobe_workflows::InputSource::Path(examples().join(name)));
+    }
+    command.clone()
+}
+
+#[test]
+fn lammps_lj_container_runs_the_same_scripts_in_an_image_from_in() {
+    let command = lammps_lj_melt("lammps-lj-container.toml");
+    let image = command.container.as_ref().expect("a container job");
+    assert_eq!((image.image.as_str(), image.network), ("lammps", false));
+    let contract = command.checkpoint.as_ref().unwrap();
+    // The inputs, the previous restart among them, are read from /in; LAMMPS writes in /out.
+    assert_eq!(command.argv[5..], ["-var", "inputs", "/in", "-var", "chunks", "{chunks}", "-in", "/in/in.lj"]);
+    assert_eq!(contract.resume[5..8], ["-var", "inputs", "/in"]);
+    assert_eq!(contract.resume[contract.resume.len() - 2..], ["-in", "/in/resume.lj"]);
+    let resume = std::fs::read_to_string(examples().join("resume.lj")).unwrap();
+    assert!(resume.lines().any(|l| l == "read_restart    ${inputs}/lj.restart"), "{resume}");
+    assert!(resume.lines().any(|l| l == "write_restart   lj.restart"), "{resume}");
 }
 
 #[test]
