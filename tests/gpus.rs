@@ -26,7 +26,7 @@ fn gpu_jobs_run_on_gpu_workers_and_the_rest_say_why_they_wait() {
     assert_eq!(plain["gpus"].as_array().unwrap().len(), 0);
 
     let workflow = "name = \"gpu\"\n\
-        [jobs.one]\nkind = \"command\"\nargv = [\"sh\", \"-c\", \"echo ok > ok.txt\"]\ntasks = \"1-3\"\noutputs = [\"ok.txt\"]\n\
+        [jobs.one]\nkind = \"command\"\nargv = [\"sh\", \"-c\", \"echo $CUDA_VISIBLE_DEVICES > ok.txt\"]\ntasks = \"1-3\"\noutputs = [\"ok.txt\"]\n\
         [jobs.one.resources]\ngpus = 1\n\
         [jobs.four]\nkind = \"command\"\nargv = [\"true\"]\n[jobs.four.resources]\ngpus = 4\n";
     cluster.submit(workflow);
@@ -36,6 +36,13 @@ fn gpu_jobs_run_on_gpu_workers_and_the_rest_say_why_they_wait() {
         workers.as_array().unwrap().iter().find(|w| w["name"] == name).unwrap()["completed"].as_u64().unwrap()
     };
     assert_eq!((completed("worker-1"), completed("worker-2")), (3, 0), "GPU tasks ran where the GPUs are");
+    // Each task saw the one GPU it was given.
+    let out = dir.path().join("out");
+    cluster.json(&["results", "gpu.one", "--out", out.to_str().unwrap()]);
+    for task in 1..=3 {
+        let visible = std::fs::read_to_string(out.join("gpu.one").join(task.to_string()).join("ok.txt")).unwrap();
+        assert!(["GPU-fake-0\n", "GPU-fake-1\n"].contains(&visible.as_str()), "task {task} saw {visible:?}");
+    }
     let four = cluster.job("gpu.four");
     assert_eq!(four["state"], "running");
     assert_eq!(four["waiting"], "no worker has 4 GPUs (the most any has is 2)");

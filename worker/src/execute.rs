@@ -110,7 +110,8 @@ pub async fn run(
             }
             let scratch = config.data_dir.join("work").join(assignment.id.0.to_string());
             let timeout = Duration::from_secs(timeout_s);
-            let command = CommandTask { gpus: assignment.resources.gpus, argv, inputs, outputs, timeout };
+            let (gpus, gpu_uuids) = (assignment.resources.gpus, assignment.gpus.clone());
+            let command = CommandTask { gpus, gpu_uuids, argv, inputs, outputs, timeout };
             let mut measured = Measured::default();
             let result = run_command(fetcher, &scratch, &command, &cancel, &mut measured).await;
             let _ = std::fs::remove_dir_all(&scratch);
@@ -343,8 +344,10 @@ pub fn run_md(
 }
 
 struct CommandTask {
-    /// GPUs the task holds, for its metered GPU time.
+    /// GPUs the task holds, for its metered GPU time, and their UUIDs (the CUDA runtime sees only
+    /// those).
     gpus: u32,
+    gpu_uuids: Vec<String>,
     argv: Vec<String>,
     inputs: Vec<FileRef>,
     outputs: Vec<String>,
@@ -380,7 +383,12 @@ async fn run_command(
     let stderr_path = scratch.join("stderr");
     let open = |p: &Path| std::fs::File::create(p).map_err(|e| format!("cannot create {}: {e}", p.display()));
     let program = task.argv.first().ok_or("empty argv")?;
-    let child = std::process::Command::new(program)
+    let mut command = std::process::Command::new(program);
+    if !task.gpu_uuids.is_empty() {
+        let visible = task.gpu_uuids.join(",");
+        command.env("CUDA_VISIBLE_DEVICES", &visible).env("NVIDIA_VISIBLE_DEVICES", &visible);
+    }
+    let child = command
         .args(&task.argv[1..])
         .current_dir(&files)
         .stdin(std::process::Stdio::null())
