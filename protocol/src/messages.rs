@@ -639,6 +639,13 @@ pub struct CommandJob {
     pub checkpoint: Option<CheckpointContract>,
 }
 
+impl CommandJob {
+    /// The `docker save` archive its image is pinned to, if it runs in a container.
+    pub fn image_archive(&self) -> Option<&FileRef> {
+        self.container.as_ref().and_then(|c| c.image.archive.as_ref())
+    }
+}
+
 /// A program run in a container: hardened by the worker (no network unless asked for and allowed,
 /// no capabilities, read-only root, a non-root user, limits), on exactly the image the job pinned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

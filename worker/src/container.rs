@@ -254,13 +254,6 @@ async fn forward_logs(docker: Docker, id: String, sink: LogSink) {
     let options = LogsOptions { follow: true, stdout: true, stderr: true, ..Default::default() };
     let mut logs = docker.logs(&id, Some(options)).fuse();
     let mut sent = 0u64;
-    let piece = |line: bollard::container::LogOutput| match line {
-        bollard::container::LogOutput::StdErr { message } => Some((true, message)),
-        bollard::container::LogOutput::StdOut { message } | bollard::container::LogOutput::Console { message } => {
-            Some((false, message))
-        }
-        bollard::container::LogOutput::StdIn { .. } => None,
-    };
     while let Some(Ok(line)) = logs.next().await {
         let Some((stderr, first)) = piece(line) else { continue };
         let mut bytes = first.to_vec();
@@ -561,15 +554,24 @@ async fn copy_logs(docker: &Docker, id: &str, scratch: &Path) -> Result<(), Stri
     let mut logs = docker.logs(id, Some(options));
     while let Some(line) = logs.next().await {
         let line = line.map_err(|e| format!("dockerd cannot give the container's output: {e}"))?;
-        let _ = match line {
-            bollard::container::LogOutput::StdErr { message } => stderr.write_all(&message),
-            bollard::container::LogOutput::StdOut { message } | bollard::container::LogOutput::Console { message } => {
-                stdout.write_all(&message)
-            }
-            bollard::container::LogOutput::StdIn { .. } => Ok(()),
+        let written = match piece(line) {
+            Some((true, message)) => stderr.write_all(&message),
+            Some((false, message)) => stdout.write_all(&message),
+            None => Ok(()),
         };
+        written.map_err(|e| format!("cannot keep the container's output: {e}"))?;
     }
     Ok(())
+}
+
+/// A piece of a container's output: whether it is standard error, and its bytes.
+fn piece(line: bollard::container::LogOutput) -> Option<(bool, bytes::Bytes)> {
+    use bollard::container::LogOutput;
+    match line {
+        LogOutput::StdErr { message } => Some((true, message)),
+        LogOutput::StdOut { message } | LogOutput::Console { message } => Some((false, message)),
+        LogOutput::StdIn { .. } => None,
+    }
 }
 
 /// CPU time and peak memory of a running container, read from its cgroup (v1 or v2, cgroupfs or

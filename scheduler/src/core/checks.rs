@@ -64,7 +64,7 @@ pub fn submission_blobs(submission: &Submission) -> Vec<BlobHash> {
             JobKind::Md(md) => hashes.push(md.initial),
             JobKind::Command(command) => {
                 hashes.extend(command.inputs.iter().take(FILES_PER_TASK_MAX).map(|f| f.blob));
-                hashes.extend(image_archive(command).map(|f| f.blob));
+                hashes.extend(command.image_archive().map(|f| f.blob));
             }
             JobKind::Empty { .. } => {}
         }
@@ -73,10 +73,6 @@ pub fn submission_blobs(submission: &Submission) -> Vec<BlobHash> {
         }
     }
     hashes
-}
-
-fn image_archive(command: &CommandJob) -> Option<&FileRef> {
-    command.container.as_ref().and_then(|c| c.image.archive.as_ref())
 }
 
 fn input_count(job: &JobSpec) -> usize {
@@ -224,7 +220,7 @@ fn job_input_bytes(job: &JobSpec, evidence: &Evidence) -> u64 {
     let size = |hash: &BlobHash| evidence.fact(hash).map_or(0, |f| f.size);
     match &job.kind {
         JobKind::Md(md) => size(&md.initial),
-        JobKind::Command(command) => command.inputs.iter().chain(image_archive(command)).map(|f| size(&f.blob)).sum(),
+        JobKind::Command(command) => command.inputs.iter().chain(command.image_archive()).map(|f| size(&f.blob)).sum(),
         JobKind::Empty { .. } => 0,
     }
 }
@@ -349,7 +345,7 @@ fn check_command(name: &str, command: &CommandJob, evidence: &Evidence) -> Resul
     if let Some(contract) = checkpoint {
         check_checkpoint(name, contract, tasks.len(), inputs, outputs)?;
     }
-    for input in inputs.iter().chain(image_archive(command)) {
+    for input in inputs.iter().chain(command.image_archive()) {
         match evidence.fact(&input.blob) {
             None => return Err(format!("job '{name}': input '{}' was not uploaded", input.name)),
             Some(fact) if fact.size != input.size => {

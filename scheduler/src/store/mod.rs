@@ -155,8 +155,7 @@ impl Store {
                 }
                 upglobe_protocol::messages::JobKind::Command(command) => {
                     referenced.extend(command.inputs.iter().map(|f| f.blob));
-                    let archive = command.container.as_ref().and_then(|c| c.image.archive.as_ref());
-                    referenced.extend(archive.map(|f| f.blob));
+                    referenced.extend(command.image_archive().map(|f| f.blob));
                 }
                 upglobe_protocol::messages::JobKind::Empty { .. } => {}
             }
