@@ -85,6 +85,9 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
 }
 
 async fn submit(context: &Context, client: &Client, args: &Args) -> Result<String> {
+    // Every argument is checked before anything is sent.
+    let targets = args.inputs.iter().map(|given| input_target(given)).collect::<Result<Vec<_>>>()?;
+    let outputs = args.outputs.iter().map(|o| output_pattern(o)).collect::<Result<Vec<_>>>()?;
     let mut datasets = None;
     let image = match super::image::pin(client, &args.image, &mut datasets).await {
         Ok(image) => image,
@@ -97,10 +100,9 @@ async fn submit(context: &Context, client: &Client, args: &Args) -> Result<Strin
         }
     };
     let mut inputs = Vec::new();
-    for given in &args.inputs {
-        inputs.push(input(client, given, &mut datasets).await?);
+    for (given, (source, name)) in args.inputs.iter().zip(targets) {
+        inputs.push(input(client, given, source, name, &mut datasets).await?);
     }
-    let outputs = args.outputs.iter().map(|o| output_pattern(o)).collect::<Result<Vec<_>>>()?;
     let name = format!("run-{}", std::process::id());
     let spec = JobSpec {
         name: "container".into(),
@@ -192,12 +194,8 @@ impl LiveOutput {
     }
 }
 
-/// `SOURCE[:/in/NAME]`: a local file (uploaded) or a dataset by hash or name.
-async fn input(
-    client: &Client,
-    given: &str,
-    datasets: &mut Option<Vec<upglobe_protocol::messages::DatasetInfo>>,
-) -> Result<FileRef> {
+/// The source and the name under /in of `SOURCE[:/in/NAME]`.
+fn input_target(given: &str) -> Result<(&str, String)> {
     let (source, target) = match given.rsplit_once(':') {
         Some((source, target)) if target.starts_with('/') => (source, Some(target)),
         _ => (given, None),
@@ -213,6 +211,17 @@ async fn input(
             .with_context(|| format!("--input {given}: name the file with SOURCE:/in/NAME"))?,
     };
     upglobe_protocol::messages::check_relative_path(&name).map_err(|e| anyhow::anyhow!("--input {given}: {e}"))?;
+    Ok((source, name))
+}
+
+/// An input: a local file (uploaded) or a dataset by hash or name.
+async fn input(
+    client: &Client,
+    given: &str,
+    source: &str,
+    name: String,
+    datasets: &mut Option<Vec<upglobe_protocol::messages::DatasetInfo>>,
+) -> Result<FileRef> {
     let path = PathBuf::from(source);
     if path.is_file() {
         let (blob, size) = client.upload_file(&path).await.with_context(|| format!("uploading {source}"))?;
