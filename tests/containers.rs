@@ -222,23 +222,32 @@ fn without_dockerd_a_worker_runs_no_containers_and_the_job_says_why() {
     assert!(stderr.contains("upglobe image push nowhere:1"), "{stderr}");
 }
 
-/// `upglobe run` shows the container's output while it runs, not only at the end.
-#[test]
-fn run_streams_the_output_live() {
+/// `upglobe run --image IMAGE -- sh -c SCRIPT` as a child process, and the lines of its output.
+fn run_in_background(
+    cluster: &Cluster,
+    script: &str,
+) -> (std::process::Child, std::io::Lines<std::io::BufReader<std::process::ChildStdout>>) {
     use std::io::BufRead;
-    let Some(docker) = Docker::get() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = cluster_with_containers(dir.path(), &docker);
     let mut run = std::process::Command::new(cluster::UPGLOBE)
-        .args(["run", "--image", IMAGE, "--", "sh", "-c", "echo first; sleep 10; echo second"])
+        .args(["run", "--image", IMAGE, "--", "sh", "-c", script])
         .arg("--home")
-        .arg(dir.path().join("home"))
+        .arg(cluster.dir.join("home"))
         .env("UPGLOBE_CONNECT", &cluster.client_token)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = std::io::BufReader::new(run.stdout.take().unwrap()).lines();
+    let lines = std::io::BufReader::new(run.stdout.take().unwrap()).lines();
+    (run, lines)
+}
+
+/// `upglobe run` shows the container's output while it runs, not only at the end.
+#[test]
+fn run_streams_the_output_live() {
+    let Some(docker) = Docker::get() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster_with_containers(dir.path(), &docker);
+    let (mut run, mut lines) = run_in_background(&cluster, "echo first; sleep 10; echo second");
     assert_eq!(lines.next().unwrap().unwrap(), "first");
     // The line came while the container still ran.
     let statuses = cluster.json(&["status"]);
@@ -249,16 +258,7 @@ fn run_streams_the_output_live() {
     assert!(run.wait().unwrap().success());
 
     // Ctrl-C stops the job, as `docker run` stops its container.
-    let mut run = std::process::Command::new(cluster::UPGLOBE)
-        .args(["run", "--image", IMAGE, "--", "sh", "-c", "echo started; sleep 600"])
-        .arg("--home")
-        .arg(dir.path().join("home"))
-        .env("UPGLOBE_CONNECT", &cluster.client_token)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(run.stdout.take().unwrap()).lines();
+    let (mut run, mut lines) = run_in_background(&cluster, "echo started; sleep 600");
     assert_eq!(lines.next().unwrap().unwrap(), "started");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(run.id() as libc::pid_t, libc::SIGINT) };
