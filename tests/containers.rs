@@ -257,6 +257,16 @@ fn run_streams_the_output_live() {
     assert!(lines.next().is_none(), "the output was printed twice");
     assert!(run.wait().unwrap().success());
 
+    // A detached run's output, followed with `upglobe logs`.
+    let detached =
+        cluster.run(&["run", "--detach", "--image", IMAGE, "--", "sh", "-c", "echo detached; sleep 2; echo end"]);
+    let job = String::from_utf8_lossy(&detached.stdout).trim().to_string();
+    let followed = cluster.run(&["logs", &job, "--follow"]);
+    assert!(followed.status.success(), "{}", String::from_utf8_lossy(&followed.stderr));
+    assert_eq!(String::from_utf8_lossy(&followed.stdout), "detached\nend\n");
+    let unknown = cluster.run(&["logs", "nosuch.job"]);
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no job 'nosuch.job'"), "{unknown:?}");
+
     // Ctrl-C stops the job, as `docker run` stops its container.
     let (mut run, mut lines) = run_in_background(&cluster, "echo started; sleep 600");
     assert_eq!(lines.next().unwrap().unwrap(), "started");

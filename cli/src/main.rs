@@ -56,6 +56,8 @@ enum Command {
     Dataset(commands::dataset::Command),
     /// Run a command in a container on the cluster; exits with its exit code.
     Run(commands::run::Args),
+    /// A running container job's output, as it comes.
+    Logs(commands::run::LogsArgs),
     /// Container images for `container` jobs: push.
     #[command(subcommand)]
     Image(commands::image::Command),
@@ -118,6 +120,7 @@ fn main() {
             Command::Dataset(command) => commands::dataset::run(&context, command).await,
             Command::Image(command) => commands::image::run(&context, command).await,
             Command::Run(args) => commands::run::run(&context, args).await,
+            Command::Logs(args) => commands::run::logs(&context, args).await,
             Command::Workflow(command) => commands::workflow::run(&context, command),
             Command::Md(command) => commands::md::run(&context, command),
             Command::Bench(command) => commands::bench::run(&context, command).await,

@@ -14,6 +14,8 @@ const COMMON_KEYS: &[&str] = &["kind", "replicas", "after", "resources", "verify
 const MD_KEYS: &[&str] = &["system", "potential", "run", "thermostat"];
 const KINDS: &[&str] = &["md", "command", "container"];
 
+/// Memory a container job reserves (and is limited to) when its resources name none.
+pub const CONTAINER_MEMORY_DEFAULT: u64 = 2 << 30;
 /// Replicas of an md job by default: two workers that must produce the same state hash.
 pub const MD_REPLICAS_DEFAULT: u32 = 2;
 pub const COMMAND_REPLICAS_DEFAULT: u32 = 1;
@@ -47,7 +49,14 @@ pub(crate) fn read<'t>(
     check_keys(reporter, &section, kind, container);
     let after = after(reporter, &section);
     let replicas = replicas(reporter, &section, kind);
-    let resources = resources::read(reporter, &section);
+    // A container is limited to the memory its job reserves: one that names none reserves
+    // CONTAINER_MEMORY_DEFAULT, so the scheduler never places more than a worker holds.
+    let resources = resources::read(reporter, &section).map(|(mut resources, gpu)| {
+        if container && resources.memory_bytes == 0 {
+            resources.memory_bytes = CONTAINER_MEMORY_DEFAULT;
+        }
+        (resources, gpu)
+    });
     let job_kind = match kind {
         Some(Kind::Md) => md::read(reporter, &section, base_dir).map(JobKind::Md),
         Some(Kind::Command) => command::read(reporter, &section, base_dir, container).map(JobKind::Command),

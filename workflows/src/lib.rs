@@ -29,7 +29,7 @@ use upglobe_protocol::trust::Verification;
 
 pub use command::{ARGUMENTS_MAX, INPUTS_MAX, OUTPUTS_MAX, TASKS_MAX, TIMEOUT_S_DEFAULT, TIMEOUT_S_MAX, task_range};
 pub use diagnostic::{Diagnostic, Location, render};
-pub use job::{COMMAND_REPLICAS_DEFAULT, MD_REPLICAS_DEFAULT, NAME_BYTES_MAX};
+pub use job::{COMMAND_REPLICAS_DEFAULT, CONTAINER_MEMORY_DEFAULT, MD_REPLICAS_DEFAULT, NAME_BYTES_MAX};
 pub use resources::parse_memory;
 pub use verify::{COLUMN_MAX, DATASET_PATH_BYTES_MAX};
 

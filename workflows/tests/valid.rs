@@ -234,3 +234,15 @@ fn gpu_requests_are_read() {
     assert_eq!(job.gpu.vram_bytes, 16 << 30);
     assert_eq!(job.gpu.backend.as_deref(), Some("vulkan"));
 }
+
+#[test]
+fn container_jobs_reserve_two_gib_unless_they_say_otherwise() {
+    let job = |resources: &str| {
+        let source =
+            format!("[jobs.c]\nkind = \"container\"\nimage = \"busybox:1.36\"\nargv = [\"true\"]\n{resources}");
+        let workflow = upglobe_workflows::parse("w.toml", std::path::Path::new("."), &source).unwrap();
+        workflow.jobs[0].resources.memory_bytes
+    };
+    assert_eq!(job(""), upglobe_workflows::CONTAINER_MEMORY_DEFAULT);
+    assert_eq!(job("[jobs.c.resources]\nmemory = \"64MiB\"\n"), 64 << 20);
+}

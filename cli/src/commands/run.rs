@@ -28,7 +28,7 @@ pub struct Args {
     image: String,
     #[arg(long, default_value_t = 1)]
     cpus: u32,
-    /// Memory limit, e.g. 512MiB or 2GiB (default: the worker's, 2 GiB).
+    /// Memory the container reserves and is limited to, e.g. 512MiB (default 2GiB).
     #[arg(long, value_parser = upglobe_workflows::parse_memory)]
     memory: Option<u64>,
     #[arg(long, default_value_t = 0)]
@@ -108,7 +108,11 @@ async fn submit(context: &Context, client: &Client, args: &Args) -> Result<Strin
         name: "container".into(),
         after: Vec::new(),
         replicas: args.replicas,
-        resources: Resources { cpus: args.cpus, memory_bytes: args.memory.unwrap_or(0), gpus: args.gpus },
+        resources: Resources {
+            cpus: args.cpus,
+            memory_bytes: args.memory.unwrap_or(upglobe_workflows::CONTAINER_MEMORY_DEFAULT),
+            gpus: args.gpus,
+        },
         kind: JobKind::Command(CommandJob {
             argv: args.command.clone(),
             tasks: TaskIds::from_ids(std::iter::empty()),
@@ -167,10 +171,12 @@ fn harmless(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
 }
 
 impl LiveOutput {
-    async fn follow(&mut self, client: &Client, job: &str) -> Result<()> {
+    /// Prints what came since the last call; whether the job has finished.
+    async fn follow(&mut self, client: &Client, job: &str) -> Result<bool> {
         use std::io::Write;
         let page = match client.request(ClientRequest::Logs { job: job.to_string(), from: self.next }).await? {
             ClientResponse::Logs(page) => page,
+            ClientResponse::Error { message } => bail!("{message}"),
             other => bail!("unexpected answer {other:?}"),
         };
         use std::io::IsTerminal;
@@ -190,8 +196,40 @@ impl LiveOutput {
             }
         }
         self.next = page.next;
-        Ok(())
+        Ok(page.done)
     }
+}
+
+#[derive(clap::Args)]
+pub struct LogsArgs {
+    /// A job id or WORKFLOW.JOB.
+    job: String,
+    /// Keep printing until the job finishes.
+    #[arg(long, short)]
+    follow: bool,
+    #[arg(long, env = "UPGLOBE_CONNECT")]
+    connect: Option<String>,
+}
+
+/// `upglobe logs JOB [--follow]`: a container job's output as it comes (the last MiB the scheduler
+/// keeps; `upglobe results` has all of it once verified).
+pub async fn logs(context: &Context, args: LogsArgs) -> Result<i32> {
+    let client = connect(context, args.connect.as_deref()).await?;
+    let mut live = LiveOutput::default();
+    let stop = super::stop_signal();
+    tokio::pin!(stop);
+    loop {
+        let done = live.follow(&client, &args.job).await?;
+        if done || !args.follow {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+            _ = &mut stop => break,
+        }
+    }
+    client.close();
+    Ok(0)
 }
 
 /// The source and the name under /in of `SOURCE[:/in/NAME]`.
