@@ -506,8 +506,7 @@ async fn supervise(
     if stopped.is_some() {
         let _ = docker.kill_container(id, Some(KillContainerOptions { signal: "KILL".into() })).await;
     }
-    *measured =
-        Measured { gpu_ms: started.elapsed().as_millis() as u64 * u64::from(task.resources.gpus), ..meter.measured() };
+    *measured = Measured { gpu_ms: crate::execute::gpu_time(started, task.resources.gpus), ..meter.measured() };
     if let Some(mut forwarding) = forwarding {
         // The stream ends with the container; what it has not sent by then is in the result.
         if tokio::time::timeout(Duration::from_secs(2), &mut forwarding).await.is_err() {

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use upglobe_datasets::{BlobStore, transfer};
 use upglobe_kernels::{Checkpoint, Device, Event, RunOptions, engine};
-use upglobe_protocol::BlobHash;
 use upglobe_protocol::messages::{Assignment, FileRef, Output, Task, ThermoLine};
 use upglobe_protocol::trust::CHAIN_LINKS_MAX;
+use upglobe_protocol::{AssignmentId, BlobHash};
 
 use crate::WorkerConfig;
 
@@ -86,7 +86,7 @@ pub async fn run(
             let Some(containers) = fetcher.containers else {
                 return Err("this worker runs no containers (no dockerd answered when it started)".into());
             };
-            let scratch = config.data_dir.join("work").join(assignment.id.0.to_string());
+            let scratch = Scratch::new(config, assignment.id);
             let task = crate::container::ContainerTask {
                 argv: &argv,
                 inputs: &inputs,
@@ -100,24 +100,42 @@ pub async fn run(
                 logs: fetcher.logs.cloned(),
             };
             let mut measured = Measured::default();
-            let result = crate::container::run(containers, fetcher, &scratch, &task, &cancel, &mut measured).await;
-            let _ = std::fs::remove_dir_all(&scratch);
-            result.map(|output| Executed { output, link_starts: Vec::new(), measured })
+            let output = crate::container::run(containers, fetcher, &scratch.0, &task, &cancel, &mut measured).await?;
+            Ok(Executed { output, link_starts: Vec::new(), measured })
         }
         Task::Command { argv, inputs, outputs, timeout_s, container: None } => {
             if !config.allow_commands {
                 return Err("this worker does not run commands (start it with --allow-commands)".into());
             }
-            let scratch = config.data_dir.join("work").join(assignment.id.0.to_string());
+            let scratch = Scratch::new(config, assignment.id);
             let timeout = Duration::from_secs(timeout_s);
             let (gpus, gpu_uuids) = (assignment.resources.gpus, assignment.gpus.clone());
             let command = CommandTask { gpus, gpu_uuids, argv, inputs, outputs, timeout };
             let mut measured = Measured::default();
-            let result = run_command(fetcher, &scratch, &command, &cancel, &mut measured).await;
-            let _ = std::fs::remove_dir_all(&scratch);
-            result.map(|output| Executed { output, link_starts: Vec::new(), measured })
+            let output = run_command(fetcher, &scratch.0, &command, &cancel, &mut measured).await?;
+            Ok(Executed { output, link_starts: Vec::new(), measured })
         }
     }
+}
+
+/// A program task's scratch directory, removed when the task is done with it, whatever happened.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(config: &WorkerConfig, assignment: AssignmentId) -> Scratch {
+        Scratch(config.data_dir.join("work").join(assignment.0.to_string()))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// GPU time: the GPUs a task held for as long as it ran.
+pub(crate) fn gpu_time(started: Instant, gpus: u32) -> u64 {
+    started.elapsed().as_millis() as u64 * u64::from(gpus)
 }
 
 /// The engine of an MD task: a job that asks for GPUs runs on a wgpu adapter (of its backend, if
@@ -417,7 +435,7 @@ async fn run_command(
     *measured = Measured {
         cpu_ms: Some(used.cpu_ms),
         peak_memory_bytes: Some(used.peak_memory_bytes),
-        gpu_ms: started.elapsed().as_millis() as u64 * u64::from(task.gpus),
+        gpu_ms: gpu_time(started, task.gpus),
     };
     if !status.success() {
         let tail = std::fs::read_to_string(&stderr_path).unwrap_or_default();
