@@ -26,7 +26,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use upglobe_protocol::messages::{ContainerSpec, FileRef, ImagePin, Output, Resources};
 
-use crate::execute::{Fetcher, Measured, collect_outputs, contained, fetch};
+use crate::execute::{Fetcher, Measured, contained, fetch, program_output};
 
 /// The label every container this worker starts carries, so that a restarted worker removes the
 /// ones a crash left behind.
@@ -92,6 +92,11 @@ impl Containers {
             Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
             Err(e) => tracing::warn!(container = %id, error = %e, "cannot remove a container"),
         }
+    }
+
+    /// Kills a container (it may have ended already).
+    async fn kill(&self, id: &str) {
+        let _ = self.docker.kill_container(id, Some(KillContainerOptions { signal: "KILL".into() })).await;
     }
 
     async fn has_image(&self, id: &str) -> bool {
@@ -361,19 +366,7 @@ pub async fn run(
     let id = created.id;
     let result = supervise(containers, &id, scratch, task, cancel, measured).await;
     containers.remove(&id).await;
-    let exit_code = result?;
-    let mut files = collect_outputs(fetcher.blobs, &out, task.outputs)?;
-    files.sort_by(|a, b| a.name.cmp(&b.name));
-    let store = |name: &str, path: &Path| -> Result<FileRef, String> {
-        let (blob, size) = fetcher.blobs.put_file(path).map_err(|e| e.to_string())?;
-        Ok(FileRef { name: name.into(), blob, size })
-    };
-    Ok(Output::Command {
-        exit_code,
-        files,
-        stdout: store("stdout", &scratch.join("stdout"))?,
-        stderr: store("stderr", &scratch.join("stderr"))?,
-    })
+    program_output(fetcher.blobs, result?, scratch, &out, task.outputs)
 }
 
 fn bind(source: &Path, target: &str, read_only: bool) -> Mount {
@@ -386,7 +379,6 @@ fn bind(source: &Path, target: &str, read_only: bool) -> Mount {
     }
 }
 
-/// The hardened container: see the module's documentation.
 /// The user and group a container runs as.
 fn container_user() -> (u32, u32) {
     // SAFETY: plain getters without arguments.
@@ -402,6 +394,7 @@ fn memory_limit(task: &ContainerTask<'_>) -> u64 {
     }
 }
 
+/// The hardened container: see the module's documentation.
 fn container_body(
     task: &ContainerTask<'_>,
     image: &str,
@@ -504,7 +497,7 @@ async fn supervise(
         }
     };
     if stopped.is_some() {
-        let _ = docker.kill_container(id, Some(KillContainerOptions { signal: "KILL".into() })).await;
+        containers.kill(id).await;
     }
     *measured = Measured { gpu_ms: crate::execute::gpu_time(started, task.resources.gpus), ..meter.measured() };
     if let Some(mut forwarding) = forwarding {
@@ -527,7 +520,7 @@ async fn supervise(
         .unwrap_or_default();
     if state.running != Some(false) {
         // The wait ended (a broken stream) while the container still runs: its outputs are partial.
-        let _ = docker.kill_container(id, Some(KillContainerOptions { signal: "KILL".into() })).await;
+        containers.kill(id).await;
         return Err("the worker lost track of the container (dockerd's wait ended while it ran)".into());
     }
     let exit_code = state.exit_code.unwrap_or(-1);

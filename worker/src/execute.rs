@@ -356,8 +356,7 @@ pub fn run_md(
     );
     let output = Output::Md { state_hash, checkpoint, checkpoint_bytes: encoded.len() as u64, thermo, chain };
     let on_gpu = matches!(device, Device::Wgpu { .. });
-    let measured =
-        Measured { gpu_ms: if on_gpu { started.elapsed().as_millis() as u64 } else { 0 }, ..Measured::default() };
+    let measured = Measured { gpu_ms: gpu_time(started, u32::from(on_gpu)), ..Measured::default() };
     Ok(Executed { output, link_starts, measured })
 }
 
@@ -443,18 +442,24 @@ async fn run_command(
             tail.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ");
         return Err(format!("'{program}' exited with {status}; stderr: {tail}"));
     }
-    let mut outputs = collect_outputs(blobs, &files, &task.outputs)?;
-    outputs.sort_by(|a, b| a.name.cmp(&b.name));
-    let store = |name: &str, path: &Path| -> Result<FileRef, String> {
-        let (blob, size) = blobs.put_file(path).map_err(|e| e.to_string())?;
+    program_output(blobs, status.code().unwrap_or(0), scratch, &files, &task.outputs)
+}
+
+/// A program's result: its exit code, the files of `dir` its output patterns match, and the
+/// `stdout` and `stderr` files of `scratch`, all stored as blobs.
+pub(crate) fn program_output(
+    blobs: &BlobStore,
+    exit_code: i32,
+    scratch: &Path,
+    dir: &Path,
+    patterns: &[String],
+) -> Result<Output, String> {
+    let files = collect_outputs(blobs, dir, patterns)?;
+    let store = |name: &str| -> Result<FileRef, String> {
+        let (blob, size) = blobs.put_file(&scratch.join(name)).map_err(|e| e.to_string())?;
         Ok(FileRef { name: name.into(), blob, size })
     };
-    Ok(Output::Command {
-        exit_code: status.code().unwrap_or(0),
-        files: outputs,
-        stdout: store("stdout", &stdout_path)?,
-        stderr: store("stderr", &stderr_path)?,
-    })
+    Ok(Output::Command { exit_code, files, stdout: store("stdout")?, stderr: store("stderr")? })
 }
 
 /// What the kernel says a finished command used.
@@ -512,8 +517,8 @@ impl Drop for Reaper {
     }
 }
 
-/// Files matching the output patterns, stored as blobs.
-pub(crate) fn collect_outputs(blobs: &BlobStore, files: &Path, patterns: &[String]) -> Result<Vec<FileRef>, String> {
+/// Files matching the output patterns, stored as blobs, in name order.
+fn collect_outputs(blobs: &BlobStore, files: &Path, patterns: &[String]) -> Result<Vec<FileRef>, String> {
     let mut found = std::collections::BTreeMap::new();
     let mut total = 0u64;
     let root = files.canonicalize().map_err(|e| format!("cannot resolve {}: {e}", files.display()))?;
