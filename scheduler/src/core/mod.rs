@@ -551,8 +551,6 @@ impl Core {
         self.schedule(now);
     }
 
-    /// Renews the leases the worker reports as running. A lease it does not mention (a task that died
-    /// without an answer, an assignment that never arrived) is not renewed and expires in its time.
     /// What a worker's cache holds, as it says when it joins (bounded by the message check).
     pub fn handle_holding(&mut self, worker: WorkerId, blobs: &[BlobHash]) {
         let Some(w) = self.workers.get_mut(&worker) else { return };
@@ -561,6 +559,8 @@ impl Core {
         }
     }
 
+    /// Renews the leases the worker reports as running. A lease it does not mention (a task that died
+    /// without an answer, an assignment that never arrived) is not renewed and expires in its time.
     pub fn handle_heartbeat(&mut self, now: u64, worker: WorkerId, running: &[Progress]) {
         let deadline = now + self.config.lease_timeout_ms;
         for progress in running {
@@ -626,13 +626,7 @@ impl Core {
             (Outcome::Completed(output), true) => {
                 let output_checked = checks::check_usage(&usage, gpus_held)
                     .and_then(|()| checks::check_output(&job.spec.kind, chunk_id, output, evidence, links));
-                output_checked.and_then(|()| {
-                    let given = chunk_id.index.checked_sub(1).and_then(|previous| job.chain.get(previous as usize));
-                    match given {
-                        Some(Handoff::Files(given)) => checks::check_progress(given, output),
-                        _ => Ok(()),
-                    }
-                })
+                output_checked.and_then(|()| checks::check_progress(job.checkpoint_files(chunk_id.index), output))
             }
             (Outcome::Failed { .. }, true) => Ok(()),
         };
@@ -1219,7 +1213,6 @@ impl Core {
             return None;
         }
         let most = |of: fn(&Resources) -> u64| able.iter().map(|w| of(&w.capacity)).max().unwrap_or(0);
-        let gib = |bytes: u64| format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64);
         let reasons = [
             (needs.gpus as u64 > most(|r| r.gpus as u64)).then(|| {
                 format!("no worker has {} GPUs (the most any has is {})", needs.gpus, most(|r| r.gpus as u64))
@@ -1543,14 +1536,14 @@ impl Chunk {
     }
 }
 
-/// Which of two workers should take the next chunk: the less loaded (the smaller share of its cpus
-/// in use), then the one that has waited longer since its last assignment.
 /// Inputs a worker holds count for placing a chunk from this size on (about a second on a home
 /// link); smaller ones move faster than the work they would pile on one worker.
 pub const LOCALITY_BYTES_MIN: u64 = 64 << 20;
 /// About what an MD state takes per atom (positions, velocities, images: integers).
 const STATE_BYTES_PER_ATOM: u64 = 56;
 
+/// Which of two workers should take the next chunk: the less loaded (the smaller share of its cpus
+/// in use), then the one that has waited longer since its last assignment.
 fn placement_order(a: &Worker, b: &Worker) -> std::cmp::Ordering {
     let used = |w: &Worker| (w.capacity.cpus - w.free.cpus) as u64;
     // used_a / capacity_a against used_b / capacity_b, without division.
@@ -1650,10 +1643,16 @@ fn check_resources(job: &Resources) -> Resources {
     Resources { gpus: 0, ..*job }
 }
 
-/// Whether an adapter, as workers describe it (`NAME (backend, type, driver)`, where the name and
-/// the driver may hold parentheses of their own), runs on `backend`.
-fn on_backend(adapter: &str, backend: &str) -> bool {
-    adapter.contains(&format!("({backend}, "))
+/// Whether one of a worker's adapters, as workers describe them (`NAME (backend, type, driver)`,
+/// where the name and the driver may hold parentheses of their own), runs on `backend`.
+fn has_backend(worker: &Worker, backend: &str) -> bool {
+    let marker = format!("({backend}, ");
+    worker.adapters.iter().any(|adapter| adapter.contains(&marker))
+}
+
+/// Bytes in GiB, for the reasons a job waits.
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
 /// The worker's GPUs a task of a job may take now: `count` free ones with the memory the job asks
@@ -1664,7 +1663,7 @@ fn gpus_for(worker: &Worker, count: u32, request: &GpuRequest) -> Option<Vec<usi
         return Some(Vec::new());
     }
     if let Some(backend) = &request.backend
-        && !worker.adapters.iter().any(|a| on_backend(a, backend))
+        && !has_backend(worker, backend)
     {
         return None;
     }
@@ -1683,16 +1682,14 @@ fn why_no_gpu(able: &[&Worker], count: u32, request: &GpuRequest) -> Option<Stri
     if count == 0 {
         return None;
     }
-    if let Some(backend) = &request.backend {
-        let has = |w: &&&Worker| w.adapters.iter().any(|a| on_backend(a, backend));
-        if !able.iter().any(|w| has(&w)) {
-            return Some(format!("no worker has a GPU adapter on the {backend} backend"));
-        }
+    if let Some(backend) = &request.backend
+        && !able.iter().any(|w| has_backend(w, backend))
+    {
+        return Some(format!("no worker has a GPU adapter on the {backend} backend"));
     }
     if request.vram_bytes == 0 {
         return None;
     }
-    let gib = |bytes: u64| format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64);
     let enough = |w: &Worker| w.gpus.iter().filter(|g| g.vram_free_bytes >= request.vram_bytes).count();
     if able.iter().any(|w| enough(w) >= count as usize) {
         return None;
