@@ -540,7 +540,8 @@ impl Owner {
             ClientRequest::Logs { job, from } => match self.core.find_job(&job) {
                 Some(id) => {
                     let mut page = self.logs.read(id, from);
-                    page.done = self.core.job_status(now, id).is_none_or(|s| s.state.is_finished());
+                    // Polled while a run is followed: the job's state alone, not its whole status.
+                    page.done = self.core.job_finished(id).unwrap_or(true);
                     ClientResponse::Logs(page)
                 }
                 None => error(format!("no job '{job}' (give a job id or WORKFLOW.JOB)")),

@@ -1389,6 +1389,11 @@ impl Core {
         self.leases.get(&assignment).filter(|lease| lease.worker == worker).map(|lease| lease.chunk)
     }
 
+    /// Whether a job has finished (completed, failed or cancelled); `None` for an unknown job.
+    pub fn job_finished(&self, id: JobId) -> Option<bool> {
+        self.jobs.get(&id).map(|job| job.state.is_finished())
+    }
+
     pub fn job_status(&self, now: u64, id: JobId) -> Option<JobStatus> {
         self.status_with(now, id, &self.in_flight())
     }
