@@ -10,10 +10,8 @@ use upglobe_protocol::messages::CheckpointContract;
 use upglobe_protocol::messages::limits::{CHUNKS_PER_JOB_MAX, DESCRIPTION_BYTES_MAX};
 
 pub(crate) const KEYS: &[&str] = &["argv", "tasks", "inputs", "outputs", "timeout", "checkpoint"];
-/// Keys only container jobs have.
+/// Keys only container jobs have (beside those of command jobs).
 pub(crate) const IMAGE_KEYS: &[&str] = &["image", "network"];
-pub(crate) const CONTAINER_KEYS: &[&str] =
-    &["argv", "tasks", "inputs", "outputs", "timeout", "checkpoint", "image", "network"];
 const CHECKPOINT_KEYS: &[&str] = &["chunks", "resume", "files"];
 
 /// Array tasks per job; each becomes a chunk the scheduler tracks.

@@ -116,12 +116,13 @@ fn kind(reporter: &mut Reporter, job: &Section) -> Option<(Kind, bool)> {
 
 /// Checks keys against the job's kind; a key of the other kind gets a message that says so.
 fn check_keys(reporter: &mut Reporter, job: &Section, kind: Option<Kind>, container: bool) {
+    let container_keys = [command::KEYS, command::IMAGE_KEYS].concat();
     let (own, own_name) = match kind {
         Some(Kind::Md) => (MD_KEYS, "md"),
-        Some(Kind::Command) if container => (command::CONTAINER_KEYS, "container"),
+        Some(Kind::Command) if container => (container_keys.as_slice(), "container"),
         Some(Kind::Command) => (command::KEYS, "command"),
         None => {
-            let all: Vec<&str> = [COMMON_KEYS, MD_KEYS, command::CONTAINER_KEYS].concat();
+            let all: Vec<&str> = [COMMON_KEYS, MD_KEYS, &container_keys].concat();
             return job.check_keys(reporter, &all);
         }
     };

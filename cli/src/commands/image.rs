@@ -1,5 +1,5 @@
-//! Container images: `upglobe image push` keeps a `docker save` archive as a dataset named
-//! `images/NAME`, and a submission pins each container job's image to exact bytes.
+//! Container images: `upglobe image push` keeps a `docker save` archive (by id) as a dataset named
+//! `images/NAME@ID`, and a submission pins each container job's image to exact bytes.
 
 use anyhow::{Result, bail};
 use upglobe_protocol::messages::{DatasetInfo, DatasetKind, FileRef, ImagePin};
