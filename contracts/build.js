@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// Compiles contracts/src/*.sol with the pinned solcjs and writes one {"abi", "bytecode",
-// "deployedBytecode"} JSON per deployable contract to contracts/artifacts/NAME.json, the shape
+// Compiles contracts/sol/*.sol with the pinned solcjs and writes one {"abi", "bytecode",
+// "deployedBytecode"} JSON per deployable contract to contracts/artifacts/NAME.json (and the test
+// contracts of sol/test/ to artifacts/test/NAME.json), the shape
 // alloy's `sol!` reads. Same sources, same bytes: inputs are read in sorted order, the compiler and
 // its settings are pinned, and the output is printed with a fixed indentation.
 //
@@ -14,7 +15,9 @@ const solc = require('solc');
 
 const PINNED_VERSION = require('./package.json').devDependencies.solc;
 const ROOT = __dirname;
-const SOURCE_DIR = path.join(ROOT, 'src');
+const SOURCE_DIR = path.join(ROOT, 'sol');
+// Source subfolders and the artifact subfolders their contracts go to.
+const SUBDIRS = ['', 'test'];
 const ARTIFACT_DIR = path.join(ROOT, 'artifacts');
 
 function fail(message) {
@@ -24,8 +27,11 @@ function fail(message) {
 
 function compilerInput() {
   const sources = {};
-  for (const name of fs.readdirSync(SOURCE_DIR).filter((f) => f.endsWith('.sol')).sort()) {
-    sources[`src/${name}`] = { content: fs.readFileSync(path.join(SOURCE_DIR, name), 'utf8') };
+  for (const sub of SUBDIRS) {
+    const dir = path.join(SOURCE_DIR, sub);
+    for (const name of fs.readdirSync(dir).filter((f) => f.endsWith('.sol')).sort()) {
+      sources[path.posix.join('sol', sub, name)] = { content: fs.readFileSync(path.join(dir, name), 'utf8') };
+    }
   }
   return {
     language: 'Solidity',
@@ -56,23 +62,27 @@ function compile() {
       const contract = output.contracts[file][name];
       // Interfaces and abstract contracts have no bytecode: nothing to deploy, no artifact.
       if (!contract.evm.bytecode.object) continue;
-      if (artifacts[name]) fail(`two contracts are named ${name}`);
+      const out = file.startsWith('sol/test/') ? `test/${name}.json` : `${name}.json`;
+      if (artifacts[out]) fail(`two contracts are named ${name}`);
       const artifact = {
         abi: contract.abi,
         bytecode: `0x${contract.evm.bytecode.object}`,
         deployedBytecode: `0x${contract.evm.deployedBytecode.object}`,
       };
-      artifacts[`${name}.json`] = `${JSON.stringify(artifact, null, 2)}\n`;
+      artifacts[out] = `${JSON.stringify(artifact, null, 2)}\n`;
     }
   }
   return artifacts;
 }
 
 function existingArtifacts() {
-  if (!fs.existsSync(ARTIFACT_DIR)) return {};
   const files = {};
-  for (const name of fs.readdirSync(ARTIFACT_DIR).filter((f) => f.endsWith('.json')).sort()) {
-    files[name] = fs.readFileSync(path.join(ARTIFACT_DIR, name), 'utf8');
+  for (const sub of SUBDIRS) {
+    const dir = path.join(ARTIFACT_DIR, sub);
+    if (!fs.existsSync(dir)) continue;
+    for (const name of fs.readdirSync(dir).filter((f) => f.endsWith('.json')).sort()) {
+      files[path.posix.join(sub, name)] = fs.readFileSync(path.join(dir, name), 'utf8');
+    }
   }
   return files;
 }
@@ -93,10 +103,10 @@ function main() {
       const why = !(n in committed) ? 'missing' : !(n in fresh) ? 'no longer compiled' : 'differs';
       console.error(`contracts/artifacts/${n}: ${why}`);
     }
-    fail('artifacts are out of date with src/; run `npm run build` in contracts/ and commit them');
+    fail('artifacts are out of date with sol/; run `npm run build` in contracts/ and commit them');
   }
 
-  fs.mkdirSync(ARTIFACT_DIR, { recursive: true });
+  for (const sub of SUBDIRS) fs.mkdirSync(path.join(ARTIFACT_DIR, sub), { recursive: true });
   for (const n of stale) {
     if (n in fresh) fs.writeFileSync(path.join(ARTIFACT_DIR, n), fresh[n]);
     else fs.unlinkSync(path.join(ARTIFACT_DIR, n));
