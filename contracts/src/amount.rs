@@ -1,63 +1,19 @@
-//! Amounts of ETH (or of an 18-decimal token) as people write them: `0.5 ether`, `20 gwei`,
-//! `1000 wei`, or a bare number of wei.
+//! Amounts as people write them (`0.5 ether`, `20 gwei`) and back, for alloy's `U256`; the
+//! parsing itself is [`upglobe_protocol::amount`], shared with workflow files.
 
 use alloy::primitives::U256;
 
-const UNITS: [(&str, u32); 3] = [("ether", 18), ("gwei", 9), ("wei", 0)];
+pub use upglobe_protocol::amount::{format_wei, parse_wei};
 
-/// Parses `"1.5 ether"`, `"20gwei"`, `"7 wei"` or `"7"` (wei). Exact: a fraction finer than one
-/// wei is an error, never rounded.
+/// Parses `"1.5 ether"`, `"20gwei"`, `"7 wei"` or `"7"` (wei), exactly.
 pub fn parse(text: &str) -> Result<U256, String> {
-    let trimmed = text.trim();
-    let (number, decimals) = UNITS
-        .iter()
-        .find_map(|(unit, decimals)| trimmed.strip_suffix(unit).map(|n| (n.trim(), *decimals)))
-        .unwrap_or((trimmed, 0));
-    let bad = || format!("{text:?} is not an amount (write it like \"0.5 ether\", \"20 gwei\" or \"1000 wei\")");
-    if number.is_empty() || number.chars().any(|c| !(c.is_ascii_digit() || c == '.' || c == '_')) {
-        return Err(bad());
-    }
-    let number = number.replace('_', "");
-    let (whole, fraction) = number.split_once('.').unwrap_or((&number, ""));
-    if whole.is_empty() && fraction.is_empty() || fraction.contains('.') {
-        return Err(bad());
-    }
-    if fraction.len() > decimals as usize {
-        return Err(format!("{text:?} is finer than one wei"));
-    }
-    let digits = format!("{whole}{fraction:0<width$}", width = decimals as usize);
-    U256::from_str_radix(if digits.is_empty() { "0" } else { &digits }, 10)
-        .map_err(|_| format!("{text:?} is too large"))
+    parse_wei(text).map(U256::from)
 }
 
-/// Writes wei the way [`parse`] reads it, in ether with as many decimals as it needs.
+/// Writes wei as ether with as many decimals as it needs; amounts past `u128` in wei.
 pub fn format(wei: U256) -> String {
-    let digits = wei.to_string();
-    let (whole, fraction) = if digits.len() > 18 { digits.split_at(digits.len() - 18) } else { ("0", digits.as_str()) };
-    let fraction = format!("{fraction:0>18}");
-    let fraction = fraction.trim_end_matches('0');
-    if fraction.is_empty() { format!("{whole} ether") } else { format!("{whole}.{fraction} ether") }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_and_writes_amounts() {
-        assert_eq!(parse("1.5 ether").unwrap(), U256::from(1_500_000_000_000_000_000u128));
-        assert_eq!(parse("20gwei").unwrap(), U256::from(20_000_000_000u64));
-        assert_eq!(parse("7").unwrap(), U256::from(7));
-        assert_eq!(parse(".5 ether").unwrap(), U256::from(500_000_000_000_000_000u128));
-        assert_eq!(parse("1_000 wei").unwrap(), U256::from(1000));
-        for bad in ["", "ether", "1.2.3 ether", "-1 ether", "0.1 wei", "1e18", "five"] {
-            assert!(parse(bad).is_err(), "{bad:?} parsed");
-        }
-        assert_eq!(format(U256::from(1_500_000_000_000_000_000u128)), "1.5 ether");
-        assert_eq!(format(U256::from(7)), "0.000000000000000007 ether");
-        assert_eq!(format(U256::ZERO), "0 ether");
-        for text in ["0.001 ether", "123.456 ether", "1 ether"] {
-            assert_eq!(format(parse(text).unwrap()), text);
-        }
+    match u128::try_from(wei) {
+        Ok(wei) => format_wei(wei),
+        Err(_) => format!("{wei} wei"),
     }
 }

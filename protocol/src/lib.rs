@@ -10,6 +10,7 @@
 //! names the major protocol version, so an incompatible peer fails the handshake with a clear error
 //! instead of hanging; [`PROTOCOL_VERSION`] in the hello covers compatible revisions.
 
+pub mod amount;
 pub mod frame;
 pub mod ids;
 pub mod messages;
@@ -22,7 +23,7 @@ pub use ids::{AssignmentId, BlobHash, ChunkId, Digest, JobId, WorkerId, Workflow
 pub use token::{Role, Token};
 
 /// Revision of the messages; peers must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// TLS application protocol: the major version of the wire format.
 pub const ALPN: &[u8] = b"upglobe/1";
 /// Name in the scheduler's certificate; workers check it.

@@ -809,6 +809,57 @@ pub enum ClientRequest {
         job: String,
         from: u64,
     },
+    /// Paying for verified chunks from an escrow on Ethereum.
+    Payments(PaymentRequest),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PaymentRequest {
+    /// Which contracts the scheduler reports to, and its reporter address: what a requester names
+    /// when it opens an escrow job.
+    Info,
+    /// Pays a workflow's verified chunks from escrow job `escrow_job`, which the requester opened
+    /// with this scheduler's reporter address and room for every chunk of the workflow.
+    Fund { workflow: String, escrow_job: u64 },
+    /// The funded workflows and how far their settlement is.
+    Status,
+}
+
+/// The chain a scheduler settles on. Addresses are 20 bytes, hashes 32.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentInfo {
+    pub chain_id: u64,
+    pub registry: [u8; 20],
+    pub escrow: [u8; 20],
+    pub reporter: [u8; 20],
+}
+
+/// One funded workflow: its escrow job and what has been settled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FundedWorkflow {
+    pub workflow: WorkflowId,
+    pub name: String,
+    pub escrow_job: u64,
+    /// Chunks of the workflow (escrow chunk indices 0..chunks).
+    pub chunks: u64,
+    /// Chunks verified for good (the outbox), paid on chain, and left unpaid with a reason.
+    pub verified: u64,
+    pub paid: u64,
+    pub unpayable: u64,
+    /// Batches sent, and the last one's transaction.
+    pub batches: u64,
+    pub last_tx: Option<[u8; 32]>,
+    /// Set once the scheduler told the escrow that nothing more will be paid.
+    pub completed: bool,
+    /// Why settlement is stuck, if it is ("hub 0x… is not whitelisted").
+    pub problem: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PaymentAnswer {
+    /// `None`: the scheduler was started without a chain.
+    Info(Option<PaymentInfo>),
+    Funded(Vec<FundedWorkflow>),
 }
 
 /// One signed result's usage: what a worker claims, under its signature, that a chunk cost.
@@ -1035,6 +1086,7 @@ pub enum ClientResponse {
     Datasets(Vec<DatasetInfo>),
     Usage(Vec<ChunkUsage>),
     Logs(LogPage),
+    Payments(PaymentAnswer),
     Error { message: String },
 }
 
