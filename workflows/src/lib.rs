@@ -17,6 +17,7 @@ mod h5md;
 pub use h5md::system as h5md_system;
 mod job;
 mod md;
+mod payment;
 mod resources;
 mod verify;
 mod workflow;
@@ -30,6 +31,7 @@ use upglobe_protocol::trust::Verification;
 pub use command::{ARGUMENTS_MAX, INPUTS_MAX, OUTPUTS_MAX, TASKS_MAX, TIMEOUT_S_DEFAULT, TIMEOUT_S_MAX, task_range};
 pub use diagnostic::{Diagnostic, Location, render};
 pub use job::{COMMAND_REPLICAS_DEFAULT, CONTAINER_MEMORY_DEFAULT, MD_REPLICAS_DEFAULT, NAME_BYTES_MAX};
+pub use payment::{DEADLINE_DAYS_DEFAULT, DEADLINE_DAYS_MAX, Payment};
 pub use resources::parse_memory;
 pub use verify::{COLUMN_MAX, DATASET_PATH_BYTES_MAX};
 
@@ -46,6 +48,8 @@ pub struct Workflow {
     pub source: String,
     /// Jobs in the order they first appear in the file.
     pub jobs: Vec<Job>,
+    /// `[payment]`: verified chunks are paid from an escrow on Ethereum.
+    pub payment: Option<Payment>,
 }
 
 #[derive(Debug, Clone)]

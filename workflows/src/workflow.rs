@@ -9,7 +9,7 @@ use crate::document::{Table, Value};
 use crate::fields::{Field, closest, string_value};
 use crate::{Job, Workflow, graph, job};
 
-const KEYS: &[&str] = &["name", "jobs"];
+const KEYS: &[&str] = &["name", "jobs", "payment"];
 const NO_JOBS_HINT: &str = "add a job: a [jobs.NAME] table with kind = \"md\" or kind = \"command\"";
 
 pub(crate) fn read(
@@ -22,7 +22,14 @@ pub(crate) fn read(
     check_top_level_keys(reporter, root);
     let name = name(reporter, root, path_label);
     let jobs = jobs(reporter, root, base_dir);
-    Some(Workflow { name: name?, path: PathBuf::from(path_label), source: source.to_string(), jobs: jobs? })
+    let payment = crate::payment::read(reporter, root);
+    Some(Workflow {
+        name: name?,
+        path: PathBuf::from(path_label),
+        source: source.to_string(),
+        jobs: jobs?,
+        payment: payment?,
+    })
 }
 
 /// Unknown top-level tables are most often jobs written without the `jobs.` prefix.
@@ -31,7 +38,7 @@ fn check_top_level_keys(reporter: &mut Reporter, root: &Table) {
         let hint = match (&entry.value.value, closest(&entry.key, KEYS.iter().copied())) {
             (_, Some(suggestion)) => format!("did you mean '{suggestion}'?"),
             (Value::Table(_), None) => format!("jobs are tables named [jobs.NAME]: did you mean [jobs.{}]?", entry.key),
-            (_, None) => "the top level has 'name' and the [jobs.NAME] tables".to_string(),
+            (_, None) => "the top level has 'name', the [jobs.NAME] tables and [payment]".to_string(),
         };
         reporter.error_with_hint(entry.key_at, format!("unknown key '{}'", entry.key), hint);
     }
