@@ -4,6 +4,7 @@
 pub mod core;
 pub mod logs;
 pub mod server;
+pub mod settle;
 pub mod store;
 pub mod trust_bench;
 

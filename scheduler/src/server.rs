@@ -21,11 +21,12 @@ use upglobe_protocol::messages::limits::{
 };
 use upglobe_protocol::messages::{
     ClientRequest, ClientResponse, ClientWelcome, DatasetInfo, DatasetKind, DatasetRequest, FromWorker, Greeting,
-    Hello, Manifest, Outcome, ResultsPage, StreamRequest, ToWorker, Welcome,
+    Hello, Manifest, Outcome, PaymentAnswer, PaymentInfo, PaymentRequest, ResultsPage, StreamRequest, ToWorker,
+    Welcome,
 };
 use upglobe_protocol::tls::{SchedulerIdentity, peer_id, random_secret};
 use upglobe_protocol::token::secrets_match;
-use upglobe_protocol::{PROTOCOL_VERSION, Role, Token, WorkerId, frame, net};
+use upglobe_protocol::{PROTOCOL_VERSION, Role, Token, WorkerId, WorkflowId, frame, net};
 
 use crate::core::checks::{output_blobs, submission_blobs};
 use crate::core::{Action, BlobFact, Config, Core, Evidence, Finished, Record};
@@ -66,6 +67,18 @@ pub struct ServerConfig {
     /// How often blobs that nothing needs are removed, and how old they must be.
     pub garbage_interval: Duration,
     pub garbage_grace: Duration,
+    /// Pay funded workflows' verified chunks on this chain, as this reporter.
+    pub chain: Option<ChainSettings>,
+}
+
+/// The chain a scheduler settles on.
+#[derive(Debug, Clone)]
+pub struct ChainSettings {
+    pub deployment: upglobe_contracts::Deployment,
+    /// The key escrow jobs name as their reporter: the only one that may pay their chunks.
+    pub reporter: upglobe_contracts::PrivateKeySigner,
+    /// How often the settler looks for chunks to pay.
+    pub interval: Duration,
 }
 
 /// Dispatch-to-verification latencies, in seconds, when [`ServerConfig::measure_latency`] is set.
@@ -85,6 +98,7 @@ impl ServerConfig {
             client_upload_bytes_max: WORKFLOW_INPUT_BYTES_MAX,
             garbage_interval: GARBAGE_INTERVAL,
             garbage_grace: GARBAGE_GRACE,
+            chain: None,
         }
     }
 }
@@ -172,6 +186,16 @@ impl Scheduler {
             secret
         })?;
         let core = Core::restore(core_config, snapshot, 0);
+        let chain = match &config.chain {
+            Some(settings) => {
+                let chain = upglobe_contracts::Chain::connect(&settings.deployment, settings.reporter.clone())
+                    .await
+                    .map_err(|e| SchedulerError::Invalid(format!("the payment chain: {e}")))?;
+                tracing::info!(rpc = %settings.deployment.rpc, reporter = %chain.account(), escrow = %settings.deployment.escrow, "settling verified chunks on chain");
+                Some(chain)
+            }
+            None => None,
+        };
         let endpoint = net::server_endpoint(&identity, config.listen, config.idle_timeout)?;
         let address = endpoint
             .local_addr()
@@ -216,9 +240,17 @@ impl Scheduler {
             config.garbage_grace,
             watcher.clone(),
         ));
+        if let (Some(chain), Some(settings)) = (&chain, &config.chain) {
+            tokio::spawn(crate::settle::run(
+                dir.join("scheduler.db"),
+                chain.clone(),
+                settings.interval,
+                watcher.clone(),
+            ));
+        }
         let sessions = HashMap::new();
         let logs = crate::logs::LiveLogs::default();
-        let owner = Owner { core, store, blobs, clock, sessions, probe, uploads, inputs: weak_inputs, logs };
+        let owner = Owner { core, store, blobs, clock, sessions, probe, uploads, inputs: weak_inputs, logs, chain };
         let owner = tokio::spawn(owner.run(receiver, watcher));
         tracing::info!(%address, epoch, "scheduler listening");
         Ok(Scheduler { worker_token, client_token, verifier_token, address, created, latencies, shutdown, owner })
@@ -253,6 +285,30 @@ fn write_token(path: &Path, token: &Token) -> Result<()> {
         .map_err(|source| SchedulerError::Io { context: format!("cannot write {}", path.display()), cause: source })
 }
 
+/// Whether escrow job `id` can pay `chunks` chunks reported by this scheduler.
+async fn check_escrow_job(chain: &upglobe_contracts::Chain, id: u64, chunks: u64) -> std::result::Result<(), String> {
+    use upglobe_contracts::JobStatus;
+    let job = chain.job(id).await.map_err(|e| e.to_string())?;
+    if job.status != JobStatus::Open {
+        return Err(format!("escrow job {id} is {:?}, not open", job.status).to_lowercase());
+    }
+    if job.reporter != chain.account() {
+        return Err(format!(
+            "escrow job {id} names {} as its reporter; this scheduler reports as {}",
+            job.reporter,
+            chain.account()
+        ));
+    }
+    if u64::from(job.chunks_max) < chunks {
+        return Err(format!("escrow job {id} has room for {} chunks; the workflow has {chunks}", job.chunks_max));
+    }
+    let now = chain.now().await.map_err(|e| e.to_string())?;
+    if job.deadline <= now {
+        return Err(format!("escrow job {id}'s deadline has passed"));
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // The owner of the core
 
@@ -283,6 +339,12 @@ enum Input {
     Compared {
         id: u64,
         agree: bool,
+    },
+    /// An escrow job checked on chain for funding a workflow.
+    FundChecked {
+        funding: crate::store::Funding,
+        checked: std::result::Result<(), String>,
+        reply: oneshot::Sender<ClientResponse>,
     },
 }
 
@@ -316,6 +378,8 @@ struct Owner {
     /// still closes when every connection is gone.
     inputs: mpsc::WeakSender<Input>,
     logs: crate::logs::LiveLogs,
+    /// The reporter's account on the payment chain, if the scheduler pays.
+    chain: Option<upglobe_contracts::Chain>,
 }
 
 struct LatencyProbe {
@@ -447,11 +511,33 @@ impl Owner {
             } => {
                 replies.push(Reply::AfterCommit(reply, request));
             }
+            Input::Client {
+                request: ClientRequest::Payments(PaymentRequest::Fund { workflow, escrow_job }),
+                reply,
+            } => {
+                if let Err(message) = self.fund(now, &workflow, escrow_job, reply) {
+                    tracing::debug!(%message, "funding refused");
+                }
+            }
             Input::Client { request, reply } => {
                 let response = self.answer(now, request);
                 replies.push(Reply::Ready(reply, response));
             }
             Input::Compared { id, agree } => self.core.handle_compared(now, id, agree),
+            Input::FundChecked { funding, checked, reply } => {
+                let response = match checked.and_then(|()| {
+                    self.store
+                        .fund(funding.workflow, funding.escrow_job, funding.chunks, &funding.offsets)
+                        .map_err(|e| e.to_string())
+                }) {
+                    Ok(()) => {
+                        tracing::info!(workflow = %funding.workflow, escrow_job = funding.escrow_job, chunks = funding.chunks, "workflow funded");
+                        self.payments_status()
+                    }
+                    Err(message) => ClientResponse::Error { message },
+                };
+                replies.push(Reply::Ready(reply, response));
+            }
         }
     }
 
@@ -546,6 +632,22 @@ impl Owner {
                 }
                 None => error(format!("no job '{job}' (give a job id or WORKFLOW.JOB)")),
             },
+            ClientRequest::Payments(PaymentRequest::Info) => {
+                let info = self.chain.as_ref().map(|chain| {
+                    let deployment = chain.deployment();
+                    PaymentInfo {
+                        chain_id: deployment.chain_id,
+                        registry: deployment.registry.0.0,
+                        escrow: deployment.escrow.0.0,
+                        reporter: chain.account().0.0,
+                    }
+                });
+                ClientResponse::Payments(PaymentAnswer::Info(info))
+            }
+            ClientRequest::Payments(PaymentRequest::Status) => self.payments_status(),
+            ClientRequest::Payments(PaymentRequest::Fund { .. }) => {
+                unreachable!("funding is checked on chain off the owner task (see handle)")
+            }
             ClientRequest::Datasets(request) => match self.datasets(request) {
                 Ok(datasets) => ClientResponse::Datasets(datasets),
                 Err(message) => error(message),
@@ -558,6 +660,65 @@ impl Owner {
                 None => error(format!("no job '{job}' (give a job id or WORKFLOW.JOB)")),
             },
         }
+    }
+
+    fn payments_status(&self) -> ClientResponse {
+        match self.store.funded_workflows() {
+            Ok(funded) => ClientResponse::Payments(PaymentAnswer::Funded(funded)),
+            Err(e) => ClientResponse::Error { message: e.to_string() },
+        }
+    }
+
+    /// Funds a workflow from an escrow job once the chain confirms the job can pay it: open,
+    /// naming this scheduler as reporter, with room for every chunk. The check runs off the
+    /// owner task; its answer comes back as [`Input::FundChecked`].
+    fn fund(
+        &mut self,
+        now: u64,
+        text: &str,
+        escrow_job: u64,
+        reply: oneshot::Sender<ClientResponse>,
+    ) -> std::result::Result<(), String> {
+        let refuse = |reply: oneshot::Sender<ClientResponse>, message: String| {
+            let _ = reply.send(ClientResponse::Error { message: message.clone() });
+            Err(message)
+        };
+        let Some(chain) = self.chain.clone() else {
+            return refuse(reply, "this scheduler was started without --chain; it pays no one".into());
+        };
+        let statuses = self.core.job_statuses(now);
+        let mut workflows: Vec<WorkflowId> = statuses
+            .iter()
+            .filter(|s| s.workflow.to_string() == text || s.workflow.0.to_string() == text || s.workflow_name == text)
+            .map(|s| s.workflow)
+            .collect();
+        workflows.sort();
+        workflows.dedup();
+        let workflow = match workflows[..] {
+            [one] => one,
+            [] => return refuse(reply, format!("no workflow '{text}' (give its id, like w3, or its name)")),
+            _ => {
+                let ids: Vec<String> = workflows.iter().map(|w| w.to_string()).collect();
+                return refuse(reply, format!("'{text}' names workflows {}; give one id", ids.join(", ")));
+            }
+        };
+        let mut jobs: Vec<_> = statuses.iter().filter(|s| s.workflow == workflow).collect();
+        jobs.sort_by_key(|s| s.id);
+        let mut offsets = std::collections::BTreeMap::new();
+        let mut chunks = 0u64;
+        for job in jobs {
+            offsets.insert(job.id.0, chunks);
+            chunks += job.chunks_total;
+        }
+        let funding = crate::store::Funding { workflow, escrow_job, chunks, offsets, completed: false };
+        let inputs = self.inputs.clone();
+        tokio::spawn(async move {
+            let checked = check_escrow_job(&chain, escrow_job, chunks).await;
+            if let Some(inputs) = inputs.upgrade() {
+                let _ = inputs.send(Input::FundChecked { funding, checked, reply }).await;
+            }
+        });
+        Ok(())
     }
 
     /// The datasets kept by name. Not a scheduling decision: the table is the store's alone, and

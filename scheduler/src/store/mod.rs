@@ -8,7 +8,10 @@
 //! The format version is SQLite's `user_version`. A database of an older version is migrated on
 //! open, in one transaction, by the steps in [`MIGRATIONS`]; a newer one is refused.
 
+mod payments;
 mod records;
+
+pub use payments::{Due, Funding, OpenSettlement};
 
 use std::path::Path;
 
@@ -25,7 +28,7 @@ use crate::core::{Record, Snapshot, SnapshotJob, SnapshotResult};
 use crate::{Result, SchedulerError};
 
 /// The format this scheduler writes.
-const FORMAT_VERSION: i64 = 5;
+const FORMAT_VERSION: i64 = 6;
 
 /// `MIGRATIONS[k]` takes a database from format `k + 1` to `k + 2`.
 /// - 1 -> 2: values are the store's own types (the same bytes as format 1's wire types); failures
@@ -37,6 +40,10 @@ const FORMAT_VERSION: i64 = 5;
 /// - 4 -> 5: job specs may hold container jobs and checkpoint contracts (a record variant a
 ///   format-4 scheduler cannot read, so it must refuse the database), and a job's GPU request
 ///   (free memory per GPU, wgpu backend) is a JSON column.
+/// - 5 -> 6: payments. An append-only outbox of chunks verified for good (written in the
+///   transaction that makes them final), the workflows funded by an escrow job, the settlement
+///   batches sent to the chain, and the chunks the chain has paid. A format-5 database has
+///   verified chunks already: they join the outbox, so funding a workflow later pays them too.
 const MIGRATIONS: [&str; (FORMAT_VERSION - 1) as usize] = [
     "CREATE INDEX IF NOT EXISTS failures_by_job ON failures (job, chunk);",
     "ALTER TABLE jobs ADD COLUMN verification TEXT;
@@ -56,6 +63,23 @@ const MIGRATIONS: [&str; (FORMAT_VERSION - 1) as usize] = [
          added INTEGER NOT NULL, directory BLOB, PRIMARY KEY (hash, name));
      CREATE INDEX datasets_by_directory ON datasets (directory);",
     "ALTER TABLE jobs ADD COLUMN gpu TEXT;",
+    "CREATE TABLE outbox (
+         seq INTEGER PRIMARY KEY, job INTEGER NOT NULL, chunk INTEGER NOT NULL, workers BLOB NOT NULL,
+         units INTEGER NOT NULL);
+     CREATE INDEX outbox_by_chunk ON outbox (job, chunk);
+     INSERT INTO outbox (job, chunk, workers, units)
+         SELECT job, chunk, agreeing, 1 FROM verified WHERE provisional IS NULL ORDER BY job, chunk;
+     CREATE TABLE funding (
+         workflow INTEGER PRIMARY KEY, escrow_job INTEGER NOT NULL UNIQUE, chunks INTEGER NOT NULL,
+         offsets TEXT NOT NULL, completed_tx BLOB, problem TEXT, unpayable INTEGER NOT NULL DEFAULT 0);
+     CREATE TABLE settlements (
+         id INTEGER PRIMARY KEY, workflow INTEGER NOT NULL, escrow_job INTEGER NOT NULL, chunks TEXT NOT NULL,
+         state TEXT NOT NULL, tx BLOB, gas INTEGER);
+     CREATE INDEX settlements_by_workflow ON settlements (workflow, state);
+     CREATE TABLE paid (
+         job INTEGER NOT NULL, chunk INTEGER NOT NULL, workflow INTEGER NOT NULL, hub BLOB,
+         settlement INTEGER, PRIMARY KEY (job, chunk));
+     CREATE INDEX paid_by_workflow ON paid (workflow);",
 ];
 
 /// The format [`SCHEMA`] creates; a new database then takes the migrations after it.
@@ -121,6 +145,8 @@ impl Store {
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         connection.pragma_update(None, "foreign_keys", "ON")?;
+        // The settler writes its own tables through a second connection.
+        connection.busy_timeout(std::time::Duration::from_secs(10))?;
         let mut store = Store { connection };
         store.upgrade(&path.display().to_string())?;
         Ok(store)
@@ -584,6 +610,9 @@ fn apply_one(t: &rusqlite::Transaction, record: &Record) -> Result<()> {
             )
             .map_err(|e| SchedulerError::Store(format!("recording chunk {chunk} as verified: {e}")))?;
             exec(t, "DELETE FROM pending_results WHERE job = ?1 AND chunk = ?2", params![chunk.job.0, chunk.index])?;
+            if provisional.is_none() {
+                payments::enqueue(t, *chunk)?;
+            }
         }
         Record::JobFinished { job, state } => {
             exec(
@@ -598,6 +627,7 @@ fn apply_one(t: &rusqlite::Transaction, record: &Record) -> Result<()> {
                 "UPDATE verified SET provisional = NULL WHERE job = ?1 AND chunk = ?2",
                 params![chunk.job.0, chunk.index],
             )?;
+            payments::enqueue(t, *chunk)?;
         }
         Record::Invalidated { job, from_chunk, .. } => {
             exec(t, "DELETE FROM verified WHERE job = ?1 AND chunk >= ?2", params![job.0, from_chunk])?;
