@@ -67,6 +67,22 @@ enum Command {
     /// Molecular dynamics on this machine.
     #[command(subcommand)]
     Md(commands::md::Command),
+    /// Payment contracts: deploy them.
+    #[command(subcommand)]
+    Chain(commands::pay::ChainCommand),
+    /// A hub (a lab) on the payment chain: register, attach workers, withdraw.
+    #[command(subcommand)]
+    Hub(commands::pay::HubCommand),
+    /// What a hub has earned, holds in stake and has locked.
+    Earnings(commands::pay::EarningsArgs),
+    /// The DAO: whitelist, suspect, clear or punish hubs; claim fees.
+    #[command(subcommand)]
+    Dao(commands::pay::DaoCommand),
+    /// Escrow jobs that pay a workflow's verified chunks: fund, show, refund.
+    #[command(subcommand)]
+    Job(commands::pay::JobCommand),
+    /// How far the scheduler has paid its funded workflows.
+    Payments(commands::pay::PaymentsArgs),
     /// Benchmarks that print JSON.
     #[command(subcommand)]
     Bench(commands::bench::Command),
@@ -124,6 +140,12 @@ fn main() {
             Command::Workflow(command) => commands::workflow::run(&context, command),
             Command::Md(command) => commands::md::run(&context, command),
             Command::Bench(command) => commands::bench::run(&context, command).await,
+            Command::Chain(command) => commands::pay::chain(&context, command).await,
+            Command::Hub(command) => commands::pay::hub(&context, command).await,
+            Command::Earnings(args) => commands::pay::earnings(&context, args).await,
+            Command::Dao(command) => commands::pay::dao(&context, command).await,
+            Command::Job(command) => commands::pay::job(&context, command).await,
+            Command::Payments(args) => commands::pay::payments(&context, args).await,
             Command::Demo(args) => commands::demo::run(&context, args).await,
         }
     });

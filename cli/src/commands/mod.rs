@@ -5,6 +5,7 @@ pub mod dataset;
 pub mod demo;
 pub mod image;
 pub mod md;
+pub mod pay;
 pub mod results;
 pub mod run;
 pub mod scheduler;

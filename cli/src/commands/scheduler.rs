@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use upglobe_scheduler::server::{Scheduler, ServerConfig};
+use upglobe_scheduler::server::{ChainSettings, Scheduler, ServerConfig};
 
 use super::{Context, stop_signal};
 use crate::flags;
@@ -27,6 +27,8 @@ pub const AUDIT_RATE: RangeInclusive<f64> = 0.0..=1.0;
 pub const CHAIN_LINKS: RangeInclusive<u32> = 1..=upglobe_protocol::trust::CHAIN_LINKS_MAX as u32;
 /// A worker serves an intermediate state within a second to an hour.
 pub const SERVE_DEADLINE_SECONDS: RangeInclusive<f64> = 1.0..=3600.0;
+/// Settlement passes from ten a second to hourly.
+pub const SETTLE_INTERVAL_SECONDS: RangeInclusive<f64> = 0.1..=3600.0;
 /// Challenge windows from a second to 90 days.
 pub const SETTLE_AFTER_SECONDS: RangeInclusive<f64> = 1.0..=7_776_000.0;
 
@@ -68,6 +70,15 @@ pub struct Args {
     /// Seconds after which an unaudited provisional result becomes final (1 to 7776000).
     #[arg(long, value_name = "SECONDS", default_value = "3600", value_parser = flags::seconds(SETTLE_AFTER_SECONDS))]
     settle_after: Duration,
+    /// Pay funded workflows' final chunks on this chain: a deployment file from `upglobe chain deploy`.
+    #[arg(long, value_name = "FILE", requires = "reporter_key")]
+    chain: Option<PathBuf>,
+    /// The key escrow jobs name as this scheduler's reporter (64 hex digits, or a file holding them).
+    #[arg(long, env = "UPGLOBE_REPORTER_KEY", value_name = "KEY", hide_env_values = true)]
+    reporter_key: Option<String>,
+    /// Seconds between settlement passes (0.1 to 3600).
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = flags::seconds(SETTLE_INTERVAL_SECONDS))]
+    settle_interval: Duration,
 }
 
 impl Args {
@@ -99,6 +110,14 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
     config.core.settle_after_ms = args.settle_after.as_millis() as u64;
     config.idle_timeout = args.idle_timeout;
     config.heartbeat_interval = args.heartbeat;
+    if let Some(path) = &args.chain {
+        let key = args.reporter_key.as_deref().expect("clap requires --reporter-key with --chain");
+        config.chain = Some(ChainSettings {
+            deployment: upglobe_contracts::Deployment::read(path)?,
+            reporter: upglobe_contracts::read_key(key)?,
+            interval: args.settle_interval,
+        });
+    }
     let scheduler = Scheduler::start(config).await?;
     match context.format {
         Format::Json => json(&serde_json::json!({

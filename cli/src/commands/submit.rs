@@ -27,6 +27,9 @@ pub struct Args {
     /// The client token (or a file holding it). Default: HOME/scheduler/client.token.
     #[arg(long, env = "UPGLOBE_CONNECT")]
     connect: Option<String>,
+    /// For a workflow with [payment]: where the contracts are and the requester's key.
+    #[command(flatten)]
+    chain: super::pay::ChainArgs,
 }
 
 pub async fn run(context: &Context, args: Args) -> Result<i32> {
@@ -36,6 +39,11 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
             print_diagnostics(&diagnostics);
             return Ok(2);
         }
+    };
+    // A paid workflow needs the requester's account: found out before anything is submitted.
+    let chain = match &workflow.payment {
+        Some(_) => Some(args.chain.connect(context).await.context("the workflow has [payment]")?),
+        None => None,
     };
     let client = connect(context, args.connect.as_deref()).await?;
     let (workflow_id, jobs) = submit(&client, &workflow).await?;
@@ -50,6 +58,18 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
                 println!("  job {id}: {}.{name}", workflow.name);
             }
         }
+    }
+    if let (Some(payment), Some(chain)) = (&workflow.payment, &chain) {
+        let terms = super::pay::Terms {
+            price: upglobe_contracts::U256::from(payment.price_per_chunk),
+            deposit: payment.deposit.map(upglobe_contracts::U256::from),
+            deadline: std::time::Duration::from_secs(payment.deadline_days * 86_400),
+        };
+        super::pay::fund(context, &client, chain, &workflow_id.to_string(), &terms).await.with_context(|| {
+            format!(
+                "workflow {workflow_id} was submitted but not funded; fund it with `upglobe job fund {workflow_id} …`"
+            )
+        })?;
     }
     let code = if args.watch {
         watch(&client, &jobs.iter().map(|(_, id)| *id).collect::<Vec<_>>(), context.format).await?
