@@ -1,5 +1,8 @@
 //! `upglobe demo`: a scheduler and three workers as separate processes in a temporary directory, the
 //! example LJ workflow with two replicas per chunk, verification, an H5MD file, and a clean shutdown.
+//! Where anvil is found (`./demo` installs it with `npm ci` in contracts/), the payment contracts
+//! run on a local chain too: each worker belongs to a hub, the workflow is funded from an escrow,
+//! and every verified chunk is paid to the hub of a worker that computed it.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -34,6 +37,40 @@ pub struct Args {
     /// Keep the temporary directory with the scheduler's and workers' state and logs.
     #[arg(long)]
     keep: bool,
+    /// Leave payments out even where anvil is found.
+    #[arg(long)]
+    no_payments: bool,
+}
+
+/// Price of one verified chunk in the demo.
+const DEMO_PRICE: &str = "0.001 ether";
+/// Anvil's development accounts: 0 is the DAO, 9 the scheduler's reporter, 8 the requester, and
+/// 1 to 7 are hubs (workers are spread over them).
+const DAO_ACCOUNT: usize = 0;
+const REPORTER_ACCOUNT: usize = 9;
+const REQUESTER_ACCOUNT: usize = 8;
+const HUB_ACCOUNTS: usize = 7;
+
+/// The demo's chain: a local anvil with the contracts deployed.
+struct DemoChain {
+    _anvil: upglobe_contracts::anvil::LocalChain,
+    anvil_keys: Vec<upglobe_contracts::PrivateKeySigner>,
+    dao: upglobe_contracts::Chain,
+    file: PathBuf,
+}
+
+async fn start_chain(dir: &Path) -> Result<DemoChain> {
+    let anvil = upglobe_contracts::anvil::LocalChain::start()?;
+    let keys: Vec<_> = (0..10).map(|k| anvil.key(k)).collect();
+    let stake_min = upglobe_contracts::amount::parse("1 ether").expect("a valid amount");
+    let dao = upglobe_contracts::Chain::deploy(&anvil.endpoint(), keys[DAO_ACCOUNT].clone(), stake_min).await?;
+    let file = dir.join("chain.json");
+    dao.deployment().write(&file)?;
+    Ok(DemoChain { _anvil: anvil, anvil_keys: keys, dao, file })
+}
+
+fn key_text(key: &upglobe_contracts::PrivateKeySigner) -> String {
+    hex::encode(key.to_bytes())
 }
 
 /// Child processes, stopped when dropped.
@@ -95,31 +132,54 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
     let job = &workflow.jobs[0];
     let upglobe_workflows::JobKind::Md(md) = &job.kind else { bail!("the example workflow starts with an MD job") };
 
+    let chain = match args.no_payments {
+        true => None,
+        false => match start_chain(&dir).await {
+            Ok(chain) => Some(chain),
+            Err(e) => {
+                say!("     (payments left out: {e})");
+                None
+            }
+        },
+    };
     say!(
-        "1/5  starting a scheduler, {} workers and a verifier as separate processes in {}",
+        "1/5  starting a scheduler, {} workers and a verifier as separate processes in {}{}",
         args.workers,
-        dir.display()
+        dir.display(),
+        if chain.is_some() { ", and a local Ethereum chain (anvil) with the payment contracts" } else { "" }
     );
     let mut processes = Processes(Vec::new());
     let scheduler_dir = dir.join("scheduler");
-    let mut scheduler = spawn(
+    let mut chain_flags: Vec<String> = Vec::new();
+    if let Some(chain) = &chain {
+        chain_flags = vec![
+            "--chain".into(),
+            chain.file.to_string_lossy().into_owned(),
+            "--reporter-key".into(),
+            key_text(&chain.anvil_keys[REPORTER_ACCOUNT]),
+            "--settle-interval".into(),
+            "0.5".into(),
+            // Only final chunks are paid; the demo's challenge window is 2 s instead of an hour.
+            "--settle-after".into(),
+            "2".into(),
+        ];
+    }
+    let scheduler_data = scheduler_dir.to_string_lossy();
+    let mut scheduler_args = vec![
         "scheduler",
-        &[
-            "scheduler",
-            "--data-dir",
-            &scheduler_dir.to_string_lossy(),
-            "--listen",
-            "127.0.0.1:0",
-            "--output",
-            "json",
-            "--lease-timeout",
-            "10",
-            "--heartbeat",
-            "0.5",
-        ],
-        &dir.join("scheduler.log"),
-        Stdio::piped(),
-    )?;
+        "--data-dir",
+        &scheduler_data,
+        "--listen",
+        "127.0.0.1:0",
+        "--output",
+        "json",
+        "--lease-timeout",
+        "10",
+        "--heartbeat",
+        "0.5",
+    ];
+    scheduler_args.extend(chain_flags.iter().map(String::as_str));
+    let mut scheduler = spawn("scheduler", &scheduler_args, &dir.join("scheduler.log"), Stdio::piped())?;
     let stdout = scheduler.stdout.take().expect("piped stdout");
     processes.0.push(("scheduler".into(), scheduler));
     let mut line = String::new();
@@ -178,6 +238,10 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
         .into_iter()
         .map(|w| (w.id, w.name))
         .collect();
+    let hubs = match &chain {
+        Some(chain) => Some(register_hubs(chain, &names).await?),
+        None => None,
+    };
 
     say!(
         "2/5  submitting workflows/examples/lj-melt.toml: {} atoms, {} steps in chunks of {}, each chunk run by {} different workers",
@@ -186,7 +250,21 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
         md.chunk_steps,
         job.replicas
     );
-    let (_, jobs) = submit(&client, &workflow).await?;
+    let (workflow_id, jobs) = submit(&client, &workflow).await?;
+    if let Some(chain) = &chain {
+        let requester = chain.dao.with_key(chain.anvil_keys[REQUESTER_ACCOUNT].clone()).await?;
+        let terms = super::pay::Terms {
+            price: upglobe_contracts::amount::parse(DEMO_PRICE).expect("a valid amount"),
+            deposit: None,
+            deadline: Duration::from_secs(86_400),
+        };
+        let (funded, _) = super::pay::fund(&client, &requester, &workflow_id.to_string(), &terms).await?;
+        say!(
+            "       funded from escrow job {} on the local chain: {} chunks at {DEMO_PRICE} each",
+            funded.escrow_job,
+            funded.chunks
+        );
+    }
     let code = watch(&client, &[jobs[0].1], if text { Format::Text } else { Format::Json }).await?;
     let results = fetch(&client, &jobs[0].1.0.to_string()).await?;
     if code != 0 || results.status.state != JobState::Completed {
@@ -206,6 +284,23 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
             _ => String::new(),
         };
         say!("       chunk {}  state {hash}…  agreed by {}", chunk.index, who.join(", "));
+    }
+
+    let mut earnings = Vec::new();
+    if let (Some(chain), Some(hubs)) = (&chain, &hubs) {
+        wait_for_settlement(&client, Duration::from_secs(60)).await?;
+        say!("       paid: each verified chunk once, to the hub of a worker that computed it (escrow completed)");
+        for (hub, workers) in hubs {
+            let info = chain.dao.hub(*hub).await?;
+            say!(
+                "         hub {hub} ({}) earned {}",
+                workers.join(", "),
+                upglobe_contracts::amount::format(info.balance)
+            );
+            earnings.push(
+                serde_json::json!({"hub": hub.to_string(), "workers": workers, "earned_wei": info.balance.to_string()}),
+            );
+        }
     }
 
     let distributed = final_state_hash(&results).context("no final state")?;
@@ -237,11 +332,53 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
                 "agreeing": c.agreeing.iter().map(|w| names.get(w).cloned().unwrap_or_else(|| w.to_hex())).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "audits_passed": audits,
+            "earnings": earnings,
             "seconds": seconds,
             "kept": kept,
         }));
     }
     Ok(0)
+}
+
+/// Registers hubs (anvil accounts 1 to 7), attaches the workers to them in turn, and has the DAO
+/// whitelist them. Returns each hub with its workers' names.
+async fn register_hubs(
+    chain: &DemoChain,
+    names: &std::collections::HashMap<upglobe_protocol::WorkerId, String>,
+) -> Result<Vec<(upglobe_contracts::Address, Vec<String>)>> {
+    let stake = upglobe_contracts::amount::parse("1 ether").expect("a valid amount");
+    let mut workers: Vec<_> =
+        names.iter().filter(|(_, name)| name.starts_with("demo-") && *name != "demo-verifier").collect();
+    workers.sort_by_key(|(_, name)| name.to_string());
+    let mut hubs: Vec<(upglobe_contracts::Address, Vec<String>)> = Vec::new();
+    for (k, (id, name)) in workers.into_iter().enumerate() {
+        let account = 1 + k % HUB_ACCOUNTS;
+        let hub = chain.dao.with_key(chain.anvil_keys[account].clone()).await?;
+        if k < HUB_ACCOUNTS {
+            hub.register(stake).await?;
+            chain.dao.set_whitelisted(hub.account(), true).await?;
+            hubs.push((hub.account(), Vec::new()));
+        }
+        hub.attach_worker(upglobe_contracts::B256::from(id.0)).await?;
+        hubs[k % HUB_ACCOUNTS].1.push(name.clone());
+    }
+    Ok(hubs)
+}
+
+/// Waits until the scheduler has paid every chunk and completed the escrow job.
+async fn wait_for_settlement(client: &Client, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let funded = super::pay::settlement(client).await?;
+        if funded.iter().all(|f| f.completed) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let problems: Vec<String> = funded.iter().filter_map(|f| f.problem.clone()).collect();
+            bail!("the chunks were not all paid after {} s: {}", timeout.as_secs(), problems.join("; "));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Waits until every audit the scheduler ordered for the job has an answer; returns how many passed.

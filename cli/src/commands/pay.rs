@@ -425,8 +425,9 @@ pub async fn job(context: &Context, command: JobCommand) -> Result<i32> {
             let chain = chain.connect(context).await?;
             let client = connect(context, token.as_deref()).await?;
             let terms = Terms { price, deposit, deadline: Duration::from_secs(deadline_days * 86_400) };
-            fund(context, &client, &chain, &workflow, &terms).await?;
+            let funded = fund(&client, &chain, &workflow, &terms).await?;
             client.close();
+            print_funded(context, &funded);
         }
         JobCommand::Show { escrow_job, chain } => {
             let chain = chain.connect(context).await?;
@@ -474,13 +475,8 @@ pub struct Terms {
 }
 
 /// Opens an escrow job for a submitted workflow and has the scheduler pay its chunks from it.
-pub async fn fund(
-    context: &Context,
-    client: &Client,
-    chain: &Chain,
-    workflow: &str,
-    terms: &Terms,
-) -> Result<FundedWorkflow> {
+/// Returns what the scheduler reports, the deposit and the opening transaction.
+pub async fn fund(client: &Client, chain: &Chain, workflow: &str, terms: &Terms) -> Result<(FundedWorkflow, Funding)> {
     let info = match client.request(ClientRequest::Payments(PaymentRequest::Info)).await? {
         ClientResponse::Payments(PaymentAnswer::Info(Some(info))) => info,
         ClientResponse::Payments(PaymentAnswer::Info(None)) => {
@@ -545,19 +541,31 @@ pub async fn fund(
         other => bail!("unexpected answer {other:?}"),
     };
     let funded = funded.context("the scheduler did not list the funded workflow")?;
+    Ok((funded, Funding { price: terms.price, deposit, tx: receipt.tx }))
+}
+
+/// What opening an escrow job cost.
+pub struct Funding {
+    pub price: U256,
+    pub deposit: U256,
+    pub tx: B256,
+}
+
+pub fn print_funded(context: &Context, (funded, funding): &(FundedWorkflow, Funding)) {
+    let (id, escrow_job, chunks) = (funded.workflow, funded.escrow_job, funded.chunks);
     match context.format {
         Format::Json => output::json(&json!({
-            "workflow": id.0, "escrow_job": escrow_job, "chunks": chunks, "price_per_chunk_wei": terms.price.to_string(),
-            "deposit_wei": deposit.to_string(), "tx": receipt.tx.to_string(),
+            "workflow": id.0, "escrow_job": escrow_job, "chunks": chunks,
+            "price_per_chunk_wei": funding.price.to_string(), "deposit_wei": funding.deposit.to_string(),
+            "tx": funding.tx.to_string(),
         })),
         Format::Text => println!(
             "funded workflow {id} with escrow job {escrow_job}: {chunks} chunks at {} each, deposit {} (tx {})",
-            amount::format(terms.price),
-            amount::format(deposit),
-            receipt.tx
+            amount::format(funding.price),
+            amount::format(funding.deposit),
+            funding.tx
         ),
     }
-    Ok(funded)
 }
 
 // ---- payments ------------------------------------------------------------------------------

@@ -65,11 +65,12 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
             deposit: payment.deposit.map(upglobe_contracts::U256::from),
             deadline: std::time::Duration::from_secs(payment.deadline_days * 86_400),
         };
-        super::pay::fund(context, &client, chain, &workflow_id.to_string(), &terms).await.with_context(|| {
+        let funded = super::pay::fund(&client, chain, &workflow_id.to_string(), &terms).await.with_context(|| {
             format!(
                 "workflow {workflow_id} was submitted but not funded; fund it with `upglobe job fund {workflow_id} …`"
             )
         })?;
+        super::pay::print_funded(context, &funded);
     }
     let code = if args.watch {
         watch(&client, &jobs.iter().map(|(_, id)| *id).collect::<Vec<_>>(), context.format).await?
