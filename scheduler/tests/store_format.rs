@@ -221,6 +221,17 @@ fn a_database_of_the_previous_format_restores_the_same_state() {
         };
         assert_eq!(all(&migrated), all(&fresh));
     }
+    // Chunks final before the payments format are in the outbox, so funding the workflow later
+    // pays them: the migrated database owes what the fresh one does.
+    let owed = |store: &mut Store| {
+        let offsets: std::collections::BTreeMap<u64, u64> = (1..=3).map(|job| (job, job * 1000)).collect();
+        store.fund(upglobe_protocol::WorkflowId(1), 7, 4000, &offsets).unwrap();
+        let funding = store.fundings().unwrap().remove(0);
+        store.due(&funding, usize::MAX).unwrap()
+    };
+    let owed_fresh = owed(&mut fresh);
+    assert!(!owed_fresh.is_empty(), "the scenario has final chunks");
+    assert_eq!(owed(&mut migrated), owed_fresh);
     // A second open finds the migrated format and changes nothing.
     drop(migrated);
     let again = Store::open(&old).unwrap();

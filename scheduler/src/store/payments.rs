@@ -123,10 +123,12 @@ impl Store {
 
     /// Final chunks of a funded workflow that are not recorded as paid, in escrow order, at most
     /// `limit`. A chunk in the outbox twice (re-verified after an overturned predecessor) is due
-    /// once, with its latest workers.
+    /// once, with its latest workers; one no longer verified for good (overturned since) is not
+    /// due at all.
     pub fn due(&self, funding: &Funding, limit: usize) -> Result<Vec<Due>> {
         let mut statement = self.connection.prepare(
             "SELECT o.job, o.chunk, o.workers FROM outbox o JOIN jobs j ON j.id = o.job
+             JOIN verified v ON v.job = o.job AND v.chunk = o.chunk AND v.provisional IS NULL
              WHERE j.workflow = ?1
                AND NOT EXISTS (SELECT 1 FROM paid p WHERE p.job = o.job AND p.chunk = o.chunk)
                AND o.seq = (SELECT MAX(seq) FROM outbox l WHERE l.job = o.job AND l.chunk = o.chunk)
