@@ -308,6 +308,9 @@ fn frame_seeds(fuzz: &Path) {
         ("workers", ClientRequest::Workers),
         ("verification", ClientRequest::Verification { job: "melt".into() }),
         ("logs", ClientRequest::Logs { job: "c".into(), from: 17 }),
+        ("payment-info", ClientRequest::Payments(PaymentRequest::Info)),
+        ("fund", ClientRequest::Payments(PaymentRequest::Fund { workflow: "w1".into(), escrow_job: 7 })),
+        ("payments", ClientRequest::Payments(PaymentRequest::Status)),
     ] {
         frame(&format!("client-request-{name}"), &|b| encode_into(&request, b).unwrap());
         frame(&format!("stream-client-{name}"), &|b| encode_into(&StreamRequest::Client(request.clone()), b).unwrap());
@@ -408,6 +411,31 @@ fn frame_seeds(fuzz: &Path) {
             })),
         ),
         ("error", ClientResponse::Error { message: "no such job".into() }),
+        (
+            "payment-info",
+            ClientResponse::Payments(PaymentAnswer::Info(Some(PaymentInfo {
+                chain_id: 31337,
+                registry: [1; 20],
+                escrow: [2; 20],
+                reporter: [3; 20],
+            }))),
+        ),
+        (
+            "payments",
+            ClientResponse::Payments(PaymentAnswer::Funded(vec![FundedWorkflow {
+                workflow: WorkflowId(1),
+                name: "w".into(),
+                escrow_job: 7,
+                chunks: 12,
+                verified: 10,
+                paid: 8,
+                unpayable: 1,
+                batches: 2,
+                last_tx: Some([4; 32]),
+                completed: false,
+                problem: Some("hub 0x01 cannot be paid".into()),
+            }])),
+        ),
     ] {
         frame(&format!("client-response-{name}"), &|b| encode_into(&response, b).unwrap());
     }
