@@ -305,6 +305,11 @@ impl Chain {
         Ok(block.header.timestamp)
     }
 
+    /// Transactions this account has sent (its next nonce).
+    pub async fn nonce(&self) -> Result<u64> {
+        self.provider.get_transaction_count(self.account).await.map_err(|e| ChainError::rpc("reading a nonce", e))
+    }
+
     pub async fn balance(&self, account: Address) -> Result<U256> {
         self.provider.get_balance(account).await.map_err(|e| ChainError::rpc("reading a balance", e))
     }

@@ -32,6 +32,10 @@ use crate::{Result, SchedulerError};
 pub const BATCH_CHUNKS: usize = 256;
 /// Hubs per `payBatch` (the contract's limit).
 pub const BATCH_HUBS: usize = 64;
+/// Due chunks read from the store at a time.
+const PAGE_CHUNKS: usize = 4 * BATCH_CHUNKS;
+/// Batches tried for one page before the pass gives up (each refused hub or lost record costs one).
+const ROUNDS_PER_PAGE_MAX: usize = 2 * BATCH_HUBS + PAGE_CHUNKS / BATCH_CHUNKS;
 
 /// Test-only crash points (`cheat` feature, `UPGLOBE_CHEAT_SETTLE`): `crash-before-send` dies
 /// with a batch recorded but not sent, `crash-after-send` with it mined but not recorded.
@@ -67,9 +71,9 @@ pub async fn settle(store: &mut Store, chain: &Chain) -> Result<()> {
         if funding.completed {
             continue;
         }
-        let (problem, unpayable) = match settle_workflow(store, chain, &funding).await {
-            Ok(unpayable) => (None, unpayable),
-            Err(e) => (Some(e.to_string()), 0),
+        let (unpayable, problem) = match settle_workflow(store, chain, &funding).await {
+            Ok(settled) => (Some(settled.unpayable), settled.problem),
+            Err(e) => (None, Some(e.to_string())),
         };
         if let Some(problem) = &problem {
             tracing::warn!(workflow = %funding.workflow, escrow_job = funding.escrow_job, %problem, "settlement stuck");
@@ -83,8 +87,16 @@ fn chain_error(e: ChainError) -> SchedulerError {
     SchedulerError::Invalid(e.to_string())
 }
 
-/// Settles one workflow; returns how many due chunks no payable hub earned.
-async fn settle_workflow(store: &mut Store, chain: &Chain, funding: &Funding) -> Result<u64> {
+/// What a pass over one workflow left.
+struct Settled {
+    /// Due chunks no payable hub earned.
+    unpayable: u64,
+    /// Why some chunks wait (a hub the registry will not pay).
+    problem: Option<String>,
+}
+
+/// Settles one workflow.
+async fn settle_workflow(store: &mut Store, chain: &Chain, funding: &Funding) -> Result<Settled> {
     let (workflow, escrow_job) = (funding.workflow, funding.escrow_job);
     // 1. Close what a previous run left open.
     for open in store.open_settlements(workflow)? {
@@ -95,82 +107,105 @@ async fn settle_workflow(store: &mut Store, chain: &Chain, funding: &Funding) ->
         store.close_settlement(workflow, Some(open.id), "reconciled", None, &paid)?;
     }
 
+    // 2. and 3., a page of due chunks at a time, so that chunks no hub can be paid for do not
+    // hide the ones after them.
     let mut unpayable = 0;
-    let mut refused_hubs: BTreeSet<Address> = BTreeSet::new();
+    let mut refused: BTreeSet<Address> = BTreeSet::new();
     let mut hubs: HashMap<WorkerId, Option<Address>> = HashMap::new();
     let mut problem = None;
+    let mut cursor = (0, 0);
     loop {
-        let due = store.due(funding, 4 * BATCH_CHUNKS)?;
-        if due.is_empty() {
-            break;
-        }
-        // 2. Already paid, with the record lost?
-        let indices: Vec<u32> = due.iter().map(|d| d.index).collect();
-        let bits = chain.paid_chunks(escrow_job, &indices).await.map_err(chain_error)?;
-        let paid: Vec<_> = due.iter().zip(&bits).filter(|(_, p)| **p).map(|(d, _)| (d.job.0, d.chunk, None)).collect();
-        if !paid.is_empty() {
-            store.close_settlement(workflow, None, "reconciled", None, &paid)?;
-            continue;
-        }
+        let page = store.due(funding, cursor, PAGE_CHUNKS)?;
+        let Some(last) = page.last() else { break };
+        cursor = (last.job.0, last.chunk.saturating_add(1));
+        let mut unpaid = reconcile(store, chain, funding, page).await?;
         let mut items = Vec::new();
-        let mut skipped = 0u64;
-        for due in due {
-            match hub_of(chain, &mut hubs, &due.workers, &refused_hubs).await? {
+        for due in unpaid.drain(..) {
+            match hub_of(chain, &mut hubs, &due.workers, &refused).await? {
                 Some(hub) => items.push((due, hub)),
-                None => skipped += 1,
+                None => unpayable += 1,
             }
         }
-        if items.is_empty() {
-            // Everything due now belongs to no payable hub; it stays due for a later pass.
-            unpayable = skipped;
-            break;
+        let mut rounds = 0;
+        while !items.is_empty() {
+            rounds += 1;
+            if rounds > ROUNDS_PER_PAGE_MAX {
+                return Err(SchedulerError::Invalid(format!(
+                    "settling escrow job {escrow_job} made no progress in {ROUNDS_PER_PAGE_MAX} rounds"
+                )));
+            }
+            let batch = take_batch(&mut items);
+            let chunks: Vec<(u64, u32, u32)> = batch.iter().map(|(d, _)| (d.job.0, d.chunk, d.index)).collect();
+            let grouped = Batch::group(escrow_job, batch.iter().map(|(d, hub)| (d.index, *hub, 1)).collect());
+            let id = store.begin_settlement(funding, &chunks)?;
+            crash_point("crash-before-send");
+            match chain.pay_batch(&grouped).await {
+                Ok(receipt) => {
+                    crash_point("crash-after-send");
+                    let paid: Vec<_> = batch.iter().map(|(d, hub)| (d.job.0, d.chunk, Some(hub.0.0))).collect();
+                    tracing::info!(workflow = %workflow, escrow_job, chunks = paid.len(), hubs = grouped.hubs.len(), tx = %receipt.tx, gas = receipt.gas_used, "paid a batch");
+                    store.close_settlement(
+                        workflow,
+                        Some(id),
+                        "paid",
+                        Some((receipt.tx.0, receipt.gas_used)),
+                        &paid,
+                    )?;
+                }
+                Err(e) if e.revert_name() == Some("HubNotPayable") => {
+                    // Refused before it was sent. The hub's chunks go to another agreeing
+                    // worker's hub if there is one; the rest wait for a later pass.
+                    store.close_settlement(workflow, Some(id), "refused", None, &[])?;
+                    let hub = not_payable_hub(&e, &grouped);
+                    tracing::warn!(workflow = %workflow, %hub, error = %e, "a hub cannot be paid; its chunks wait");
+                    problem = Some(format!("hub {hub} cannot be paid (not whitelisted or not in good standing)"));
+                    refused.insert(hub);
+                    for (due, _) in batch.into_iter().chain(std::mem::take(&mut items)) {
+                        match hub_of(chain, &mut hubs, &due.workers, &refused).await? {
+                            Some(hub) => items.push((due, hub)),
+                            None => unpayable += 1,
+                        }
+                    }
+                }
+                Err(e) if e.revert_name() == Some("ChunkAlreadyPaid") => {
+                    // Paid by a batch whose record was lost: the bitmap says which.
+                    store.close_settlement(workflow, Some(id), "refused", None, &[])?;
+                    tracing::info!(workflow = %workflow, error = %e, "a chunk was paid already; reading the bitmap");
+                    let (due, hubs_of): (Vec<Due>, Vec<Address>) = batch.into_iter().unzip();
+                    let unpaid = reconcile(store, chain, funding, due.clone()).await?;
+                    items.extend(due.into_iter().zip(hubs_of).filter(|(d, _)| unpaid.contains(d)));
+                }
+                Err(e @ ChainError::Revert { .. }) => {
+                    // Refused before anything was sent: nothing to reconcile.
+                    store.close_settlement(workflow, Some(id), "refused", None, &[])?;
+                    return Err(chain_error(e));
+                }
+                // Unknown whether it was sent: the open batch is reconciled on the next pass.
+                Err(e) => return Err(chain_error(e)),
+            }
         }
-        // 3. Batches.
-        let batch = take_batch(&mut items);
-        let chunks: Vec<(u64, u32, u32)> = batch.iter().map(|(d, _)| (d.job.0, d.chunk, d.index)).collect();
-        let grouped = Batch::group(escrow_job, batch.iter().map(|(d, hub)| (d.index, *hub, 1)).collect());
-        let id = store.begin_settlement(funding, &chunks)?;
-        crash_point("crash-before-send");
-        match chain.pay_batch(&grouped).await {
-            Ok(receipt) => {
-                crash_point("crash-after-send");
-                let paid: Vec<_> = batch.iter().map(|(d, hub)| (d.job.0, d.chunk, Some(hub.0.0))).collect();
-                tracing::info!(workflow = %workflow, escrow_job, chunks = paid.len(), hubs = grouped.hubs.len(), tx = %receipt.tx, gas = receipt.gas_used, "paid a batch");
-                store.close_settlement(workflow, Some(id), "paid", Some((receipt.tx.0, receipt.gas_used)), &paid)?;
-            }
-            Err(e) if e.revert_name() == Some("HubNotPayable") => {
-                store.close_settlement(workflow, Some(id), "refused", None, &[])?;
-                let hub = not_payable_hub(&e, &grouped);
-                tracing::warn!(workflow = %workflow, %hub, error = %e, "a hub cannot be paid; its chunks wait");
-                problem = Some(format!("hub {hub} cannot be paid (not whitelisted or not in good standing)"));
-                refused_hubs.insert(hub);
-                hubs.clear();
-            }
-            Err(e) if e.revert_name() == Some("ChunkAlreadyPaid") => {
-                // Paid by a batch whose record was lost: the bitmap says which; the next round
-                // of the loop reads it.
-                store.close_settlement(workflow, Some(id), "refused", None, &[])?;
-                tracing::info!(workflow = %workflow, error = %e, "a chunk was paid already; reading the bitmap");
-            }
-            Err(e @ ChainError::Revert { .. }) => {
-                // Refused before anything was sent: nothing to reconcile.
-                store.close_settlement(workflow, Some(id), "refused", None, &[])?;
-                return Err(chain_error(e));
-            }
-            // Unknown whether it was sent: the open batch is reconciled on the next pass.
-            Err(e) => return Err(chain_error(e)),
-        }
-    }
-    if let Some(problem) = problem {
-        return Err(SchedulerError::Invalid(problem));
     }
     // 4. Complete once nothing more can be paid.
-    if unpayable == 0 && store.due(funding, 1)?.is_empty() && store.settled_for_good(workflow)? {
+    let all_paid = unpayable == 0 && problem.is_none() && store.due(funding, (0, 0), 1)?.is_empty();
+    if all_paid && store.settled_for_good(workflow)? {
         let receipt = chain.complete(escrow_job).await.map_err(chain_error)?;
         tracing::info!(workflow = %workflow, escrow_job, tx = %receipt.tx, "escrow job completed");
         store.funding_completed(workflow, receipt.tx.0)?;
     }
-    Ok(unpayable)
+    Ok(Settled { unpayable, problem })
+}
+
+/// Records the chunks the escrow's bitmap says are paid (their record lost in a crash) and
+/// returns the others.
+async fn reconcile(store: &mut Store, chain: &Chain, funding: &Funding, due: Vec<Due>) -> Result<Vec<Due>> {
+    let indices: Vec<u32> = due.iter().map(|d| d.index).collect();
+    let bits = chain.paid_chunks(funding.escrow_job, &indices).await.map_err(chain_error)?;
+    let paid: Vec<_> = due.iter().zip(&bits).filter(|(_, p)| **p).map(|(d, _)| (d.job.0, d.chunk, None)).collect();
+    if !paid.is_empty() {
+        tracing::info!(workflow = %funding.workflow, chunks = paid.len(), "found chunks paid on chain without a record");
+        store.close_settlement(funding.workflow, None, "reconciled", None, &paid)?;
+    }
+    Ok(due.into_iter().zip(bits).filter(|(_, p)| !p).map(|(d, _)| d).collect())
 }
 
 /// Takes up to [`BATCH_CHUNKS`] chunks of at most [`BATCH_HUBS`] hubs.

@@ -227,7 +227,7 @@ fn a_database_of_the_previous_format_restores_the_same_state() {
         let offsets: std::collections::BTreeMap<u64, u64> = (1..=3).map(|job| (job, job * 1000)).collect();
         store.fund(upglobe_protocol::WorkflowId(1), 7, 4000, &offsets).unwrap();
         let funding = store.fundings().unwrap().remove(0);
-        store.due(&funding, usize::MAX).unwrap()
+        store.due(&funding, (0, 0), usize::MAX).unwrap()
     };
     let owed_fresh = owed(&mut fresh);
     assert!(!owed_fresh.is_empty(), "the scenario has final chunks");

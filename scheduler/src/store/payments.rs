@@ -121,20 +121,20 @@ impl Store {
         Ok(fundings)
     }
 
-    /// Final chunks of a funded workflow that are not recorded as paid, in escrow order, at most
-    /// `limit`. A chunk in the outbox twice (re-verified after an overturned predecessor) is due
+    /// Final chunks of a funded workflow that are not recorded as paid, in escrow order from
+    /// chunk `from` (job, chunk) on, at most `limit`. A chunk in the outbox twice (re-verified after an overturned predecessor) is due
     /// once, with its latest workers; one no longer verified for good (overturned since) is not
     /// due at all.
-    pub fn due(&self, funding: &Funding, limit: usize) -> Result<Vec<Due>> {
+    pub fn due(&self, funding: &Funding, from: (u64, u32), limit: usize) -> Result<Vec<Due>> {
         let mut statement = self.connection.prepare(
             "SELECT o.job, o.chunk, o.workers FROM outbox o JOIN jobs j ON j.id = o.job
              JOIN verified v ON v.job = o.job AND v.chunk = o.chunk AND v.provisional IS NULL
-             WHERE j.workflow = ?1
+             WHERE j.workflow = ?1 AND (o.job > ?2 OR (o.job = ?2 AND o.chunk >= ?3))
                AND NOT EXISTS (SELECT 1 FROM paid p WHERE p.job = o.job AND p.chunk = o.chunk)
                AND o.seq = (SELECT MAX(seq) FROM outbox l WHERE l.job = o.job AND l.chunk = o.chunk)
              ORDER BY o.job, o.chunk",
         )?;
-        let mut rows = statement.query([funding.workflow.0])?;
+        let mut rows = statement.query(params![funding.workflow.0, from.0, from.1])?;
         let mut due = Vec::new();
         while let Some(row) = rows.next()? {
             let job = JobId(row.get(0)?);
@@ -205,15 +205,15 @@ impl Store {
     }
 
     /// Why settlement of a workflow is stuck (or `None`), and how many of its final chunks
-    /// cannot be paid (their workers belong to no payable hub).
+    /// cannot be paid (their workers belong to no payable hub; `None` keeps the last count).
     pub fn set_settlement_problem(
         &mut self,
         workflow: WorkflowId,
         problem: Option<&str>,
-        unpayable: u64,
+        unpayable: Option<u64>,
     ) -> Result<()> {
         self.connection.execute(
-            "UPDATE funding SET problem = ?2, unpayable = ?3 WHERE workflow = ?1",
+            "UPDATE funding SET problem = ?2, unpayable = COALESCE(?3, unpayable) WHERE workflow = ?1",
             params![workflow.0, problem, unpayable],
         )?;
         Ok(())

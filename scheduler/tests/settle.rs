@@ -1,0 +1,119 @@
+//! The settler against a real anvil, in process: a store holding final chunks, an escrow job
+//! funding them, hubs that can and cannot be paid.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use upglobe_contracts::anvil::LocalChain;
+use upglobe_contracts::{B256, Chain, NewJob, U256, amount};
+use upglobe_protocol::messages::{JobKind, JobSpec, JobState, Output, Resources};
+use upglobe_protocol::{ChunkId, JobId, WorkerId, WorkflowId};
+use upglobe_scheduler::core::Record;
+use upglobe_scheduler::settle::settle;
+use upglobe_scheduler::store::Store;
+
+const CHUNKS: u32 = 1200;
+
+/// One finished job of `CHUNKS` chunks; `agreeing(k)` are the workers that agreed on chunk k.
+fn store_with_final_chunks(path: &std::path::Path, agreeing: impl Fn(u32) -> Vec<WorkerId>) -> Store {
+    let mut store = Store::open(path).unwrap();
+    let spec = JobSpec {
+        name: "sweep".into(),
+        after: vec![],
+        replicas: 1,
+        gpu: Default::default(),
+        verification: upglobe_protocol::trust::Verification::Quorum,
+        resources: Resources { cpus: 1, memory_bytes: 1 << 20, gpus: 0 },
+        kind: JobKind::Empty { chunks: CHUNKS },
+    };
+    let mut records = vec![Record::WorkflowSubmitted {
+        id: WorkflowId(1),
+        name: "paid".into(),
+        source: String::new(),
+        jobs: vec![(JobId(1), spec, vec![])],
+    }];
+    for k in 0..CHUNKS {
+        let output = Output::Empty { value: u64::from(k) };
+        records.push(Record::ChunkVerified {
+            chunk: ChunkId { job: JobId(1), index: k },
+            digest: output.digest(),
+            output,
+            agreeing: agreeing(k),
+            disagreeing: vec![],
+            provisional: None,
+        });
+    }
+    records.push(Record::JobFinished { job: JobId(1), state: JobState::Completed });
+    store.apply(&records).unwrap();
+    store
+}
+
+#[test]
+fn pays_what_it_can_pages_past_unpayable_chunks_and_completes_once_all_are_paid() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (WorkerId([1; 32]), WorkerId([2; 32]), WorkerId([3; 32]));
+    // More unpayable chunks than a page holds come first: the payable ones after them are still
+    // reached. Chunks whose first worker's hub is refused go to the next agreeing worker's hub.
+    let mut store = store_with_final_chunks(&dir.path().join("s.db"), |k| match k {
+        0..1100 => vec![a],
+        1100..1150 => vec![c, b],
+        _ => vec![b],
+    });
+    let anvil = LocalChain::start().unwrap();
+    let price = amount::parse("0.0001 ether").unwrap();
+    let (dao, reporter, requester, hub_a, hub_b, hub_c) = rt.block_on(async {
+        let dao = Chain::deploy(&anvil.endpoint(), anvil.key(0), amount::parse("1 ether").unwrap()).await.unwrap();
+        let connect = |k| {
+            let dao = dao.clone();
+            let key = anvil.key(k);
+            async move { dao.with_key(key).await.unwrap() }
+        };
+        let (reporter, requester, hub_a, hub_b, hub_c) =
+            (connect(1).await, connect(2).await, connect(3).await, connect(4).await, connect(5).await);
+        for (hub, worker) in [(&hub_b, b), (&hub_c, c)] {
+            hub.register(amount::parse("1 ether").unwrap()).await.unwrap();
+            hub.attach_worker(B256::from(worker.0)).await.unwrap();
+        }
+        dao.set_whitelisted(hub_b.account(), true).await.unwrap(); // hub C is never whitelisted
+        (dao, reporter, requester, hub_a, hub_b, hub_c)
+    });
+    let new = NewJob {
+        price_per_unit: price,
+        units_per_chunk_max: 1,
+        chunks: CHUNKS,
+        reporter: reporter.account(),
+        lasts: Duration::from_secs(86_400),
+        deposit: price * U256::from(CHUNKS),
+        token: None,
+    };
+    let (escrow_job, _) = rt.block_on(requester.create_job(&new)).unwrap();
+    store.fund(WorkflowId(1), escrow_job, u64::from(CHUNKS), &BTreeMap::from([(1, 0)])).unwrap();
+
+    rt.block_on(settle(&mut store, &reporter)).unwrap();
+    let funded = store.funded_workflows().unwrap().remove(0);
+    assert_eq!((funded.paid, funded.unpayable, funded.completed), (100, 1100, false), "{funded:?}");
+    assert!(funded.problem.as_deref().unwrap().contains(&hub_c.account().to_string()), "{funded:?}");
+    let bits = rt.block_on(reporter.paid_chunks(escrow_job, &[0, 1099, 1100, 1149, 1150, 1199])).unwrap();
+    assert_eq!(bits, [false, false, true, true, true, true]);
+    assert_eq!(rt.block_on(dao.hub(hub_b.account())).unwrap().balance, price * U256::from(100));
+    assert_eq!(rt.block_on(dao.hub(hub_c.account())).unwrap().balance, U256::ZERO);
+
+    // Worker A's lab registers: the next pass pays the rest and completes the escrow job.
+    rt.block_on(async {
+        hub_a.register(amount::parse("1 ether").unwrap()).await.unwrap();
+        hub_a.attach_worker(B256::from(a.0)).await.unwrap();
+        dao.set_whitelisted(hub_a.account(), true).await.unwrap();
+    });
+    rt.block_on(settle(&mut store, &reporter)).unwrap();
+    let funded = store.funded_workflows().unwrap().remove(0);
+    assert_eq!((funded.paid, funded.unpayable, funded.completed, funded.problem.as_deref()), (1200, 0, true, None));
+    let job = rt.block_on(reporter.job(escrow_job)).unwrap();
+    assert_eq!(job.paid, price * U256::from(CHUNKS));
+    assert_eq!(rt.block_on(dao.hub(hub_a.account())).unwrap().balance, price * U256::from(1100));
+    // A further pass has nothing to do and sends nothing.
+    let nonce = |chain: &Chain| rt.block_on(chain.nonce()).unwrap();
+    let before = nonce(&reporter);
+    rt.block_on(settle(&mut store, &reporter)).unwrap();
+    assert_eq!(nonce(&reporter), before);
+}
