@@ -45,3 +45,22 @@ async fn pays_a_batch_once() {
     assert_eq!(requester.job(job).await.unwrap().paid, price * U256::from(2));
     let _ = Address::ZERO;
 }
+
+/// A refused call takes no nonce: the account's next transaction is mined at once instead of
+/// waiting forever behind a nonce that was never used.
+#[tokio::test]
+async fn a_refused_call_leaves_no_nonce_gap() {
+    use alloy::providers::Provider;
+
+    let anvil = LocalChain::start().unwrap();
+    let dao = Chain::deploy(&anvil.endpoint(), anvil.key(0), amount::parse("1 ether").unwrap()).await.unwrap();
+    let hub = dao.with_key(anvil.key(1)).await.unwrap();
+    hub.register(amount::parse("2 ether").unwrap()).await.unwrap();
+    for _ in 0..3 {
+        let err = hub.withdraw(U256::from(1)).await.unwrap_err();
+        assert_eq!(err.revert_name(), Some("InsufficientFunds"), "{err}");
+    }
+    let next = tokio::time::timeout(Duration::from_secs(20), hub.add_stake(U256::from(1))).await;
+    next.expect("the next transaction was not mined").unwrap();
+    assert_eq!(hub.provider().get_transaction_count(hub.account()).await.unwrap(), 2);
+}
