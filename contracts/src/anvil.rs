@@ -16,10 +16,10 @@ pub fn find() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("UPGLOBE_ANVIL") {
         return Ok(PathBuf::from(path));
     }
-    if let Some(paths) = std::env::var_os("PATH") {
-        if let Some(found) = std::env::split_paths(&paths).map(|dir| dir.join("anvil")).find(|p| p.is_file()) {
-            return Ok(found);
-        }
+    if let Some(paths) = std::env::var_os("PATH")
+        && let Some(found) = std::env::split_paths(&paths).map(|dir| dir.join("anvil")).find(|p| p.is_file())
+    {
+        return Ok(found);
     }
     let modules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node_modules/@foundry-rs");
     if let Ok(entries) = std::fs::read_dir(&modules) {
