@@ -64,3 +64,19 @@ async fn a_refused_call_leaves_no_nonce_gap() {
     next.expect("the next transaction was not mined").unwrap();
     assert_eq!(hub.provider().get_transaction_count(hub.account()).await.unwrap(), 2);
 }
+
+/// The goal of the gas design (contracts/README.md): at most 5 000 gas a chunk at a batch of
+/// 100, everything included; bigger batches cost less per chunk.
+#[tokio::test]
+async fn a_batch_of_100_costs_at_most_5000_gas_a_chunk() {
+    let rows = upglobe_contracts::bench::gas(&[1, 10, 100, 1000]).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.batch).collect::<Vec<_>>(), vec![1, 10, 100, 1000]);
+    for row in &rows {
+        assert_eq!(row.gas_per_chunk, row.gas_used / row.batch as u64);
+        assert!(row.gas_used > 21_000, "{row:?}");
+    }
+    assert!(rows[2].gas_per_chunk <= 5_000, "{:?}", rows[2]);
+    assert!(rows.windows(2).all(|w| w[1].gas_per_chunk < w[0].gas_per_chunk), "{rows:?}");
+    let err = upglobe_contracts::bench::gas(&[10, 1025]).await.unwrap_err();
+    assert!(err.to_string().contains("not 1025"), "{err}");
+}
