@@ -449,7 +449,8 @@ impl Sim {
         assert_eq!(sent, deposit, "{}", self.context());
         self.money_in += sent;
         let deadline = self.dao.job(id).await.unwrap().deadline;
-        assert!(deadline >= mined_at(&chain, &receipt).await + lasts - 1, "{}", self.context());
+        let created = mined_at(&chain, &receipt).await;
+        assert!(deadline > created && deadline <= created + lasts, "{}", self.context());
         self.jobs.push(Job {
             id,
             requester,
