@@ -239,7 +239,8 @@ contract Registry is Guard {
         Account storage a = accounts[msg.sender][token];
         if (amount > a.balance) revert InsufficientFunds(amount, a.balance);
         a.balance -= uint128(amount);
-        if (token != address(0) && a.balance == 0 && a.heldBack == 0) h.tokenAccounts--;
+        // Only a withdrawal that empties the account stops counting it (amount != 0: it had funds).
+        if (token != address(0) && amount != 0 && a.balance == 0 && a.heldBack == 0) h.tokenAccounts--;
         _payOut(h, msg.sender, token, amount);
     }
 
@@ -388,7 +389,8 @@ contract Registry is Guard {
         bool payable_ = h.whitelisted && (h.state == State.Active || h.state == State.Suspected);
         if (!payable_) revert HubNotPayable(hub);
         Account storage a = accounts[hub][token];
-        if (token != address(0) && a.balance == 0 && a.heldBack == 0) {
+        // A zero credit leaves the account empty, so it must not be counted: releaseEarly could never list it.
+        if (token != address(0) && amount != 0 && a.balance == 0 && a.heldBack == 0) {
             if (h.tokenAccounts == TOKEN_ACCOUNTS_MAX) revert TooManyTokenAccounts(hub);
             h.tokenAccounts++;
         }

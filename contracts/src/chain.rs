@@ -278,8 +278,14 @@ impl Chain {
 
     /// Sends a transaction and waits for it to be mined. A call the contract refuses fails while
     /// its gas is estimated, before anything is sent, with the contract's reason.
+    ///
+    /// The estimate is made here, not by the provider's gas filler: the filler runs beside the
+    /// nonce filler, whose cache hands out the next nonce even when the estimate then fails, so
+    /// every refused call would leave a gap and this account's next transaction would wait in
+    /// the node's pool forever.
     pub async fn send<D: CallDecoder>(&self, call: &str, builder: CallBuilder<&DynProvider, D>) -> Result<Receipt> {
-        let pending = builder.send().await.map_err(|e| ChainError::from_contract(call, e))?;
+        let gas = builder.estimate_gas().await.map_err(|e| ChainError::from_contract(call, e))?;
+        let pending = builder.gas(gas).send().await.map_err(|e| ChainError::from_contract(call, e))?;
         let tx = *pending.tx_hash();
         let receipt = pending.get_receipt().await.map_err(|e| ChainError::rpc(call, e))?;
         let mined = Receipt { tx, block: receipt.block_number.unwrap_or_default(), gas_used: receipt.gas_used };

@@ -6,9 +6,11 @@
 //!   that reverts comes back as [`ChainError::Revert`] with the contract's reason in words.
 //! - [`amount`]: "0.5 ether", "20 gwei" and back.
 //! - [`anvil`]: a local anvil for the demo and the tests.
+//! - [`bench`]: the gas of `payBatch` by batch size, on a local anvil.
 
 pub mod amount;
 pub mod anvil;
+pub mod bench;
 pub mod bindings;
 mod chain;
 mod error;

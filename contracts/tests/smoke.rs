@@ -45,3 +45,38 @@ async fn pays_a_batch_once() {
     assert_eq!(requester.job(job).await.unwrap().paid, price * U256::from(2));
     let _ = Address::ZERO;
 }
+
+/// A refused call takes no nonce: the account's next transaction is mined at once instead of
+/// waiting forever behind a nonce that was never used.
+#[tokio::test]
+async fn a_refused_call_leaves_no_nonce_gap() {
+    use alloy::providers::Provider;
+
+    let anvil = LocalChain::start().unwrap();
+    let dao = Chain::deploy(&anvil.endpoint(), anvil.key(0), amount::parse("1 ether").unwrap()).await.unwrap();
+    let hub = dao.with_key(anvil.key(1)).await.unwrap();
+    hub.register(amount::parse("2 ether").unwrap()).await.unwrap();
+    for _ in 0..3 {
+        let err = hub.withdraw(U256::from(1)).await.unwrap_err();
+        assert_eq!(err.revert_name(), Some("InsufficientFunds"), "{err}");
+    }
+    let next = tokio::time::timeout(Duration::from_secs(20), hub.add_stake(U256::from(1))).await;
+    next.expect("the next transaction was not mined").unwrap();
+    assert_eq!(hub.provider().get_transaction_count(hub.account()).await.unwrap(), 2);
+}
+
+/// The goal of the gas design (contracts/README.md): at most 5 000 gas a chunk at a batch of
+/// 100, everything included; bigger batches cost less per chunk.
+#[tokio::test]
+async fn a_batch_of_100_costs_at_most_5000_gas_a_chunk() {
+    let rows = upglobe_contracts::bench::gas(&[1, 10, 100, 1000]).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.batch).collect::<Vec<_>>(), vec![1, 10, 100, 1000]);
+    for row in &rows {
+        assert_eq!(row.gas_per_chunk, row.gas_used / row.batch as u64);
+        assert!(row.gas_used > 21_000, "{row:?}");
+    }
+    assert!(rows[2].gas_per_chunk <= 5_000, "{:?}", rows[2]);
+    assert!(rows.windows(2).all(|w| w[1].gas_per_chunk < w[0].gas_per_chunk), "{rows:?}");
+    let err = upglobe_contracts::bench::gas(&[10, 1025]).await.unwrap_err();
+    assert!(err.to_string().contains("not 1025"), "{err}");
+}

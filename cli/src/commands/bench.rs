@@ -1,5 +1,5 @@
-//! `upglobe bench md` and `upglobe bench scheduler`: measurements printed as JSON, so anyone can
-//! reproduce a figure in the README.
+//! `upglobe bench md`, `scheduler`, `trust`, `transfer` and `gas`: measurements printed as JSON, so
+//! anyone can reproduce a figure in a README.
 
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
@@ -36,6 +36,17 @@ pub enum Command {
     /// disk) and over plain TCP on loopback, in one run; the last line is
     /// `{"quic_mb_s":…,"tcp_mb_s":…,"ratio":…}`.
     Transfer(TransferArgs),
+    /// Gas of the escrow's payBatch on a local anvil (run `npm ci` in contracts/ first), one
+    /// batch of consecutive chunks per size after a warm-up batch; one line per batch:
+    /// `{"batch":…,"gas_per_chunk":…,"gas_used":…}`.
+    Gas(GasArgs),
+}
+
+#[derive(clap::Args)]
+pub struct GasArgs {
+    /// Chunks per batch, paid in this order.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000", value_parser = flags::integer(1..=upglobe_contracts::bench::BATCH_CHUNKS_MAX))]
+    sizes: Vec<usize>,
 }
 
 #[derive(clap::Args)]
@@ -134,10 +145,30 @@ pub async fn run(context: &Context, command: Command) -> Result<i32> {
         Command::Scheduler(args) => bench_scheduler(&args).await?,
         Command::Trust(args) => tokio::task::spawn_blocking(move || bench_trust(&args)).await??,
         Command::Transfer(args) => bench_transfer(&args).await?,
+        Command::Gas(args) => return bench_gas(context, &args).await,
     };
     match context.format {
         Format::Json => output::json(&report),
         Format::Text => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    Ok(0)
+}
+
+async fn bench_gas(context: &Context, args: &GasArgs) -> Result<i32> {
+    let rows = upglobe_contracts::bench::gas(&args.sizes).await?;
+    match context.format {
+        Format::Json => {
+            for row in &rows {
+                output::json(&serde_json::to_value(row)?);
+            }
+        }
+        Format::Text => {
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| vec![r.batch.to_string(), r.gas_used.to_string(), r.gas_per_chunk.to_string()])
+                .collect();
+            println!("{}", output::table(&["chunks", "gas used", "gas per chunk"], &cells));
+        }
     }
     Ok(0)
 }
