@@ -851,6 +851,9 @@ pub struct FundedWorkflow {
     pub last_tx: Option<[u8; 32]>,
     /// Set once the scheduler told the escrow that nothing more will be paid.
     pub completed: bool,
+    /// Signed results contradicting a verified chunk, sent to the registry as evidence against
+    /// their workers' hubs.
+    pub evidence: u64,
     /// Why settlement is stuck, if it is ("hub 0x… is not whitelisted").
     pub problem: Option<String>,
 }

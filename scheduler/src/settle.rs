@@ -185,6 +185,7 @@ async fn settle_workflow(store: &mut Store, chain: &Chain, funding: &Funding) ->
             }
         }
     }
+    submit_evidence(store, chain, funding).await?;
     // 4. Complete once nothing more can be paid.
     let all_paid = unpayable == 0 && problem.is_none() && store.due(funding, (0, 0), 1)?.is_empty();
     if all_paid && store.settled_for_good(workflow)? {
@@ -193,6 +194,42 @@ async fn settle_workflow(store: &mut Store, chain: &Chain, funding: &Funding) ->
         store.funding_completed(workflow, receipt.tx.0)?;
     }
     Ok(Settled { unpayable, problem })
+}
+
+/// Pieces of evidence sent per pass and workflow.
+const EVIDENCE_PER_PASS: usize = 32;
+
+/// Sends the registry each signed MD result that contradicts a final chunk, as evidence
+/// against its worker's hub: the statement's hash, and the worker's key, the hash and the
+/// signature as the logged statement anyone can check during the dispute window. The
+/// registry slashes the hub's stake if no one disputes it.
+async fn submit_evidence(store: &mut Store, chain: &Chain, funding: &Funding) -> Result<()> {
+    for contradiction in store.contradictions(funding, EVIDENCE_PER_PASS)? {
+        let worker = B256::from(contradiction.worker.0);
+        if chain.worker_hub(worker).await.map_err(chain_error)?.is_none() {
+            store.record_evidence(funding.workflow, &contradiction, "no hub", None)?;
+            continue;
+        }
+        let statement =
+            [&contradiction.key[..], &contradiction.statement_hash[..], &contradiction.signature[..]].concat();
+        let hash = B256::from(contradiction.statement_hash);
+        match chain.submit_evidence(funding.escrow_job, contradiction.index, worker, hash, statement).await {
+            Ok((id, receipt)) => {
+                tracing::warn!(workflow = %funding.workflow, worker = %contradiction.worker.short(), chunk = contradiction.chunk, evidence = %id, "evidence against a worker's hub sent to the registry");
+                store.record_evidence(funding.workflow, &contradiction, "submitted", Some((id.0, receipt.tx.0)))?;
+            }
+            Err(e) if e.revert_name() == Some("EvidenceExists") => {
+                // Sent before a crash lost its record.
+                store.record_evidence(funding.workflow, &contradiction, "submitted", None)?;
+            }
+            Err(e @ ChainError::Revert { .. }) => {
+                let state = format!("refused: {e}");
+                store.record_evidence(funding.workflow, &contradiction, &state, None)?;
+            }
+            Err(e) => return Err(chain_error(e)),
+        }
+    }
+    Ok(())
 }
 
 /// Records the chunks the escrow's bitmap says are paid (their record lost in a crash) and

@@ -117,3 +117,114 @@ fn pays_what_it_can_pages_past_unpayable_chunks_and_completes_once_all_are_paid(
     rt.block_on(settle(&mut store, &reporter)).unwrap();
     assert_eq!(nonce(&reporter), before);
 }
+
+#[test]
+fn a_contradicting_md_result_is_evidence_that_slashes_its_hub() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (honest, liar) = (WorkerId([1; 32]), WorkerId([2; 32]));
+    let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+    let spec = JobSpec {
+        name: "melt".into(),
+        after: vec![],
+        replicas: 2,
+        gpu: Default::default(),
+        verification: upglobe_protocol::trust::Verification::Quorum,
+        resources: Resources { cpus: 1, memory_bytes: 1 << 20, gpus: 0 },
+        kind: JobKind::Md(upglobe_protocol::messages::MdJob {
+            initial: upglobe_protocol::BlobHash([9; 32]),
+            atoms: 4,
+            total_steps: 10,
+            chunk_steps: 10,
+            thermo_every: 10,
+        }),
+    };
+    let output = Output::Empty { value: 1 };
+    let chunk = ChunkId { job: JobId(1), index: 0 };
+    store
+        .apply(&[
+            Record::WorkflowSubmitted {
+                id: WorkflowId(1),
+                name: "md".into(),
+                source: String::new(),
+                jobs: vec![(JobId(1), spec, vec![])],
+            },
+            Record::Signed {
+                chunk,
+                worker: liar,
+                key: upglobe_protocol::trust::PublicKey([7; 32]),
+                statement_hash: [8; 32],
+                signature: upglobe_protocol::trust::Signature(vec![6; 64]),
+                usage: Default::default(),
+            },
+            Record::ChunkVerified {
+                chunk,
+                digest: output.digest(),
+                output,
+                agreeing: vec![honest],
+                disagreeing: vec![liar],
+                provisional: None,
+            },
+            Record::JobFinished { job: JobId(1), state: JobState::Completed },
+        ])
+        .unwrap();
+    let anvil = LocalChain::start().unwrap();
+    let price = amount::parse("0.01 ether").unwrap();
+    let stake = amount::parse("10 ether").unwrap();
+    let (dao, reporter, requester, honest_hub, liar_hub) = rt.block_on(async {
+        let dao = Chain::deploy(&anvil.endpoint(), anvil.key(0), amount::parse("1 ether").unwrap()).await.unwrap();
+        let mut accounts = Vec::new();
+        for k in 1..=4 {
+            accounts.push(dao.with_key(anvil.key(k)).await.unwrap());
+        }
+        for (hub, worker) in [(&accounts[2], honest), (&accounts[3], liar)] {
+            hub.register(stake).await.unwrap();
+            hub.attach_worker(B256::from(worker.0)).await.unwrap();
+            dao.set_whitelisted(hub.account(), true).await.unwrap();
+        }
+        let liar_hub = accounts.pop().unwrap();
+        let honest_hub = accounts.pop().unwrap();
+        let requester = accounts.pop().unwrap();
+        (dao, accounts.pop().unwrap(), requester, honest_hub, liar_hub)
+    });
+    let new = NewJob {
+        price_per_unit: price,
+        units_per_chunk_max: 1,
+        chunks: 1,
+        reporter: reporter.account(),
+        lasts: Duration::from_secs(86_400),
+        deposit: price,
+        token: None,
+    };
+    let (escrow_job, _) = rt.block_on(requester.create_job(&new)).unwrap();
+    store.fund(WorkflowId(1), escrow_job, 1, &BTreeMap::from([(1, 0)])).unwrap();
+    rt.block_on(settle(&mut store, &reporter)).unwrap();
+    let funded = store.funded_workflows().unwrap().remove(0);
+    assert_eq!((funded.paid, funded.evidence, funded.completed), (1, 1, true), "{funded:?}");
+    // The honest hub is paid; the liar's hub has evidence pending, which blocks its stake.
+    assert_eq!(rt.block_on(dao.hub(honest_hub.account())).unwrap().balance, price);
+    assert_eq!(rt.block_on(dao.hub(liar_hub.account())).unwrap().evidence_pending, 1);
+    // A second pass sends nothing again.
+    let before = rt.block_on(reporter.nonce()).unwrap();
+    rt.block_on(settle(&mut store, &reporter)).unwrap();
+    assert_eq!(rt.block_on(reporter.nonce()).unwrap(), before);
+    // After the 7-day dispute window anyone executes the slash: 10 % of the stake, 80 % of it to
+    // the requester and 20 % to the reporter.
+    let id = alloy_id(escrow_job, liar);
+    let early = rt.block_on(requester.execute_slash(id)).unwrap_err();
+    assert_eq!(early.revert_name(), Some("DisputeWindowOpen"), "{early}");
+    rt.block_on(requester.advance_time(7 * 86_400 + 1)).unwrap();
+    rt.block_on(requester.execute_slash(id)).unwrap();
+    let slash = stake / U256::from(10);
+    assert_eq!(rt.block_on(dao.hub(liar_hub.account())).unwrap().stake, stake - slash);
+    assert_eq!(rt.block_on(dao.claimable(requester.account())).unwrap(), slash * U256::from(8) / U256::from(10));
+    assert_eq!(rt.block_on(dao.claimable(reporter.account())).unwrap(), slash * U256::from(2) / U256::from(10));
+}
+
+/// The registry's id of a piece of evidence: keccak256(abi.encode(jobId, chunkIndex, workerId)).
+fn alloy_id(escrow_job: u64, worker: WorkerId) -> B256 {
+    let mut encoded = [0u8; 96];
+    encoded[24..32].copy_from_slice(&escrow_job.to_be_bytes());
+    encoded[64..].copy_from_slice(&worker.0);
+    upglobe_contracts::keccak256(encoded)
+}

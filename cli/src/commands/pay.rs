@@ -63,6 +63,10 @@ fn parse_address(text: &str) -> Result<Address, String> {
     text.trim().parse().map_err(|_| format!("{text:?} is not an Ethereum address (0x and 40 hex digits)"))
 }
 
+fn parse_evidence(text: &str) -> Result<B256, String> {
+    text.trim().parse().map_err(|_| format!("{text:?} is not an evidence id (0x and 64 hex digits)"))
+}
+
 fn parse_worker(text: &str) -> Result<WorkerId, String> {
     WorkerId::from_hex(text.trim())
         .ok_or_else(|| format!("{text:?} is not a worker id (64 hex digits; see `upglobe workers --output json`)"))
@@ -268,7 +272,24 @@ pub enum DaoCommand {
         #[command(flatten)]
         chain: ChainArgs,
     },
-    /// Collect what is owed to this account (DAO fees and punishments, slashes).
+    /// Slash a hub on a piece of evidence once its 7-day dispute window is over (anyone may).
+    Slash {
+        /// The evidence id (0x and 64 hex digits), as the scheduler's log and the registry's
+        /// EvidenceSubmitted event name it.
+        #[arg(value_parser = parse_evidence)]
+        evidence: B256,
+        #[command(flatten)]
+        chain: ChainArgs,
+    },
+    /// Dismiss false evidence during its dispute window.
+    Dismiss {
+        #[arg(value_parser = parse_evidence)]
+        evidence: B256,
+        #[command(flatten)]
+        chain: ChainArgs,
+    },
+    /// Collect what is owed to this account: the DAO's fees and punishments, and a slash's shares
+    /// for the requester (80 %) and the reporter (20 %).
     Claim {
         #[command(flatten)]
         chain: ChainArgs,
@@ -302,6 +323,16 @@ pub async fn dao(context: &Context, command: DaoCommand) -> Result<i32> {
             let chain = chain.connect(context).await?;
             let receipt = chain.punish(hub, wanted).await?;
             done(context, &format!("hub {hub} punished (up to {} taken)", amount::format(wanted)), &receipt);
+        }
+        DaoCommand::Slash { evidence, chain } => {
+            let chain = chain.connect(context).await?;
+            let receipt = chain.execute_slash(evidence).await?;
+            done(context, &format!("slashed on evidence {evidence}"), &receipt);
+        }
+        DaoCommand::Dismiss { evidence, chain } => {
+            let chain = chain.connect(context).await?;
+            let receipt = chain.dismiss_evidence(evidence).await?;
+            done(context, &format!("dismissed evidence {evidence}"), &receipt);
         }
         DaoCommand::Claim { chain } => {
             let chain = chain.connect(context).await?;
@@ -603,6 +634,7 @@ pub async fn payments(context: &Context, args: PaymentsArgs) -> Result<i32> {
                         f.verified.to_string(),
                         f.unpayable.to_string(),
                         f.batches.to_string(),
+                        f.evidence.to_string(),
                         if f.completed {
                             "completed".into()
                         } else {
@@ -613,7 +645,10 @@ pub async fn payments(context: &Context, args: PaymentsArgs) -> Result<i32> {
                 .collect();
             println!(
                 "{}",
-                output::table(&["WORKFLOW", "ESCROW", "PAID", "FINAL", "UNPAYABLE", "BATCHES", "STATE"], &rows)
+                output::table(
+                    &["WORKFLOW", "ESCROW", "PAID", "FINAL", "UNPAYABLE", "BATCHES", "EVIDENCE", "STATE"],
+                    &rows
+                )
             );
         }
     }
@@ -623,7 +658,7 @@ pub async fn payments(context: &Context, args: PaymentsArgs) -> Result<i32> {
 fn funded_json(f: &FundedWorkflow) -> serde_json::Value {
     json!({
         "workflow": f.workflow.0, "name": f.name, "escrow_job": f.escrow_job, "chunks": f.chunks,
-        "verified": f.verified, "paid": f.paid, "unpayable": f.unpayable, "batches": f.batches,
+        "verified": f.verified, "paid": f.paid, "unpayable": f.unpayable, "batches": f.batches, "evidence": f.evidence,
         "last_tx": f.last_tx.map(|tx| format!("0x{}", hex::encode(tx))), "completed": f.completed, "problem": f.problem,
     })
 }

@@ -433,6 +433,7 @@ fn frame_seeds(fuzz: &Path) {
                 batches: 2,
                 last_tx: Some([4; 32]),
                 completed: false,
+                evidence: 1,
                 problem: Some("hub 0x01 cannot be paid".into()),
             }])),
         ),

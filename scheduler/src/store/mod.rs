@@ -11,7 +11,7 @@
 mod payments;
 mod records;
 
-pub use payments::{Due, Funding, OpenSettlement};
+pub use payments::{Contradiction, Due, Funding, OpenSettlement};
 
 use std::path::Path;
 
@@ -79,7 +79,10 @@ const MIGRATIONS: [&str; (FORMAT_VERSION - 1) as usize] = [
      CREATE TABLE paid (
          job INTEGER NOT NULL, chunk INTEGER NOT NULL, workflow INTEGER NOT NULL, hub BLOB,
          settlement INTEGER, PRIMARY KEY (job, chunk));
-     CREATE INDEX paid_by_workflow ON paid (workflow);",
+     CREATE INDEX paid_by_workflow ON paid (workflow);
+     CREATE TABLE evidence (
+         job INTEGER NOT NULL, chunk INTEGER NOT NULL, worker BLOB NOT NULL, workflow INTEGER NOT NULL,
+         state TEXT NOT NULL, evidence_id BLOB, tx BLOB, PRIMARY KEY (job, chunk, worker));",
 ];
 
 /// The format [`SCHEMA`] creates; a new database then takes the migrations after it.

@@ -13,8 +13,8 @@ use rusqlite::{OptionalExtension, params};
 use upglobe_protocol::messages::FundedWorkflow;
 use upglobe_protocol::{ChunkId, JobId, WorkerId, WorkflowId};
 
-use super::records::StoredWorkerIds;
-use super::{Store, decode, exec, from_json, to_json};
+use super::records::{StoredJobSpec, StoredWorkerIds};
+use super::{Store, decode, exec, from_json, hash_of, to_json};
 use crate::{Result, SchedulerError};
 
 /// Appends a chunk that just became final, with the workers that agreed on it.
@@ -53,6 +53,20 @@ pub struct Due {
     pub index: u32,
     /// The workers that agreed on it, the first to report first.
     pub workers: Vec<WorkerId>,
+}
+
+/// A signed result that contradicts the verified result of the same chunk, not yet sent to
+/// the registry: evidence against its worker's hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contradiction {
+    pub job: JobId,
+    pub chunk: u32,
+    pub index: u32,
+    pub worker: WorkerId,
+    /// The worker's Ed25519 key, the hash of the statement it signed, and the signature.
+    pub key: Vec<u8>,
+    pub statement_hash: [u8; 32],
+    pub signature: Vec<u8>,
 }
 
 /// A batch recorded as sent (or about to be) whose outcome is not recorded.
@@ -152,6 +166,83 @@ impl Store {
         Ok(due)
     }
 
+    /// Contradicting signed results of a funded workflow's final chunks not yet sent as
+    /// evidence, at most `limit`. Only MD jobs: their chunks are bit-deterministic, so a result
+    /// that differs from the verified one is wrong, never an honest variation (a command's output
+    /// may carry a timestamp).
+    pub fn contradictions(&self, funding: &Funding, limit: usize) -> Result<Vec<Contradiction>> {
+        let mut md_jobs = Vec::new();
+        let mut statement = self.connection.prepare("SELECT id, spec FROM jobs WHERE workflow = ?1 ORDER BY id")?;
+        let mut rows = statement.query([funding.workflow.0])?;
+        while let Some(row) = rows.next()? {
+            let spec: upglobe_protocol::messages::JobSpec =
+                decode::<StoredJobSpec>(&row.get::<_, Vec<u8>>(1)?, "job spec")?.into();
+            if matches!(spec.kind, upglobe_protocol::messages::JobKind::Md(_)) {
+                md_jobs.push(JobId(row.get(0)?));
+            }
+        }
+        let mut found = Vec::new();
+        let mut verified = self.connection.prepare(
+            "SELECT chunk, disagreeing FROM verified WHERE job = ?1 AND provisional IS NULL AND length(disagreeing) > 1
+             ORDER BY chunk",
+        )?;
+        let mut signed = self.connection.prepare(
+            "SELECT s.key, s.statement, s.signature FROM signed_results s
+             WHERE s.job = ?1 AND s.chunk = ?2 AND s.worker = ?3
+               AND NOT EXISTS (SELECT 1 FROM evidence e WHERE e.job = s.job AND e.chunk = s.chunk AND e.worker = s.worker)
+             ORDER BY s.id LIMIT 1",
+        )?;
+        for job in md_jobs {
+            let mut rows = verified.query([job.0])?;
+            while let Some(row) = rows.next()? {
+                let chunk: u32 = row.get(0)?;
+                let Some(index) = funding.escrow_index(job, chunk) else { continue };
+                let workers: Vec<WorkerId> =
+                    decode::<StoredWorkerIds>(&row.get::<_, Vec<u8>>(1)?, "disagreeing workers")?.into();
+                for worker in workers {
+                    let result = signed
+                        .query_row(params![job.0, chunk, worker.0.as_slice()], |row| {
+                            Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, Vec<u8>>(1)?, row.get::<_, Vec<u8>>(2)?))
+                        })
+                        .optional()?;
+                    if let Some((key, statement_hash, signature)) = result {
+                        let statement_hash = hash_of(&statement_hash, "statement")?;
+                        found.push(Contradiction { job, chunk, index, worker, key, statement_hash, signature });
+                        if found.len() == limit {
+                            return Ok(found);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Records what became of a piece of evidence: `submitted` (with its id and transaction),
+    /// `no hub` (the worker belongs to no hub: no stake to slash) or `refused: …`.
+    pub fn record_evidence(
+        &mut self,
+        workflow: WorkflowId,
+        contradiction: &Contradiction,
+        state: &str,
+        submitted: Option<([u8; 32], [u8; 32])>,
+    ) -> Result<()> {
+        self.connection.execute(
+            "INSERT OR REPLACE INTO evidence (job, chunk, worker, workflow, state, evidence_id, tx)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                contradiction.job.0,
+                contradiction.chunk,
+                contradiction.worker.0.as_slice(),
+                workflow.0,
+                state,
+                submitted.map(|(id, _)| id.to_vec()),
+                submitted.map(|(_, tx)| tx.to_vec())
+            ],
+        )?;
+        Ok(())
+    }
+
     /// Records a batch about to be sent. Until it is closed it is reconciled against the chain.
     pub fn begin_settlement(&mut self, funding: &Funding, chunks: &[(u64, u32, u32)]) -> Result<i64> {
         self.connection.execute(
@@ -246,7 +337,8 @@ impl Store {
                  WHERE j.workflow = f.workflow),
                 (SELECT COUNT(*) FROM paid p WHERE p.workflow = f.workflow),
                 (SELECT COUNT(*) FROM settlements s WHERE s.workflow = f.workflow AND s.state = 'paid'),
-                (SELECT tx FROM settlements s WHERE s.workflow = f.workflow AND s.tx IS NOT NULL ORDER BY id DESC LIMIT 1)
+                (SELECT tx FROM settlements s WHERE s.workflow = f.workflow AND s.tx IS NOT NULL ORDER BY id DESC LIMIT 1),
+                (SELECT COUNT(*) FROM evidence e WHERE e.workflow = f.workflow AND e.state = 'submitted')
              FROM funding f JOIN workflows w ON w.id = f.workflow ORDER BY f.workflow",
         )?;
         let rows = statement.query_map([], |row| {
@@ -263,6 +355,7 @@ impl Store {
                     paid: row.get(8)?,
                     batches: row.get(9)?,
                     last_tx: None,
+                    evidence: row.get(11)?,
                 },
                 row.get::<_, Option<Vec<u8>>>(10)?,
             ))
