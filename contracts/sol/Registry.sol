@@ -173,7 +173,7 @@ contract Registry is Guard {
     }
 
     /// Takes up to `amountWei` of the hub's ETH funds for the DAO. The rest stays locked until
-    /// lockedUntil; a punished hub is never whitelisted again.
+    /// lockedUntil; a punished hub is not whitelisted or credited until the DAO clears it.
     function punish(address hub, uint256 amountWei) external onlyDao {
         Hub storage h = hubs[hub];
         bool locked = block.timestamp < h.lockedUntil;
