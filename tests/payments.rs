@@ -197,3 +197,65 @@ fn a_scheduler_without_a_chain_says_so() {
     assert!(!output.status.success() && why.contains("started without --chain"), "{why}");
     assert!(why.contains("upglobe job fund w1"), "{why}");
 }
+
+#[test]
+fn only_the_requester_ties_an_escrow_job_to_a_workflow_and_only_on_fair_terms() {
+    let dir = tempfile::tempdir().unwrap();
+    let anvil = LocalChain::start().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (dao, victim, thief, reporter) =
+        (key_hex(&anvil, 0), key_hex(&anvil, 3), key_hex(&anvil, 6), key_hex(&anvil, 4));
+    let chain_file = dir.path().join("chain.json");
+    let chain = chain_file.to_str().unwrap();
+    let deploy = std::process::Command::new(cluster::UPGLOBE)
+        .args(["chain", "deploy", "--rpc", &anvil.endpoint(), "--key", &dao, "--write", chain])
+        .output()
+        .unwrap();
+    assert!(deploy.status.success(), "{}", String::from_utf8_lossy(&deploy.stderr));
+    let flags = ["--chain", chain, "--reporter-key", &reporter];
+    let cluster = Cluster::start_with(dir.path(), 0, &flags);
+    // Two workflows; nothing runs them (no workers), which is fine for funding.
+    let unpaid = workflow()
+        .replace("[payment]\nprice_per_chunk = \"0.001 ether\"\ndeposit = \"0.1 ether\"\ndeadline_days = 7\n", "");
+    let path = cluster.write("unpaid.toml", &unpaid);
+    cluster.json(&["submit", path.to_str().unwrap()]);
+    cluster.json(&["submit", path.to_str().unwrap()]);
+
+    // The victim opens escrow job 1 for w1; a thief cannot tie it to its own w2.
+    let opened = as_account(&cluster, chain, &victim, &["job", "fund", "w1", "--price", "0.001 ether"]);
+    let escrow_job = opened["escrow_job"].as_u64().unwrap().to_string();
+    let stolen = cluster.run_with_env(
+        &["job", "fund", "w2", "--escrow-job", &escrow_job],
+        &[("UPGLOBE_CHAIN", chain), ("UPGLOBE_KEY", &thief)],
+    );
+    let why = String::from_utf8_lossy(&stolen.stderr);
+    assert!(!stolen.status.success() && why.contains("only its requester may tie it to a workflow"), "{why}");
+
+    // A deposit that does not pay every chunk is refused by the scheduler, with the sums.
+    let deployment = Deployment::read(&chain_file).unwrap();
+    let requester = rt.block_on(Chain::connect(&deployment, anvil.key(3))).unwrap();
+    let reporter_address = anvil_address(&anvil, 4);
+    let short = upglobe_contracts::NewJob {
+        price_per_unit: amount::parse("0.001 ether").unwrap(),
+        units_per_chunk_max: 1,
+        chunks: CHUNKS as u32,
+        reporter: reporter_address,
+        lasts: Duration::from_secs(7 * 86_400),
+        deposit: amount::parse("0.005 ether").unwrap(),
+        token: None,
+    };
+    let (short_job, _) = rt.block_on(requester.create_job(&short)).unwrap();
+    let refused = cluster.run_with_env(
+        &["job", "fund", "w2", "--escrow-job", &short_job.to_string()],
+        &[("UPGLOBE_CHAIN", chain), ("UPGLOBE_KEY", &victim)],
+    );
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && why.contains("holds 0.005 ether but the workflow's 12 chunks cost 0.012 ether"),
+        "{why}"
+    );
+    // The scheduler lists only the honest funding.
+    let funded = cluster.json(&["payments"]);
+    assert_eq!(funded.as_array().unwrap().len(), 1, "{funded}");
+    assert_eq!(funded[0]["workflow"], 1);
+}

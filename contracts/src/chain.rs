@@ -14,6 +14,12 @@ use crate::bindings::JobEscrow::{self, JobEscrowInstance};
 use crate::bindings::Registry::{self, RegistryInstance};
 use crate::error::{ChainError, Result};
 
+/// Gas added to an estimate: a fifth.
+const GAS_MARGIN_DIVISOR: u64 = 5;
+/// How long a sent transaction may take to be mined before the call gives up waiting (it may
+/// still be mined later: callers that must know read the chain again).
+const RECEIPT_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Where the contracts are: what `upglobe chain deploy` writes and every other chain command
 /// reads (`--chain FILE`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +192,7 @@ impl Batch {
 #[derive(Clone)]
 pub struct Chain {
     provider: DynProvider,
+    key: PrivateKeySigner,
     account: Address,
     deployment: Deployment,
     registry: RegistryInstance<DynProvider>,
@@ -196,15 +203,48 @@ fn provider(rpc: &str, key: PrivateKeySigner) -> Result<DynProvider> {
     let url = rpc
         .parse()
         .map_err(|e| ChainError::Invalid(format!("{rpc:?} is not a JSON-RPC URL (like http://127.0.0.1:8545): {e}")))?;
-    Ok(ProviderBuilder::new().wallet(EthereumWallet::from(key)).connect_http(url).erased())
+    // Nonces are asked of the node for every transaction rather than cached: a send that fails
+    // after its nonce was taken (out of gas money, a transport error) must not leave a gap that
+    // stalls every later transaction of the account, and another process may use the same key
+    // (a reporter claiming its share of a slash).
+    Ok(ProviderBuilder::new()
+        .disable_recommended_fillers()
+        .with_gas_estimation()
+        .with_simple_nonce_management()
+        .fetch_chain_id()
+        .wallet(EthereumWallet::from(key))
+        .connect_http(url)
+        .erased())
+}
+
+/// The text a requester signs to tie escrow job `escrow_job` to workflow `workflow` of the
+/// scheduler reporting on `deployment` (EIP-191 personal message).
+pub fn funding_message(deployment: &Deployment, escrow_job: u64, workflow: u64) -> String {
+    format!(
+        "UpGlobe: pay workflow w{workflow} from escrow job {escrow_job} of JobEscrow {} on chain {}",
+        deployment.escrow, deployment.chain_id
+    )
+}
+
+/// Who signed a funding message: the address [`Chain::sign_funding`]'s key belongs to.
+pub fn funding_signer(deployment: &Deployment, escrow_job: u64, workflow: u64, signature: &[u8]) -> Result<Address> {
+    let signature = alloy::primitives::Signature::try_from(signature)
+        .map_err(|_| ChainError::Invalid("the funding signature is not 65 bytes of a secp256k1 signature".into()))?;
+    signature
+        .recover_address_from_msg(funding_message(deployment, escrow_job, workflow))
+        .map_err(|_| ChainError::Invalid("the funding signature does not recover to an address".into()))
 }
 
 /// Reads a private key: 64 hex digits, with or without `0x`, alone in a file or given directly.
 pub fn read_key(text_or_path: &str) -> Result<PrivateKeySigner> {
-    let text = match std::fs::read_to_string(text_or_path) {
-        Ok(contents) => contents,
-        Err(_) if !text_or_path.contains('/') => text_or_path.to_string(),
-        Err(e) => return Err(ChainError::Invalid(format!("cannot read the key file {text_or_path}: {e}"))),
+    let trimmed = text_or_path.trim();
+    let hex_digits = trimmed.strip_prefix("0x").unwrap_or(trimmed);
+    let text = if hex_digits.len() == 64 && hex_digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        trimmed.to_string()
+    } else {
+        std::fs::read_to_string(text_or_path).map_err(|e| {
+            ChainError::Invalid(format!("the key is neither 64 hex digits nor a readable file ({text_or_path}: {e})"))
+        })?
     };
     text.trim()
         .parse::<PrivateKeySigner>()
@@ -215,6 +255,7 @@ impl Chain {
     /// Deploys Registry and JobEscrow with `dao` as the DAO and links them.
     pub async fn deploy(rpc: &str, dao: PrivateKeySigner, stake_min: U256) -> Result<Chain> {
         let account = dao.address();
+        let key = dao.clone();
         let provider = provider(rpc, dao)?;
         let chain_id = provider.get_chain_id().await.map_err(|e| ChainError::rpc(rpc, e))?;
         let registry = Registry::deploy(provider.clone(), account, stake_min)
@@ -230,7 +271,7 @@ impl Chain {
             escrow: *escrow.address(),
             dao: account,
         };
-        let chain = Chain { provider, account, deployment, registry, escrow };
+        let chain = Chain { provider, key, account, deployment, registry, escrow };
         chain.send("Registry.setEscrow", chain.registry.setEscrow(chain.deployment.escrow)).await?;
         Ok(chain)
     }
@@ -239,7 +280,7 @@ impl Chain {
     /// that both contracts are there.
     pub async fn connect(deployment: &Deployment, key: PrivateKeySigner) -> Result<Chain> {
         let account = key.address();
-        let provider = provider(&deployment.rpc, key)?;
+        let provider = provider(&deployment.rpc, key.clone())?;
         let rpc = &deployment.rpc;
         let chain_id = provider.get_chain_id().await.map_err(|e| ChainError::rpc(rpc, e))?;
         if chain_id != deployment.chain_id {
@@ -256,7 +297,7 @@ impl Chain {
         }
         let registry = Registry::new(deployment.registry, provider.clone());
         let escrow = JobEscrow::new(deployment.escrow, provider.clone());
-        Ok(Chain { provider, account, deployment: deployment.clone(), registry, escrow })
+        Ok(Chain { provider, key, account, deployment: deployment.clone(), registry, escrow })
     }
 
     /// The same deployment with another key.
@@ -285,9 +326,16 @@ impl Chain {
     /// the node's pool forever.
     pub async fn send<D: CallDecoder>(&self, call: &str, builder: CallBuilder<&DynProvider, D>) -> Result<Receipt> {
         let gas = builder.estimate_gas().await.map_err(|e| ChainError::from_contract(call, e))?;
+        // A margin over the estimate: storage that another transaction empties meanwhile costs
+        // more to write again (a hub withdrawing its balance to zero before a batch credits it).
+        let gas = gas + gas / GAS_MARGIN_DIVISOR;
         let pending = builder.gas(gas).send().await.map_err(|e| ChainError::from_contract(call, e))?;
         let tx = *pending.tx_hash();
-        let receipt = pending.get_receipt().await.map_err(|e| ChainError::rpc(call, e))?;
+        let receipt = pending
+            .with_timeout(Some(RECEIPT_TIMEOUT))
+            .get_receipt()
+            .await
+            .map_err(|e| ChainError::rpc(call, format!("no receipt for {tx}: {e}")))?;
         let mined = Receipt { tx, block: receipt.block_number.unwrap_or_default(), gas_used: receipt.gas_used };
         if !receipt.status() {
             return Err(ChainError::Revert {
@@ -548,14 +596,37 @@ impl Chain {
     }
 
     pub async fn pay_batch(&self, batch: &Batch) -> Result<Receipt> {
-        let call = self.escrow.payBatch(
+        self.send("JobEscrow.payBatch", self.pay_batch_call(batch)).await
+    }
+
+    /// Whether the escrow would accept a batch now, without sending anything.
+    pub async fn check_pay_batch(&self, batch: &Batch) -> Result<()> {
+        let call = "JobEscrow.payBatch";
+        self.pay_batch_call(batch).estimate_gas().await.map_err(|e| ChainError::from_contract(call, e))?;
+        Ok(())
+    }
+
+    fn pay_batch_call(
+        &self,
+        batch: &Batch,
+    ) -> CallBuilder<&DynProvider, std::marker::PhantomData<JobEscrow::payBatchCall>> {
+        self.escrow.payBatch(
             U256::from(batch.job),
             batch.chunks.clone(),
             batch.hubs.clone(),
             batch.chunk_counts.clone(),
             batch.units.clone(),
-        );
-        self.send("JobEscrow.payBatch", call).await
+        )
+    }
+
+    /// Signs what lets a scheduler pay a workflow from an escrow job: only the job's requester
+    /// can tie its deposit to a workflow.
+    pub async fn sign_funding(&self, escrow_job: u64, workflow: u64) -> Result<Vec<u8>> {
+        use alloy::signers::Signer;
+        let message = funding_message(&self.deployment, escrow_job, workflow);
+        let signature =
+            self.key.sign_message(message.as_bytes()).await.map_err(|e| ChainError::Invalid(e.to_string()))?;
+        Ok(signature.as_bytes().to_vec())
     }
 
     pub async fn complete(&self, job: u64) -> Result<Receipt> {

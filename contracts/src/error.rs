@@ -98,7 +98,7 @@ fn describe_registry(e: RegistryErrors) -> (String, String) {
         }
         E::WorkerTaken(e) => format!("worker {} is attached to hub {}", e.workerId, e.hub),
         E::NotYourWorker(e) => format!("worker {} is not attached to this hub", e.workerId),
-        E::UnstakeNotReady(e) if e.unstakeAt == 0 => "request the unstake first (hub unstake --request)".into(),
+        E::UnstakeNotReady(e) if e.unstakeAt == 0 => "ask for the stake back first (`upglobe hub unstake`)".into(),
         E::UnstakeNotReady(e) => format!("the stake can be withdrawn from {}", date(e.unstakeAt)),
         E::EvidencePending(e) => format!("hub {} has {} open piece(s) of evidence against it", e.hub, e.count),
         E::InsufficientFunds(e) => format!("asked for {} but only {} is available", eth(e.requested), eth(e.available)),

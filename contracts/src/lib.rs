@@ -17,5 +17,8 @@ mod error;
 
 pub use alloy::primitives::{Address, B256, U256, keccak256};
 pub use alloy::signers::local::PrivateKeySigner;
-pub use chain::{Batch, Chain, Deployment, EscrowJob, HubInfo, HubState, JobStatus, NewJob, Receipt, read_key};
+pub use chain::{
+    Batch, Chain, Deployment, EscrowJob, HubInfo, HubState, JobStatus, NewJob, Receipt, funding_message,
+    funding_signer, read_key,
+};
 pub use error::{ChainError, Result};

@@ -819,8 +819,10 @@ pub enum PaymentRequest {
     /// when it opens an escrow job.
     Info,
     /// Pays a workflow's verified chunks from escrow job `escrow_job`, which the requester opened
-    /// with this scheduler's reporter address and room for every chunk of the workflow.
-    Fund { workflow: String, escrow_job: u64 },
+    /// with this scheduler's reporter address, in ETH, with a deposit for every chunk of the
+    /// workflow. `signature`: the job's requester signed `upglobe_contracts::funding_message`
+    /// (EIP-191, 65 bytes), so no one else can tie its deposit to their workflow.
+    Fund { workflow: WorkflowId, escrow_job: u64, signature: Vec<u8> },
     /// The funded workflows and how far their settlement is.
     Status,
 }

@@ -250,7 +250,19 @@ impl Scheduler {
         }
         let sessions = HashMap::new();
         let logs = crate::logs::LiveLogs::default();
-        let owner = Owner { core, store, blobs, clock, sessions, probe, uploads, inputs: weak_inputs, logs, chain };
+        let owner = Owner {
+            core,
+            store,
+            blobs,
+            clock,
+            sessions,
+            probe,
+            uploads,
+            inputs: weak_inputs,
+            logs,
+            chain,
+            database: dir.join("scheduler.db"),
+        };
         let owner = tokio::spawn(owner.run(receiver, watcher));
         tracing::info!(%address, epoch, "scheduler listening");
         Ok(Scheduler { worker_token, client_token, verifier_token, address, created, latencies, shutdown, owner })
@@ -285,12 +297,53 @@ fn write_token(path: &Path, token: &Token) -> Result<()> {
         .map_err(|source| SchedulerError::Io { context: format!("cannot write {}", path.display()), cause: source })
 }
 
-/// Whether escrow job `id` can pay `chunks` chunks reported by this scheduler.
-async fn check_escrow_job(chain: &upglobe_contracts::Chain, id: u64, chunks: u64) -> std::result::Result<(), String> {
-    use upglobe_contracts::JobStatus;
+/// The least time an escrow job must have left when it funds a workflow: the chunks must have
+/// a chance to be computed and paid before the requester may take the deposit back.
+const FUNDING_DEADLINE_MARGIN_S: u64 = 3600;
+
+/// Whether escrow job `id` can pay every one of `chunks` chunks of `workflow`, reported by this
+/// scheduler: its requester signed the funding, it is open, in ETH, untouched, with a deposit
+/// for every chunk at its price and time left.
+async fn check_escrow_job(
+    chain: &upglobe_contracts::Chain,
+    id: u64,
+    workflow: WorkflowId,
+    chunks: u64,
+    signature: &[u8],
+) -> std::result::Result<(), String> {
+    use upglobe_contracts::{Address, JobStatus, U256};
     let job = chain.job(id).await.map_err(|e| e.to_string())?;
+    if job.status == JobStatus::None {
+        return Err(format!("there is no escrow job {id}"));
+    }
+    let signer =
+        upglobe_contracts::funding_signer(chain.deployment(), id, workflow.0, signature).map_err(|e| e.to_string())?;
+    if signer != job.requester {
+        return Err(format!(
+            "the funding was signed by {signer}, but escrow job {id} belongs to {}; only its requester may tie it to a workflow",
+            job.requester
+        ));
+    }
     if job.status != JobStatus::Open {
         return Err(format!("escrow job {id} is {:?}, not open", job.status).to_lowercase());
+    }
+    if job.token != Address::ZERO {
+        return Err(format!("escrow job {id} pays in token {}; this scheduler pays in ETH only", job.token));
+    }
+    if !job.paid.is_zero() {
+        return Err(format!("escrow job {id} has paid chunks already; fund a workflow with a new escrow job"));
+    }
+    if job.units_per_chunk_max != 1 {
+        return Err(format!("escrow job {id} is priced per metered unit; this scheduler pays per chunk"));
+    }
+    let cost = job.price_per_unit * U256::from(chunks);
+    if job.deposit < cost {
+        return Err(format!(
+            "escrow job {id} holds {} but the workflow's {chunks} chunks cost {} at {} each",
+            upglobe_contracts::amount::format(job.deposit),
+            upglobe_contracts::amount::format(cost),
+            upglobe_contracts::amount::format(job.price_per_unit)
+        ));
     }
     if job.reporter != chain.account() {
         return Err(format!(
@@ -303,8 +356,8 @@ async fn check_escrow_job(chain: &upglobe_contracts::Chain, id: u64, chunks: u64
         return Err(format!("escrow job {id} has room for {} chunks; the workflow has {chunks}", job.chunks_max));
     }
     let now = chain.now().await.map_err(|e| e.to_string())?;
-    if job.deadline <= now {
-        return Err(format!("escrow job {id}'s deadline has passed"));
+    if job.deadline < now + FUNDING_DEADLINE_MARGIN_S {
+        return Err(format!("escrow job {id}'s deadline is less than an hour away"));
     }
     Ok(())
 }
@@ -380,6 +433,8 @@ struct Owner {
     logs: crate::logs::LiveLogs,
     /// The reporter's account on the payment chain, if the scheduler pays.
     chain: Option<upglobe_contracts::Chain>,
+    /// The store's file, for questions answered on a read-only connection off this task.
+    database: PathBuf,
 }
 
 struct LatencyProbe {
@@ -512,12 +567,15 @@ impl Owner {
                 replies.push(Reply::AfterCommit(reply, request));
             }
             Input::Client {
-                request: ClientRequest::Payments(PaymentRequest::Fund { workflow, escrow_job }),
+                request: ClientRequest::Payments(PaymentRequest::Fund { workflow, escrow_job, signature }),
                 reply,
             } => {
-                if let Err(message) = self.fund(now, &workflow, escrow_job, reply) {
+                if let Err(message) = self.fund(now, workflow, escrow_job, signature, reply) {
                     tracing::debug!(%message, "funding refused");
                 }
+            }
+            Input::Client { request: ClientRequest::Payments(PaymentRequest::Status), reply } => {
+                self.payments_status(reply);
             }
             Input::Client { request, reply } => {
                 let response = self.answer(now, request);
@@ -525,18 +583,17 @@ impl Owner {
             }
             Input::Compared { id, agree } => self.core.handle_compared(now, id, agree),
             Input::FundChecked { funding, checked, reply } => {
-                let response = match checked.and_then(|()| {
+                match checked.and_then(|()| {
                     self.store
                         .fund(funding.workflow, funding.escrow_job, funding.chunks, &funding.offsets)
                         .map_err(|e| e.to_string())
                 }) {
                     Ok(()) => {
                         tracing::info!(workflow = %funding.workflow, escrow_job = funding.escrow_job, chunks = funding.chunks, "workflow funded");
-                        self.payments_status()
+                        self.payments_status(reply);
                     }
-                    Err(message) => ClientResponse::Error { message },
-                };
-                replies.push(Reply::Ready(reply, response));
+                    Err(message) => replies.push(Reply::Ready(reply, ClientResponse::Error { message })),
+                }
             }
         }
     }
@@ -644,9 +701,8 @@ impl Owner {
                 });
                 ClientResponse::Payments(PaymentAnswer::Info(info))
             }
-            ClientRequest::Payments(PaymentRequest::Status) => self.payments_status(),
-            ClientRequest::Payments(PaymentRequest::Fund { .. }) => {
-                unreachable!("funding is checked on chain off the owner task (see handle)")
+            ClientRequest::Payments(PaymentRequest::Status | PaymentRequest::Fund { .. }) => {
+                unreachable!("funding and settlement status are answered off the owner task (see handle)")
             }
             ClientRequest::Datasets(request) => match self.datasets(request) {
                 Ok(datasets) => ClientResponse::Datasets(datasets),
@@ -662,11 +718,18 @@ impl Owner {
         }
     }
 
-    fn payments_status(&self) -> ClientResponse {
-        match self.store.funded_workflows() {
-            Ok(funded) => ClientResponse::Payments(PaymentAnswer::Funded(funded)),
-            Err(e) => ClientResponse::Error { message: e.to_string() },
-        }
+    /// Settlement progress, counted over the outbox on a read-only connection off the owner
+    /// task: a large workflow's counts must not hold up scheduling.
+    fn payments_status(&self, reply: oneshot::Sender<ClientResponse>) {
+        let database = self.database.clone();
+        tokio::task::spawn_blocking(move || {
+            let answer = Store::open_read_only(&database).and_then(|store| store.funded_workflows());
+            let response = match answer {
+                Ok(funded) => ClientResponse::Payments(PaymentAnswer::Funded(funded)),
+                Err(e) => ClientResponse::Error { message: e.to_string() },
+            };
+            let _ = reply.send(response);
+        });
     }
 
     /// Funds a workflow from an escrow job once the chain confirms the job can pay it: open,
@@ -675,8 +738,9 @@ impl Owner {
     fn fund(
         &mut self,
         now: u64,
-        text: &str,
+        workflow: WorkflowId,
         escrow_job: u64,
+        signature: Vec<u8>,
         reply: oneshot::Sender<ClientResponse>,
     ) -> std::result::Result<(), String> {
         let refuse = |reply: oneshot::Sender<ClientResponse>, message: String| {
@@ -686,22 +750,13 @@ impl Owner {
         let Some(chain) = self.chain.clone() else {
             return refuse(reply, "this scheduler was started without --chain; it pays no one".into());
         };
+        if signature.len() != 65 {
+            return refuse(reply, "the funding signature must be 65 bytes (r, s, v)".into());
+        }
         let statuses = self.core.job_statuses(now);
-        let mut workflows: Vec<WorkflowId> = statuses
-            .iter()
-            .filter(|s| s.workflow.to_string() == text || s.workflow.0.to_string() == text || s.workflow_name == text)
-            .map(|s| s.workflow)
-            .collect();
-        workflows.sort();
-        workflows.dedup();
-        let workflow = match workflows[..] {
-            [one] => one,
-            [] => return refuse(reply, format!("no workflow '{text}' (give its id, like w3, or its name)")),
-            _ => {
-                let ids: Vec<String> = workflows.iter().map(|w| w.to_string()).collect();
-                return refuse(reply, format!("'{text}' names workflows {}; give one id", ids.join(", ")));
-            }
-        };
+        if !statuses.iter().any(|s| s.workflow == workflow) {
+            return refuse(reply, format!("no workflow {workflow}"));
+        }
         let mut jobs: Vec<_> = statuses.iter().filter(|s| s.workflow == workflow).collect();
         jobs.sort_by_key(|s| s.id);
         let mut offsets = std::collections::BTreeMap::new();
@@ -713,7 +768,7 @@ impl Owner {
         let funding = crate::store::Funding { workflow, escrow_job, chunks, offsets, completed: false };
         let inputs = self.inputs.clone();
         tokio::spawn(async move {
-            let checked = check_escrow_job(&chain, escrow_job, chunks).await;
+            let checked = check_escrow_job(&chain, escrow_job, workflow, chunks, &signature).await;
             if let Some(inputs) = inputs.upgrade() {
                 let _ = inputs.send(Input::FundChecked { funding, checked, reply }).await;
             }

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use upglobe_contracts::{Address, B256, Batch, Chain, ChainError};
+use upglobe_contracts::{Address, B256, Batch, Chain, ChainError, JobStatus, U256};
 use upglobe_protocol::WorkerId;
 
 use crate::store::{Due, Funding, Store};
@@ -98,6 +98,23 @@ struct Settled {
 /// Settles one workflow.
 async fn settle_workflow(store: &mut Store, chain: &Chain, funding: &Funding) -> Result<Settled> {
     let (workflow, escrow_job) = (funding.workflow, funding.escrow_job);
+    let job = chain.job(escrow_job).await.map_err(chain_error)?;
+    match job.status {
+        JobStatus::Open => {}
+        // Completed by a pass that died before recording it.
+        JobStatus::Completed => {
+            store.funding_completed(workflow, [0; 32])?;
+            return Ok(Settled { unpayable: 0, problem: None });
+        }
+        _ => {
+            // The requester took the deposit back (after the deadline): nothing more can be paid.
+            let problem = format!("escrow job {escrow_job} was refunded; chunks not paid by then never will be");
+            store.funding_completed(workflow, [0; 32])?;
+            return Ok(Settled { unpayable: 0, problem: Some(problem) });
+        }
+    }
+    let price = job.price_per_unit.max(U256::from(1));
+    let mut affordable = usize::try_from((job.deposit - job.paid) / price).unwrap_or(usize::MAX);
     // 1. Close what a previous run left open.
     for open in store.open_settlements(workflow)? {
         let indices: Vec<u32> = open.chunks.iter().map(|c| c.2).collect();
@@ -114,7 +131,7 @@ async fn settle_workflow(store: &mut Store, chain: &Chain, funding: &Funding) ->
     let mut hubs: HashMap<WorkerId, Option<Address>> = HashMap::new();
     let mut problem = None;
     let mut cursor = (0, 0);
-    loop {
+    'pages: loop {
         let page = store.due(funding, cursor, PAGE_CHUNKS)?;
         let Some(last) = page.last() else { break };
         cursor = (last.job.0, last.chunk.saturating_add(1));
@@ -134,9 +151,41 @@ async fn settle_workflow(store: &mut Store, chain: &Chain, funding: &Funding) ->
                     "settling escrow job {escrow_job} made no progress in {ROUNDS_PER_PAGE_MAX} rounds"
                 )));
             }
-            let batch = take_batch(&mut items);
-            let chunks: Vec<(u64, u32, u32)> = batch.iter().map(|(d, _)| (d.job.0, d.chunk, d.index)).collect();
+            let batch = take_batch(&mut items, affordable.min(BATCH_CHUNKS));
+            if batch.is_empty() {
+                problem = Some(format!("escrow job {escrow_job}'s deposit is spent; the rest of its chunks wait"));
+                break 'pages;
+            }
             let grouped = Batch::group(escrow_job, batch.iter().map(|(d, hub)| (d.index, *hub, 1)).collect());
+            // Asked first, so a refusal sends nothing and records nothing.
+            match chain.check_pay_batch(&grouped).await {
+                Ok(()) => {}
+                Err(e) if e.revert_name() == Some("HubNotPayable") => {
+                    // The hub's chunks go to another agreeing worker's hub if there is one;
+                    // the rest wait for a later pass.
+                    let hub = not_payable_hub(&e, &grouped);
+                    tracing::warn!(workflow = %workflow, %hub, error = %e, "a hub cannot be paid; its chunks wait");
+                    problem = Some(format!("hub {hub} cannot be paid (not whitelisted or not in good standing)"));
+                    refused.insert(hub);
+                    for (due, _) in batch.into_iter().chain(std::mem::take(&mut items)) {
+                        match hub_of(chain, &mut hubs, &due.workers, &refused).await? {
+                            Some(hub) => items.push((due, hub)),
+                            None => unpayable += 1,
+                        }
+                    }
+                    continue;
+                }
+                Err(e) if e.revert_name() == Some("ChunkAlreadyPaid") => {
+                    // Paid by a batch whose record was lost: the bitmap says which.
+                    tracing::info!(workflow = %workflow, error = %e, "a chunk was paid already; reading the bitmap");
+                    let (due, hubs_of): (Vec<Due>, Vec<Address>) = batch.into_iter().unzip();
+                    let unpaid = reconcile(store, chain, funding, due.clone()).await?;
+                    items.extend(due.into_iter().zip(hubs_of).filter(|(d, _)| unpaid.contains(d)));
+                    continue;
+                }
+                Err(e) => return Err(chain_error(e)),
+            }
+            let chunks: Vec<(u64, u32, u32)> = batch.iter().map(|(d, _)| (d.job.0, d.chunk, d.index)).collect();
             let id = store.begin_settlement(funding, &chunks)?;
             crash_point("crash-before-send");
             match chain.pay_batch(&grouped).await {
@@ -151,44 +200,20 @@ async fn settle_workflow(store: &mut Store, chain: &Chain, funding: &Funding) ->
                         Some((receipt.tx.0, receipt.gas_used)),
                         &paid,
                     )?;
+                    affordable -= paid.len();
                 }
-                Err(e) if e.revert_name() == Some("HubNotPayable") => {
-                    // Refused before it was sent. The hub's chunks go to another agreeing
-                    // worker's hub if there is one; the rest wait for a later pass.
-                    store.close_settlement(workflow, Some(id), "refused", None, &[])?;
-                    let hub = not_payable_hub(&e, &grouped);
-                    tracing::warn!(workflow = %workflow, %hub, error = %e, "a hub cannot be paid; its chunks wait");
-                    problem = Some(format!("hub {hub} cannot be paid (not whitelisted or not in good standing)"));
-                    refused.insert(hub);
-                    for (due, _) in batch.into_iter().chain(std::mem::take(&mut items)) {
-                        match hub_of(chain, &mut hubs, &due.workers, &refused).await? {
-                            Some(hub) => items.push((due, hub)),
-                            None => unpayable += 1,
-                        }
-                    }
-                }
-                Err(e) if e.revert_name() == Some("ChunkAlreadyPaid") => {
-                    // Paid by a batch whose record was lost: the bitmap says which.
-                    store.close_settlement(workflow, Some(id), "refused", None, &[])?;
-                    tracing::info!(workflow = %workflow, error = %e, "a chunk was paid already; reading the bitmap");
-                    let (due, hubs_of): (Vec<Due>, Vec<Address>) = batch.into_iter().unzip();
-                    let unpaid = reconcile(store, chain, funding, due.clone()).await?;
-                    items.extend(due.into_iter().zip(hubs_of).filter(|(d, _)| unpaid.contains(d)));
-                }
-                Err(e @ ChainError::Revert { .. }) => {
-                    // Refused before anything was sent: nothing to reconcile.
-                    store.close_settlement(workflow, Some(id), "refused", None, &[])?;
-                    return Err(chain_error(e));
-                }
-                // Unknown whether it was sent: the open batch is reconciled on the next pass.
+                // Sent or not, mined or not, reverted or not: the open batch is closed from the
+                // bitmap by the next pass.
                 Err(e) => return Err(chain_error(e)),
             }
         }
     }
     submit_evidence(store, chain, funding).await?;
-    // 4. Complete once nothing more can be paid.
+    // 4. Complete once nothing more can be paid. Nothing can become final any more is read
+    // first: a chunk made final between the two reads is then still found due.
+    let settled = store.settled_for_good(workflow)?;
     let all_paid = unpayable == 0 && problem.is_none() && store.due(funding, (0, 0), 1)?.is_empty();
-    if all_paid && store.settled_for_good(workflow)? {
+    if settled && all_paid {
         let receipt = chain.complete(escrow_job).await.map_err(chain_error)?;
         tracing::info!(workflow = %workflow, escrow_job, tx = %receipt.tx, "escrow job completed");
         store.funding_completed(workflow, receipt.tx.0)?;
@@ -245,14 +270,14 @@ async fn reconcile(store: &mut Store, chain: &Chain, funding: &Funding, due: Vec
     Ok(due.into_iter().zip(bits).filter(|(_, p)| !p).map(|(d, _)| d).collect())
 }
 
-/// Takes up to [`BATCH_CHUNKS`] chunks of at most [`BATCH_HUBS`] hubs.
-fn take_batch(items: &mut Vec<(Due, Address)>) -> Vec<(Due, Address)> {
+/// Takes up to `most` chunks of at most [`BATCH_HUBS`] hubs.
+fn take_batch(items: &mut Vec<(Due, Address)>, most: usize) -> Vec<(Due, Address)> {
     let mut hubs = BTreeSet::new();
     let mut batch = Vec::new();
     let mut rest = Vec::new();
     for (due, hub) in items.drain(..) {
         let fits = hubs.contains(&hub) || hubs.len() < BATCH_HUBS;
-        if batch.len() < BATCH_CHUNKS && fits {
+        if batch.len() < most && fits {
             hubs.insert(hub);
             batch.push((due, hub));
         } else {

@@ -416,13 +416,18 @@ pub fn describe_hub(info: &HubInfo) -> String {
 
 #[derive(clap::Subcommand)]
 pub enum JobCommand {
-    /// Open an escrow job paying a submitted workflow's verified chunks, and tell the scheduler.
+    /// Open an escrow job paying a submitted workflow's verified chunks, and tell the scheduler
+    /// (or, with --escrow-job, link one this account opened already).
     Fund {
         /// The workflow: its id (w3) or name.
         workflow: String,
         /// Paid per verified chunk to the hub of the worker that computed it.
-        #[arg(long, value_parser = parse_amount)]
-        price: U256,
+        #[arg(long, value_parser = parse_amount, required_unless_present = "escrow_job")]
+        price: Option<U256>,
+        /// Link this escrow job (opened by this account, e.g. by a `fund` whose link failed)
+        /// instead of opening a new one.
+        #[arg(long, conflicts_with_all = ["price", "deposit"])]
+        escrow_job: Option<u64>,
         /// What to deposit. Default: the price of every chunk.
         #[arg(long, value_parser = parse_amount)]
         deposit: Option<U256>,
@@ -452,13 +457,25 @@ pub enum JobCommand {
 
 pub async fn job(context: &Context, command: JobCommand) -> Result<i32> {
     match command {
-        JobCommand::Fund { workflow, price, deposit, deadline_days, chain, connect: token } => {
+        JobCommand::Fund { workflow, price, escrow_job, deposit, deadline_days, chain, connect: token } => {
             let chain = chain.connect(context).await?;
             let client = connect(context, token.as_deref()).await?;
-            let terms = Terms { price, deposit, deadline: Duration::from_secs(deadline_days * 86_400) };
-            let funded = fund(&client, &chain, &workflow, &terms).await?;
+            match (escrow_job, price) {
+                (Some(escrow_job), _) => {
+                    let (id, _) = resolve_workflow(&client, &workflow).await?;
+                    let job = chain.job(escrow_job).await?;
+                    let funded = link(&client, &chain, id, escrow_job).await?;
+                    let funding = Funding { price: job.price_per_unit, deposit: job.deposit, tx: B256::ZERO };
+                    print_funded(context, &(funded, funding));
+                }
+                (None, Some(price)) => {
+                    let terms = Terms { price, deposit, deadline: Duration::from_secs(deadline_days * 86_400) };
+                    let funded = fund(&client, &chain, &workflow, &terms).await?;
+                    print_funded(context, &funded);
+                }
+                (None, None) => unreachable!("clap requires --price without --escrow-job"),
+            }
             client.close();
-            print_funded(context, &funded);
         }
         JobCommand::Show { escrow_job, chain } => {
             let chain = chain.connect(context).await?;
@@ -528,29 +545,17 @@ pub async fn fund(client: &Client, chain: &Chain, workflow: &str, terms: &Terms)
             deployment.chain_id
         );
     }
-    let statuses = super::status::fetch(client, None).await?;
-    let matching: Vec<WorkflowId> = {
-        let mut ids: Vec<WorkflowId> = statuses
-            .iter()
-            .filter(|s| {
-                s.workflow.to_string() == workflow
-                    || s.workflow.0.to_string() == workflow
-                    || s.workflow_name == workflow
-            })
-            .map(|s| s.workflow)
-            .collect();
-        ids.sort();
-        ids.dedup();
-        ids
-    };
-    let id = match matching[..] {
-        [one] => one,
-        [] => bail!("no workflow '{workflow}' (give its id, like w3, or its name)"),
-        _ => bail!("'{workflow}' names several workflows; give one id (see `upglobe status`)"),
-    };
-    let chunks: u64 = statuses.iter().filter(|s| s.workflow == id).map(|s| s.chunks_total).sum();
+    let (id, chunks) = resolve_workflow(client, workflow).await?;
     let chunks32 = u32::try_from(chunks).context("the workflow has more chunks than an escrow job can pay")?;
     let deposit = terms.deposit.unwrap_or(terms.price * U256::from(chunks));
+    if deposit < terms.price * U256::from(chunks) {
+        bail!(
+            "a deposit of {} does not pay the workflow's {chunks} chunks at {} each ({}): the scheduler refuses it",
+            amount::format(deposit),
+            amount::format(terms.price),
+            amount::format(terms.price * U256::from(chunks))
+        );
+    }
     let new = NewJob {
         price_per_unit: terms.price,
         units_per_chunk_max: 1,
@@ -561,18 +566,49 @@ pub async fn fund(client: &Client, chain: &Chain, workflow: &str, terms: &Terms)
         token: None,
     };
     let (escrow_job, receipt) = chain.create_job(&new).await?;
-    let request = PaymentRequest::Fund { workflow: id.to_string(), escrow_job };
-    let funded = match client.request(ClientRequest::Payments(request)).await? {
-        ClientResponse::Payments(PaymentAnswer::Funded(funded)) => funded.into_iter().find(|f| f.workflow == id),
-        ClientResponse::Error { message } => bail!(
-            "escrow job {escrow_job} was opened (tx {}) but the scheduler refused it: {message}; \
-             take the deposit back with `upglobe job refund {escrow_job}` after its deadline",
+    let funded = link(client, chain, id, escrow_job).await.map_err(|e| {
+        anyhow::anyhow!(
+            "escrow job {escrow_job} was opened (tx {}) but not linked: {e:#}; link it with \
+             `upglobe job fund {id} --escrow-job {escrow_job}`, or take the deposit back with \
+             `upglobe job refund {escrow_job}` after its deadline",
             receipt.tx
-        ),
-        other => bail!("unexpected answer {other:?}"),
-    };
-    let funded = funded.context("the scheduler did not list the funded workflow")?;
+        )
+    })?;
     Ok((funded, Funding { price: terms.price, deposit, tx: receipt.tx }))
+}
+
+/// A workflow by id (w3) or name, with its chunk count.
+async fn resolve_workflow(client: &Client, workflow: &str) -> Result<(WorkflowId, u64)> {
+    let statuses = super::status::fetch(client, None).await?;
+    let mut ids: Vec<WorkflowId> = statuses
+        .iter()
+        .filter(|s| {
+            s.workflow.to_string() == workflow || s.workflow.0.to_string() == workflow || s.workflow_name == workflow
+        })
+        .map(|s| s.workflow)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    let id = match ids[..] {
+        [one] => one,
+        [] => bail!("no workflow '{workflow}' (give its id, like w3, or its name)"),
+        _ => bail!("'{workflow}' names several workflows; give one id (see `upglobe status`)"),
+    };
+    Ok((id, statuses.iter().filter(|s| s.workflow == id).map(|s| s.chunks_total).sum()))
+}
+
+/// Asks the scheduler to pay workflow `id` from an escrow job this account opened, signing the
+/// link so no one else can make it.
+pub async fn link(client: &Client, chain: &Chain, id: WorkflowId, escrow_job: u64) -> Result<FundedWorkflow> {
+    let signature = chain.sign_funding(escrow_job, id.0).await?;
+    let request = PaymentRequest::Fund { workflow: id, escrow_job, signature };
+    match client.request(ClientRequest::Payments(request)).await? {
+        ClientResponse::Payments(PaymentAnswer::Funded(funded)) => {
+            funded.into_iter().find(|f| f.workflow == id).context("the scheduler did not list the funded workflow")
+        }
+        ClientResponse::Error { message } => bail!("the scheduler refused it: {message}"),
+        other => bail!("unexpected answer {other:?}"),
+    }
 }
 
 /// What opening an escrow job cost.

@@ -309,7 +309,14 @@ fn frame_seeds(fuzz: &Path) {
         ("verification", ClientRequest::Verification { job: "melt".into() }),
         ("logs", ClientRequest::Logs { job: "c".into(), from: 17 }),
         ("payment-info", ClientRequest::Payments(PaymentRequest::Info)),
-        ("fund", ClientRequest::Payments(PaymentRequest::Fund { workflow: "w1".into(), escrow_job: 7 })),
+        (
+            "fund",
+            ClientRequest::Payments(PaymentRequest::Fund {
+                workflow: WorkflowId(1),
+                escrow_job: 7,
+                signature: vec![5; 65],
+            }),
+        ),
         ("payments", ClientRequest::Payments(PaymentRequest::Status)),
     ] {
         frame(&format!("client-request-{name}"), &|b| encode_into(&request, b).unwrap());
