@@ -86,8 +86,9 @@ fn every_verified_chunk_is_paid_once_across_scheduler_crashes() {
     assert!(deploy.status.success(), "{}", String::from_utf8_lossy(&deploy.stderr));
     let flags = ["--chain", chain, "--reporter-key", &reporter, "--settle-interval", "0.3"];
     let mut cluster = Cluster::start_with_env(dir.path(), 0, &flags, &[("UPGLOBE_CHEAT_SETTLE", "crash-before-send")]);
-    cluster.add_worker(&["--allow-commands"]);
-    cluster.add_worker(&["--allow-commands"]);
+    let (hub1_address, hub2_address) = (anvil_address(&anvil, 1).to_string(), anvil_address(&anvil, 2).to_string());
+    cluster.add_worker(&["--allow-commands", "--hub", &hub1_address]);
+    cluster.add_worker(&["--allow-commands", "--hub", &hub2_address]);
     cluster.wait_for("two workers", Duration::from_secs(60), |c| c.connected_workers() == 2);
     let workers = cluster.json(&["workers"]);
     let id_of = |name: &str| {
@@ -101,9 +102,21 @@ fn every_verified_chunk_is_paid_once_across_scheduler_crashes() {
     );
     let why = String::from_utf8_lossy(&low.stderr);
     assert!(!low.status.success() && why.contains("below the minimum of 1 ether"), "{why}");
+    // A thief's hub attaches worker 2's id on chain before worker 2's own lab can: worker 2
+    // named hub 2 when it joined, so the thief is never paid for its chunks.
+    let thief = key_hex(&anvil, 6);
+    as_account(&cluster, chain, &thief, &["hub", "register", "--stake", "2 ether"]);
+    as_account(&cluster, chain, &thief, &["hub", "attach", &id_of("worker-2")]);
+    as_account(&cluster, chain, &dao, &["dao", "whitelist", &anvil_address(&anvil, 6).to_string()]);
     for (key, worker) in [(&hub1, "worker-1"), (&hub2, "worker-2")] {
         as_account(&cluster, chain, key, &["hub", "register", "--stake", "2 ether"]);
-        as_account(&cluster, chain, key, &["hub", "attach", &id_of(worker)]);
+        let attach =
+            cluster.run_with_env(&["hub", "attach", &id_of(worker)], &[("UPGLOBE_CHAIN", chain), ("UPGLOBE_KEY", key)]);
+        let why = String::from_utf8_lossy(&attach.stderr);
+        assert_eq!(attach.status.success(), worker == "worker-1", "{why}");
+        if worker == "worker-2" {
+            assert!(why.contains("is attached to hub"), "{why}");
+        }
         let address = anvil_address(&anvil, if key == &hub1 { 1 } else { 2 });
         as_account(&cluster, chain, &dao, &["dao", "whitelist", &address.to_string()]);
     }
@@ -142,11 +155,9 @@ fn every_verified_chunk_is_paid_once_across_scheduler_crashes() {
     assert_eq!(job.paid, price * U256::from(CHUNKS));
     let all: Vec<u32> = (0..CHUNKS as u32).collect();
     assert!(rt.block_on(reader.paid_chunks(escrow_job, &all)).unwrap().iter().all(|paid| *paid));
-    let earned: U256 = [1, 2]
-        .iter()
-        .map(|k| rt.block_on(reader.hub(anvil_address(&anvil, *k))).unwrap().balance)
-        .fold(U256::ZERO, |a, b| a + b);
-    assert_eq!(earned, job.paid);
+    // Every chunk was agreed by both workers; only worker 1's hub is paid, the thief nothing.
+    let earned = |k| rt.block_on(reader.hub(anvil_address(&anvil, k))).unwrap().balance;
+    assert_eq!((earned(1), earned(2), earned(6)), (job.paid, U256::ZERO, U256::ZERO));
     let earnings = as_account(&cluster, chain, &hub1, &["earnings"]);
     assert_eq!(earnings["state"], "active", "{earnings}");
 

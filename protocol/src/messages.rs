@@ -402,6 +402,11 @@ pub struct Hello {
     pub containers: Option<String>,
     /// Containers that ask for a network get one (otherwise such jobs go elsewhere).
     pub allow_network: bool,
+    /// The Ethereum address of the hub (lab) to be paid for this node's chunks, as its operator
+    /// declares it. The connection proves which worker says so; the settler pays a hub only when
+    /// the registry, where the hub attached the worker, agrees, so a hub that attaches someone
+    /// else's worker id is not paid for its chunks.
+    pub hub: Option<[u8; 20]>,
 }
 
 /// A GPU as NVML describes it.

@@ -508,6 +508,11 @@ impl Owner {
                 let joined = self.core.handle_worker_joined(now, worker, &hello);
                 if joined.is_ok() {
                     tracing::info!(worker = %worker.short(), name = %hello.name, cpus = hello.resources.cpus, device = %hello.device, "worker joined");
+                    // Not a scheduling decision: who is paid for the worker's chunks, read by
+                    // the settler. The authenticated connection is the worker's word for it.
+                    if let Err(e) = self.store.set_worker_hub(worker, hello.hub) {
+                        tracing::error!(worker = %worker.short(), error = %e, "cannot record the worker's hub");
+                    }
                     self.sessions.insert(worker, Session { id: session, outbox });
                 }
                 let _ = reply.send(joined);

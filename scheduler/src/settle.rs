@@ -128,7 +128,7 @@ async fn settle_workflow(store: &mut Store, chain: &Chain, funding: &Funding) ->
     // hide the ones after them.
     let mut unpayable = 0;
     let mut refused: BTreeSet<Address> = BTreeSet::new();
-    let mut hubs: HashMap<WorkerId, Option<Address>> = HashMap::new();
+    let mut hubs = Hubs::default();
     let mut problem = None;
     let mut cursor = (0, 0);
     'pages: loop {
@@ -138,7 +138,7 @@ async fn settle_workflow(store: &mut Store, chain: &Chain, funding: &Funding) ->
         let mut unpaid = reconcile(store, chain, funding, page).await?;
         let mut items = Vec::new();
         for due in unpaid.drain(..) {
-            match hub_of(chain, &mut hubs, &due.workers, &refused).await? {
+            match hub_of(store, chain, &mut hubs, &due.workers, &refused).await? {
                 Some(hub) => items.push((due, hub)),
                 None => unpayable += 1,
             }
@@ -168,7 +168,7 @@ async fn settle_workflow(store: &mut Store, chain: &Chain, funding: &Funding) ->
                     problem = Some(format!("hub {hub} cannot be paid (not whitelisted or not in good standing)"));
                     refused.insert(hub);
                     for (due, _) in batch.into_iter().chain(std::mem::take(&mut items)) {
-                        match hub_of(chain, &mut hubs, &due.workers, &refused).await? {
+                        match hub_of(store, chain, &mut hubs, &due.workers, &refused).await? {
                             Some(hub) => items.push((due, hub)),
                             None => unpayable += 1,
                         }
@@ -207,6 +207,9 @@ async fn settle_workflow(store: &mut Store, chain: &Chain, funding: &Funding) ->
                 Err(e) => return Err(chain_error(e)),
             }
         }
+    }
+    if unpayable > 0 && problem.is_none() {
+        problem = hubs.why_not.take();
     }
     submit_evidence(store, chain, funding).await?;
     // 4. Complete once nothing more can be paid. Nothing can become final any more is read
@@ -288,24 +291,58 @@ fn take_batch(items: &mut Vec<(Due, Address)>, most: usize) -> Vec<(Due, Address
     batch
 }
 
-/// The hub a chunk earns for: that of the first agreeing worker attached to a hub the registry
-/// has not refused this pass.
+/// Which hub each worker's chunks are paid to, learnt once per pass: the hub the worker named
+/// when it joined (`--hub`), if the registry attaches the worker to that same hub. Either alone
+/// is not enough: anyone can attach a worker id on chain, and a worker can name any address.
+#[derive(Default)]
+struct Hubs {
+    known: HashMap<WorkerId, Option<Address>>,
+    /// Why one worker's chunks cannot be paid, for `upglobe payments`.
+    why_not: Option<String>,
+}
+
+impl Hubs {
+    async fn of(&mut self, store: &mut Store, chain: &Chain, worker: WorkerId) -> Result<Option<Address>> {
+        if let Some(hub) = self.known.get(&worker) {
+            return Ok(*hub);
+        }
+        let named = store.worker_hub(worker)?.map(Address::from);
+        let attached = chain.worker_hub(B256::from(worker.0)).await.map_err(chain_error)?;
+        let hub = match (named, attached) {
+            (Some(named), Some(attached)) if named == attached => Some(named),
+            (None, _) => {
+                self.why_not.get_or_insert_with(|| {
+                    format!("worker {} names no hub (start it with --hub ADDRESS)", worker.short())
+                });
+                None
+            }
+            (Some(named), attached) => {
+                self.why_not.get_or_insert_with(|| match attached {
+                    Some(attached) => format!(
+                        "worker {} names hub {named}, but the registry attaches it to {attached}",
+                        worker.short()
+                    ),
+                    None => format!("worker {} names hub {named}, which has not attached it", worker.short()),
+                });
+                None
+            }
+        };
+        self.known.insert(worker, hub);
+        Ok(hub)
+    }
+}
+
+/// The hub a chunk earns for: that of the first agreeing worker with a hub (see [`Hubs`]) the
+/// registry has not refused this pass.
 async fn hub_of(
+    store: &mut Store,
     chain: &Chain,
-    cache: &mut HashMap<WorkerId, Option<Address>>,
+    hubs: &mut Hubs,
     workers: &[WorkerId],
     refused: &BTreeSet<Address>,
 ) -> Result<Option<Address>> {
     for worker in workers {
-        let hub = match cache.get(worker) {
-            Some(hub) => *hub,
-            None => {
-                let hub = chain.worker_hub(B256::from(worker.0)).await.map_err(chain_error)?;
-                cache.insert(*worker, hub);
-                hub
-            }
-        };
-        if let Some(hub) = hub.filter(|h| !refused.contains(h)) {
+        if let Some(hub) = hubs.of(store, chain, *worker).await?.filter(|h| !refused.contains(h)) {
             return Ok(Some(hub));
         }
     }

@@ -490,6 +490,7 @@ fn hello(node: &SimNode, index: usize, cpus: u32) -> Hello {
         adapters: vec![],
         containers: None,
         allow_network: false,
+        hub: None,
     }
 }
 

@@ -34,6 +34,7 @@ async fn another_protocol_version_is_refused_with_a_reason() {
         adapters: vec![],
         containers: None,
         allow_network: false,
+        hub: None,
     };
     frame::write(&mut send, &Greeting::Worker(hello)).await.unwrap();
     let answer = tokio::time::timeout(Duration::from_secs(10), frame::read::<ToWorker, _>(&mut recv)).await.unwrap();
@@ -165,6 +166,7 @@ fn worker_hello(scheduler: &Scheduler, name: &str) -> Hello {
         adapters: vec![],
         containers: None,
         allow_network: false,
+        hub: None,
     }
 }
 

@@ -78,6 +78,9 @@ fn pays_what_it_can_pages_past_unpayable_chunks_and_completes_once_all_are_paid(
         dao.set_whitelisted(hub_b.account(), true).await.unwrap(); // hub C is never whitelisted
         (dao, reporter, requester, hub_a, hub_b, hub_c)
     });
+    // What the workers said when they joined: A names no hub yet.
+    store.set_worker_hub(b, Some(hub_b.account().0.0)).unwrap();
+    store.set_worker_hub(c, Some(hub_c.account().0.0)).unwrap();
     let new = NewJob {
         price_per_unit: price,
         units_per_chunk_max: 1,
@@ -94,6 +97,12 @@ fn pays_what_it_can_pages_past_unpayable_chunks_and_completes_once_all_are_paid(
     let funded = store.funded_workflows().unwrap().remove(0);
     assert_eq!((funded.paid, funded.unpayable, funded.completed), (100, 1100, false), "{funded:?}");
     assert!(funded.problem.as_deref().unwrap().contains(&hub_c.account().to_string()), "{funded:?}");
+    // A pass without hub C in the way says why A's chunks wait.
+    store.set_worker_hub(c, None).unwrap();
+    rt.block_on(settle(&mut store, &reporter)).unwrap();
+    let funded = store.funded_workflows().unwrap().remove(0);
+    assert_eq!((funded.paid, funded.unpayable), (100, 1100), "{funded:?}");
+    assert!(funded.problem.as_deref().unwrap().contains("names no hub"), "{funded:?}");
     let bits = rt.block_on(reporter.paid_chunks(escrow_job, &[0, 1099, 1100, 1149, 1150, 1199])).unwrap();
     assert_eq!(bits, [false, false, true, true, true, true]);
     assert_eq!(rt.block_on(dao.hub(hub_b.account())).unwrap().balance, price * U256::from(100));
@@ -105,6 +114,7 @@ fn pays_what_it_can_pages_past_unpayable_chunks_and_completes_once_all_are_paid(
         hub_a.attach_worker(B256::from(a.0)).await.unwrap();
         dao.set_whitelisted(hub_a.account(), true).await.unwrap();
     });
+    store.set_worker_hub(a, Some(hub_a.account().0.0)).unwrap();
     rt.block_on(settle(&mut store, &reporter)).unwrap();
     let funded = store.funded_workflows().unwrap().remove(0);
     assert_eq!((funded.paid, funded.unpayable, funded.completed, funded.problem.as_deref()), (1200, 0, true, None));
@@ -182,6 +192,8 @@ fn a_contradicting_md_result_is_evidence_that_slashes_its_hub() {
             hub.attach_worker(B256::from(worker.0)).await.unwrap();
             dao.set_whitelisted(hub.account(), true).await.unwrap();
         }
+        store.set_worker_hub(honest, Some(accounts[2].account().0.0)).unwrap();
+        store.set_worker_hub(liar, Some(accounts[3].account().0.0)).unwrap();
         let liar_hub = accounts.pop().unwrap();
         let honest_hub = accounts.pop().unwrap();
         let requester = accounts.pop().unwrap();

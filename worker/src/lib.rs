@@ -82,6 +82,8 @@ pub struct WorkerConfig {
     pub containers: bool,
     /// Gives a network to containers that ask for one.
     pub allow_network: bool,
+    /// The hub (Ethereum address) paid for this worker's chunks (`--hub`).
+    pub hub: Option<[u8; 20]>,
 }
 
 /// A cache large enough for a few large MD systems' checkpoints and their inputs.
@@ -108,6 +110,7 @@ impl WorkerConfig {
             owner: None,
             containers: true,
             allow_network: false,
+            hub: None,
         }
     }
 }
@@ -266,6 +269,7 @@ async fn session(node: &Node, identity: &PeerIdentity) -> Result<String> {
         adapters: config.adapters.clone(),
         containers: node.containers.as_ref().map(|c| c.version.clone()),
         allow_network: config.allow_network,
+        hub: config.hub,
     };
     frame::write(&mut send, &Greeting::Worker(hello)).await?;
     let welcome = match frame::read::<ToWorker, _>(&mut recv).await {

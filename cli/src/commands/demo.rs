@@ -213,22 +213,15 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
     for k in 0..args.workers {
         let name = format!("demo-{}", k + 1);
         let data = dir.join(&name);
-        let child = spawn(
-            "worker",
-            &[
-                "worker",
-                "--join",
-                &worker_token.to_string(),
-                "--data-dir",
-                &data.to_string_lossy(),
-                "--name",
-                &name,
-                "--cpus",
-                "1",
-            ],
-            &dir.join(format!("{name}.log")),
-            Stdio::null(),
-        )?;
+        let token = worker_token.to_string();
+        let data = data.to_string_lossy();
+        let mut worker_args = vec!["worker", "--join", &token, "--data-dir", &data, "--name", &name, "--cpus", "1"];
+        // Each worker names the hub (lab) it is paid through; `register_hubs` attaches it there.
+        let hub = chain.as_ref().map(|c| c.anvil_keys[1 + k as usize % HUB_ACCOUNTS].address().to_string());
+        if let Some(hub) = &hub {
+            worker_args.extend(["--hub", hub]);
+        }
+        let child = spawn("worker", &worker_args, &dir.join(format!("{name}.log")), Stdio::null())?;
         processes.0.push((name, child));
     }
     let client = Client::connect(&client_token, &dir.join("client")).await?;
@@ -347,20 +340,23 @@ async fn register_hubs(
     names: &std::collections::HashMap<upglobe_protocol::WorkerId, String>,
 ) -> Result<Vec<(upglobe_contracts::Address, Vec<String>)>> {
     let stake = upglobe_contracts::amount::parse("1 ether").expect("a valid amount");
-    let mut workers: Vec<_> =
-        names.iter().filter(|(_, name)| name.starts_with("demo-") && *name != "demo-verifier").collect();
-    workers.sort_by_key(|(_, name)| name.to_string());
+    // demo-N was started naming hub account 1 + (N - 1) % HUB_ACCOUNTS.
+    let mut workers: Vec<(usize, upglobe_protocol::WorkerId, String)> = names
+        .iter()
+        .filter_map(|(id, name)| Some((name.strip_prefix("demo-")?.parse::<usize>().ok()?, *id, name.clone())))
+        .collect();
+    workers.sort();
     let mut hubs: Vec<(upglobe_contracts::Address, Vec<String>)> = Vec::new();
-    for (k, (id, name)) in workers.into_iter().enumerate() {
-        let account = 1 + k % HUB_ACCOUNTS;
+    for (number, id, name) in workers {
+        let account = 1 + (number - 1) % HUB_ACCOUNTS;
         let hub = chain.dao.with_key(chain.anvil_keys[account].clone()).await?;
-        if k < HUB_ACCOUNTS {
+        if !hubs.iter().any(|(address, _)| *address == hub.account()) {
             hub.register(stake).await?;
             chain.dao.set_whitelisted(hub.account(), true).await?;
             hubs.push((hub.account(), Vec::new()));
         }
         hub.attach_worker(upglobe_contracts::B256::from(id.0)).await?;
-        hubs[k % HUB_ACCOUNTS].1.push(name.clone());
+        hubs.iter_mut().find(|(address, _)| *address == hub.account()).expect("registered above").1.push(name);
     }
     Ok(hubs)
 }

@@ -30,6 +30,17 @@ pub struct Args {
     /// Give a network to container jobs that ask for one (`network = true`).
     #[arg(long)]
     allow_network: bool,
+    /// The hub (its Ethereum address) to be paid for this worker's verified chunks; the hub must
+    /// also attach this worker's id (`upglobe hub attach`).
+    #[arg(long, env = "UPGLOBE_HUB", value_parser = hub_address)]
+    hub: Option<[u8; 20]>,
+}
+
+fn hub_address(text: &str) -> Result<[u8; 20], String> {
+    text.trim()
+        .parse::<upglobe_contracts::Address>()
+        .map(|a| a.0.0)
+        .map_err(|_| format!("{text:?} is not an Ethereum address (0x and 40 hex digits)"))
 }
 
 #[derive(clap::Args)]
@@ -119,6 +130,7 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
     config.allow_commands = args.allow_commands;
     config.containers = !args.no_containers;
     config.allow_network = args.allow_network;
+    config.hub = args.hub;
     tracing::info!(name = %config.name, cpus = config.resources.cpus, device = %describe_device(&config.device), "worker starting");
     upglobe_worker::run(config, None, stop_signal()).await?;
     Ok(0)

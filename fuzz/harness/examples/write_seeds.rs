@@ -104,6 +104,7 @@ fn frame_seeds(fuzz: &Path) {
         adapters: vec!["NVIDIA A100 (Vulkan)".into()],
         containers: Some("20.10.24".into()),
         allow_network: false,
+        hub: Some([0x42; 20]),
     };
     let client_hello = ClientHello { protocol: 1, secret: "s3cret".into(), software: "upglobe 0.1.0".into() };
     frame("greeting-worker", &|b| encode_into(&Greeting::Worker(hello.clone()), b).unwrap());

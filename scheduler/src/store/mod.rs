@@ -82,7 +82,8 @@ const MIGRATIONS: [&str; (FORMAT_VERSION - 1) as usize] = [
      CREATE INDEX paid_by_workflow ON paid (workflow);
      CREATE TABLE evidence (
          job INTEGER NOT NULL, chunk INTEGER NOT NULL, worker BLOB NOT NULL, workflow INTEGER NOT NULL,
-         state TEXT NOT NULL, evidence_id BLOB, tx BLOB, PRIMARY KEY (job, chunk, worker));",
+         state TEXT NOT NULL, evidence_id BLOB, tx BLOB, PRIMARY KEY (job, chunk, worker));
+     CREATE TABLE worker_hubs (worker BLOB PRIMARY KEY, hub BLOB NOT NULL);",
 ];
 
 /// The format [`SCHEMA`] creates; a new database then takes the migrations after it.

@@ -243,6 +243,27 @@ impl Store {
         Ok(())
     }
 
+    /// What a worker said, when it last joined, about the hub to be paid for its chunks.
+    pub fn set_worker_hub(&mut self, worker: WorkerId, hub: Option<[u8; 20]>) -> Result<()> {
+        match hub {
+            Some(hub) => self.connection.execute(
+                "INSERT OR REPLACE INTO worker_hubs (worker, hub) VALUES (?1, ?2)",
+                params![worker.0.as_slice(), hub.as_slice()],
+            )?,
+            None => self.connection.execute("DELETE FROM worker_hubs WHERE worker = ?1", [worker.0.as_slice()])?,
+        };
+        Ok(())
+    }
+
+    pub fn worker_hub(&self, worker: WorkerId) -> Result<Option<[u8; 20]>> {
+        let hub: Option<Vec<u8>> = self
+            .connection
+            .query_row("SELECT hub FROM worker_hubs WHERE worker = ?1", [worker.0.as_slice()], |row| row.get(0))
+            .optional()?;
+        hub.map(|h| h.try_into().map_err(|_| SchedulerError::Store("corrupt worker hub in the database".into())))
+            .transpose()
+    }
+
     /// Records a batch about to be sent. Until it is closed it is reconciled against the chain.
     pub fn begin_settlement(&mut self, funding: &Funding, chunks: &[(u64, u32, u32)]) -> Result<i64> {
         self.connection.execute(

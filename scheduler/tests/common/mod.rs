@@ -61,5 +61,6 @@ pub fn hello(name: &str, cpus: u32, allow_commands: bool) -> Hello {
         adapters: vec![],
         containers: None,
         allow_network: false,
+        hub: None,
     }
 }
