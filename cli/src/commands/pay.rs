@@ -178,6 +178,10 @@ pub enum HubCommand {
     },
     /// End the DAO's lock now by paying it 0.5 % of everything locked.
     ReleaseEarly {
+        /// Every ERC-20 the hub holds (the fee is charged on each; the registry refuses a list
+        /// that leaves one out).
+        #[arg(long = "token", value_parser = parse_address)]
+        tokens: Vec<Address>,
         #[command(flatten)]
         chain: ChainArgs,
     },
@@ -226,10 +230,12 @@ pub async fn hub(context: &Context, command: HubCommand) -> Result<i32> {
             let receipt = chain.withdraw_stake(wanted).await?;
             done(context, &format!("withdrew {} of stake", amount::format(wanted)), &receipt);
         }
-        HubCommand::ReleaseEarly { chain } => {
+        HubCommand::ReleaseEarly { mut tokens, chain } => {
             let chain = chain.connect(context).await?;
             let fee = chain.early_release_fee(chain.account()).await?;
-            let receipt = chain.release_early(Vec::new()).await?;
+            tokens.sort();
+            tokens.dedup();
+            let receipt = chain.release_early(tokens).await?;
             done(context, &format!("lock ended early; paid the DAO {}", amount::format(fee)), &receipt);
         }
     }
@@ -260,6 +266,9 @@ pub enum DaoCommand {
     Clear {
         #[arg(value_parser = parse_address)]
         hub: Address,
+        /// ERC-20s whose held-back money goes back to the hub too (ETH's always does).
+        #[arg(long = "token", value_parser = parse_address)]
+        tokens: Vec<Address>,
         #[command(flatten)]
         chain: ChainArgs,
     },
@@ -314,9 +323,9 @@ pub async fn dao(context: &Context, command: DaoCommand) -> Result<i32> {
                 &receipt,
             );
         }
-        DaoCommand::Clear { hub, chain } => {
+        DaoCommand::Clear { hub, tokens, chain } => {
             let chain = chain.connect(context).await?;
-            let receipt = chain.clear(hub, Vec::new()).await?;
+            let receipt = chain.clear(hub, tokens).await?;
             done(context, &format!("hub {hub} cleared"), &receipt);
         }
         DaoCommand::Punish { hub, amount: wanted, chain } => {

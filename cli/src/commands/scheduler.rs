@@ -112,6 +112,12 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
     config.heartbeat_interval = args.heartbeat;
     if let Some(path) = &args.chain {
         let key = args.reporter_key.as_deref().expect("clap requires --reporter-key with --chain");
+        if !std::path::Path::new(key).exists() {
+            tracing::warn!(
+                "--reporter-key was given as the key itself, which other users of this machine can read in the process list; \
+                 give a file (or set UPGLOBE_REPORTER_KEY)"
+            );
+        }
         config.chain = Some(ChainSettings {
             deployment: upglobe_contracts::Deployment::read(path)?,
             reporter: upglobe_contracts::read_key(key)?,
