@@ -5,6 +5,7 @@ mod client;
 mod commands;
 mod flags;
 mod output;
+mod plot;
 
 use std::path::PathBuf;
 

@@ -98,6 +98,9 @@ pub struct RunArgs {
     /// Write the first and last frames and the thermo as H5MD.
     #[arg(long)]
     h5md: Option<PathBuf>,
+    /// Plot the thermo (temperature, energies, pressure) as a PNG.
+    #[arg(long, value_name = "FILE.png")]
+    plot: Option<PathBuf>,
 }
 
 fn initial_state(args: &RunArgs) -> Result<State> {
@@ -219,6 +222,10 @@ pub fn run(context: &Context, command: Command) -> Result<i32> {
 }
 
 fn write_outputs(args: &RunArgs, initial: &State, last: &State, thermo: &[Thermo]) -> Result<()> {
+    if let Some(path) = &args.plot {
+        let points: Vec<crate::plot::Point> = thermo.iter().map(Into::into).collect();
+        crate::plot::thermo_png(path, &format!("{} atoms, {} steps", last.atoms(), args.steps), &points)?;
+    }
     if let Some(path) = &args.write_checkpoint {
         std::fs::write(path, Checkpoint::encode(last)).with_context(|| format!("cannot write {}", path.display()))?;
     }

@@ -22,11 +22,17 @@ pub struct Args {
     out: PathBuf,
     #[arg(long, env = "UPGLOBE_CONNECT")]
     connect: Option<String>,
+    /// Also plot an MD job's thermo (temperature, energies, pressure) as a PNG.
+    #[arg(long, value_name = "FILE.png")]
+    plot: Option<PathBuf>,
 }
 
 pub async fn run(context: &Context, args: Args) -> Result<i32> {
     let client = connect(context, args.connect.as_deref()).await?;
     let results = fetch(&client, &args.job).await?;
+    if args.plot.is_some() && !matches!(results.spec.kind, JobKind::Md(_)) {
+        bail!("job {} is not an MD job; only MD jobs have thermo to plot", results.status.id);
+    }
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let status = &results.status;
     let stem = format!("{}.{}", status.workflow_name, status.name);
@@ -44,6 +50,19 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
         }
         JobKind::Empty { .. } => args.out.clone(),
     };
+    if let Some(path) = &args.plot {
+        let points: Vec<crate::plot::Point> = results
+            .chunks
+            .iter()
+            .filter_map(|c| match &c.output {
+                upglobe_protocol::messages::Output::Md { thermo, .. } => Some(thermo),
+                _ => None,
+            })
+            .flatten()
+            .map(Into::into)
+            .collect();
+        crate::plot::thermo_png(path, &stem, &points)?;
+    }
     if status.state != JobState::Completed {
         eprintln!(
             "note: job {} is {}; {} of {} chunks are verified and written",
