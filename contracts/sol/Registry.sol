@@ -21,14 +21,16 @@ contract Registry is Guard {
     }
 
     struct Hub {
+        // slot 0: everything a credit reads, so paying a hub costs one storage read
         State state;
         bool whitelisted; // set by the DAO; only whitelisted hubs are paid for chunks
         bool holdback; // the hub waited out a lock: 30 % of each later withdrawal stays locked
+        uint16 tokenAccounts; // ERC-20 accounts with funds, so releaseEarly can charge each one
+        uint32 evidencePending; // open evidence against the hub; the stake cannot leave meanwhile
+        uint128 stake; // ETH; a hub staked below stakeMin is not paid
+        // slot 1
         uint64 lockedUntil; // end of the current or last DAO lock
         uint64 unstakeAt; // when the stake may be withdrawn; 0 = no withdrawal requested
-        uint16 tokenAccounts; // ERC-20 accounts with funds, so releaseEarly can charge each one
-        uint16 evidencePending; // open evidence against the hub; the stake cannot leave meanwhile
-        uint128 stake; // ETH
     }
 
     /// Earnings of a hub in one asset (address(0) = ETH).
@@ -87,7 +89,7 @@ contract Registry is Guard {
     error WorkerTaken(bytes32 workerId, address hub);
     error NotYourWorker(bytes32 workerId);
     error UnstakeNotReady(uint64 unstakeAt);
-    error EvidencePending(address hub, uint16 count);
+    error EvidencePending(address hub, uint32 count);
     error InsufficientFunds(uint256 requested, uint256 available);
     error BadCredit();
     error TokenListIncomplete(uint16 listed, uint16 held);
@@ -384,9 +386,12 @@ contract Registry is Guard {
         if (block.timestamp < h.lockedUntil) revert HubLocked(hub, h.lockedUntil);
     }
 
+    /// A hub is paid only while whitelisted, not punished, and staked at least stakeMin: one that
+    /// took its stake out would otherwise be paid with nothing left to slash.
     function _creditOne(address hub, address token, uint256 amount) internal {
         Hub storage h = hubs[hub];
-        bool payable_ = h.whitelisted && (h.state == State.Active || h.state == State.Suspected);
+        bool standing = h.state == State.Active || h.state == State.Suspected;
+        bool payable_ = h.whitelisted && standing && h.stake >= stakeMin;
         if (!payable_) revert HubNotPayable(hub);
         Account storage a = accounts[hub][token];
         // A zero credit leaves the account empty, so it must not be counted: releaseEarly could never list it.

@@ -87,7 +87,7 @@ pub struct HubInfo {
     pub holdback: bool,
     pub locked_until: u64,
     pub unstake_at: u64,
-    pub evidence_pending: u16,
+    pub evidence_pending: u32,
     pub stake: U256,
     /// Earned and withdrawable (when not locked).
     pub balance: U256,

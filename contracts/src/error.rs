@@ -93,9 +93,10 @@ fn describe_registry(e: RegistryErrors) -> (String, String) {
         E::StakeTooSmall(e) => format!("a stake of {} is below the minimum of {}", eth(e.sent), eth(e.required)),
         E::WrongHubState(e) => format!("hub {} is {}", e.hub, state(e.state)),
         E::HubLocked(e) => format!("hub {}'s funds are locked by the DAO until {}", e.hub, date(e.lockedUntil)),
-        E::HubNotPayable(e) => {
-            format!("hub {} is not whitelisted or not in good standing, so it cannot be paid", e.hub)
-        }
+        E::HubNotPayable(e) => format!(
+            "hub {} is not whitelisted, not in good standing or staked below the minimum, so it cannot be paid",
+            e.hub
+        ),
         E::WorkerTaken(e) => format!("worker {} is attached to hub {}", e.workerId, e.hub),
         E::NotYourWorker(e) => format!("worker {} is not attached to this hub", e.workerId),
         E::UnstakeNotReady(e) if e.unstakeAt == 0 => "ask for the stake back first (`upglobe hub unstake`)".into(),

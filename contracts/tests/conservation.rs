@@ -99,7 +99,7 @@ struct Hub {
     holdback: bool,
     locked_until: u64,
     unstake_at: u64,
-    pending: u16,
+    pending: u32,
     stake: U256,
     balance: U256,
     held: U256,
@@ -131,6 +131,11 @@ impl Hub {
             taken += now;
         }
         taken
+    }
+
+    /// `_creditOne`'s test: whitelisted, not punished, staked at least the minimum.
+    fn payable(&self) -> bool {
+        self.whitelisted && matches!(self.state, State::Active | State::Suspected) && self.stake >= ether(STAKE_MIN)
     }
 
     /// `_payOut`: what is sent, the rest held back.
@@ -504,8 +509,7 @@ impl Sim {
             chosen.push(job.chunks - 1);
         }
         // Mostly hubs that can be paid; now and then any hub, so HubNotPayable happens too.
-        let payable = |h: &Hub| h.whitelisted && matches!(h.state, State::Active | State::Suspected);
-        let mut candidates: Vec<usize> = (0..self.hubs.len()).filter(|&h| payable(&self.hubs[h])).collect();
+        let mut candidates: Vec<usize> = (0..self.hubs.len()).filter(|&h| self.hubs[h].payable()).collect();
         if candidates.is_empty() || self.rng.chance(15) {
             candidates = (0..self.hubs.len()).collect();
         }
@@ -559,12 +563,11 @@ impl Sim {
         if expected.is_none() {
             let too_many =
                 batch.units.iter().zip(&batch.chunk_counts).any(|(&u, &n)| u > n as u64 * job.units_max as u64);
-            let payable = |h: &Hub| h.whitelisted && matches!(h.state, State::Active | State::Suspected);
             if too_many {
                 expected = Some("TooManyUnits");
             } else if total > job.deposit - job.paid {
                 expected = Some("DepositExceeded");
-            } else if hub_of.iter().any(|&h| !payable(&self.hubs[h])) {
+            } else if hub_of.iter().any(|&h| !self.hubs[h].payable()) {
                 expected = Some("HubNotPayable");
             }
         }
@@ -693,8 +696,12 @@ impl Sim {
     async fn withdraw_stake(&mut self, h: usize) {
         let now = self.now().await;
         let mut hub = self.hubs[h].settled(now);
-        let amount =
-            if self.rng.chance(10) { hub.stake + wei(1) } else { hub.stake / wei(2 + self.rng.below(3) as u128) };
+        // Now and then all of it: the hub stays registered and whitelisted but is not paid again.
+        let amount = match self.rng.below(10) {
+            0 => hub.stake + wei(1),
+            1 => hub.stake,
+            _ => hub.stake / wei(2 + self.rng.below(3) as u128),
+        };
         self.what = format!("hub {h} withdraws {amount} of its stake {}", hub.stake);
         let expected = if hub.locked(now) {
             Some("HubLocked")

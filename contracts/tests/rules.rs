@@ -421,6 +421,52 @@ async fn evidence_slashes_ten_percent_after_the_dispute_window() {
     assert_eq!(registry_balance, ether("9 ether"), "8.1 ether of stake and 0.9 ether owed");
 }
 
+/// A hub that takes its stake out stays registered, but is not paid again until it is staked
+/// at least stakeMin: otherwise a slash would take 10 % of nothing.
+#[tokio::test]
+async fn a_hub_staked_below_the_minimum_is_not_paid() {
+    let w = World::new().await;
+    let hub = w.hub.account();
+    let price = ether("0.01 ether");
+    let job = w.eth_job(10, price, price * wei(10)).await;
+    w.pay(job, &[0], hub).await.unwrap();
+
+    // The whole stake out, after the unstaking delay: still active and whitelisted, never paid.
+    w.hub.request_unstake().await.unwrap();
+    w.dao.advance_time(14 * DAY).await.unwrap();
+    assert_eq!(arrived(&w.hub, w.hub.withdraw_stake(ether("10 ether"))).await, ether("10 ether"));
+    let info = w.dao.hub(hub).await.unwrap();
+    assert_eq!((info.state, info.whitelisted, info.stake), (HubState::Active, true, U256::ZERO));
+    let refusal = w.pay(job, &[1], hub).await.unwrap_err();
+    assert_eq!(refusal.revert_name(), Some("HubNotPayable"), "{refusal}");
+    assert!(refusal.to_string().contains("staked below the minimum"), "{refusal}");
+    // One wei short of the minimum is still short.
+    w.hub.add_stake(ether(STAKE_MIN) - wei(1)).await.unwrap();
+    refused(w.pay(job, &[1], hub).await, "HubNotPayable");
+    w.hub.add_stake(wei(1)).await.unwrap();
+    w.pay(job, &[1], hub).await.unwrap();
+    assert_eq!(w.dao.paid_chunks(job, &[0, 1, 2]).await.unwrap(), vec![true, true, false]);
+    assert_eq!(w.dao.hub(hub).await.unwrap().balance, price * wei(2));
+    // Earnings already made can still be withdrawn.
+    w.hub.request_unstake().await.unwrap();
+    w.dao.advance_time(14 * DAY).await.unwrap();
+    w.hub.withdraw_stake(wei(1)).await.unwrap();
+    refused(w.pay(job, &[2], hub).await, "HubNotPayable");
+    assert_eq!(arrived(&w.hub, w.hub.withdraw(price * wei(2))).await, price * wei(2));
+
+    // A slash that leaves less than the minimum stops payment too.
+    w.hub2.register(ether(STAKE_MIN)).await.unwrap();
+    w.dao.set_whitelisted(w.hub2.account(), true).await.unwrap();
+    w.pay(job, &[2], w.hub2.account()).await.unwrap();
+    let worker = B256::repeat_byte(0x31);
+    w.hub2.attach_worker(worker).await.unwrap();
+    let (id, _) = w.dao.submit_evidence(job, 2, worker, B256::repeat_byte(1), vec![]).await.unwrap();
+    w.dao.advance_time(7 * DAY).await.unwrap();
+    w.stranger.execute_slash(id).await.unwrap();
+    assert_eq!(w.dao.hub(w.hub2.account()).await.unwrap().stake, ether("0.9 ether"));
+    refused(w.pay(job, &[3], w.hub2.account()).await, "HubNotPayable");
+}
+
 /// An ERC-20 job: the deposit, the payment, the hub's withdrawal and the refund move tokens,
 /// never ETH; releaseEarly must list the token and charges it the fee too.
 #[tokio::test]
