@@ -13,7 +13,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
@@ -170,6 +170,10 @@ struct Evidence {
     open: bool,
     requester: Address,
     reporter: Address,
+    /// The DAO submitted it.
+    by_dao: bool,
+    /// Its reporter was approved when it was submitted.
+    approved: bool,
 }
 
 struct Sim {
@@ -187,6 +191,8 @@ struct Sim {
     workers: Vec<B256>,
     jobs: Vec<Job>,
     evidence: Vec<Evidence>,
+    /// Reporters the DAO approved.
+    approved: BTreeSet<Address>,
     claimable: BTreeMap<Address, U256>,
     money_in: U256,
     money_out: U256,
@@ -247,6 +253,7 @@ impl Sim {
             workers: Vec::new(),
             jobs: Vec::new(),
             evidence: Vec::new(),
+            approved: BTreeSet::new(),
             claimable: BTreeMap::new(),
             money_in: U256::ZERO,
             money_out: U256::ZERO,
@@ -280,7 +287,17 @@ impl Sim {
                 held: U256::ZERO,
             });
         }
+        // One reporter starts approved: its evidence is anyone's to execute, the others' the DAO's.
+        let first = sim.reporters[0].account();
+        sim.dao.set_reporter_approved(first, true).await.unwrap();
+        sim.approved.insert(first);
         sim
+    }
+
+    /// `_trusted`: anyone may execute the evidence (the DAO submitted it, or its reporter was
+    /// approved then and still is).
+    fn trusted(&self, evidence: &Evidence) -> bool {
+        evidence.by_dao || (evidence.approved && self.approved.contains(&evidence.reporter))
     }
 
     fn context(&self) -> String {
@@ -324,7 +341,7 @@ impl Sim {
     }
 
     async fn random_step(&mut self) {
-        const OPS: [(u64, &str); 18] = [
+        const OPS: [(u64, &str); 19] = [
             (10, "createJob"),
             (26, "payBatch"),
             (4, "complete"),
@@ -341,6 +358,7 @@ impl Sim {
             (3, "submitEvidence"),
             (2, "dismissEvidence"),
             (3, "executeSlash"),
+            (2, "setReporterApproved"),
             (4, "claim"),
             (6, "advanceTime"),
         ];
@@ -415,6 +433,7 @@ impl Sim {
             }
             "dismissEvidence" => self.dismiss().await,
             "executeSlash" => self.execute_slash().await,
+            "setReporterApproved" => self.approve_reporter().await,
             "claim" => self.claim().await,
             _ => self.advance().await,
         }
@@ -871,13 +890,20 @@ impl Sim {
     async fn submit_evidence(&mut self, h: usize) {
         let j = self.rng.index(self.jobs.len());
         let job = self.jobs[j].clone();
-        let chunk = self.rng.below(8) as u32;
-        let (sender, allowed) = match self.rng.below(10) {
-            0 => (self.dao.clone(), true),
-            1 => (self.stranger.clone(), false),
-            _ => (self.reporters[job.reporter].clone(), true),
+        // Now and then a chunk past the job's last (jobs have at least 4).
+        let chunk = if self.rng.chance(10) { job.chunks + self.rng.below(3) as u32 } else { self.rng.below(8) as u32 };
+        let (sender, allowed, by_dao) = match self.rng.below(10) {
+            0 => (self.dao.clone(), true, true),
+            1 => (self.stranger.clone(), false, false),
+            _ => (self.reporters[job.reporter].clone(), true, false),
         };
-        self.what = format!("evidence against hub {h}'s worker, job {} chunk {chunk} (allowed: {allowed})", job.id);
+        let reporter = self.reporters[job.reporter].account();
+        let approved = self.approved.contains(&reporter);
+        self.what = format!(
+            "evidence against hub {h}'s worker, job {} chunk {chunk} (allowed: {allowed}, by the DAO: {by_dao}, \
+             reporter approved: {approved})",
+            job.id
+        );
         let _ = self.now().await;
         let id = alloy::primitives::keccak256(alloy::sol_types::SolValue::abi_encode(&(
             U256::from(job.id),
@@ -886,6 +912,8 @@ impl Sim {
         )));
         let expected = if !allowed {
             Some("Unauthorized")
+        } else if chunk >= job.chunks {
+            Some("EvidenceChunkOutOfRange")
         } else if self.evidence.iter().any(|e| e.id == id) {
             Some("EvidenceExists")
         } else {
@@ -904,7 +932,9 @@ impl Sim {
                 ends: mined_at(&sender, &receipt).await + DISPUTE_WINDOW,
                 open: true,
                 requester: self.requesters[job.requester].account(),
-                reporter: self.reporters[job.reporter].account(),
+                reporter,
+                by_dao,
+                approved,
             });
         }
     }
@@ -929,7 +959,7 @@ impl Sim {
             Some("Unauthorized")
         } else if !evidence.open {
             Some("EvidenceNotOpen")
-        } else if now >= evidence.ends {
+        } else if now >= evidence.ends && self.trusted(&evidence) {
             Some("DisputeWindowClosed")
         } else {
             None
@@ -953,7 +983,9 @@ impl Sim {
             Some("EvidenceNotOpen")
         } else if now < evidence.ends {
             Some("DisputeWindowOpen")
-        } else if hub.state == State::Suspected && !dao {
+        } else if !dao && !self.trusted(&evidence) {
+            Some("ReporterNotApproved")
+        } else if !dao && hub.locked(now) {
             Some("HubLocked")
         } else {
             None
@@ -968,6 +1000,24 @@ impl Sim {
             self.claim_add(evidence.reporter, to_reporter);
             self.claim_add(evidence.requester, slash - to_reporter);
             self.evidence[e].open = false;
+        }
+    }
+
+    async fn approve_reporter(&mut self) {
+        let r = self.rng.index(self.reporters.len());
+        let reporter = self.reporters[r].account();
+        let on = self.rng.chance(60);
+        let (sender, dao) = self.dao_or_not();
+        self.what = format!("approve reporter {r}: {on} (by the DAO: {dao})");
+        let _ = self.now().await;
+        let expected = (!dao).then_some("Unauthorized");
+        let result = sender.set_reporter_approved(reporter, on).await;
+        if self.expect(result, expected).is_some() {
+            if on {
+                self.approved.insert(reporter);
+            } else {
+                self.approved.remove(&reporter);
+            }
         }
     }
 
@@ -1028,8 +1078,20 @@ impl Sim {
         for e in 0..self.evidence.len() {
             if self.evidence[e].open {
                 self.step += 1;
-                self.what = format!("wind-down: execute evidence {e}");
-                self.execute_slash_at(e).await;
+                if self.trusted(&self.evidence[e]) {
+                    self.what = format!("wind-down: anyone executes evidence {e}");
+                    self.execute_slash_at(e, false).await;
+                } else if e % 2 == 0 {
+                    self.what = format!("wind-down: the DAO executes evidence {e}, whose reporter it did not approve");
+                    self.execute_slash_at(e, true).await;
+                } else {
+                    self.what = format!("wind-down: the DAO dismisses evidence {e}, whose reporter it did not approve");
+                    let hub = self.evidence[e].hub;
+                    self.dao.dismiss_evidence(self.evidence[e].id).await.unwrap();
+                    self.evidence[e].open = false;
+                    self.hubs[hub].pending -= 1;
+                    self.check().await;
+                }
             }
         }
         for h in 0..self.hubs.len() {
@@ -1063,12 +1125,13 @@ impl Sim {
         assert_eq!(self.dao.balance(self.dao.deployment().registry).await.unwrap(), left, "{}", self.context());
     }
 
-    async fn execute_slash_at(&mut self, e: usize) {
+    async fn execute_slash_at(&mut self, e: usize, by_dao: bool) {
         let evidence = self.evidence[e].clone();
         let now = self.now().await;
         let mut hub = self.hubs[evidence.hub].settled(now);
-        assert!(now >= evidence.ends && hub.state != State::Suspected, "{}", self.context());
-        self.stranger.execute_slash(evidence.id).await.unwrap();
+        assert!(now >= evidence.ends && !hub.locked(now), "{}", self.context());
+        let sender = if by_dao { &self.dao } else { &self.stranger };
+        sender.execute_slash(evidence.id).await.unwrap();
         let slash = hub.stake * wei(1000) / wei(10_000);
         let to_reporter = slash * wei(2000) / wei(10_000);
         hub.stake -= slash;
