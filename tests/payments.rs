@@ -120,6 +120,17 @@ fn every_verified_chunk_is_paid_once_across_scheduler_crashes() {
         let address = anvil_address(&anvil, if key == &hub1 { 1 } else { 2 });
         as_account(&cluster, chain, &dao, &["dao", "whitelist", &address.to_string()]);
     }
+    // The DAO vouches for the scheduler's reporter key, so anyone may execute its evidence; a lab
+    // cannot.
+    let reporter_address = anvil_address(&anvil, 4).to_string();
+    let refused = cluster.run_with_env(
+        &["dao", "approve-reporter", &reporter_address],
+        &[("UPGLOBE_CHAIN", chain), ("UPGLOBE_KEY", &hub1)],
+    );
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && why.contains("may not do this"), "{why}");
+    let approved = as_account(&cluster, chain, &dao, &["dao", "approve-reporter", &reporter_address]);
+    assert!(approved["done"].as_str().unwrap().contains("approved"), "{approved}");
 
     // The requester submits a paid workflow: it is funded as part of the submission.
     let path = cluster.write("paid.toml", &workflow());
@@ -158,6 +169,7 @@ fn every_verified_chunk_is_paid_once_across_scheduler_crashes() {
     // Every chunk was agreed by both workers; only worker 1's hub is paid, the thief nothing.
     let earned = |k| rt.block_on(reader.hub(anvil_address(&anvil, k))).unwrap().balance;
     assert_eq!((earned(1), earned(2), earned(6)), (job.paid, U256::ZERO, U256::ZERO));
+    assert!(rt.block_on(reader.reporter_approved(anvil_address(&anvil, 4))).unwrap());
     let earnings = as_account(&cluster, chain, &hub1, &["earnings"]);
     assert_eq!(earnings["state"], "active", "{earnings}");
 

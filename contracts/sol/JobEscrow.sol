@@ -173,9 +173,11 @@ contract JobEscrow is Guard {
 
     // ---- Views ------------------------------------------------------------------------------
 
-    function jobParties(uint256 jobId) external view returns (address requester, address reporter) {
+    /// What the registry checks evidence against: who opened the job, who reports it, and how
+    /// many chunks it has (evidence names a chunk index below chunksMax).
+    function jobParties(uint256 jobId) external view returns (address requester, address reporter, uint32 chunksMax) {
         Job storage job = _job(jobId);
-        return (job.requester, job.reporter);
+        return (job.requester, job.reporter, job.chunksMax);
     }
 
     function isChunkPaid(uint256 jobId, uint256 chunkIndex) external view returns (bool) {

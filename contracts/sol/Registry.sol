@@ -5,7 +5,7 @@ import {Guard} from "./Guard.sol";
 
 /// What the registry needs to know about a job to settle evidence against it.
 interface IJobParties {
-    function jobParties(uint256 jobId) external view returns (address requester, address reporter);
+    function jobParties(uint256 jobId) external view returns (address requester, address reporter, uint32 chunksMax);
 }
 
 /// Hubs (labs) register here with an ETH stake, attach their workers, and collect what the job
@@ -21,14 +21,16 @@ contract Registry is Guard {
     }
 
     struct Hub {
+        // slot 0: everything a credit reads, so paying a hub costs one storage read
         State state;
         bool whitelisted; // set by the DAO; only whitelisted hubs are paid for chunks
         bool holdback; // the hub waited out a lock: 30 % of each later withdrawal stays locked
+        uint16 tokenAccounts; // ERC-20 accounts with funds, so releaseEarly can charge each one
+        uint32 evidencePending; // open evidence against the hub; the stake cannot leave meanwhile
+        uint128 stake; // ETH; a hub staked below stakeMin is not paid
+        // slot 1
         uint64 lockedUntil; // end of the current or last DAO lock
         uint64 unstakeAt; // when the stake may be withdrawn; 0 = no withdrawal requested
-        uint16 tokenAccounts; // ERC-20 accounts with funds, so releaseEarly can charge each one
-        uint16 evidencePending; // open evidence against the hub; the stake cannot leave meanwhile
-        uint128 stake; // ETH
     }
 
     /// Earnings of a hub in one asset (address(0) = ETH).
@@ -48,6 +50,8 @@ contract Registry is Guard {
         address hub;
         uint64 disputeEndsAt;
         EvidenceStatus status;
+        bool byDao; // the DAO submitted it
+        bool reporterApproved; // the job's reporter was approved by the DAO when it was submitted
         address requester;
         address reporter;
     }
@@ -77,6 +81,10 @@ contract Registry is Guard {
     /// reporters (slashes).
     mapping(address owner => mapping(address token => uint256)) public claimable;
     mapping(bytes32 evidenceId => Evidence) public evidence;
+    /// Reporters (schedulers) the DAO vouches for: anyone may execute their evidence after the
+    /// dispute window. Anyone can open a job naming any reporter, so evidence from any other
+    /// reporter is executed by the DAO alone.
+    mapping(address reporter => bool) public reporterApproved;
 
     error Unauthorized(address caller);
     error EscrowAlreadySet();
@@ -87,7 +95,7 @@ contract Registry is Guard {
     error WorkerTaken(bytes32 workerId, address hub);
     error NotYourWorker(bytes32 workerId);
     error UnstakeNotReady(uint64 unstakeAt);
-    error EvidencePending(address hub, uint16 count);
+    error EvidencePending(address hub, uint32 count);
     error InsufficientFunds(uint256 requested, uint256 available);
     error BadCredit();
     error TokenListIncomplete(uint16 listed, uint16 held);
@@ -96,9 +104,12 @@ contract Registry is Guard {
     error EvidenceNotOpen(bytes32 evidenceId);
     error DisputeWindowOpen(uint64 endsAt);
     error DisputeWindowClosed(uint64 endsAt);
+    error EvidenceChunkOutOfRange(uint256 chunkIndex, uint32 chunksMax);
+    error ReporterNotApproved(bytes32 evidenceId, address reporter);
 
     event HubRegistered(address indexed hub, uint256 stake);
     event HubWhitelisted(address indexed hub, bool whitelisted);
+    event ReporterApproved(address indexed reporter, bool approved);
     event WorkerAttached(address indexed hub, bytes32 indexed workerId, bool attached);
     event HubSuspected(address indexed hub, uint64 lockedUntil);
     event HubCleared(address indexed hub);
@@ -146,6 +157,13 @@ contract Registry is Guard {
         if (h.state != State.Active) revert WrongHubState(hub, h.state);
         h.whitelisted = whitelisted;
         emit HubWhitelisted(hub, whitelisted);
+    }
+
+    /// Vouches for a reporter's evidence (or stops vouching). Withdrawing approval also stops
+    /// anyone but the DAO from executing the reporter's evidence that is still open.
+    function setReporterApproved(address reporter, bool approved) external onlyDao {
+        reporterApproved[reporter] = approved;
+        emit ReporterApproved(reporter, approved);
     }
 
     /// Blocks every fund of the hub for LOCK_DURATION. A suspected hub is still credited for
@@ -294,7 +312,9 @@ contract Registry is Guard {
     /// one. The Ed25519 signature over the BLAKE3 statement is not checked here (the EVM has no
     /// cheap Ed25519): `signedStatement` is only logged, and during DISPUTE_WINDOW anyone can check
     /// it off chain and ask the DAO to dismiss false evidence. Only the DAO or the job's reporter
-    /// may submit, one piece per (job, chunk, worker).
+    /// may submit, one piece per (job, chunk, worker), for a chunk the job has. Whoever opens a job
+    /// names its reporter, so the evidence records whether the DAO submitted it or had approved the
+    /// reporter: only then may anyone but the DAO execute it.
     function submitEvidence(
         uint256 jobId,
         uint256 chunkIndex,
@@ -302,34 +322,44 @@ contract Registry is Guard {
         bytes32 evidenceHash,
         bytes calldata signedStatement
     ) external returns (bytes32 evidenceId) {
-        (address requester, address reporter) = IJobParties(escrow).jobParties(jobId);
-        if (msg.sender != dao && msg.sender != reporter) revert Unauthorized(msg.sender);
+        (address requester, address reporter, uint32 chunksMax) = IJobParties(escrow).jobParties(jobId);
+        bool byDao = msg.sender == dao;
+        if (!byDao && msg.sender != reporter) revert Unauthorized(msg.sender);
+        if (chunkIndex >= chunksMax) revert EvidenceChunkOutOfRange(chunkIndex, chunksMax);
         address hub = workerHub[workerId];
         if (hub == address(0)) revert NotYourWorker(workerId);
         evidenceId = keccak256(abi.encode(jobId, chunkIndex, workerId));
         if (evidence[evidenceId].status != EvidenceStatus.None) revert EvidenceExists(evidenceId);
         uint64 endsAt = uint64(block.timestamp) + DISPUTE_WINDOW;
-        evidence[evidenceId] = Evidence(hub, endsAt, EvidenceStatus.Open, requester, reporter);
+        evidence[evidenceId] =
+            Evidence(hub, endsAt, EvidenceStatus.Open, byDao, reporterApproved[reporter], requester, reporter);
         hubs[hub].evidencePending++;
         emit EvidenceSubmitted(evidenceId, hub, jobId, chunkIndex, workerId, evidenceHash, endsAt);
         signedStatement; // logged through calldata only; see the comment above
     }
 
+    /// During the dispute window the DAO may dismiss any evidence; after it, only evidence that
+    /// no one but the DAO may execute (it would otherwise keep the hub's stake in for good).
     function dismissEvidence(bytes32 evidenceId) external onlyDao {
         Evidence storage e = _openEvidence(evidenceId);
-        if (block.timestamp >= e.disputeEndsAt) revert DisputeWindowClosed(e.disputeEndsAt);
+        if (block.timestamp >= e.disputeEndsAt && _trusted(e)) revert DisputeWindowClosed(e.disputeEndsAt);
         e.status = EvidenceStatus.Dismissed;
         hubs[e.hub].evidencePending--;
         emit EvidenceDismissed(evidenceId);
     }
 
-    /// After the dispute window anyone may execute; while the hub is Suspected only the DAO may,
-    /// because in that state only the DAO acts on the hub's funds.
+    /// After the dispute window. Anyone may execute evidence the DAO submitted, or that an approved
+    /// reporter submitted and is still approved, against a hub that is not locked. Everything else
+    /// is the DAO's: evidence from a reporter anyone could have named, and any slash of a hub under
+    /// a lock (Suspected or Punished), since during a lock only the DAO acts on the hub's funds.
     function executeSlash(bytes32 evidenceId) external {
         Evidence storage e = _openEvidence(evidenceId);
         if (block.timestamp < e.disputeEndsAt) revert DisputeWindowOpen(e.disputeEndsAt);
         Hub storage h = _settled(e.hub);
-        if (h.state == State.Suspected && msg.sender != dao) revert HubLocked(e.hub, h.lockedUntil);
+        if (msg.sender != dao) {
+            if (!_trusted(e)) revert ReporterNotApproved(evidenceId, e.reporter);
+            if (block.timestamp < h.lockedUntil) revert HubLocked(e.hub, h.lockedUntil);
+        }
         e.status = EvidenceStatus.Executed;
         h.evidencePending--;
         uint256 slash = (uint256(h.stake) * SLASH_BPS) / BPS;
@@ -384,9 +414,12 @@ contract Registry is Guard {
         if (block.timestamp < h.lockedUntil) revert HubLocked(hub, h.lockedUntil);
     }
 
+    /// A hub is paid only while whitelisted, not punished, and staked at least stakeMin: one that
+    /// took its stake out would otherwise be paid with nothing left to slash.
     function _creditOne(address hub, address token, uint256 amount) internal {
         Hub storage h = hubs[hub];
-        bool payable_ = h.whitelisted && (h.state == State.Active || h.state == State.Suspected);
+        bool standing = h.state == State.Active || h.state == State.Suspected;
+        bool payable_ = h.whitelisted && standing && h.stake >= stakeMin;
         if (!payable_) revert HubNotPayable(hub);
         Account storage a = accounts[hub][token];
         // A zero credit leaves the account empty, so it must not be counted: releaseEarly could never list it.
@@ -445,6 +478,12 @@ contract Registry is Guard {
     function _openEvidence(bytes32 evidenceId) internal view returns (Evidence storage e) {
         e = evidence[evidenceId];
         if (e.status != EvidenceStatus.Open) revert EvidenceNotOpen(evidenceId);
+    }
+
+    /// Whether anyone may execute the evidence: the DAO submitted it, or its reporter was approved
+    /// when it was submitted and still is.
+    function _trusted(Evidence storage e) internal view returns (bool) {
+        return e.byDao || (e.reporterApproved && reporterApproved[e.reporter]);
     }
 
     function _min(uint256 a, uint256 b) internal pure returns (uint256) {

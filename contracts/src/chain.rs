@@ -87,7 +87,7 @@ pub struct HubInfo {
     pub holdback: bool,
     pub locked_until: u64,
     pub unstake_at: u64,
-    pub evidence_pending: u16,
+    pub evidence_pending: u32,
     pub stake: U256,
     /// Earned and withdrawable (when not locked).
     pub balance: U256,
@@ -403,6 +403,16 @@ impl Chain {
         Ok((hub != Address::ZERO).then_some(hub))
     }
 
+    /// Whether the DAO vouches for a reporter: anyone may execute its evidence after the
+    /// dispute window (evidence from any other reporter is the DAO's to execute or dismiss).
+    pub async fn reporter_approved(&self, reporter: Address) -> Result<bool> {
+        self.registry
+            .reporterApproved(reporter)
+            .call()
+            .await
+            .map_err(|e| ChainError::from_contract("Registry.reporterApproved", e))
+    }
+
     /// What the DAO, a requester or a reporter may claim.
     pub async fn claimable(&self, owner: Address) -> Result<U256> {
         self.registry
@@ -523,6 +533,11 @@ impl Chain {
 
     pub async fn punish(&self, hub: Address, amount: U256) -> Result<Receipt> {
         self.send("Registry.punish", self.registry.punish(hub, amount)).await
+    }
+
+    /// Vouches for a reporter's evidence (`approved`) or stops vouching.
+    pub async fn set_reporter_approved(&self, reporter: Address, approved: bool) -> Result<Receipt> {
+        self.send("Registry.setReporterApproved", self.registry.setReporterApproved(reporter, approved)).await
     }
 
     /// Evidence that `worker` signed a result for chunk `chunk` of escrow job `job` that

@@ -93,9 +93,10 @@ fn describe_registry(e: RegistryErrors) -> (String, String) {
         E::StakeTooSmall(e) => format!("a stake of {} is below the minimum of {}", eth(e.sent), eth(e.required)),
         E::WrongHubState(e) => format!("hub {} is {}", e.hub, state(e.state)),
         E::HubLocked(e) => format!("hub {}'s funds are locked by the DAO until {}", e.hub, date(e.lockedUntil)),
-        E::HubNotPayable(e) => {
-            format!("hub {} is not whitelisted or not in good standing, so it cannot be paid", e.hub)
-        }
+        E::HubNotPayable(e) => format!(
+            "hub {} is not whitelisted, not in good standing or staked below the minimum, so it cannot be paid",
+            e.hub
+        ),
         E::WorkerTaken(e) => format!("worker {} is attached to hub {}", e.workerId, e.hub),
         E::NotYourWorker(e) => format!("worker {} is not attached to this hub", e.workerId),
         E::UnstakeNotReady(e) if e.unstakeAt == 0 => "ask for the stake back first (`upglobe hub unstake`)".into(),
@@ -111,6 +112,17 @@ fn describe_registry(e: RegistryErrors) -> (String, String) {
         E::EvidenceNotOpen(e) => format!("evidence {} is not open", e.evidenceId),
         E::DisputeWindowOpen(e) => format!("the dispute window is open until {}", date(e.endsAt)),
         E::DisputeWindowClosed(e) => format!("the dispute window closed at {}", date(e.endsAt)),
+        E::EvidenceChunkOutOfRange(e) => {
+            format!(
+                "chunk {} is past the escrow job's {} chunks, so there is no result to contradict",
+                e.chunkIndex, e.chunksMax
+            )
+        }
+        E::ReporterNotApproved(e) => format!(
+            "evidence {} comes from reporter {}, which the DAO had not approved when it was submitted or no \
+             longer approves: only the DAO may execute it",
+            e.evidenceId, e.reporter
+        ),
         E::Reentrancy(_) => "a second call entered the contract while the first was still running".into(),
         E::TransferFailed(e) => format!("sending {} {} to {} failed", e.amount, token(e.token), e.to),
     };
@@ -165,5 +177,10 @@ mod tests {
         let (name, reason) = describe_revert(&alloy::sol_types::Revert::from("allowance").abi_encode());
         assert_eq!((name.as_str(), reason.as_str()), ("Error", "revert: allowance"));
         assert_eq!(describe_revert(&[1, 2, 3]).0, "unknown");
+        let data =
+            crate::bindings::Registry::EvidenceChunkOutOfRange { chunkIndex: U256::from(9), chunksMax: 9 }.abi_encode();
+        let (name, reason) = describe_revert(&data);
+        assert_eq!(name, "EvidenceChunkOutOfRange");
+        assert!(reason.starts_with("chunk 9 is past the escrow job's 9 chunks"), "{reason}");
     }
 }

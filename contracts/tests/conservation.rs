@@ -13,7 +13,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
@@ -99,7 +99,7 @@ struct Hub {
     holdback: bool,
     locked_until: u64,
     unstake_at: u64,
-    pending: u16,
+    pending: u32,
     stake: U256,
     balance: U256,
     held: U256,
@@ -131,6 +131,11 @@ impl Hub {
             taken += now;
         }
         taken
+    }
+
+    /// `_creditOne`'s test: whitelisted, not punished, staked at least the minimum.
+    fn payable(&self) -> bool {
+        self.whitelisted && matches!(self.state, State::Active | State::Suspected) && self.stake >= ether(STAKE_MIN)
     }
 
     /// `_payOut`: what is sent, the rest held back.
@@ -165,6 +170,10 @@ struct Evidence {
     open: bool,
     requester: Address,
     reporter: Address,
+    /// The DAO submitted it.
+    by_dao: bool,
+    /// Its reporter was approved when it was submitted.
+    approved: bool,
 }
 
 struct Sim {
@@ -182,6 +191,8 @@ struct Sim {
     workers: Vec<B256>,
     jobs: Vec<Job>,
     evidence: Vec<Evidence>,
+    /// Reporters the DAO approved.
+    approved: BTreeSet<Address>,
     claimable: BTreeMap<Address, U256>,
     money_in: U256,
     money_out: U256,
@@ -242,6 +253,7 @@ impl Sim {
             workers: Vec::new(),
             jobs: Vec::new(),
             evidence: Vec::new(),
+            approved: BTreeSet::new(),
             claimable: BTreeMap::new(),
             money_in: U256::ZERO,
             money_out: U256::ZERO,
@@ -275,7 +287,17 @@ impl Sim {
                 held: U256::ZERO,
             });
         }
+        // One reporter starts approved: its evidence is anyone's to execute, the others' the DAO's.
+        let first = sim.reporters[0].account();
+        sim.dao.set_reporter_approved(first, true).await.unwrap();
+        sim.approved.insert(first);
         sim
+    }
+
+    /// `_trusted`: anyone may execute the evidence (the DAO submitted it, or its reporter was
+    /// approved then and still is).
+    fn trusted(&self, evidence: &Evidence) -> bool {
+        evidence.by_dao || (evidence.approved && self.approved.contains(&evidence.reporter))
     }
 
     fn context(&self) -> String {
@@ -319,7 +341,7 @@ impl Sim {
     }
 
     async fn random_step(&mut self) {
-        const OPS: [(u64, &str); 18] = [
+        const OPS: [(u64, &str); 19] = [
             (10, "createJob"),
             (26, "payBatch"),
             (4, "complete"),
@@ -336,6 +358,7 @@ impl Sim {
             (3, "submitEvidence"),
             (2, "dismissEvidence"),
             (3, "executeSlash"),
+            (2, "setReporterApproved"),
             (4, "claim"),
             (6, "advanceTime"),
         ];
@@ -410,6 +433,7 @@ impl Sim {
             }
             "dismissEvidence" => self.dismiss().await,
             "executeSlash" => self.execute_slash().await,
+            "setReporterApproved" => self.approve_reporter().await,
             "claim" => self.claim().await,
             _ => self.advance().await,
         }
@@ -504,8 +528,7 @@ impl Sim {
             chosen.push(job.chunks - 1);
         }
         // Mostly hubs that can be paid; now and then any hub, so HubNotPayable happens too.
-        let payable = |h: &Hub| h.whitelisted && matches!(h.state, State::Active | State::Suspected);
-        let mut candidates: Vec<usize> = (0..self.hubs.len()).filter(|&h| payable(&self.hubs[h])).collect();
+        let mut candidates: Vec<usize> = (0..self.hubs.len()).filter(|&h| self.hubs[h].payable()).collect();
         if candidates.is_empty() || self.rng.chance(15) {
             candidates = (0..self.hubs.len()).collect();
         }
@@ -559,12 +582,11 @@ impl Sim {
         if expected.is_none() {
             let too_many =
                 batch.units.iter().zip(&batch.chunk_counts).any(|(&u, &n)| u > n as u64 * job.units_max as u64);
-            let payable = |h: &Hub| h.whitelisted && matches!(h.state, State::Active | State::Suspected);
             if too_many {
                 expected = Some("TooManyUnits");
             } else if total > job.deposit - job.paid {
                 expected = Some("DepositExceeded");
-            } else if hub_of.iter().any(|&h| !payable(&self.hubs[h])) {
+            } else if hub_of.iter().any(|&h| !self.hubs[h].payable()) {
                 expected = Some("HubNotPayable");
             }
         }
@@ -693,8 +715,12 @@ impl Sim {
     async fn withdraw_stake(&mut self, h: usize) {
         let now = self.now().await;
         let mut hub = self.hubs[h].settled(now);
-        let amount =
-            if self.rng.chance(10) { hub.stake + wei(1) } else { hub.stake / wei(2 + self.rng.below(3) as u128) };
+        // Now and then all of it: the hub stays registered and whitelisted but is not paid again.
+        let amount = match self.rng.below(10) {
+            0 => hub.stake + wei(1),
+            1 => hub.stake,
+            _ => hub.stake / wei(2 + self.rng.below(3) as u128),
+        };
         self.what = format!("hub {h} withdraws {amount} of its stake {}", hub.stake);
         let expected = if hub.locked(now) {
             Some("HubLocked")
@@ -864,13 +890,20 @@ impl Sim {
     async fn submit_evidence(&mut self, h: usize) {
         let j = self.rng.index(self.jobs.len());
         let job = self.jobs[j].clone();
-        let chunk = self.rng.below(8) as u32;
-        let (sender, allowed) = match self.rng.below(10) {
-            0 => (self.dao.clone(), true),
-            1 => (self.stranger.clone(), false),
-            _ => (self.reporters[job.reporter].clone(), true),
+        // Now and then a chunk past the job's last (jobs have at least 4).
+        let chunk = if self.rng.chance(10) { job.chunks + self.rng.below(3) as u32 } else { self.rng.below(8) as u32 };
+        let (sender, allowed, by_dao) = match self.rng.below(10) {
+            0 => (self.dao.clone(), true, true),
+            1 => (self.stranger.clone(), false, false),
+            _ => (self.reporters[job.reporter].clone(), true, false),
         };
-        self.what = format!("evidence against hub {h}'s worker, job {} chunk {chunk} (allowed: {allowed})", job.id);
+        let reporter = self.reporters[job.reporter].account();
+        let approved = self.approved.contains(&reporter);
+        self.what = format!(
+            "evidence against hub {h}'s worker, job {} chunk {chunk} (allowed: {allowed}, by the DAO: {by_dao}, \
+             reporter approved: {approved})",
+            job.id
+        );
         let _ = self.now().await;
         let id = alloy::primitives::keccak256(alloy::sol_types::SolValue::abi_encode(&(
             U256::from(job.id),
@@ -879,6 +912,8 @@ impl Sim {
         )));
         let expected = if !allowed {
             Some("Unauthorized")
+        } else if chunk >= job.chunks {
+            Some("EvidenceChunkOutOfRange")
         } else if self.evidence.iter().any(|e| e.id == id) {
             Some("EvidenceExists")
         } else {
@@ -897,7 +932,9 @@ impl Sim {
                 ends: mined_at(&sender, &receipt).await + DISPUTE_WINDOW,
                 open: true,
                 requester: self.requesters[job.requester].account(),
-                reporter: self.reporters[job.reporter].account(),
+                reporter,
+                by_dao,
+                approved,
             });
         }
     }
@@ -922,7 +959,7 @@ impl Sim {
             Some("Unauthorized")
         } else if !evidence.open {
             Some("EvidenceNotOpen")
-        } else if now >= evidence.ends {
+        } else if now >= evidence.ends && self.trusted(&evidence) {
             Some("DisputeWindowClosed")
         } else {
             None
@@ -946,7 +983,9 @@ impl Sim {
             Some("EvidenceNotOpen")
         } else if now < evidence.ends {
             Some("DisputeWindowOpen")
-        } else if hub.state == State::Suspected && !dao {
+        } else if !dao && !self.trusted(&evidence) {
+            Some("ReporterNotApproved")
+        } else if !dao && hub.locked(now) {
             Some("HubLocked")
         } else {
             None
@@ -961,6 +1000,24 @@ impl Sim {
             self.claim_add(evidence.reporter, to_reporter);
             self.claim_add(evidence.requester, slash - to_reporter);
             self.evidence[e].open = false;
+        }
+    }
+
+    async fn approve_reporter(&mut self) {
+        let r = self.rng.index(self.reporters.len());
+        let reporter = self.reporters[r].account();
+        let on = self.rng.chance(60);
+        let (sender, dao) = self.dao_or_not();
+        self.what = format!("approve reporter {r}: {on} (by the DAO: {dao})");
+        let _ = self.now().await;
+        let expected = (!dao).then_some("Unauthorized");
+        let result = sender.set_reporter_approved(reporter, on).await;
+        if self.expect(result, expected).is_some() {
+            if on {
+                self.approved.insert(reporter);
+            } else {
+                self.approved.remove(&reporter);
+            }
         }
     }
 
@@ -1021,8 +1078,20 @@ impl Sim {
         for e in 0..self.evidence.len() {
             if self.evidence[e].open {
                 self.step += 1;
-                self.what = format!("wind-down: execute evidence {e}");
-                self.execute_slash_at(e).await;
+                if self.trusted(&self.evidence[e]) {
+                    self.what = format!("wind-down: anyone executes evidence {e}");
+                    self.execute_slash_at(e, false).await;
+                } else if e % 2 == 0 {
+                    self.what = format!("wind-down: the DAO executes evidence {e}, whose reporter it did not approve");
+                    self.execute_slash_at(e, true).await;
+                } else {
+                    self.what = format!("wind-down: the DAO dismisses evidence {e}, whose reporter it did not approve");
+                    let hub = self.evidence[e].hub;
+                    self.dao.dismiss_evidence(self.evidence[e].id).await.unwrap();
+                    self.evidence[e].open = false;
+                    self.hubs[hub].pending -= 1;
+                    self.check().await;
+                }
             }
         }
         for h in 0..self.hubs.len() {
@@ -1056,12 +1125,13 @@ impl Sim {
         assert_eq!(self.dao.balance(self.dao.deployment().registry).await.unwrap(), left, "{}", self.context());
     }
 
-    async fn execute_slash_at(&mut self, e: usize) {
+    async fn execute_slash_at(&mut self, e: usize, by_dao: bool) {
         let evidence = self.evidence[e].clone();
         let now = self.now().await;
         let mut hub = self.hubs[evidence.hub].settled(now);
-        assert!(now >= evidence.ends && hub.state != State::Suspected, "{}", self.context());
-        self.stranger.execute_slash(evidence.id).await.unwrap();
+        assert!(now >= evidence.ends && !hub.locked(now), "{}", self.context());
+        let sender = if by_dao { &self.dao } else { &self.stranger };
+        sender.execute_slash(evidence.id).await.unwrap();
         let slash = hub.stake * wei(1000) / wei(10_000);
         let to_reporter = slash * wei(2000) / wei(10_000);
         hub.stake -= slash;

@@ -66,6 +66,7 @@ async fn only_the_dao_the_reporter_and_the_escrow() {
         refused(who.clear(hub, vec![]).await, "Unauthorized");
         refused(who.punish(hub, wei(1)).await, "Unauthorized");
         refused(who.dismiss_evidence(B256::repeat_byte(3)).await, "Unauthorized");
+        refused(who.set_reporter_approved(who.account(), true).await, "Unauthorized");
         // credit is the escrow's alone, whatever is sent with it.
         let credit = r.credit(ETH, vec![hub], vec![wei(5)]).value(wei(5));
         refused(who.send("Registry.credit", credit).await, "Unauthorized");
@@ -99,9 +100,11 @@ async fn only_the_dao_the_reporter_and_the_escrow() {
     assert_eq!(w.dao.job(job).await.unwrap().paid, price);
 
     // A new DAO takes over every DAO power; the old key loses them.
+    assert!(!w.dao.reporter_approved(w.reporter.account()).await.unwrap());
     let r = registry(&w.dao);
     w.dao.send("Registry.setDao", r.setDao(w.stranger.account())).await.unwrap();
     refused(w.dao.suspect(hub).await, "Unauthorized");
+    refused(w.dao.set_reporter_approved(w.reporter.account(), true).await, "Unauthorized");
     w.stranger.set_whitelisted(w.hub2.account(), true).await.unwrap();
     assert!(w.dao.hub(w.hub2.account()).await.unwrap().whitelisted);
 }
@@ -366,12 +369,17 @@ async fn evidence_slashes_ten_percent_after_the_dispute_window() {
     w.hub.attach_worker(worker).await.unwrap();
     let job = w.eth_job(10, ether("0.01 ether"), ether("0.1 ether")).await;
     let hash = B256::repeat_byte(0xee);
+    w.dao.set_reporter_approved(w.reporter.account(), true).await.unwrap();
+    assert!(w.dao.reporter_approved(w.reporter.account()).await.unwrap());
 
     for who in [&w.stranger, &w.hub, &w.requester] {
         refused(who.submit_evidence(job, 4, worker, hash, vec![1, 2, 3]).await, "Unauthorized");
     }
     refused(w.reporter.submit_evidence(job, 4, B256::repeat_byte(0x12), hash, vec![]).await, "NotYourWorker");
     refused(w.reporter.submit_evidence(job + 1, 4, worker, hash, vec![]).await, "UnknownJob");
+    // Only chunks the job has: the job has 10.
+    refused(w.reporter.submit_evidence(job, 10, worker, hash, vec![]).await, "EvidenceChunkOutOfRange");
+    refused(w.dao.submit_evidence(job, u32::MAX, worker, hash, vec![]).await, "EvidenceChunkOutOfRange");
     let (first, _) = w.reporter.submit_evidence(job, 4, worker, hash, vec![1, 2, 3]).await.unwrap();
     refused(w.reporter.submit_evidence(job, 4, worker, hash, vec![]).await, "EvidenceExists");
     refused(w.dao.submit_evidence(job, 4, worker, hash, vec![]).await, "EvidenceExists");
@@ -379,6 +387,9 @@ async fn evidence_slashes_ten_percent_after_the_dispute_window() {
     assert_eq!(w.dao.hub(hub).await.unwrap().evidence_pending, 2);
     let stored = registry(&w.dao).evidence(first).call().await.unwrap();
     assert_eq!((stored.hub, stored.requester, stored.reporter), (hub, w.requester.account(), w.reporter.account()));
+    assert_eq!((stored.byDao, stored.reporterApproved), (false, true));
+    let stored = registry(&w.dao).evidence(second).call().await.unwrap();
+    assert_eq!((stored.byDao, stored.reporterApproved), (true, true));
 
     refused(w.stranger.execute_slash(first).await, "DisputeWindowOpen");
     refused(w.dao.execute_slash(first).await, "DisputeWindowOpen");
@@ -395,7 +406,8 @@ async fn evidence_slashes_ten_percent_after_the_dispute_window() {
     refused(w.hub.withdraw_stake(wei(1)).await, "EvidencePending");
     refused(w.dao.dismiss_evidence(first).await, "DisputeWindowClosed");
 
-    // Anyone executes after the window: 10 % of the stake, 80 % requester, 20 % reporter.
+    // Anyone executes an approved reporter's evidence after the window: 10 % of the stake, 80 %
+    // requester, 20 % reporter.
     w.stranger.execute_slash(first).await.unwrap();
     refused(w.stranger.execute_slash(first).await, "EvidenceNotOpen");
     let info = w.dao.hub(hub).await.unwrap();
@@ -419,6 +431,207 @@ async fn evidence_slashes_ten_percent_after_the_dispute_window() {
     assert_eq!(w.dao.claimable(w.requester.account()).await.unwrap(), slash - slash * wei(2000) / wei(10_000));
     let registry_balance = w.dao.balance(w.dao.deployment().registry).await.unwrap();
     assert_eq!(registry_balance, ether("9 ether"), "8.1 ether of stake and 0.9 ether owed");
+}
+
+/// A hub that takes its stake out stays registered, but is not paid again until it is staked
+/// at least stakeMin: otherwise a slash would take 10 % of nothing.
+#[tokio::test]
+async fn a_hub_staked_below_the_minimum_is_not_paid() {
+    let w = World::new().await;
+    let hub = w.hub.account();
+    let price = ether("0.01 ether");
+    let job = w.eth_job(10, price, price * wei(10)).await;
+    w.pay(job, &[0], hub).await.unwrap();
+
+    // The whole stake out, after the unstaking delay: still active and whitelisted, never paid.
+    w.hub.request_unstake().await.unwrap();
+    w.dao.advance_time(14 * DAY).await.unwrap();
+    assert_eq!(arrived(&w.hub, w.hub.withdraw_stake(ether("10 ether"))).await, ether("10 ether"));
+    let info = w.dao.hub(hub).await.unwrap();
+    assert_eq!((info.state, info.whitelisted, info.stake), (HubState::Active, true, U256::ZERO));
+    let refusal = w.pay(job, &[1], hub).await.unwrap_err();
+    assert_eq!(refusal.revert_name(), Some("HubNotPayable"), "{refusal}");
+    assert!(refusal.to_string().contains("staked below the minimum"), "{refusal}");
+    // One wei short of the minimum is still short.
+    w.hub.add_stake(ether(STAKE_MIN) - wei(1)).await.unwrap();
+    refused(w.pay(job, &[1], hub).await, "HubNotPayable");
+    w.hub.add_stake(wei(1)).await.unwrap();
+    w.pay(job, &[1], hub).await.unwrap();
+    assert_eq!(w.dao.paid_chunks(job, &[0, 1, 2]).await.unwrap(), vec![true, true, false]);
+    assert_eq!(w.dao.hub(hub).await.unwrap().balance, price * wei(2));
+    // Earnings already made can still be withdrawn.
+    w.hub.request_unstake().await.unwrap();
+    w.dao.advance_time(14 * DAY).await.unwrap();
+    w.hub.withdraw_stake(wei(1)).await.unwrap();
+    refused(w.pay(job, &[2], hub).await, "HubNotPayable");
+    assert_eq!(arrived(&w.hub, w.hub.withdraw(price * wei(2))).await, price * wei(2));
+
+    // A slash that leaves less than the minimum stops payment too.
+    w.hub2.register(ether(STAKE_MIN)).await.unwrap();
+    w.dao.set_whitelisted(w.hub2.account(), true).await.unwrap();
+    w.pay(job, &[2], w.hub2.account()).await.unwrap();
+    let worker = B256::repeat_byte(0x31);
+    w.hub2.attach_worker(worker).await.unwrap();
+    let (id, _) = w.dao.submit_evidence(job, 2, worker, B256::repeat_byte(1), vec![]).await.unwrap();
+    w.dao.advance_time(7 * DAY).await.unwrap();
+    w.stranger.execute_slash(id).await.unwrap();
+    assert_eq!(w.dao.hub(w.hub2.account()).await.unwrap().stake, ether("0.9 ether"));
+    refused(w.pay(job, &[3], w.hub2.account()).await, "HubNotPayable");
+}
+
+/// Whoever opens a job names its reporter, so anyone can submit evidence through a job of its
+/// own. Such evidence cannot be executed by anyone but the DAO, which may dismiss it even after
+/// the dispute window; approving the reporter later does not change that.
+#[tokio::test]
+async fn evidence_from_a_reporter_the_dao_did_not_approve_is_the_daos() {
+    let w = World::new().await;
+    let hub = w.hub.account();
+    let stranger = w.stranger.account();
+    let worker = B256::repeat_byte(0x21);
+    w.hub.attach_worker(worker).await.unwrap();
+    let hash = B256::repeat_byte(0xee);
+    // A 1-wei job of 4 chunks, opened by the stranger, naming itself the reporter.
+    let forged = NewJob {
+        price_per_unit: wei(1),
+        units_per_chunk_max: 1,
+        chunks: 4,
+        reporter: stranger,
+        lasts: Duration::from_secs(DAY),
+        deposit: wei(1),
+        token: None,
+    };
+    let (job, _) = w.stranger.create_job(&forged).await.unwrap();
+    refused(w.stranger.submit_evidence(job, 4, worker, hash, vec![]).await, "EvidenceChunkOutOfRange");
+    refused(w.stranger.submit_evidence(job, u32::MAX, worker, hash, vec![]).await, "EvidenceChunkOutOfRange");
+    let mut ids = Vec::new();
+    for chunk in 0..4 {
+        ids.push(w.stranger.submit_evidence(job, chunk, worker, hash, vec![]).await.unwrap().0);
+    }
+    let stored = registry(&w.dao).evidence(ids[0]).call().await.unwrap();
+    assert_eq!(
+        (stored.requester, stored.reporter, stored.byDao, stored.reporterApproved),
+        (stranger, stranger, false, false)
+    );
+    assert_eq!(w.dao.hub(hub).await.unwrap().evidence_pending, 4);
+
+    w.dao.advance_time(7 * DAY).await.unwrap();
+    for who in [&w.stranger, &w.hub, &w.requester, &w.reporter] {
+        refused(who.execute_slash(ids[0]).await, "ReporterNotApproved");
+    }
+    // Approval given after the evidence was submitted does not count.
+    w.dao.set_reporter_approved(stranger, true).await.unwrap();
+    let refusal = w.stranger.execute_slash(ids[0]).await.unwrap_err();
+    assert_eq!(refusal.revert_name(), Some("ReporterNotApproved"), "{refusal}");
+    assert!(refusal.to_string().contains("only the DAO may execute it"), "{refusal}");
+    w.dao.set_reporter_approved(stranger, false).await.unwrap();
+    // The DAO dismisses it, although the window is over...
+    w.dao.dismiss_evidence(ids[0]).await.unwrap();
+    refused(w.dao.execute_slash(ids[0]).await, "EvidenceNotOpen");
+    // ...or executes it, if it holds up.
+    w.dao.execute_slash(ids[1]).await.unwrap();
+    assert_eq!(w.dao.hub(hub).await.unwrap().stake, ether("9 ether"));
+    assert_eq!(w.dao.claimable(stranger).await.unwrap(), ether("1 ether"), "requester and reporter");
+    for id in &ids[2..] {
+        w.dao.dismiss_evidence(*id).await.unwrap();
+    }
+    assert_eq!(w.dao.hub(hub).await.unwrap().evidence_pending, 0);
+
+    // A reporter whose approval is withdrawn: its open evidence becomes the DAO's as well.
+    w.dao.set_reporter_approved(w.reporter.account(), true).await.unwrap();
+    let real = w.eth_job(10, ether("0.01 ether"), ether("0.1 ether")).await;
+    let (id, _) = w.reporter.submit_evidence(real, 3, worker, hash, vec![]).await.unwrap();
+    let stored = registry(&w.dao).evidence(id).call().await.unwrap();
+    assert_eq!((stored.byDao, stored.reporterApproved), (false, true));
+    w.dao.set_reporter_approved(w.reporter.account(), false).await.unwrap();
+    w.dao.advance_time(7 * DAY).await.unwrap();
+    refused(w.stranger.execute_slash(id).await, "ReporterNotApproved");
+    w.dao.dismiss_evidence(id).await.unwrap();
+    // Evidence anyone may execute cannot be dismissed once its window is over.
+    w.dao.set_reporter_approved(w.reporter.account(), true).await.unwrap();
+    let (id, _) = w.reporter.submit_evidence(real, 4, worker, hash, vec![]).await.unwrap();
+    w.dao.advance_time(7 * DAY).await.unwrap();
+    refused(w.dao.dismiss_evidence(id).await, "DisputeWindowClosed");
+    w.requester.execute_slash(id).await.unwrap();
+    assert_eq!(w.dao.hub(hub).await.unwrap().stake, ether("8.1 ether"));
+}
+
+/// A hub cannot shrink its stake ahead of an honest slash by accusing its own worker through a
+/// job of its own and executing that evidence first: the stake would only move to itself.
+#[tokio::test]
+async fn a_hub_cannot_slash_itself_ahead_of_an_honest_slash() {
+    let w = World::new().await;
+    let hub = w.hub.account();
+    let worker = B256::repeat_byte(0x22);
+    w.hub.attach_worker(worker).await.unwrap();
+    let hash = B256::repeat_byte(0xee);
+    w.dao.set_reporter_approved(w.reporter.account(), true).await.unwrap();
+    let job = w.eth_job(10, ether("0.01 ether"), ether("0.1 ether")).await;
+    let (honest, _) = w.reporter.submit_evidence(job, 0, worker, hash, vec![]).await.unwrap();
+
+    // The hub's own job: it is the requester and the reporter.
+    let own = NewJob {
+        price_per_unit: wei(1),
+        units_per_chunk_max: 1,
+        chunks: 8,
+        reporter: hub,
+        lasts: Duration::from_secs(DAY),
+        deposit: wei(1),
+        token: None,
+    };
+    let (own, _) = w.hub.create_job(&own).await.unwrap();
+    let mut ids = Vec::new();
+    for chunk in 0..8 {
+        ids.push(w.hub.submit_evidence(own, chunk, worker, hash, vec![]).await.unwrap().0);
+    }
+    assert_eq!(w.dao.hub(hub).await.unwrap().evidence_pending, 9);
+    w.dao.advance_time(7 * DAY).await.unwrap();
+    for id in &ids {
+        refused(w.hub.execute_slash(*id).await, "ReporterNotApproved");
+        refused(w.stranger.execute_slash(*id).await, "ReporterNotApproved");
+    }
+    // The honest slash takes 10 % of the whole stake.
+    w.stranger.execute_slash(honest).await.unwrap();
+    assert_eq!(w.dao.hub(hub).await.unwrap().stake, ether("9 ether"));
+    assert_eq!(w.dao.claimable(w.requester.account()).await.unwrap(), ether("0.8 ether"));
+    assert_eq!(w.dao.claimable(hub).await.unwrap(), U256::ZERO);
+    // The self-accusations keep the stake in until the DAO dismisses them.
+    w.hub.request_unstake().await.unwrap();
+    w.dao.advance_time(14 * DAY).await.unwrap();
+    refused(w.hub.withdraw_stake(wei(1)).await, "EvidencePending");
+    for id in &ids {
+        w.dao.dismiss_evidence(*id).await.unwrap();
+    }
+    w.hub.withdraw_stake(wei(1)).await.unwrap();
+}
+
+/// During a lock (Suspected or Punished) only the DAO executes a slash, even on evidence anyone
+/// could execute otherwise; once the lock is over, anyone again.
+#[tokio::test]
+async fn slashing_a_locked_hub_is_the_daos() {
+    let w = World::new().await;
+    let hub = w.hub.account();
+    let worker = B256::repeat_byte(0x23);
+    w.hub.attach_worker(worker).await.unwrap();
+    let hash = B256::repeat_byte(0xee);
+    w.dao.set_reporter_approved(w.reporter.account(), true).await.unwrap();
+    let job = w.eth_job(10, ether("0.01 ether"), ether("0.1 ether")).await;
+    let (first, _) = w.reporter.submit_evidence(job, 0, worker, hash, vec![]).await.unwrap();
+    let (second, _) = w.reporter.submit_evidence(job, 1, worker, hash, vec![]).await.unwrap();
+    w.dao.suspect(hub).await.unwrap();
+    w.dao.punish(hub, ether("1 ether")).await.unwrap();
+    assert_eq!(w.dao.hub(hub).await.unwrap().state, HubState::Punished);
+    w.dao.advance_time(7 * DAY).await.unwrap();
+    for who in [&w.stranger, &w.requester, &w.reporter, &w.hub] {
+        refused(who.execute_slash(first).await, "HubLocked");
+    }
+    w.dao.execute_slash(first).await.unwrap();
+    assert_eq!(w.dao.hub(hub).await.unwrap().stake, ether("8.1 ether"));
+    w.dao.advance_time(LOCK).await.unwrap();
+    w.stranger.execute_slash(second).await.unwrap();
+    assert_eq!(w.dao.hub(hub).await.unwrap().stake, ether("7.29 ether"));
+    let slashes = ether("0.9 ether") + ether("0.81 ether");
+    assert_eq!(w.dao.claimable(w.reporter.account()).await.unwrap(), slashes * wei(2000) / wei(10_000));
+    assert_eq!(w.dao.claimable(w.requester.account()).await.unwrap(), slashes * wei(8000) / wei(10_000));
 }
 
 /// An ERC-20 job: the deposit, the payment, the hub's withdrawal and the refund move tokens,

@@ -197,7 +197,10 @@ fn a_contradicting_md_result_is_evidence_that_slashes_its_hub() {
         let liar_hub = accounts.pop().unwrap();
         let honest_hub = accounts.pop().unwrap();
         let requester = accounts.pop().unwrap();
-        (dao, accounts.pop().unwrap(), requester, honest_hub, liar_hub)
+        let reporter = accounts.pop().unwrap();
+        // The DAO vouches for the scheduler's reporter key, so anyone may execute its evidence.
+        dao.set_reporter_approved(reporter.account(), true).await.unwrap();
+        (dao, reporter, requester, honest_hub, liar_hub)
     });
     let new = NewJob {
         price_per_unit: price,
@@ -220,12 +223,17 @@ fn a_contradicting_md_result_is_evidence_that_slashes_its_hub() {
     let before = rt.block_on(reporter.nonce()).unwrap();
     rt.block_on(settle(&mut store, &reporter)).unwrap();
     assert_eq!(rt.block_on(reporter.nonce()).unwrap(), before);
-    // After the 7-day dispute window anyone executes the slash: 10 % of the stake, 80 % of it to
-    // the requester and 20 % to the reporter.
+    // After the 7-day dispute window anyone (here the requester) executes the slash, since the DAO
+    // approved the reporter: 10 % of the stake, 80 % of it to the requester and 20 % to the reporter.
     let id = alloy_id(escrow_job, liar);
     let early = rt.block_on(requester.execute_slash(id)).unwrap_err();
     assert_eq!(early.revert_name(), Some("DisputeWindowOpen"), "{early}");
     rt.block_on(requester.advance_time(7 * 86_400 + 1)).unwrap();
+    // Without the DAO's approval of the reporter, only the DAO could execute it.
+    rt.block_on(dao.set_reporter_approved(reporter.account(), false)).unwrap();
+    let unapproved = rt.block_on(requester.execute_slash(id)).unwrap_err();
+    assert_eq!(unapproved.revert_name(), Some("ReporterNotApproved"), "{unapproved}");
+    rt.block_on(dao.set_reporter_approved(reporter.account(), true)).unwrap();
     rt.block_on(requester.execute_slash(id)).unwrap();
     let slash = stake / U256::from(10);
     assert_eq!(rt.block_on(dao.hub(liar_hub.account())).unwrap().stake, stake - slash);

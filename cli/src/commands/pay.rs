@@ -281,7 +281,21 @@ pub enum DaoCommand {
         #[command(flatten)]
         chain: ChainArgs,
     },
-    /// Slash a hub on a piece of evidence once its 7-day dispute window is over (anyone may).
+    /// Vouch for a reporter (a scheduler's --reporter-key address): anyone may then execute its
+    /// evidence after the dispute window. Evidence from any other reporter is the DAO's to execute
+    /// or dismiss, since whoever opens an escrow job names its reporter. --remove stops vouching,
+    /// for its open evidence too.
+    ApproveReporter {
+        #[arg(value_parser = parse_address)]
+        reporter: Address,
+        #[arg(long)]
+        remove: bool,
+        #[command(flatten)]
+        chain: ChainArgs,
+    },
+    /// Slash a hub on a piece of evidence once its 7-day dispute window is over. Anyone may when
+    /// the DAO submitted it or approved its reporter, and the hub is not locked; otherwise only
+    /// the DAO.
     Slash {
         /// The evidence id (0x and 64 hex digits), as the scheduler's log and the registry's
         /// EvidenceSubmitted event name it.
@@ -290,7 +304,7 @@ pub enum DaoCommand {
         #[command(flatten)]
         chain: ChainArgs,
     },
-    /// Dismiss false evidence during its dispute window.
+    /// Dismiss false evidence during its dispute window (or later, if only the DAO may execute it).
     Dismiss {
         #[arg(value_parser = parse_evidence)]
         evidence: B256,
@@ -332,6 +346,16 @@ pub async fn dao(context: &Context, command: DaoCommand) -> Result<i32> {
             let chain = chain.connect(context).await?;
             let receipt = chain.punish(hub, wanted).await?;
             done(context, &format!("hub {hub} punished (up to {} taken)", amount::format(wanted)), &receipt);
+        }
+        DaoCommand::ApproveReporter { reporter, remove, chain } => {
+            let chain = chain.connect(context).await?;
+            let receipt = chain.set_reporter_approved(reporter, !remove).await?;
+            let what = if remove {
+                format!("reporter {reporter} is no longer approved: only the DAO may execute its evidence")
+            } else {
+                format!("reporter {reporter} approved: anyone may execute its evidence after the dispute window")
+            };
+            done(context, &what, &receipt);
         }
         DaoCommand::Slash { evidence, chain } => {
             let chain = chain.connect(context).await?;
