@@ -28,6 +28,9 @@ use upglobe_protocol::tls::{SchedulerIdentity, peer_id, random_secret};
 use upglobe_protocol::token::secrets_match;
 use upglobe_protocol::{PROTOCOL_VERSION, Role, Token, WorkerId, WorkflowId, frame, net};
 
+mod http;
+mod metrics;
+
 use crate::core::checks::{output_blobs, submission_blobs};
 use crate::core::{Action, BlobFact, Config, Core, Evidence, Finished, Record};
 use crate::store::Store;
@@ -69,6 +72,8 @@ pub struct ServerConfig {
     pub garbage_grace: Duration,
     /// Pay funded workflows' verified chunks on this chain, as this reporter.
     pub chain: Option<ChainSettings>,
+    /// Serve the dashboard and `/metrics` over HTTP here (port 0: any free port).
+    pub http: Option<SocketAddr>,
 }
 
 /// The chain a scheduler settles on.
@@ -99,6 +104,7 @@ impl ServerConfig {
             garbage_interval: GARBAGE_INTERVAL,
             garbage_grace: GARBAGE_GRACE,
             chain: None,
+            http: None,
         }
     }
 }
@@ -112,6 +118,8 @@ pub struct Scheduler {
     /// Whether this start created the CA (a new scheduler).
     pub created: bool,
     pub latencies: Latencies,
+    /// Where the dashboard listens, if it does.
+    pub http: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     owner: tokio::task::JoinHandle<Result<()>>,
 }
@@ -218,6 +226,8 @@ impl Scheduler {
         let weak_inputs = inputs.downgrade();
         let (shutdown, watcher) = watch::channel(false);
         let uploads = Arc::new(Uploads::default());
+        let metrics = Arc::new(metrics::Metrics::new());
+        let secrets_client = secrets.client.clone();
         let shared = Arc::new(Shared {
             uploads: uploads.clone(),
             worker_unclaimed_bytes_max: config.worker_unclaimed_bytes_max,
@@ -225,14 +235,37 @@ impl Scheduler {
             secrets,
             unauthenticated: Arc::new(tokio::sync::Semaphore::new(UNAUTHENTICATED_CONNECTIONS_MAX)),
             blobs: blobs.clone(),
-            inputs,
+            inputs: inputs.clone(),
             heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
             sessions: AtomicU64::new(1),
+            metrics: metrics.clone(),
         });
         tokio::spawn(accept_loop(endpoint, shared, watcher.clone()));
+        let http = match config.http {
+            Some(listen) => {
+                let listener = tokio::net::TcpListener::bind(listen).await.map_err(|cause| SchedulerError::Io {
+                    context: format!(
+                        "cannot serve the dashboard on {listen} (choose another with --http ADDR, or --no-http)"
+                    ),
+                    cause,
+                })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|cause| SchedulerError::Io { context: "the dashboard's socket".into(), cause })?;
+                // Open on loopback; anywhere else it shows only to holders of the client token.
+                let secret = (!bound.ip().is_loopback()).then(|| secrets_client.clone());
+                let dashboard = http::Dashboard { inputs: inputs.clone(), secret, metrics: metrics.clone() };
+                tokio::spawn(http::serve(listener, dashboard, watcher.clone()));
+                Some(bound)
+            }
+            None => None,
+        };
         let latencies = Latencies::default();
-        let probe =
-            config.measure_latency.then(|| LatencyProbe { assigned: HashMap::new(), latencies: latencies.clone() });
+        let probe = LatencyProbe {
+            assigned: HashMap::new(),
+            latencies: config.measure_latency.then(|| latencies.clone()),
+            metrics: metrics.clone(),
+        };
         tokio::spawn(collect_garbage(
             dir.join("scheduler.db"),
             blobs.clone(),
@@ -262,10 +295,11 @@ impl Scheduler {
             logs,
             chain,
             database: dir.join("scheduler.db"),
+            metrics,
         };
         let owner = tokio::spawn(owner.run(receiver, watcher));
         tracing::info!(%address, epoch, "scheduler listening");
-        Ok(Scheduler { worker_token, client_token, verifier_token, address, created, latencies, shutdown, owner })
+        Ok(Scheduler { worker_token, client_token, verifier_token, address, created, latencies, http, shutdown, owner })
     }
 
     /// Stops accepting work and waits for the state to be committed.
@@ -426,7 +460,8 @@ struct Owner {
     blobs: BlobStore,
     clock: Instant,
     sessions: HashMap<WorkerId, Session>,
-    probe: Option<LatencyProbe>,
+    probe: LatencyProbe,
+    metrics: Arc<metrics::Metrics>,
     /// For answers of work done off the owner task (comparisons); weak, so that the input channel
     /// still closes when every connection is gone.
     inputs: mpsc::WeakSender<Input>,
@@ -437,9 +472,12 @@ struct Owner {
     database: PathBuf,
 }
 
+/// Times each chunk from its first assignment to its verification, for `/metrics` (and for the
+/// scheduler benchmark's list when it asks).
 struct LatencyProbe {
     assigned: HashMap<upglobe_protocol::ChunkId, Instant>,
-    latencies: Latencies,
+    latencies: Option<Latencies>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl LatencyProbe {
@@ -450,12 +488,21 @@ impl LatencyProbe {
                 self.assigned.entry(assignment.chunk).or_insert(now);
             }
         }
-        let mut latencies = self.latencies.lock().expect("latency list");
         for record in records {
-            if let Record::ChunkVerified { chunk, .. } = record
-                && let Some(assigned) = self.assigned.remove(chunk)
-            {
-                latencies.push((now - assigned).as_secs_f64());
+            match record {
+                Record::ChunkVerified { chunk, .. } => {
+                    if let Some(assigned) = self.assigned.remove(chunk) {
+                        let seconds = (now - assigned).as_secs_f64();
+                        self.metrics.dispatch_seconds.observe(seconds);
+                        if let Some(latencies) = &self.latencies {
+                            latencies.lock().expect("latency list").push(seconds);
+                        }
+                    }
+                }
+                // A job that ends with chunks never verified (failed, cancelled) leaves nothing
+                // behind.
+                Record::JobFinished { job, .. } => self.assigned.retain(|chunk, _| chunk.job != *job),
+                _ => {}
             }
         }
     }
@@ -891,10 +938,13 @@ impl Owner {
     fn commit(&mut self, pending: Pending, replies: Vec<Reply>) -> Result<()> {
         let Pending { records, sends } = pending;
         log_records(&records);
+        let started = Instant::now();
         self.store.apply(&records)?;
-        if let Some(probe) = &mut self.probe {
-            probe.observe(&records, &sends);
+        if !records.is_empty() {
+            self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
         }
+        self.metrics.observe_records(&records);
+        self.probe.observe(&records, &sends);
         for (_, outbox, message) in sends {
             if let Some(outbox) = outbox {
                 let _ = outbox.send(message);
@@ -1013,6 +1063,7 @@ struct Shared {
     inputs: mpsc::Sender<Input>,
     heartbeat_interval_ms: u64,
     sessions: AtomicU64,
+    metrics: Arc<metrics::Metrics>,
 }
 
 async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
@@ -1237,10 +1288,12 @@ async fn serve_streams(connection: quinn::Connection, shared: Arc<Shared>, peer:
             let result = async {
                 match frame::expect::<StreamRequest, _>(&mut recv).await? {
                     StreamRequest::GetSlices { hash, ranges } => {
-                        _ = transfer::serve_slices(&mut send, &shared.blobs, hash, &ranges).await?
+                        let sent = transfer::serve_slices(&mut send, &shared.blobs, hash, &ranges).await?;
+                        shared.metrics.bytes_sent.inc_by(sent);
                     }
                     StreamRequest::PutBlob { hash, size } => {
-                        receive_upload(&mut send, &mut recv, &shared, &peer, hash, size).await?
+                        receive_upload(&mut send, &mut recv, &shared, &peer, hash, size).await?;
+                        shared.metrics.bytes_received.inc_by(size);
                     }
                     StreamRequest::Client(request) => {
                         let response = if client {

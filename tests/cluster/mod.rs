@@ -53,6 +53,8 @@ pub struct Cluster {
     pub worker_token: String,
     pub client_token: String,
     pub verifier_token: String,
+    /// Where the scheduler's dashboard listens (HOST:PORT).
+    pub http: String,
     /// Extra flags and environment for every start of the scheduler.
     pub scheduler_flags: Vec<String>,
     pub scheduler_env: Vec<(String, String)>,
@@ -98,6 +100,7 @@ impl Cluster {
             worker_token: String::new(),
             client_token: String::new(),
             verifier_token: String::new(),
+            http: String::new(),
             scheduler_flags: flags.iter().map(|f| f.to_string()).collect(),
             scheduler_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             scheduler: None,
@@ -134,6 +137,8 @@ impl Cluster {
             "3",
             "--heartbeat",
             "0.3",
+            "--http",
+            "127.0.0.1:0",
         ];
         let mut args: Vec<&str> = args.to_vec();
         args.extend(self.scheduler_flags.iter().map(|f| f.as_str()));
@@ -146,6 +151,7 @@ impl Cluster {
         self.worker_token = started["worker_token"].as_str().unwrap().to_string();
         self.client_token = started["client_token"].as_str().unwrap().to_string();
         self.verifier_token = started["verifier_token"].as_str().unwrap().to_string();
+        self.http = started["http"].as_str().unwrap_or_default().to_string();
         self.scheduler = Some(process);
     }
 

@@ -177,6 +177,9 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
         "10",
         "--heartbeat",
         "0.5",
+        // Any free port: the demo must not fail because a scheduler already has 7412.
+        "--http",
+        "127.0.0.1:0",
     ];
     scheduler_args.extend(chain_flags.iter().map(String::as_str));
     let mut scheduler = spawn("scheduler", &scheduler_args, &dir.join("scheduler.log"), Stdio::piped())?;
@@ -189,6 +192,9 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
     let token = |key: &str| -> Result<Token> { Ok(started_json[key].as_str().context("token")?.parse()?) };
     let (worker_token, client_token) = (token("worker_token")?, token("client_token")?);
     let verifier_token = token("verifier_token")?;
+    if let Some(http) = started_json["http"].as_str() {
+        say!("     dashboard (live while the demo runs): http://{http}/");
+    }
     assert_eq!(client_token.role, Role::Client);
     let verifier_data = dir.join("demo-verifier");
     let verifier = spawn(

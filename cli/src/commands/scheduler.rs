@@ -76,6 +76,13 @@ pub struct Args {
     /// The key escrow jobs name as this scheduler's reporter (64 hex digits, or a file holding them).
     #[arg(long, env = "UPGLOBE_REPORTER_KEY", value_name = "KEY", hide_env_values = true)]
     reporter_key: Option<String>,
+    /// Serve the dashboard (live jobs, thermo plots, workers) and /metrics here. Bound anywhere but
+    /// loopback, it asks for the client token's secret (?token=SECRET).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7412", overrides_with = "http")]
+    http: SocketAddr,
+    /// Serve no dashboard.
+    #[arg(long)]
+    no_http: bool,
     /// Seconds between settlement passes (0.1 to 3600).
     #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = flags::seconds(SETTLE_INTERVAL_SECONDS))]
     settle_interval: Duration,
@@ -110,6 +117,7 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
     config.core.settle_after_ms = args.settle_after.as_millis() as u64;
     config.idle_timeout = args.idle_timeout;
     config.heartbeat_interval = args.heartbeat;
+    config.http = (!args.no_http).then_some(args.http);
     if let Some(path) = &args.chain {
         let key = args.reporter_key.as_deref().expect("clap requires --reporter-key with --chain");
         if !std::path::Path::new(key).exists() {
@@ -132,11 +140,16 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
             "client_token": scheduler.client_token.to_string(),
             "verifier_token": scheduler.verifier_token.to_string(),
             "data_dir": data_dir,
+            "http": scheduler.http.map(|a| a.to_string()),
         })),
         Format::Text => {
             println!("scheduler listening on {} (data in {})", scheduler.address, data_dir.display());
             if scheduler.created {
                 println!("created a new certificate authority");
+            }
+            if let Some(http) = scheduler.http {
+                let note = if http.ip().is_loopback() { "" } else { " (add ?token= and the client token's secret)" };
+                println!("dashboard: http://{http}/{note}, metrics: http://{http}/metrics");
             }
             println!("join workers with:\n  upglobe worker --join {}", scheduler.worker_token);
             println!(
