@@ -259,6 +259,16 @@ fn metrics_parse_and_match_status() {
     assert_eq!(accepted, sum("chunks_verified"));
     assert!(value("upglobe_bytes_received_total", &[]) > 0.0, "results and checkpoints were uploaded");
     assert!(value("upglobe_store_commit_seconds", &[]) > 0.0);
+
+    // The same thermo as a PNG from the command line.
+    let out = dir.path().join("results");
+    let plot = dir.path().join("thermo.png");
+    cluster.json(&["results", &job, "--out", out.to_str().unwrap(), "--plot", plot.to_str().unwrap()]);
+    let png = std::fs::read(&plot).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let refused = cluster.run(&["results", &job, "--out", out.to_str().unwrap(), "--plot", "thermo.jpg"]);
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && why.contains("name the file NAME.png"), "{why}");
 }
 
 #[test]

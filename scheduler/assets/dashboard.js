@@ -59,6 +59,8 @@
       }
       const workers = document.querySelector('#workers tbody');
       if (workers) workers.replaceChildren(...data.workers.map(row));
+      const payments = document.querySelector('#payments tbody');
+      if (payments) payments.replaceChildren(...data.payments.map(row));
     });
   }
 

@@ -25,7 +25,8 @@ use futures_util::Stream;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 use upglobe_protocol::messages::{
-    ClientRequest, ClientResponse, JobStatus, Output, ResultsPage, VerifiedChunk, WorkerStatus,
+    ClientRequest, ClientResponse, FundedWorkflow, JobStatus, Output, PaymentAnswer, PaymentRequest, ResultsPage,
+    VerifiedChunk, WorkerStatus,
 };
 use upglobe_protocol::token::secrets_match;
 use upglobe_protocol::trust::{Finality, NodeRole, TrustEvent};
@@ -172,6 +173,9 @@ fn table(id: &str, columns: &[&str], rows: &str) -> String {
     format!(r#"<table id="{id}"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"#)
 }
 
+const PAYMENT_COLUMNS: &[&str] =
+    &["workflow", "escrow job", "paid", "final", "unpayable", "batches", "evidence", "state"];
+
 async fn index(State(dashboard): State<Dashboard>) -> Response {
     let jobs = match statuses(&dashboard).await {
         Ok(jobs) => jobs,
@@ -196,7 +200,21 @@ async fn index(State(dashboard): State<Dashboard>) -> Response {
             )
         })
         .collect();
-    let body = format!("<h1>Workflows and jobs</h1>{}", table("jobs", JOB_COLUMNS, &rows));
+    let mut body = format!("<h1>Workflows and jobs</h1>{}", table("jobs", JOB_COLUMNS, &rows));
+    if let Ok(ClientResponse::Payments(PaymentAnswer::Funded(funded))) =
+        ask(&dashboard, ClientRequest::Payments(PaymentRequest::Status)).await
+        && !funded.is_empty()
+    {
+        let rows: String = funded
+            .iter()
+            .map(|f| {
+                let cells: Vec<String> =
+                    payment_cells(f).iter().map(|c| format!("<td>{}</td>", escape(&c.to_string()))).collect();
+                format!("<tr>{}</tr>", cells.concat())
+            })
+            .collect();
+        body.push_str(&format!("<h2>Payments</h2>{}", table("payments", PAYMENT_COLUMNS, &rows)));
+    }
     page("Jobs", &body, "upglobe.overview();").into_response()
 }
 
@@ -231,6 +249,21 @@ async fn workers_page(State(dashboard): State<Dashboard>) -> Response {
         .collect();
     let body = format!("<h1>Workers</h1>{}", table("workers", WORKER_COLUMNS, &rows));
     page("Workers", &body, "upglobe.overview();").into_response()
+}
+
+fn payment_cells(f: &FundedWorkflow) -> Vec<Value> {
+    let state =
+        if f.completed { "completed".to_string() } else { f.problem.clone().unwrap_or_else(|| "settling".into()) };
+    vec![
+        json!(format!("{} {}", f.workflow, f.name)),
+        json!(f.escrow_job),
+        json!(format!("{}/{}", f.paid, f.chunks)),
+        json!(f.verified),
+        json!(f.unpayable),
+        json!(f.batches),
+        json!(f.evidence),
+        json!(state),
+    ]
 }
 
 fn worker_cells(w: &WorkerStatus) -> Vec<Value> {
@@ -360,10 +393,15 @@ where
 /// Jobs and workers, every second (the index and workers pages).
 async fn overview_events(State(dashboard): State<Dashboard>) -> Events {
     sse(dashboard, |dashboard| async move {
+        let payments = match ask(&dashboard, ClientRequest::Payments(PaymentRequest::Status)).await {
+            Ok(ClientResponse::Payments(PaymentAnswer::Funded(funded))) => funded.iter().map(payment_cells).collect(),
+            _ => Vec::new(),
+        };
         let value = match (statuses(&dashboard).await, workers(&dashboard).await) {
             (Ok(jobs), Ok(workers)) => json!({
                 "jobs": jobs.iter().map(job_json).collect::<Vec<_>>(),
                 "workers": workers.iter().map(worker_cells).collect::<Vec<_>>(),
+                "payments": payments,
             }),
             (Err(e), _) | (_, Err(e)) => json!({ "error": e }),
         };
