@@ -7,34 +7,12 @@ use std::path::Path;
 use anyhow::{Context as _, Result, bail};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
+use upglobe_protocol::messages::ThermoLine;
 
 /// The font, built in.
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 const WIDTH: u32 = 1200;
 const HEIGHT: u32 = 1000;
-
-/// One thermo line, whatever printed it (a verified chunk, a local run).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Point {
-    pub step: u64,
-    pub temp: f64,
-    pub pe: f64,
-    pub ke: f64,
-    pub etotal: f64,
-    pub press: f64,
-}
-
-impl From<&upglobe_protocol::messages::ThermoLine> for Point {
-    fn from(t: &upglobe_protocol::messages::ThermoLine) -> Point {
-        Point { step: t.step, temp: t.temp, pe: t.pe, ke: t.ke, etotal: t.etotal, press: t.press }
-    }
-}
-
-impl From<&upglobe_kernels::Thermo> for Point {
-    fn from(t: &upglobe_kernels::Thermo) -> Point {
-        Point { step: t.step, temp: t.temp, pe: t.pe, ke: t.ke, etotal: t.etotal, press: t.press }
-    }
-}
 
 fn register_font() -> Result<()> {
     static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -45,12 +23,12 @@ fn register_font() -> Result<()> {
     Ok(())
 }
 
-/// Writes `points` (sorted by step; duplicates of a step keep the first) to `path` as a PNG.
-pub fn thermo_png(path: &Path, title: &str, points: &[Point]) -> Result<()> {
+/// Writes thermo lines (sorted by step; duplicates of a step keep the first) to `path` as a PNG.
+pub fn thermo_png(path: &Path, title: &str, points: &[ThermoLine]) -> Result<()> {
     if path.extension().and_then(|e| e.to_str()).is_none_or(|e| !e.eq_ignore_ascii_case("png")) {
         bail!("{}: the plot is written as PNG; name the file NAME.png", path.display());
     }
-    let mut points: Vec<Point> = points.to_vec();
+    let mut points: Vec<ThermoLine> = points.to_vec();
     points.sort_by_key(|p| p.step);
     points.dedup_by_key(|p| p.step);
     if points.is_empty() {
@@ -62,9 +40,9 @@ pub fn thermo_png(path: &Path, title: &str, points: &[Point]) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-type Series<'a> = (&'a str, RGBColor, fn(&Point) -> f64);
+type Series<'a> = (&'a str, RGBColor, fn(&ThermoLine) -> f64);
 
-fn draw(path: &Path, title: &str, points: &[Point]) -> Result<(), Box<dyn std::error::Error>> {
+fn draw(path: &Path, title: &str, points: &[ThermoLine]) -> Result<(), Box<dyn std::error::Error>> {
     let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(title, ("sans-serif", 28))?;
@@ -109,11 +87,18 @@ fn draw(path: &Path, title: &str, points: &[Point]) -> Result<(), Box<dyn std::e
 mod tests {
     use super::*;
 
-    fn points(n: u64) -> Vec<Point> {
+    fn points(n: u64) -> Vec<ThermoLine> {
         (0..n)
             .map(|k| {
                 let x = k as f64;
-                Point { step: k * 10, temp: 1.5 - x * 0.01, pe: -6.0 + x * 0.02, ke: 2.2, etotal: -3.8, press: 0.5 }
+                ThermoLine {
+                    step: k * 10,
+                    temp: 1.5 - x * 0.01,
+                    pe: -6.0 + x * 0.02,
+                    ke: 2.2,
+                    etotal: -3.8,
+                    press: 0.5,
+                }
             })
             .collect()
     }

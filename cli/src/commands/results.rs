@@ -51,7 +51,7 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
         JobKind::Empty { .. } => args.out.clone(),
     };
     if let Some(path) = &args.plot {
-        let points: Vec<crate::plot::Point> = results
+        let points: Vec<upglobe_protocol::messages::ThermoLine> = results
             .chunks
             .iter()
             .filter_map(|c| match &c.output {
@@ -59,7 +59,7 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
                 _ => None,
             })
             .flatten()
-            .map(Into::into)
+            .copied()
             .collect();
         crate::plot::thermo_png(path, &stem, &points)?;
     }

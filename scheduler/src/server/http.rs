@@ -168,6 +168,16 @@ fn page(title: &str, body: &str, start: &str) -> Html<String> {
 const JOB_COLUMNS: &[&str] =
     &["job", "workflow", "name", "kind", "state", "verified", "final", "running", "failures", "waiting for"];
 
+/// A table row of plain values, as the page script renders the same values live.
+fn row_html(cells: &[Value]) -> String {
+    let cell = |value: &Value| match value {
+        Value::String(text) => format!("<td>{}</td>", escape(text)),
+        Value::Null => "<td></td>".to_string(),
+        other => format!("<td>{}</td>", escape(&other.to_string())),
+    };
+    format!("<tr>{}</tr>", cells.iter().map(cell).collect::<String>())
+}
+
 fn table(id: &str, columns: &[&str], rows: &str) -> String {
     let head: String = columns.iter().map(|c| format!("<th>{}</th>", escape(c))).collect();
     format!(r#"<table id="{id}"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"#)
@@ -205,14 +215,7 @@ async fn index(State(dashboard): State<Dashboard>) -> Response {
         ask(&dashboard, ClientRequest::Payments(PaymentRequest::Status)).await
         && !funded.is_empty()
     {
-        let rows: String = funded
-            .iter()
-            .map(|f| {
-                let cells: Vec<String> =
-                    payment_cells(f).iter().map(|c| format!("<td>{}</td>", escape(&c.to_string()))).collect();
-                format!("<tr>{}</tr>", cells.concat())
-            })
-            .collect();
+        let rows: String = funded.iter().map(|f| row_html(&payment_cells(f))).collect();
         body.push_str(&format!("<h2>Payments</h2>{}", table("payments", PAYMENT_COLUMNS, &rows)));
     }
     page("Jobs", &body, "upglobe.overview();").into_response()
@@ -239,14 +242,7 @@ async fn workers_page(State(dashboard): State<Dashboard>) -> Response {
         Ok(workers) => workers,
         Err(e) => return unavailable(e),
     };
-    let rows: String = workers
-        .iter()
-        .map(|w| {
-            let cells: Vec<String> =
-                worker_cells(w).iter().map(|c| format!("<td>{}</td>", escape(&c.to_string()))).collect();
-            format!("<tr>{}</tr>", cells.concat())
-        })
-        .collect();
+    let rows: String = workers.iter().map(|w| row_html(&worker_cells(w))).collect();
     let body = format!("<h1>Workers</h1>{}", table("workers", WORKER_COLUMNS, &rows));
     page("Workers", &body, "upglobe.overview();").into_response()
 }
