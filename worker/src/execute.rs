@@ -329,14 +329,7 @@ pub fn run_md(
             .map_err(|e| e.to_string())?;
         state = output.state;
         cheat.after_link(link, links, &mut state);
-        thermo.extend(output.thermo.iter().map(|t| ThermoLine {
-            step: t.step,
-            temp: t.temp,
-            pe: t.pe,
-            ke: t.ke,
-            etotal: t.etotal,
-            press: t.press,
-        }));
+        thermo.extend(output.thermo.iter().map(thermo_line));
         encoded = Checkpoint::encode(&state);
         chain.push(Checkpoint::stored_hash(&encoded).expect("an encoding ends with its hash").0);
         if link + 1 < links {
@@ -553,6 +546,11 @@ fn collect_outputs(blobs: &BlobStore, files: &Path, patterns: &[String]) -> Resu
         }
     }
     Ok(found.into_values().collect())
+}
+
+/// A kernel's thermo line as results carry it (the kernels do not know the protocol).
+pub fn thermo_line(t: &upglobe_kernels::Thermo) -> ThermoLine {
+    ThermoLine { step: t.step, temp: t.temp, pe: t.pe, ke: t.ke, etotal: t.etotal, press: t.press }
 }
 
 #[cfg(test)]

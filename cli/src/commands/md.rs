@@ -223,17 +223,7 @@ pub fn run(context: &Context, command: Command) -> Result<i32> {
 
 fn write_outputs(args: &RunArgs, initial: &State, last: &State, thermo: &[Thermo]) -> Result<()> {
     if let Some(path) = &args.plot {
-        let points: Vec<upglobe_protocol::messages::ThermoLine> = thermo
-            .iter()
-            .map(|t| upglobe_protocol::messages::ThermoLine {
-                step: t.step,
-                temp: t.temp,
-                pe: t.pe,
-                ke: t.ke,
-                etotal: t.etotal,
-                press: t.press,
-            })
-            .collect();
+        let points: Vec<_> = thermo.iter().map(upglobe_worker::execute::thermo_line).collect();
         crate::plot::thermo_png(path, &format!("{} atoms, {} steps", last.atoms(), args.steps), &points)?;
     }
     if let Some(path) = &args.write_checkpoint {
