@@ -117,10 +117,9 @@ async fn settle_workflow(store: &mut Store, chain: &Chain, funding: &Funding) ->
     let mut affordable = usize::try_from((job.deposit - job.paid) / price).unwrap_or(usize::MAX);
     // 1. Close what a previous run left open.
     for open in store.open_settlements(workflow)? {
-        let indices: Vec<u32> = open.chunks.iter().map(|c| c.2).collect();
-        let bits = chain.paid_chunks(escrow_job, &indices).await.map_err(chain_error)?;
-        let paid: Vec<_> = open.chunks.iter().zip(&bits).filter(|(_, p)| **p).map(|(c, _)| (c.0, c.1, None)).collect();
-        tracing::info!(workflow = %workflow, settlement = open.id, paid = paid.len(), of = indices.len(), "reconciled an unrecorded batch");
+        let bits = paid_bits(chain, escrow_job, &open.chunks).await?;
+        let paid = paid_rows(&open.chunks, &bits);
+        tracing::info!(workflow = %workflow, settlement = open.id, paid = paid.len(), of = bits.len(), "reconciled an unrecorded batch");
         store.close_settlement(workflow, Some(open.id), "reconciled", None, &paid)?;
     }
 
@@ -263,14 +262,25 @@ async fn submit_evidence(store: &mut Store, chain: &Chain, funding: &Funding) ->
 /// Records the chunks the escrow's bitmap says are paid (their record lost in a crash) and
 /// returns the others.
 async fn reconcile(store: &mut Store, chain: &Chain, funding: &Funding, due: Vec<Due>) -> Result<Vec<Due>> {
-    let indices: Vec<u32> = due.iter().map(|d| d.index).collect();
-    let bits = chain.paid_chunks(funding.escrow_job, &indices).await.map_err(chain_error)?;
-    let paid: Vec<_> = due.iter().zip(&bits).filter(|(_, p)| **p).map(|(d, _)| (d.job.0, d.chunk, None)).collect();
+    let chunks: Vec<(u64, u32, u32)> = due.iter().map(|d| (d.job.0, d.chunk, d.index)).collect();
+    let bits = paid_bits(chain, funding.escrow_job, &chunks).await?;
+    let paid = paid_rows(&chunks, &bits);
     if !paid.is_empty() {
         tracing::info!(workflow = %funding.workflow, chunks = paid.len(), "found chunks paid on chain without a record");
         store.close_settlement(funding.workflow, None, "reconciled", None, &paid)?;
     }
     Ok(due.into_iter().zip(bits).filter(|(_, p)| !p).map(|(d, _)| d).collect())
+}
+
+/// Whether the escrow's bitmap has each `(job, chunk, escrow index)` paid.
+async fn paid_bits(chain: &Chain, escrow_job: u64, chunks: &[(u64, u32, u32)]) -> Result<Vec<bool>> {
+    let indices: Vec<u32> = chunks.iter().map(|c| c.2).collect();
+    chain.paid_chunks(escrow_job, &indices).await.map_err(chain_error)
+}
+
+/// The chunks `bits` says are paid, as `paid` rows whose hub is not known.
+fn paid_rows(chunks: &[(u64, u32, u32)], bits: &[bool]) -> Vec<(u64, u32, Option<[u8; 20]>)> {
+    chunks.iter().zip(bits).filter(|(_, paid)| **paid).map(|(c, _)| (c.0, c.1, None)).collect()
 }
 
 /// Takes up to `most` chunks of at most [`BATCH_HUBS`] hubs.

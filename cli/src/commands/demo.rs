@@ -51,6 +51,11 @@ const REPORTER_ACCOUNT: usize = 9;
 const REQUESTER_ACCOUNT: usize = 8;
 const HUB_ACCOUNTS: usize = 7;
 
+/// The anvil account of the hub worker demo-N (N from 1) belongs to.
+fn hub_account(worker_number: usize) -> usize {
+    1 + (worker_number - 1) % HUB_ACCOUNTS
+}
+
 /// The demo's chain: a local anvil with the contracts deployed.
 struct DemoChain {
     _anvil: upglobe_contracts::anvil::LocalChain,
@@ -223,7 +228,7 @@ pub async fn run(context: &Context, args: Args) -> Result<i32> {
         let data = data.to_string_lossy();
         let mut worker_args = vec!["worker", "--join", &token, "--data-dir", &data, "--name", &name, "--cpus", "1"];
         // Each worker names the hub (lab) it is paid through; `register_hubs` attaches it there.
-        let hub = chain.as_ref().map(|c| c.anvil_keys[1 + k as usize % HUB_ACCOUNTS].address().to_string());
+        let hub = chain.as_ref().map(|c| c.anvil_keys[hub_account(k as usize + 1)].address().to_string());
         if let Some(hub) = &hub {
             worker_args.extend(["--hub", hub]);
         }
@@ -346,7 +351,7 @@ async fn register_hubs(
     names: &std::collections::HashMap<upglobe_protocol::WorkerId, String>,
 ) -> Result<Vec<(upglobe_contracts::Address, Vec<String>)>> {
     let stake = upglobe_contracts::amount::parse("1 ether").expect("a valid amount");
-    // demo-N was started naming hub account 1 + (N - 1) % HUB_ACCOUNTS.
+    // demo-N was started naming hub_account(N).
     let mut workers: Vec<(usize, upglobe_protocol::WorkerId, String)> = names
         .iter()
         .filter_map(|(id, name)| Some((name.strip_prefix("demo-")?.parse::<usize>().ok()?, *id, name.clone())))
@@ -354,7 +359,7 @@ async fn register_hubs(
     workers.sort();
     let mut hubs: Vec<(upglobe_contracts::Address, Vec<String>)> = Vec::new();
     for (number, id, name) in workers {
-        let account = 1 + (number - 1) % HUB_ACCOUNTS;
+        let account = hub_account(number);
         let hub = chain.dao.with_key(chain.anvil_keys[account].clone()).await?;
         if !hubs.iter().any(|(address, _)| *address == hub.account()) {
             hub.register(stake).await?;
