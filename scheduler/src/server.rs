@@ -806,10 +806,10 @@ impl Owner {
             return refuse(reply, "the funding signature must be 65 bytes (r, s, v)".into());
         }
         let statuses = self.core.job_statuses(now);
-        if !statuses.iter().any(|s| s.workflow == workflow) {
+        let mut jobs: Vec<_> = statuses.iter().filter(|s| s.workflow == workflow).collect();
+        if jobs.is_empty() {
             return refuse(reply, format!("no workflow {workflow}"));
         }
-        let mut jobs: Vec<_> = statuses.iter().filter(|s| s.workflow == workflow).collect();
         jobs.sort_by_key(|s| s.id);
         let mut offsets = std::collections::BTreeMap::new();
         let mut chunks = 0u64;
