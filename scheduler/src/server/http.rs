@@ -441,11 +441,6 @@ impl JobStream {
             self.next_chunk = 0;
             reset = true;
         }
-        if self.names.len() < 10_000 {
-            for worker in workers(&self.dashboard).await? {
-                self.names.insert(worker.id, worker.name);
-            }
-        }
         let mut chunks: Vec<VerifiedChunk> = Vec::new();
         for _ in 0..RESULT_PAGES_PER_TICK {
             let request = ClientRequest::Results { job: job.clone(), first_chunk: self.next_chunk };
@@ -479,6 +474,20 @@ impl JobStream {
                 }
             }
         }
+        let events: Vec<TrustEvent> = match ask(&self.dashboard, ClientRequest::Verification { job: job.clone() }).await
+        {
+            Ok(ClientResponse::Verification(report)) => report.events.into_iter().rev().take(EVENTS_SHOWN).collect(),
+            _ => Vec::new(),
+        };
+        // Worker names are asked for only when a worker not seen yet turns up.
+        let named = chunks
+            .iter()
+            .flat_map(|c| c.agreeing.iter().chain(&c.disagreeing))
+            .chain(status.failures.iter().filter_map(|f| f.worker.as_ref()))
+            .chain(events.iter().filter_map(|e| e.worker.as_ref()));
+        if named.into_iter().any(|w| !self.names.contains_key(w)) {
+            self.names = workers(&self.dashboard).await?.into_iter().map(|w| (w.id, w.name)).collect();
+        }
         let name = |w: &WorkerId| self.names.get(w).cloned().unwrap_or_else(|| w.short());
         let rows: Vec<Value> = chunks
             .iter()
@@ -496,12 +505,7 @@ impl JobStream {
             .iter()
             .map(|f| json!({"chunk": f.chunk, "worker": f.worker.as_ref().map(name), "reason": f.reason}))
             .collect();
-        let events = match ask(&self.dashboard, ClientRequest::Verification { job: job.clone() }).await {
-            Ok(ClientResponse::Verification(report)) => {
-                report.events.iter().rev().take(EVENTS_SHOWN).map(|e| event_json(e, &name)).collect()
-            }
-            _ => Vec::new(),
-        };
+        let events: Vec<Value> = events.iter().map(|e| event_json(e, &name)).collect();
         let [step, temp, pe, ke, etotal, press] = thermo;
         Ok(json!({
             "reset": reset,
