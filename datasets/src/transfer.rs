@@ -26,6 +26,8 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 const MIN_RATE_BYTES_PER_S: u64 = 16 << 10;
 /// How long an upload the peer stopped waits for the peer's reason.
 const REFUSAL_WAIT: Duration = Duration::from_secs(5);
+/// The smallest piece a download splits a blob into to give every stream one.
+const PIECE_BYTES_MIN: u64 = 1 << 20;
 /// Encoded bytes handed from the encoding thread to the stream at once, and how many such pieces
 /// may wait: the sender hashes nothing and copies each byte once, into these buffers.
 const PIECE_BYTES: usize = 1 << 20;
@@ -284,28 +286,46 @@ pub async fn download_from(sources: &[Source], store: &BlobStore, hash: BlobHash
         missing &= slices::resolve(&slices::chunks_of(only), size);
     }
     progress.verified.store(size - slices::bytes_in(&missing, size), Ordering::Relaxed);
-    let pieces = slices::split(&missing, (options.piece_bytes / slices::CHUNK_BYTES).max(16), size);
+    // Pieces small enough that every stream of every source has one to start with, down to a
+    // floor below which a request's round trip costs more than the piece carries.
+    let streams_per_source = options.streams_per_source.max(1);
+    let share = slices::bytes_in(&missing, size) / (sources.len() * streams_per_source) as u64;
+    let piece_bytes = options.piece_bytes.min(share.max(PIECE_BYTES_MIN));
+    let pieces = slices::split(&missing, (piece_bytes / slices::CHUNK_BYTES).max(16), size);
     let queue = Arc::new(Mutex::new(pieces.into_iter().collect::<VecDeque<_>>()));
     let fatal: Arc<Mutex<Option<DatasetError>>> = Arc::default();
 
     // Streams pull pieces until the queue is empty or their source is dropped; a dropped source's
     // piece goes back, less what it verified, so rounds repeat while pieces and sources remain.
+    // Each stream's first piece is dealt out before any runs, a source at a time, so every live
+    // source serves (and is checked) however the tasks happen to be scheduled.
     while !queue.lock().expect("piece queue").is_empty() {
         let live: Vec<usize> = (0..sources.len()).filter(|&k| alive[k].load(Ordering::Relaxed)).collect();
         if live.is_empty() {
             return Err(everyone_failed(&dropped));
         }
+        let dealt: Vec<(usize, ChunkRanges)> = {
+            let mut queue = queue.lock().expect("piece queue");
+            let turns = (0..streams_per_source).flat_map(|_| live.iter().copied());
+            turns.map_while(|k| Some((k, queue.pop_front()?))).collect()
+        };
         let mut streams = tokio::task::JoinSet::new();
-        for &k in &live {
-            for _ in 0..options.streams_per_source.max(1) {
-                let (connection, name) = (sources[k].connection.clone(), sources[k].name.clone());
-                let (queue, partial, alive, dropped, fatal) =
-                    (queue.clone(), partial.clone(), alive[k].clone(), dropped.clone(), fatal.clone());
-                let (received, verified, pacer) = (received.clone(), progress.verified.clone(), pacer.clone());
-                let delivered = delivered[k].clone();
-                streams.spawn(async move {
-                    while alive.load(Ordering::Relaxed) && fatal.lock().expect("fatal").is_none() {
-                        let Some(piece) = queue.lock().expect("piece queue").pop_front() else { break };
+        for (k, first) in dealt {
+            let (connection, name) = (sources[k].connection.clone(), sources[k].name.clone());
+            let (queue, partial, alive, dropped, fatal) =
+                (queue.clone(), partial.clone(), alive[k].clone(), dropped.clone(), fatal.clone());
+            let (received, verified, pacer) = (received.clone(), progress.verified.clone(), pacer.clone());
+            let delivered = delivered[k].clone();
+            streams.spawn(async move {
+                    let mut next = Some(first);
+                    loop {
+                        let Some(piece) = next.take().or_else(|| queue.lock().expect("piece queue").pop_front()) else {
+                            break;
+                        };
+                        if !alive.load(Ordering::Relaxed) || fatal.lock().expect("fatal").is_some() {
+                            queue.lock().expect("piece queue").push_back(piece);
+                            break;
+                        }
                         let verified = verified.clone();
                         let count = move |n: u64| _ = verified.fetch_add(n, Ordering::Relaxed);
                         let outcome = match ask(&connection, hash, &piece).await {
@@ -338,7 +358,6 @@ pub async fn download_from(sources: &[Source], store: &BlobStore, hash: BlobHash
                         }
                     }
                 });
-            }
         }
         while streams.join_next().await.is_some() {}
         if let Some(e) = fatal.lock().expect("fatal").take() {
