@@ -62,8 +62,8 @@ fn a_worker_killed_mid_download_resumes_and_is_sent_little_twice() {
     assert_eq!(again[0]["hash"], hash.as_str());
     assert_eq!(served_bytes(&cluster.scheduler.as_ref().unwrap().log()), 0, "nothing downloaded yet");
 
-    // Slow enough to be killed half-way: 40 MiB/s.
-    cluster.add_worker(&["--allow-commands", "--download-rate", "40MiB"]);
+    // Slow enough to be killed part-way with seconds to spare: 20 MiB/s, progress logged every 2 s.
+    cluster.add_worker(&["--allow-commands", "--download-rate", "20MiB"]);
     let workflow = format!(
         "name = \"sum\"\n[jobs.sum]\nkind = \"command\"\nargv = [\"sh\", \"-c\", \"sha256sum big.bin > sum.txt\"]\n\
          inputs = [{{ name = \"big.bin\", dataset = \"{hash}\" }}]\noutputs = [\"sum.txt\"]\n"

@@ -568,24 +568,35 @@ impl std::io::Write for ChannelWriter {
     }
 }
 
-/// Holds a download to a rate, over all its streams.
+/// Holds a download to a rate, over all its streams. Time left unused is saved up for a short
+/// burst only: a download slowed by its disk or its sources does not then run at full speed to
+/// catch up with the rate's average.
 struct Pacer {
     rate: u64,
-    start: Instant,
-    taken: AtomicU64,
+    /// When the bytes taken so far are due; `None` before the first.
+    due: Mutex<Option<Instant>>,
 }
+
+/// The most unused time a [`Pacer`] saves up.
+const PACER_BURST: Duration = Duration::from_millis(250);
 
 impl Pacer {
     fn new(rate: u64) -> Pacer {
-        Pacer { rate: rate.max(1), start: Instant::now(), taken: AtomicU64::new(0) }
+        Pacer { rate: rate.max(1), due: Mutex::new(None) }
     }
 
     async fn take(&self, bytes: u64) {
-        let taken = self.taken.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        let due = Duration::from_secs_f64(taken as f64 / self.rate as f64);
-        let elapsed = self.start.elapsed();
-        if due > elapsed {
-            tokio::time::sleep(due - elapsed).await;
+        let wait = {
+            let mut due = self.due.lock().expect("pacer");
+            let now = Instant::now();
+            let earliest = now.checked_sub(PACER_BURST).unwrap_or(now);
+            let from = due.map_or(now, |due| due.max(earliest));
+            let next = from + Duration::from_secs_f64(bytes as f64 / self.rate as f64);
+            *due = Some(next);
+            next.saturating_duration_since(now)
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
     }
 }

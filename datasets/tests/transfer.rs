@@ -71,10 +71,10 @@ async fn two_sources_serve_one_download_in_parallel() {
     assert_eq!(report.dropped, vec![]);
     assert_eq!(report.size, SIZE as u64);
     assert_eq!(BlobHash::of(&std::fs::read(store.path(&hash)).unwrap()), hash);
-    // Each source carried a fair part of it (pieces go to whichever stream is free).
-    for source in &sources {
-        let carried = source.connection.stats().udp_rx.bytes;
-        assert!(carried > SIZE as u64 / 5, "{} carried only {carried} bytes", source.name);
+    // Each stream of each source was dealt a piece of its own (later pieces go to whichever stream
+    // is free, so how evenly the rest is shared depends on the links).
+    for (name, delivered) in &report.per_source {
+        assert!(*delivered >= 2 << 20, "{name} delivered only {delivered} bytes");
     }
     // Hash pairs cost 64 bytes per 16 KiB group, and nothing was fetched twice.
     assert!(report.received_bytes < SIZE as u64 + SIZE as u64 / 100, "{}", report.received_bytes);
@@ -121,11 +121,11 @@ async fn a_download_that_dies_resumes_from_its_last_verified_slice() {
     let peer = Peer::start();
     let hash = peer.store.put(&bytes).unwrap();
     let (_dir, store) = receiver();
-    // Slow enough to be cut half-way: 40 MiB/s for 80 MiB.
-    let slow = Options { rate_bytes_per_s: Some(40 << 20), ..Options::default() };
+    // Slow enough to be cut half-way: 20 MiB/s for 80 MiB, cut after 2 s.
+    let slow = Options { rate_bytes_per_s: Some(20 << 20), ..Options::default() };
     let sources = [peer.source("peer").await];
     let cut =
-        tokio::time::timeout(Duration::from_secs(1), transfer::download_from(&sources, &store, hash, &slow)).await;
+        tokio::time::timeout(Duration::from_secs(2), transfer::download_from(&sources, &store, hash, &slow)).await;
     assert!(cut.is_err(), "the download should still be running");
     let verified = slow.progress.verified.load(std::sync::atomic::Ordering::Relaxed);
     assert!(verified > 0 && verified < SIZE as u64, "{verified}");
@@ -185,7 +185,13 @@ async fn a_broken_upload_resumes_where_it_stopped() {
     frame::write(&mut send, &StreamRequest::PutBlob { hash, size: bytes.len() as u64 }).await.unwrap();
     assert_eq!(frame::expect::<BlobReply, _>(&mut recv).await.unwrap(), BlobReply::Continue { offset: 0 });
     send.write_all(&bytes[..30 << 20]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Reset only once the receiver has written all of it: a reset drops what it has not read yet.
+    let partial = store.root().join("tmp").join(format!("{}.upload", hash.to_hex()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&partial).map_or(0, |m| m.len()) < 30 << 20 {
+        assert!(std::time::Instant::now() < deadline, "the receiver never wrote the first 30 MiB");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     send.reset(0u32.into()).unwrap();
     let _ = frame::expect::<BlobReply, _>(&mut recv).await;
     assert!(!store.contains(&hash));
