@@ -74,6 +74,8 @@ pub struct ServerConfig {
     pub chain: Option<ChainSettings>,
     /// Serve the dashboard and `/metrics` over HTTP here (port 0: any free port).
     pub http: Option<SocketAddr>,
+    /// A new connection must finish its handshake and say who it is within this time.
+    pub greeting_timeout: Duration,
 }
 
 /// The chain a scheduler settles on.
@@ -105,6 +107,7 @@ impl ServerConfig {
             garbage_grace: GARBAGE_GRACE,
             chain: None,
             http: None,
+            greeting_timeout: GREETING_TIMEOUT,
         }
     }
 }
@@ -237,6 +240,7 @@ impl Scheduler {
             blobs: blobs.clone(),
             inputs: inputs.clone(),
             heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
+            greeting_timeout: config.greeting_timeout,
             sessions: AtomicU64::new(1),
             metrics: metrics.clone(),
         });
@@ -521,17 +525,20 @@ impl Owner {
         let mut batch = Vec::with_capacity(BATCH_MAX);
         loop {
             let deadline = self.core.poll_timeout().map(|ms| self.clock + Duration::from_millis(ms));
+            // Inputs before the timer: after a stall, heartbeats already queued are applied before
+            // the leases they renew are judged, not after.
             tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    tracing::info!("scheduler shutting down");
+                    return Ok(());
+                }
                 received = inputs.recv_many(&mut batch, BATCH_MAX) => {
                     if received == 0 {
                         return Ok(());
                     }
                 }
                 _ = sleep_until(deadline) => {}
-                _ = shutdown.changed() => {
-                    tracing::info!("scheduler shutting down");
-                    return Ok(());
-                }
             }
             let mut replies = Vec::new();
             let mut pending = Pending::default();
@@ -1062,6 +1069,7 @@ struct Shared {
     blobs: BlobStore,
     inputs: mpsc::Sender<Input>,
     heartbeat_interval_ms: u64,
+    greeting_timeout: Duration,
     sessions: AtomicU64,
     metrics: Arc<metrics::Metrics>,
 }
@@ -1088,10 +1096,11 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut shutdow
 }
 
 /// Serves one connection. Until its greeting carries a valid secret it holds an `unauthenticated`
-/// permit, may send only one small frame, and has [`GREETING_TIMEOUT`] for the handshake and that frame.
+/// permit, may send only one small frame, and has [`ServerConfig::greeting_timeout`] for the handshake
+/// and that frame.
 async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, permit: tokio::sync::OwnedSemaphorePermit) {
     let remote = incoming.remote_address();
-    let greeted = tokio::time::timeout(GREETING_TIMEOUT, async {
+    let greeted = tokio::time::timeout(shared.greeting_timeout, async {
         let connection = incoming.await.map_err(|e| SchedulerError::Invalid(net::describe_connection_error(&e)))?;
         let peer = peer_id(&connection)?;
         let (send, mut recv) = connection.accept_bi().await.map_err(|e| SchedulerError::Invalid(e.to_string()))?;
@@ -1108,7 +1117,7 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, permit
             return;
         }
         Err(_) => {
-            tracing::info!(%remote, "no greeting within {} s", GREETING_TIMEOUT.as_secs());
+            tracing::info!(%remote, "no greeting within {} s", shared.greeting_timeout.as_secs());
             return;
         }
     };
