@@ -275,10 +275,11 @@ fn metrics_parse_and_match_status() {
 fn a_dashboard_beyond_loopback_asks_for_the_client_token() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path(), 0);
-    let port = cluster::free_port();
     drop(cluster.scheduler.take());
-    cluster.scheduler_flags = vec!["--http".into(), format!("0.0.0.0:{port}")];
+    cluster.scheduler_flags = vec!["--http".into(), "0.0.0.0:0".into()];
     cluster.start_scheduler();
+    let port = cluster.http.rsplit(':').next().unwrap().to_string();
+    assert!(cluster.http.starts_with("0.0.0.0:") && port != "0", "the scheduler serves on {}", cluster.http);
     let address = format!("127.0.0.1:{port}");
     let (code, body) = http(&address, "GET", "/metrics");
     assert_eq!(code, 401, "{body}");

@@ -501,8 +501,9 @@ async fn supervise(
     }
     *measured = Measured { gpu_ms: crate::execute::gpu_time(started, task.resources.gpus), ..meter.measured() };
     if let Some(mut forwarding) = forwarding {
-        // The stream ends with the container; what it has not sent by then is in the result.
-        if tokio::time::timeout(Duration::from_secs(2), &mut forwarding).await.is_err() {
+        // The stream ends with the container, once dockerd has handed over the last of its output
+        // (seconds on a loaded machine). Past the bound, what it has not sent is in the result.
+        if tokio::time::timeout(Duration::from_secs(15), &mut forwarding).await.is_err() {
             forwarding.abort();
         }
     }
